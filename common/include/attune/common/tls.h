@@ -1,0 +1,39 @@
+// Mutual-TLS credentials from a provisioned bundle directory
+// (ca.crt, cert.crt, key.pem; see pki.h), and the one mapping between
+// attune::Status and grpc::Status.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include <grpcpp/security/credentials.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/server_context.h>
+#include <grpcpp/support/status.h>
+
+#include "attune/common/status.h"
+
+namespace attune {
+
+struct TlsBundle {
+  std::string ca_pem;
+  std::string cert_pem;
+  std::string key_pem;
+};
+
+// Reads <dir>/ca.crt, <dir>/cert.crt, <dir>/key.pem. Errors name the file
+// and say how to make one (`attune provision`).
+StatusOr<TlsBundle> LoadTlsBundle(const std::string& dir);
+
+// Server credentials that require and verify a client certificate signed by
+// the bundle's CA.
+std::shared_ptr<grpc::ServerCredentials> MakeServerCredentials(const TlsBundle& b);
+std::shared_ptr<grpc::ChannelCredentials> MakeChannelCredentials(const TlsBundle& b);
+
+// The verified client certificate's subject CN, or Unauthenticated.
+StatusOr<std::string> PeerCommonName(const grpc::ServerContextBase& ctx);
+
+grpc::Status ToGrpcStatus(const Status& s);
+Status FromGrpcStatus(const grpc::Status& s);
+
+}  // namespace attune

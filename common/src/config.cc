@@ -1,0 +1,255 @@
+#include "attune/common/config.h"
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
+
+namespace attune {
+namespace {
+
+using nlohmann::json;
+
+// Reads typed fields out of a JSON object, recording the first error with
+// its full path; unknown keys are errors too (a typo must not be ignored).
+class FieldReader {
+ public:
+  FieldReader(const json& obj, std::string prefix, Status* status)
+      : obj_(obj), prefix_(std::move(prefix)), status_(status) {}
+
+  template <typename T>
+  void Get(const char* key, T* out) {
+    seen_.insert(key);
+    if (!status_->ok() || !obj_.contains(key)) return;
+    const json& v = obj_.at(key);
+    try {
+      if constexpr (std::is_same_v<T, std::string>) {
+        if (!v.is_string()) return Fail(key, "must be a string");
+      } else if constexpr (std::is_same_v<T, std::vector<std::string>>) {
+        if (!v.is_array()) return Fail(key, "must be an array of strings");
+        for (const auto& e : v)
+          if (!e.is_string()) return Fail(key, "must be an array of strings");
+      } else if constexpr (std::is_integral_v<T>) {
+        if (!v.is_number_integer()) return Fail(key, "must be an integer");
+      } else if constexpr (std::is_floating_point_v<T>) {
+        if (!v.is_number()) return Fail(key, "must be a number");
+      }
+      *out = v.get<T>();
+    } catch (const json::exception& e) {
+      Fail(key, e.what());
+    }
+  }
+
+  const json* Object(const char* key) {
+    seen_.insert(key);
+    if (!status_->ok() || !obj_.contains(key)) return nullptr;
+    if (!obj_.at(key).is_object()) {
+      Fail(key, "must be an object");
+      return nullptr;
+    }
+    return &obj_.at(key);
+  }
+
+  void RejectUnknown() {
+    if (!status_->ok()) return;
+    for (auto it = obj_.begin(); it != obj_.end(); ++it) {
+      if (!seen_.count(it.key())) return Fail(it.key(), "unknown field");
+    }
+  }
+
+ private:
+  void Fail(const std::string& key, const std::string& why) {
+    *status_ = absl::InvalidArgumentError(absl::StrCat(prefix_, key, ": ", why));
+  }
+
+  const json& obj_;
+  std::string prefix_;
+  Status* status_;
+  std::set<std::string> seen_;
+};
+
+Status Range(const std::string& field, double v, double lo, double hi) {
+  if (v < lo || v > hi) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": must be in [", lo, ", ", hi, "] (got ", v, ")"));
+  }
+  return absl::OkStatus();
+}
+
+void ReadModel(const json& j, const std::string& prefix, ModelConfig* m,
+               Status* s) {
+  FieldReader r(j, prefix, s);
+  r.Get("d_model", &m->d_model);
+  r.Get("heads", &m->heads);
+  r.Get("static_features", &m->static_features);
+  r.Get("event_buckets", &m->event_buckets);
+  r.Get("max_events", &m->max_events);
+  r.Get("imaging_patches", &m->imaging_patches);
+  r.Get("imaging_dim", &m->imaging_dim);
+  r.Get("genes", &m->genes);
+  r.Get("dropout", &m->dropout);
+  r.RejectUnknown();
+}
+
+Status Prefixed(const std::string& prefix, Status s) {
+  if (s.ok()) return s;
+  return Status(s.code(), absl::StrCat(prefix, s.message()));
+}
+
+}  // namespace
+
+Status ModelConfig::Validate() const {
+  ATTUNE_RETURN_IF_ERROR(Range("model.d_model", d_model, 4, 4096));
+  ATTUNE_RETURN_IF_ERROR(Range("model.heads", heads, 1, 64));
+  if (d_model % heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model.heads: must divide model.d_model (", d_model, " % ", heads,
+        " != 0)"));
+  }
+  ATTUNE_RETURN_IF_ERROR(Range("model.static_features", static_features, 0, 100000));
+  ATTUNE_RETURN_IF_ERROR(Range("model.event_buckets", event_buckets, 1, 10000000));
+  ATTUNE_RETURN_IF_ERROR(Range("model.max_events", max_events, 0, 100000));
+  ATTUNE_RETURN_IF_ERROR(Range("model.imaging_patches", imaging_patches, 0, 100000));
+  ATTUNE_RETURN_IF_ERROR(Range("model.imaging_dim", imaging_dim, 0, 100000));
+  ATTUNE_RETURN_IF_ERROR(Range("model.genes", genes, 0, 1000000));
+  ATTUNE_RETURN_IF_ERROR(Range("model.dropout", dropout, 0, 0.9));
+  return absl::OkStatus();
+}
+
+std::string ModelConfig::ToJson() const {
+  json j = {{"d_model", d_model},
+            {"heads", heads},
+            {"static_features", static_features},
+            {"event_buckets", event_buckets},
+            {"max_events", max_events},
+            {"imaging_patches", imaging_patches},
+            {"imaging_dim", imaging_dim},
+            {"genes", genes},
+            {"dropout", dropout}};
+  return j.dump();
+}
+
+StatusOr<ModelConfig> ModelConfig::FromJson(const std::string& text) {
+  json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) {
+    return absl::InvalidArgumentError("model: not a JSON object");
+  }
+  ModelConfig m;
+  Status s;
+  ReadModel(j, "model.", &m, &s);
+  ATTUNE_RETURN_IF_ERROR(s);
+  ATTUNE_RETURN_IF_ERROR(m.Validate());
+  return m;
+}
+
+Status StudyConfig::Validate() const {
+  if (study_id.empty()) return absl::InvalidArgumentError("study_id: required");
+  for (char c : study_id) {
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' &&
+        c != '.') {
+      return absl::InvalidArgumentError(
+          "study_id: only letters, digits, '-', '_' and '.' are allowed");
+    }
+  }
+  ATTUNE_RETURN_IF_ERROR(Range("rounds", rounds, 1, 100000));
+  if (roster.empty()) {
+    return absl::InvalidArgumentError("roster: must list at least one site");
+  }
+  std::set<std::string> unique(roster.begin(), roster.end());
+  if (unique.size() != roster.size()) {
+    return absl::InvalidArgumentError("roster: a site is listed twice");
+  }
+  for (const auto& s : roster) {
+    if (s.empty()) return absl::InvalidArgumentError("roster: empty site name");
+  }
+  ATTUNE_RETURN_IF_ERROR(
+      Range("min_sites", min_sites, 1, static_cast<double>(roster.size())));
+  ATTUNE_RETURN_IF_ERROR(Range("join_timeout_s", join_timeout_s, 0.1, 86400 * 7));
+  ATTUNE_RETURN_IF_ERROR(Range("round_deadline_s", round_deadline_s, 0.1, 86400 * 7));
+  ATTUNE_RETURN_IF_ERROR(Range("train.local_epochs", train.local_epochs, 1, 10000));
+  ATTUNE_RETURN_IF_ERROR(Range("train.batch_size", train.batch_size, 1, 1 << 20));
+  ATTUNE_RETURN_IF_ERROR(Range("train.learning_rate", train.learning_rate, 1e-9, 10));
+  ATTUNE_RETURN_IF_ERROR(model.Validate());
+  ATTUNE_RETURN_IF_ERROR(Range("audit.min_cell", audit.min_cell, 1, 1e9));
+  ATTUNE_RETURN_IF_ERROR(Range("audit.histogram_bins", audit.histogram_bins, 2, 100000));
+  return absl::OkStatus();
+}
+
+StatusOr<StudyConfig> ParseStudyConfig(const std::string& text,
+                                       const std::string& path) {
+  const std::string prefix = path + ": ";
+  json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(prefix, "not valid JSON (check commas, quotes and brackets)"));
+  }
+  if (!j.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat(prefix, "must be a JSON object"));
+  }
+  StudyConfig c;
+  Status s;
+  FieldReader r(j, prefix, &s);
+  r.Get("study_id", &c.study_id);
+  r.Get("rounds", &c.rounds);
+  r.Get("min_sites", &c.min_sites);
+  r.Get("roster", &c.roster);
+  r.Get("join_timeout_s", &c.join_timeout_s);
+  r.Get("round_deadline_s", &c.round_deadline_s);
+  if (const json* t = r.Object("train")) {
+    FieldReader tr(*t, prefix + "train.", &s);
+    tr.Get("local_epochs", &c.train.local_epochs);
+    tr.Get("batch_size", &c.train.batch_size);
+    tr.Get("learning_rate", &c.train.learning_rate);
+    tr.Get("seed", &c.train.seed);
+    tr.RejectUnknown();
+  }
+  if (const json* m = r.Object("model")) ReadModel(*m, prefix + "model.", &c.model, &s);
+  if (const json* a = r.Object("audit")) {
+    FieldReader ar(*a, prefix + "audit.", &s);
+    ar.Get("columns", &c.audit.columns);
+    ar.Get("min_cell", &c.audit.min_cell);
+    ar.Get("histogram_bins", &c.audit.histogram_bins);
+    ar.RejectUnknown();
+  }
+  r.RejectUnknown();
+  ATTUNE_RETURN_IF_ERROR(s);
+  ATTUNE_RETURN_IF_ERROR(Prefixed(prefix, c.Validate()));
+  return c;
+}
+
+StatusOr<StudyConfig> LoadStudyConfig(const std::string& path) {
+  ATTUNE_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+  return ParseStudyConfig(text, path);
+}
+
+StatusOr<std::string> ReadFile(const std::string& path) {
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) {
+    return absl::NotFoundError(absl::StrCat(path, ": no such file"));
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::InternalError(absl::StrCat(path, ": cannot open"));
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  if (in.bad()) return absl::InternalError(absl::StrCat(path, ": read error"));
+  return ss.str();
+}
+
+Status WriteFileAtomic(const std::string& path, const std::string& content) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) return absl::InternalError(absl::StrCat(tmp, ": cannot create"));
+    out.write(content.data(), static_cast<std::streamsize>(content.size()));
+    if (!out) return absl::InternalError(absl::StrCat(tmp, ": write error"));
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) return absl::InternalError(absl::StrCat(path, ": ", ec.message()));
+  return absl::OkStatus();
+}
+
+}  // namespace attune

@@ -1,0 +1,65 @@
+#include "attune/common/tls.h"
+
+#include "absl/strings/str_cat.h"
+#include "attune/common/config.h"
+#include "attune/common/pki.h"
+
+namespace attune {
+
+StatusOr<TlsBundle> LoadTlsBundle(const std::string& dir) {
+  TlsBundle b;
+  struct Part { const char* file; std::string* out; };
+  for (const Part& p : {Part{kBundleCaFile, &b.ca_pem}, Part{kBundleCertFile, &b.cert_pem},
+                        Part{kBundleKeyFile, &b.key_pem}}) {
+    const std::string path = absl::StrCat(dir, "/", p.file);
+    auto text = ReadFile(path);
+    if (!text.ok()) {
+      return Status(text.status().code(),
+                    absl::StrCat("TLS bundle: ", text.status().message(),
+                                 " (make bundles with `attune provision`)"));
+    }
+    if (text->find("-----BEGIN") == std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat("TLS bundle: ", path, ": not a PEM file"));
+    }
+    *p.out = *std::move(text);
+  }
+  return b;
+}
+
+std::shared_ptr<grpc::ServerCredentials> MakeServerCredentials(const TlsBundle& b) {
+  grpc::SslServerCredentialsOptions opts(
+      GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  opts.pem_root_certs = b.ca_pem;
+  opts.pem_key_cert_pairs.push_back({b.key_pem, b.cert_pem});
+  return grpc::SslServerCredentials(opts);
+}
+
+std::shared_ptr<grpc::ChannelCredentials> MakeChannelCredentials(const TlsBundle& b) {
+  grpc::SslCredentialsOptions opts;
+  opts.pem_root_certs = b.ca_pem;
+  opts.pem_private_key = b.key_pem;
+  opts.pem_cert_chain = b.cert_pem;
+  return grpc::SslCredentials(opts);
+}
+
+StatusOr<std::string> PeerCommonName(const grpc::ServerContextBase& ctx) {
+  auto auth = ctx.auth_context();
+  if (!auth || !auth->IsPeerAuthenticated()) {
+    return absl::UnauthenticatedError("no verified client certificate");
+  }
+  auto cns = auth->FindPropertyValues("x509_common_name");
+  if (cns.empty()) return absl::UnauthenticatedError("client certificate has no CN");
+  return std::string(cns.front().data(), cns.front().size());
+}
+
+grpc::Status ToGrpcStatus(const Status& s) {
+  if (s.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+}
+
+Status FromGrpcStatus(const grpc::Status& s) {
+  if (s.ok()) return absl::OkStatus();
+  return Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+}
+
+}  // namespace attune

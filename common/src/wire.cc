@@ -1,0 +1,54 @@
+#include "attune/common/wire.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace attune {
+
+void ToProto(const EvalSums& s, v1::AuditReport* out) {
+  out->set_split(s.split);
+  out->set_n(s.n);
+  out->set_loss_sum(s.loss_sum);
+  out->mutable_pos_hist()->Assign(s.pos_hist.begin(), s.pos_hist.end());
+  out->mutable_neg_hist()->Assign(s.neg_hist.begin(), s.neg_hist.end());
+  out->set_tp(s.confusion.tp);
+  out->set_fp(s.confusion.fp);
+  out->set_tn(s.confusion.tn);
+  out->set_fn(s.confusion.fn);
+  for (const auto& m : s.modalities) out->add_modalities(m);
+  for (const auto& [key, g] : s.groups) {
+    v1::GroupStats* p = out->add_groups();
+    p->set_column(key.first);
+    p->set_value(key.second);
+    p->set_n(g.n);
+    p->mutable_beta_sum()->Assign(g.beta_sum.begin(), g.beta_sum.end());
+    p->set_tp(g.confusion.tp);
+    p->set_fp(g.confusion.fp);
+    p->set_tn(g.confusion.tn);
+    p->set_fn(g.confusion.fn);
+  }
+}
+
+StatusOr<EvalSums> FromProto(const v1::AuditReport& r) {
+  EvalSums s;
+  s.split = r.split();
+  s.n = r.n();
+  s.loss_sum = r.loss_sum();
+  s.pos_hist.assign(r.pos_hist().begin(), r.pos_hist().end());
+  s.neg_hist.assign(r.neg_hist().begin(), r.neg_hist().end());
+  s.confusion = {r.tp(), r.fp(), r.tn(), r.fn()};
+  s.modalities.assign(r.modalities().begin(), r.modalities().end());
+  for (const auto& g : r.groups()) {
+    auto [it, inserted] = s.groups.try_emplace({g.column(), g.value()});
+    if (!inserted) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("evaluation: group ", g.column(), "=", g.value(), " listed twice"));
+    }
+    it->second.n = g.n();
+    it->second.beta_sum.assign(g.beta_sum().begin(), g.beta_sum().end());
+    it->second.confusion = {g.tp(), g.fp(), g.tn(), g.fn()};
+  }
+  ATTUNE_RETURN_IF_ERROR(s.Validate());
+  return s;
+}
+
+}  // namespace attune

@@ -1,0 +1,52 @@
+// The Federation gRPC service: thin. It authenticates the caller by its
+// client-certificate CN, checks the study id, translates between protocol
+// messages and domain types at the edge, and calls the RoundDriver, which
+// knows nothing of gRPC. Errors cross back through ToGrpcStatus only.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include <grpcpp/grpcpp.h>
+
+#include "attune/common/status.h"
+#include "attune/common/tls.h"
+#include "attune/coordinator/round_driver.h"
+#include "attune/v1/federation.grpc.pb.h"
+
+namespace attune::coordinator {
+
+class FederationService final : public v1::Federation::Service {
+ public:
+  explicit FederationService(RoundDriver* driver) : driver_(driver) {}
+
+  grpc::Status Join(grpc::ServerContext* ctx, const v1::JoinRequest* req,
+                    v1::JoinReply* reply) override;
+  grpc::Status Subscribe(grpc::ServerContext* ctx, const v1::SiteHello* req,
+                         grpc::ServerWriter<v1::RoundTask>* writer) override;
+  grpc::Status FetchModel(grpc::ServerContext* ctx, const v1::ModelRef* req,
+                          grpc::ServerWriter<v1::Chunk>* writer) override;
+  grpc::Status SubmitUpdate(grpc::ServerContext* ctx, grpc::ServerReader<v1::Chunk>* reader,
+                            v1::Receipt* receipt) override;
+  grpc::Status SubmitAudit(grpc::ServerContext* ctx, const v1::AuditReport* req,
+                           v1::Receipt* receipt) override;
+  grpc::Status Status(grpc::ServerContext* ctx, const v1::StatusRequest* req,
+                      v1::StudyStatus* reply) override;
+
+ private:
+  // The caller's site id, if its certificate is valid and the study matches.
+  StatusOr<std::string> Authorize(grpc::ServerContext* ctx, const std::string& study_id);
+
+  RoundDriver* driver_;
+};
+
+// A running server on `listen` (host:port; port 0 picks a free one).
+struct RunningServer {
+  std::unique_ptr<FederationService> service;
+  std::unique_ptr<grpc::Server> server;
+  int port = 0;
+};
+StatusOr<RunningServer> StartServer(RoundDriver* driver, const std::string& listen,
+                                    const TlsBundle& tls);
+
+}  // namespace attune::coordinator

@@ -1,0 +1,107 @@
+// attune-coordinator: runs one federated study. See README.md ("Run a study
+// across machines") and NOTE [Round lifecycle] in round_driver.h.
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include "attune/common/config.h"
+#include "attune/common/logging.h"
+#include "attune/common/store.h"
+#include "attune/common/tls.h"
+#include "attune/coordinator/round_driver.h"
+#include "attune/coordinator/service.h"
+
+namespace {
+
+struct Options {
+  std::string study_path;
+  std::string listen = "127.0.0.1:7443";
+  std::string data_dir;
+  std::string tls_dir;
+  std::string out_dir;
+  std::string port_file;
+  std::string log_level = "info";
+};
+
+int Fail(const attune::Status& s) {
+  std::fprintf(stderr, "attune-coordinator: error: %s\n", std::string(s.message()).c_str());
+  return 1;
+}
+
+// Signals only set a flag (async-signal-safe); a watcher thread turns it
+// into an orderly shutdown.
+volatile std::sig_atomic_t g_signal = 0;
+extern "C" void OnSignal(int sig) { g_signal = sig; }
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  CLI::App app{
+      "attune-coordinator: runs a federated study. Sites connect over mutual TLS; the\n"
+      "coordinator drives the rounds, aggregates updates with FedAvg, commits each round\n"
+      "to its RocksDB data directory and writes summary.json and audit.json."};
+  app.add_option("--study", o.study_path, "study configuration (JSON)")->required();
+  app.add_option("--listen", o.listen, "address to serve on, host:port (port 0: any free port)")
+      ->capture_default_str();
+  app.add_option("--data-dir", o.data_dir,
+                 "RocksDB state directory; restarting on the same directory resumes the study")
+      ->required();
+  app.add_option("--tls-dir", o.tls_dir,
+                 "the coordinator's bundle from `attune provision` (ca.crt, cert.crt, key.pem)")
+      ->required();
+  app.add_option("--out", o.out_dir, "where summary.json and audit.json go (default: --data-dir)");
+  app.add_option("--port-file", o.port_file, "write the bound port to this file once serving");
+  app.add_option("--log-level", o.log_level, "debug, info, warn or error")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  if (o.out_dir.empty()) o.out_dir = o.data_dir;
+
+  if (auto s = attune::InitLogging("coordinator", o.log_level); !s.ok()) return Fail(s);
+  auto study = attune::LoadStudyConfig(o.study_path);
+  if (!study.ok()) return Fail(study.status());
+  auto tls = attune::LoadTlsBundle(o.tls_dir);
+  if (!tls.ok()) return Fail(tls.status());
+  std::error_code ec;
+  std::filesystem::create_directories(o.data_dir, ec);
+  if (ec) return Fail(absl::InternalError(o.data_dir + ": " + ec.message()));
+  auto store = attune::StateStore::Open(o.data_dir, study->study_id);
+  if (!store.ok()) return Fail(store.status());
+  auto driver = attune::coordinator::RoundDriver::Create(*study, store->get(), o.out_dir);
+  if (!driver.ok()) return Fail(driver.status());
+  auto server = attune::coordinator::StartServer(driver->get(), o.listen, *tls);
+  if (!server.ok()) return Fail(server.status());
+  spdlog::info("study '{}' serving on port {} ({} rounds, roster of {})", study->study_id,
+               server->port, study->rounds, study->roster.size());
+  if (!o.port_file.empty()) {
+    auto s = attune::WriteFileAtomic(o.port_file, std::to_string(server->port) + "\n");
+    if (!s.ok()) return Fail(s);
+  }
+
+  std::signal(SIGINT, OnSignal);
+  std::signal(SIGTERM, OnSignal);
+  std::atomic<bool> done{false};
+  std::thread watcher([&] {
+    while (!done.load()) {
+      if (g_signal != 0) {
+        spdlog::warn("signal {}: shutting down (committed rounds are kept)", int(g_signal));
+        (*driver)->Shutdown();
+        return;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  });
+
+  attune::Status result = (*driver)->Run();
+  // Let the FINISH tasks reach the sites, then stop serving.
+  server->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  (*driver)->Shutdown();
+  done = true;
+  watcher.join();
+  if (!result.ok()) return Fail(result);
+  return 0;
+}

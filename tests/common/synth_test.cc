@@ -1,0 +1,202 @@
+#include "synth/synth.h"
+
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <map>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "attune/common/npy.h"
+#include "gtest/gtest.h"
+
+namespace attune::synth {
+namespace {
+
+namespace fs = std::filesystem;
+
+// A fresh directory under the system temp dir, removed on destruction.
+class TempDir {
+ public:
+  TempDir() {
+    static std::atomic<int> counter{0};
+    auto now = std::chrono::steady_clock::now().time_since_epoch().count();
+    path_ = fs::temp_directory_path() /
+            ("attune_synth_test_" + std::to_string(now) + "_" +
+             std::to_string(counter++));
+    fs::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+};
+
+std::string ReadBytes(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)),
+                     std::istreambuf_iterator<char>());
+}
+
+std::vector<std::string> Lines(const fs::path& path) {
+  std::istringstream in(ReadBytes(path));
+  std::vector<std::string> lines;
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  return lines;
+}
+
+std::vector<std::string> SplitOn(const std::string& s, char sep) {
+  std::vector<std::string> parts;
+  std::string cur;
+  for (char c : s) {
+    if (c == sep) {
+      parts.push_back(cur);
+      cur.clear();
+    } else {
+      cur.push_back(c);
+    }
+  }
+  parts.push_back(cur);
+  return parts;
+}
+
+// Relative path -> contents, for every file under `root`.
+std::map<std::string, std::string> Snapshot(const fs::path& root) {
+  std::map<std::string, std::string> files;
+  for (const auto& entry : fs::recursive_directory_iterator(root)) {
+    if (entry.is_regular_file()) {
+      files[fs::relative(entry.path(), root).string()] =
+          ReadBytes(entry.path());
+    }
+  }
+  return files;
+}
+
+SynthOptions SmallOptions(const fs::path& out) {
+  SynthOptions options;
+  options.out_dir = out.string();
+  options.num_sites = 2;
+  options.patients_per_site = 50;
+  options.seed = 11;
+  return options;
+}
+
+TEST(SynthTest, WritesSiteLayout) {
+  TempDir dir;
+  ASSERT_TRUE(Generate(SmallOptions(dir.path())).ok());
+
+  std::set<std::string> all_ids;
+  for (const char* site : {"site-1", "site-2"}) {
+    fs::path s = dir.path() / site;
+    ASSERT_TRUE(fs::exists(s / "cohort.csv")) << site;
+    ASSERT_TRUE(fs::exists(s / "ehr" / "static.csv")) << site;
+    ASSERT_TRUE(fs::exists(s / "ehr" / "events.csv")) << site;
+    ASSERT_TRUE(fs::exists(s / "genomics" / "expression.tsv")) << site;
+    ASSERT_TRUE(fs::is_directory(s / "imaging")) << site;
+
+    std::vector<std::string> cohort = Lines(s / "cohort.csv");
+    ASSERT_EQ(cohort.size(), 51u);
+    EXPECT_EQ(cohort[0], "patient_id,split,label,sex,age_band,ethnicity");
+    std::set<std::string> splits, labels;
+    int with_imaging = 0;
+    for (size_t i = 1; i < cohort.size(); ++i) {
+      std::vector<std::string> f = SplitOn(cohort[i], ',');
+      ASSERT_EQ(f.size(), 6u) << cohort[i];
+      EXPECT_TRUE(all_ids.insert(f[0]).second) << "duplicate id " << f[0];
+      splits.insert(f[1]);
+      labels.insert(f[2]);
+      EXPECT_TRUE(f[3] == "F" || f[3] == "M") << cohort[i];
+      if (fs::exists(s / "imaging" / (f[0] + ".npy"))) ++with_imaging;
+    }
+    EXPECT_EQ(splits, (std::set<std::string>{"train", "val", "test"}));
+    EXPECT_EQ(labels, (std::set<std::string>{"0", "1"}));
+    EXPECT_GT(with_imaging, 25);
+    EXPECT_LT(with_imaging, 50);
+
+    std::vector<std::string> statics = Lines(s / "ehr" / "static.csv");
+    ASSERT_EQ(statics.size(), 51u);
+    EXPECT_EQ(SplitOn(statics[0], ',').size(), 1u + kStaticFeatures);
+    std::vector<std::string> expression =
+        Lines(s / "genomics" / "expression.tsv");
+    ASSERT_GE(expression.size(), 2u);
+    EXPECT_EQ(SplitOn(expression[0], '\t').size(), 1u + kGenes);
+    EXPECT_EQ(Lines(s / "ehr" / "events.csv")[0], "patient_id,time,code,value");
+
+    for (const auto& entry : fs::directory_iterator(s / "imaging")) {
+      StatusOr<NpyArray> image = ReadNpy(entry.path().string());
+      ASSERT_TRUE(image.ok()) << image.status();
+      EXPECT_EQ(image->shape,
+                (std::vector<int64_t>{kImagingPatches, kImagingDim}));
+      break;
+    }
+  }
+}
+
+TEST(SynthTest, IsDeterministic) {
+  TempDir a, b;
+  ASSERT_TRUE(Generate(SmallOptions(a.path())).ok());
+  ASSERT_TRUE(Generate(SmallOptions(b.path())).ok());
+  std::map<std::string, std::string> fa = Snapshot(a.path());
+  std::map<std::string, std::string> fb = Snapshot(b.path());
+  EXPECT_GT(fa.size(), 50u);
+  EXPECT_TRUE(fa == fb);
+
+  // A different seed gives a different cohort.
+  TempDir c;
+  SynthOptions other = SmallOptions(c.path());
+  other.seed = 12;
+  ASSERT_TRUE(Generate(other).ok());
+  EXPECT_NE(ReadBytes(a.path() / "site-1" / "ehr" / "static.csv"),
+            ReadBytes(c.path() / "site-1" / "ehr" / "static.csv"));
+}
+
+TEST(SynthTest, ValidateRejectsBadOptions) {
+  SynthOptions options;
+  options.out_dir = "/tmp/unused";
+  EXPECT_TRUE(options.Validate().ok());
+  options.num_sites = 0;
+  Status s = options.Validate();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("num_sites"), std::string::npos);
+  EXPECT_EQ(Generate(options).code(), absl::StatusCode::kInvalidArgument);
+
+  options.num_sites = 1;
+  options.patients_per_site = 9;
+  s = options.Validate();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("patients_per_site"), std::string::npos);
+
+  options.patients_per_site = 10;
+  options.out_dir = "";
+  EXPECT_EQ(options.Validate().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(SynthTest, RefusesToOverwriteUnlessAsked) {
+  TempDir dir;
+  SynthOptions options = SmallOptions(dir.path());
+  ASSERT_TRUE(Generate(options).ok());
+  fs::path stray = dir.path() / "site-1" / "stray.txt";
+  std::ofstream(stray) << "x";
+
+  Status s = Generate(options);
+  EXPECT_EQ(s.code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_NE(s.message().find((dir.path() / "site-1").string()),
+            std::string::npos);
+  EXPECT_TRUE(fs::exists(stray));
+
+  options.overwrite = true;
+  ASSERT_TRUE(Generate(options).ok());
+  EXPECT_FALSE(fs::exists(stray));
+  EXPECT_EQ(Lines(dir.path() / "site-1" / "cohort.csv").size(), 51u);
+}
+
+}  // namespace
+}  // namespace attune::synth
