@@ -109,12 +109,12 @@ Status ModelConfig::Validate() const {
         "model.heads: must divide model.d_model (", d_model, " % ", heads,
         " != 0)"));
   }
-  ATTUNE_RETURN_IF_ERROR(Range("model.static_features", static_features, 0, 100000));
+  ATTUNE_RETURN_IF_ERROR(Range("model.static_features", static_features, 1, 100000));
   ATTUNE_RETURN_IF_ERROR(Range("model.event_buckets", event_buckets, 1, 10000000));
-  ATTUNE_RETURN_IF_ERROR(Range("model.max_events", max_events, 0, 100000));
-  ATTUNE_RETURN_IF_ERROR(Range("model.imaging_patches", imaging_patches, 0, 100000));
-  ATTUNE_RETURN_IF_ERROR(Range("model.imaging_dim", imaging_dim, 0, 100000));
-  ATTUNE_RETURN_IF_ERROR(Range("model.genes", genes, 0, 1000000));
+  ATTUNE_RETURN_IF_ERROR(Range("model.max_events", max_events, 1, 100000));
+  ATTUNE_RETURN_IF_ERROR(Range("model.imaging_patches", imaging_patches, 1, 100000));
+  ATTUNE_RETURN_IF_ERROR(Range("model.imaging_dim", imaging_dim, 1, 100000));
+  ATTUNE_RETURN_IF_ERROR(Range("model.genes", genes, 1, 1000000));
   ATTUNE_RETURN_IF_ERROR(Range("model.dropout", dropout, 0, 0.9));
   return absl::OkStatus();
 }

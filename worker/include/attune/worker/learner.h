@@ -1,0 +1,53 @@
+// The site's learner: what the federation client asks of local training,
+// without LibTorch in the interface (the client and main stay torch-free and
+// the client can be tested with a fake learner).
+//
+// Thread-compatible: the client calls one method at a time.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "attune/common/config.h"
+#include "attune/common/eval_stats.h"
+#include "attune/common/status.h"
+#include "attune/common/tensor_codec.h"
+
+namespace attune::worker {
+
+struct TrainResult {
+  FlatModel delta;          // w_local - w_global, same schema as the global model
+  int64_t num_examples = 0; // training patients (the FedAvg weight)
+  double train_loss = 0;    // mean loss of the last local epoch
+};
+
+struct EvalOptions {
+  std::vector<std::string> audit_columns;  // subgroup columns to report
+  int histogram_bins = 200;
+};
+
+class Learner {
+ public:
+  virtual ~Learner() = default;
+  // The initial global model, identical for a given config and seed.
+  virtual StatusOr<FlatModel> InitialModel(uint64_t seed) = 0;
+  virtual StatusOr<TrainResult> Train(const FlatModel& global, const TrainConfig& hyper) = 0;
+  // Sums only (see eval_stats.h) for `split` ("val" or "test").
+  virtual StatusOr<EvalSums> Evaluate(const FlatModel& model, const std::string& split,
+                                      const EvalOptions& options) = 0;
+  virtual int64_t NumExamples(const std::string& split) const = 0;
+};
+
+struct LearnerOptions {
+  std::string site_dir;
+  int threads = 1;  // LibTorch intra-op threads
+};
+
+// The LibTorch learner over a site directory: loads and validates the data
+// for `model` (errors name file and line).
+StatusOr<std::unique_ptr<Learner>> MakeTorchLearner(const ModelConfig& model,
+                                                    const LearnerOptions& options);
+
+}  // namespace attune::worker

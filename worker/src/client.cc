@@ -1,0 +1,254 @@
+#include "attune/worker/client.h"
+
+#include <spdlog/spdlog.h>
+
+#include <optional>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "attune/common/tensor_codec.h"
+#include "attune/common/wire.h"
+
+namespace attune::worker {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+void SetDeadline(grpc::ClientContext* ctx, std::chrono::milliseconds timeout) {
+  ctx->set_deadline(std::chrono::system_clock::now() + timeout);
+}
+
+// Worth reconnecting for: the coordinator may be restarting.
+bool Retryable(const Status& s) {
+  if (absl::IsUnavailable(s) || absl::IsDeadlineExceeded(s) || absl::IsAborted(s) ||
+      absl::IsCancelled(s)) {
+    const std::string m(s.message());
+    return m.find("andshake") == std::string::npos && m.find("ertificate") == std::string::npos;
+  }
+  return false;
+}
+
+std::string Explain(const Status& s, const std::string& coordinator) {
+  const std::string m(s.message());
+  if (m.find("andshake") != std::string::npos || m.find("ertificate") != std::string::npos) {
+    return absl::StrCat("TLS handshake with the coordinator at ", coordinator, " failed (", m,
+                        "): check that --tls-dir holds this site's bundle from the study's "
+                        "`attune provision` and that the address matches the coordinator's "
+                        "certificate");
+  }
+  if (absl::IsUnavailable(s) || absl::IsDeadlineExceeded(s)) {
+    return absl::StrCat("cannot reach the coordinator at ", coordinator, " (", m,
+                        "): is it running, and is the address right?");
+  }
+  if (absl::IsPermissionDenied(s) || absl::IsUnauthenticated(s)) {
+    return absl::StrCat("the coordinator refused this site: ", m);
+  }
+  return absl::StrCat("coordinator at ", coordinator, ": ", m);
+}
+
+}  // namespace
+
+std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target, const TlsBundle& tls) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(static_cast<int>(kMaxChunkBytes + (64 << 10)));
+  args.SetMaxSendMessageSize(static_cast<int>(kMaxChunkBytes + (64 << 10)));
+  // Fail fast on a dead coordinator instead of waiting minutes between tries.
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
+  return grpc::CreateCustomChannel(target, MakeChannelCredentials(tls), args);
+}
+
+FederationClient::FederationClient(ClientOptions options, std::shared_ptr<grpc::Channel> channel,
+                                   LearnerFactory make_learner)
+    : options_(std::move(options)),
+      stub_(v1::Federation::NewStub(channel)),
+      make_learner_(std::move(make_learner)) {}
+
+Status FederationClient::Run() {
+  auto give_up = Clock::now() + options_.reconnect_timeout;
+  auto backoff = std::chrono::milliseconds(250);
+  while (true) {
+    bool joined = false;
+    Status s = Session(&joined);
+    if (s.ok()) return s;
+    if (joined) {  // we were connected: a fresh reconnection window
+      give_up = Clock::now() + options_.reconnect_timeout;
+      backoff = std::chrono::milliseconds(250);
+    }
+    if (!Retryable(s) || Clock::now() + backoff >= give_up) {
+      return Status(s.code(), Explain(s, options_.coordinator));
+    }
+    spdlog::warn("coordinator unavailable ({}); retrying in {} ms", std::string(s.message()),
+                 backoff.count());
+    std::this_thread::sleep_for(backoff);  // backoff between attempts, not a wait for an event
+    backoff = std::min(backoff * 2, std::chrono::milliseconds(4000));
+  }
+}
+
+Status FederationClient::Session(bool* joined) {
+  v1::JoinRequest req;
+  req.set_study_id(options_.study_id);
+  req.set_ranks(1);
+  if (learner_) (*req.mutable_samples())["train"] = learner_->NumExamples("train");
+  v1::JoinReply reply;
+  {
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx, std::chrono::seconds(10));
+    ctx.set_wait_for_ready(true);  // ride out a coordinator that is starting
+    ATTUNE_RETURN_IF_ERROR(FromGrpcStatus(stub_->Join(&ctx, req, &reply)));
+  }
+  *joined = true;
+  site_id_ = reply.site_id();
+  if (!learner_) {
+    auto model = ModelConfig::FromJson(reply.model_config_json());
+    if (!model.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the coordinator sent a model configuration this worker cannot use: ",
+          std::string(model.status().message())));
+    }
+    spdlog::info("joined study '{}' as {}; loading site data", reply.study_id(), site_id_);
+    auto learner = make_learner_(*model);
+    if (!learner.ok()) {
+      // Bad data is not a network problem: never retried.
+      return absl::FailedPreconditionError(
+          absl::StrCat("site data: ", std::string(learner.status().message())));
+    }
+    learner_ = *std::move(learner);
+    spdlog::info("site data loaded: {} train, {} val, {} test patients",
+                 learner_->NumExamples("train"), learner_->NumExamples("val"),
+                 learner_->NumExamples("test"));
+  }
+  eval_options_.audit_columns.assign(reply.audit_columns().begin(), reply.audit_columns().end());
+  eval_options_.histogram_bins = reply.histogram_bins() > 1 ? reply.histogram_bins() : 200;
+
+  grpc::ClientContext ctx;
+  v1::SiteHello hello;
+  hello.set_study_id(options_.study_id);
+  auto stream = stub_->Subscribe(&ctx, hello);
+  v1::RoundTask task;
+  while (stream->Read(&task)) {
+    if (task.kind() == v1::RoundTask::FINISH) {
+      spdlog::info("study finished");
+      ctx.TryCancel();
+      return absl::OkStatus();
+    }
+    Status s = HandleTask(task);
+    if (!s.ok()) {
+      // The round goes on without us; the coordinator decides on quorum.
+      spdlog::error("round {} {}: {}", task.round(), v1::RoundTask::Kind_Name(task.kind()),
+                    std::string(s.message()));
+    }
+  }
+  Status end = FromGrpcStatus(stream->Finish());
+  if (end.ok()) return absl::UnavailableError("the coordinator closed the task stream");
+  return end;
+}
+
+Status FederationClient::HandleTask(const v1::RoundTask& task) {
+  const auto start = Clock::now();
+  switch (task.kind()) {
+    case v1::RoundTask::INIT: {
+      ATTUNE_ASSIGN_OR_RETURN(FlatModel init, learner_->InitialModel(task.hyper().seed()));
+      spdlog::info("round 0: uploading the initial model ({} parameters)", init.values.size());
+      return SubmitUpdate(task, init, learner_->NumExamples("train"), 0, /*full_weights=*/true);
+    }
+    case v1::RoundTask::TRAIN: {
+      ATTUNE_ASSIGN_OR_RETURN(FlatModel global, FetchModel(task.model_version()));
+      TrainConfig hyper;
+      hyper.local_epochs = task.hyper().local_epochs();
+      hyper.batch_size = task.hyper().batch_size();
+      hyper.learning_rate = task.hyper().learning_rate();
+      hyper.seed = task.hyper().seed() + static_cast<uint64_t>(task.round());
+      spdlog::info("round {}: training {} epochs on {} patients", task.round(),
+                   hyper.local_epochs, learner_->NumExamples("train"));
+      ATTUNE_ASSIGN_OR_RETURN(TrainResult r, learner_->Train(global, hyper));
+      spdlog::info("round {}: train loss {:.4f} in {:.1f} s", task.round(), r.train_loss,
+                   std::chrono::duration<double>(Clock::now() - start).count());
+      return SubmitUpdate(task, r.delta, r.num_examples, r.train_loss, /*full_weights=*/false);
+    }
+    case v1::RoundTask::EVALUATE: {
+      ATTUNE_ASSIGN_OR_RETURN(FlatModel model, FetchModel(task.model_version()));
+      for (const auto& split : task.splits()) {
+        ATTUNE_ASSIGN_OR_RETURN(EvalSums sums, learner_->Evaluate(model, split, eval_options_));
+        v1::AuditReport report;
+        ToProto(sums, &report);
+        report.set_study_id(options_.study_id);
+        report.set_round(task.round());
+        report.set_task_id(task.task_id());
+        grpc::ClientContext ctx;
+        SetDeadline(&ctx, std::chrono::seconds(60));
+        v1::Receipt receipt;
+        ATTUNE_RETURN_IF_ERROR(FromGrpcStatus(stub_->SubmitAudit(&ctx, report, &receipt)));
+      }
+      return absl::OkStatus();
+    }
+    default:
+      return absl::InvalidArgumentError(absl::StrCat("unknown task kind ", task.kind()));
+  }
+}
+
+StatusOr<FlatModel> FederationClient::FetchModel(int64_t version) {
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, options_.rpc_timeout);
+  v1::ModelRef ref;
+  ref.set_study_id(options_.study_id);
+  ref.set_version(version);
+  auto reader = stub_->FetchModel(&ctx, ref);
+  v1::Chunk chunk;
+  std::optional<ChunkAssembler> assembler;
+  while (reader->Read(&chunk)) {
+    if (!assembler) {
+      if (!chunk.has_meta()) {
+        ctx.TryCancel();
+        reader->Finish();
+        return absl::DataLossError("model stream without metadata");
+      }
+      assembler.emplace(chunk.meta().total_bytes(), chunk.meta().total_sha256(),
+                        uint64_t{16} << 30);
+    }
+    Status s = assembler->Add(chunk.seq(), chunk.data(), chunk.sha256());
+    if (!s.ok()) {
+      ctx.TryCancel();
+      reader->Finish();
+      return s;
+    }
+  }
+  ATTUNE_RETURN_IF_ERROR(FromGrpcStatus(reader->Finish()));
+  if (!assembler) return absl::DataLossError("empty model stream");
+  ATTUNE_ASSIGN_OR_RETURN(std::string payload, assembler->Finish());
+  return DecodeModel(payload);
+}
+
+Status FederationClient::SubmitUpdate(const v1::RoundTask& task, const FlatModel& model,
+                                      int64_t num_examples, double train_loss,
+                                      bool full_weights) {
+  const std::string payload = EncodeModel(model);
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, options_.rpc_timeout);
+  v1::Receipt receipt;
+  auto writer = stub_->SubmitUpdate(&ctx, &receipt);
+  const auto pieces = SplitChunks(payload);
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    v1::Chunk c;
+    if (i == 0) {
+      v1::UpdateMeta* m = c.mutable_meta();
+      m->set_study_id(options_.study_id);
+      m->set_round(task.round());
+      m->set_task_id(task.task_id());
+      m->set_num_examples(num_examples);
+      m->set_full_weights(full_weights);
+      m->set_total_bytes(payload.size());
+      m->set_total_sha256(Sha256(payload));
+      if (!full_weights) (*m->mutable_metrics())["train_loss"] = train_loss;
+    }
+    c.set_seq(i);
+    c.set_data(std::string(pieces[i]));
+    c.set_sha256(Sha256(pieces[i]));
+    c.set_last(i + 1 == pieces.size());
+    if (!writer->Write(c)) break;  // the server ended the call: Finish says why
+  }
+  writer->WritesDone();
+  return FromGrpcStatus(writer->Finish());
+}
+
+}  // namespace attune::worker

@@ -1,0 +1,223 @@
+// The LibTorch learner: tensorises a site's data once per split, trains the
+// multimodal attention model locally and evaluates it into sums.
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "attune/common/metrics.h"
+#include "attune/worker/learner.h"
+#include "attune/worker/model.h"
+#include "attune/worker/model_state.h"
+#include "attune/worker/site_data.h"
+
+namespace attune::worker {
+namespace {
+
+struct SplitTensors {
+  Batch all;
+  std::vector<const Patient*> patients;
+};
+
+SplitTensors Tensorise(const SiteData& data, const std::string& split, const ModelConfig& m) {
+  SplitTensors s;
+  for (const Patient& p : data.patients) {
+    if (p.split == split) s.patients.push_back(&p);
+  }
+  const int64_t n = s.patients.size();
+  const int64_t l = m.max_events;
+  Batch& b = s.all;
+  b.static_x = torch::zeros({n, m.static_features});
+  b.event_bucket = torch::zeros({n, l}, torch::kInt64);
+  b.event_value = torch::zeros({n, l});
+  b.event_time = torch::zeros({n, l});
+  b.event_pad = torch::ones({n, l}, torch::kBool);
+  b.imaging = torch::zeros({n, m.imaging_patches, m.imaging_dim});
+  b.genomics = torch::zeros({n, m.genes});
+  b.present = torch::zeros({n, kNumModalities}, torch::kBool);
+  b.label = torch::zeros({n});
+  auto sx = b.static_x.accessor<float, 2>();
+  auto eb = b.event_bucket.accessor<int64_t, 2>();
+  auto ev = b.event_value.accessor<float, 2>();
+  auto et = b.event_time.accessor<float, 2>();
+  auto ep = b.event_pad.accessor<bool, 2>();
+  auto im = b.imaging.accessor<float, 3>();
+  auto ge = b.genomics.accessor<float, 2>();
+  auto pr = b.present.accessor<bool, 2>();
+  auto lb = b.label.accessor<float, 1>();
+  for (int64_t i = 0; i < n; ++i) {
+    const Patient& p = *s.patients[i];
+    lb[i] = static_cast<float>(p.label);
+    if (p.has_static) {
+      pr[i][0] = true;
+      for (int j = 0; j < m.static_features; ++j) sx[i][j] = p.static_features[j];
+    }
+    if (!p.events.empty()) {
+      pr[i][1] = true;
+      for (size_t k = 0; k < p.events.size(); ++k) {
+        eb[i][k] = p.events[k].bucket;
+        ev[i][k] = p.events[k].value;
+        et[i][k] = p.events[k].time;
+        ep[i][k] = false;
+      }
+    }
+    if (p.has_imaging) {
+      pr[i][2] = true;
+      for (int a = 0; a < m.imaging_patches; ++a)
+        for (int c = 0; c < m.imaging_dim; ++c) im[i][a][c] = p.imaging[a * m.imaging_dim + c];
+    }
+    if (p.has_genomics) {
+      pr[i][3] = true;
+      for (int j = 0; j < m.genes; ++j) ge[i][j] = p.genomics[j];
+    }
+  }
+  return s;
+}
+
+Batch Select(const Batch& b, const torch::Tensor& idx) {
+  return {b.static_x.index_select(0, idx),   b.event_bucket.index_select(0, idx),
+          b.event_value.index_select(0, idx), b.event_time.index_select(0, idx),
+          b.event_pad.index_select(0, idx),   b.imaging.index_select(0, idx),
+          b.genomics.index_select(0, idx),    b.present.index_select(0, idx),
+          b.label.index_select(0, idx)};
+}
+
+// Converts LibTorch's exceptions into a Status at the component's edge.
+template <typename F>
+auto Guard(const char* what, F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat(what, ": ", e.what_without_backtrace()));
+  }
+}
+
+class TorchLearner final : public Learner {
+ public:
+  TorchLearner(ModelConfig config, SiteData data)
+      : config_(std::move(config)), data_(std::move(data)) {
+    for (const char* split : {"train", "val", "test"}) {
+      splits_.emplace(split, Tensorise(data_, split, config_));
+    }
+  }
+
+  StatusOr<FlatModel> InitialModel(uint64_t seed) override {
+    return Guard("initial model", [&]() -> StatusOr<FlatModel> {
+      torch::manual_seed(seed);
+      MultimodalAttentionNet net(config_);
+      return ToFlatModel(*net);
+    });
+  }
+
+  StatusOr<TrainResult> Train(const FlatModel& global, const TrainConfig& hyper) override {
+    return Guard("training", [&]() -> StatusOr<TrainResult> {
+      torch::manual_seed(hyper.seed);
+      MultimodalAttentionNet net(config_);
+      ATTUNE_RETURN_IF_ERROR(LoadFlatModel(global, *net));
+      net->train();
+      torch::optim::Adam opt(net->parameters(), torch::optim::AdamOptions(hyper.learning_rate));
+      const SplitTensors& train = splits_.at("train");
+      const int64_t n = train.patients.size();
+      double epoch_loss = 0;
+      for (int e = 0; e < hyper.local_epochs; ++e) {
+        torch::Tensor perm = torch::randperm(n, torch::kInt64);
+        double loss_sum = 0;
+        for (int64_t off = 0; off < n; off += hyper.batch_size) {
+          torch::Tensor idx = perm.slice(0, off, std::min(n, off + hyper.batch_size));
+          Batch b = Select(train.all, idx);
+          ModelOutput out = net->forward(b);
+          torch::Tensor loss = torch::binary_cross_entropy_with_logits(out.logits, b.label);
+          opt.zero_grad();
+          loss.backward();
+          torch::nn::utils::clip_grad_norm_(net->parameters(), 5.0);
+          opt.step();
+          loss_sum += loss.item<double>() * idx.size(0);
+        }
+        epoch_loss = loss_sum / std::max<int64_t>(n, 1);
+      }
+      TrainResult r;
+      r.delta = ToFlatModel(*net);
+      for (size_t i = 0; i < r.delta.values.size(); ++i) r.delta.values[i] -= global.values[i];
+      r.num_examples = n;
+      r.train_loss = epoch_loss;
+      return r;
+    });
+  }
+
+  StatusOr<EvalSums> Evaluate(const FlatModel& model, const std::string& split,
+                              const EvalOptions& o) override {
+    auto it = splits_.find(split);
+    if (it == splits_.end()) {
+      return absl::InvalidArgumentError(absl::StrCat("unknown split '", split, "'"));
+    }
+    std::vector<int> columns;  // indexes into the site's subgroup columns
+    for (const auto& c : o.audit_columns) {
+      auto pos = std::find(data_.subgroup_columns.begin(), data_.subgroup_columns.end(), c);
+      if (pos != data_.subgroup_columns.end()) columns.push_back(pos - data_.subgroup_columns.begin());
+    }
+    return Guard("evaluation", [&]() -> StatusOr<EvalSums> {
+      MultimodalAttentionNet net(config_);
+      ATTUNE_RETURN_IF_ERROR(LoadFlatModel(model, *net));
+      net->eval();
+      torch::NoGradGuard no_grad;
+      const SplitTensors& s = it->second;
+      EvalSums sums;
+      sums.split = split;
+      sums.modalities = ModalityNames();
+      sums.pos_hist.assign(o.histogram_bins, 0);
+      sums.neg_hist.assign(o.histogram_bins, 0);
+      const int64_t n = s.patients.size();
+      for (int64_t off = 0; off < n; off += 256) {
+        torch::Tensor idx = torch::arange(off, std::min(n, off + 256), torch::kInt64);
+        Batch b = Select(s.all, idx);
+        ModelOutput out = net->forward(b);
+        torch::Tensor prob = torch::sigmoid(out.logits);
+        torch::Tensor loss = torch::binary_cross_entropy_with_logits(
+            out.logits, b.label, {}, {}, torch::Reduction::None);
+        auto pa = prob.accessor<float, 1>();
+        auto la = loss.accessor<float, 1>();
+        auto ba = out.beta.accessor<float, 2>();
+        for (int64_t i = 0; i < idx.size(0); ++i) {
+          const Patient& p = *s.patients[off + i];
+          const bool pred = pa[i] >= 0.5f;
+          sums.n += 1;
+          sums.loss_sum += la[i];
+          (p.label ? sums.pos_hist : sums.neg_hist)[ScoreBin(pa[i], o.histogram_bins)] += 1;
+          auto count = [&](Confusion& c) {
+            if (p.label) (pred ? c.tp : c.fn) += 1;
+            else (pred ? c.fp : c.tn) += 1;
+          };
+          count(sums.confusion);
+          for (int c : columns) {
+            GroupSums& g = sums.groups[{data_.subgroup_columns[c], p.groups[c]}];
+            if (g.beta_sum.empty()) g.beta_sum.assign(kNumModalities, 0.0);
+            g.n += 1;
+            for (int m = 0; m < kNumModalities; ++m) g.beta_sum[m] += ba[i][m];
+            count(g.confusion);
+          }
+        }
+      }
+      return sums;
+    });
+  }
+
+  int64_t NumExamples(const std::string& split) const override { return data_.Count(split); }
+
+ private:
+  ModelConfig config_;
+  SiteData data_;
+  std::map<std::string, SplitTensors> splits_;
+};
+
+}  // namespace
+
+StatusOr<std::unique_ptr<Learner>> MakeTorchLearner(const ModelConfig& model,
+                                                    const LearnerOptions& options) {
+  ATTUNE_RETURN_IF_ERROR(model.Validate());
+  if (options.threads < 1) return absl::InvalidArgumentError("--threads: must be >= 1");
+  torch::set_num_threads(options.threads);
+  ATTUNE_ASSIGN_OR_RETURN(SiteData data, LoadSiteData(options.site_dir, model));
+  return std::unique_ptr<Learner>(new TorchLearner(model, std::move(data)));
+}
+
+}  // namespace attune::worker
