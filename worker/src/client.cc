@@ -94,7 +94,6 @@ Status FederationClient::Session(bool* joined) {
   {
     grpc::ClientContext ctx;
     SetDeadline(&ctx, std::chrono::seconds(10));
-    ctx.set_wait_for_ready(true);  // ride out a coordinator that is starting
     ATTUNE_RETURN_IF_ERROR(FromGrpcStatus(stub_->Join(&ctx, req, &reply)));
   }
   *joined = true;

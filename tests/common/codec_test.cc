@@ -1,0 +1,103 @@
+#include "attune/common/tensor_codec.h"
+
+#include <gtest/gtest.h>
+
+#include <numeric>
+
+namespace attune {
+namespace {
+
+FlatModel MakeModel(std::vector<std::vector<int64_t>> shapes) {
+  FlatModel m;
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    m.schema.tensors.push_back({"t" + std::to_string(i), shapes[i], "f32"});
+  }
+  m.values.resize(m.schema.numel());
+  for (size_t i = 0; i < m.values.size(); ++i) m.values[i] = 0.5f * i - 3.25f;  // distinct
+  return m;
+}
+
+class CodecRoundTrip : public ::testing::TestWithParam<std::vector<std::vector<int64_t>>> {};
+
+TEST_P(CodecRoundTrip, DecodesWhatWasEncoded) {
+  const FlatModel m = MakeModel(GetParam());
+  auto back = DecodeModel(EncodeModel(m));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->schema, m.schema);
+  EXPECT_EQ(back->values, m.values);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, CodecRoundTrip,
+                         ::testing::Values(std::vector<std::vector<int64_t>>{},
+                                           std::vector<std::vector<int64_t>>{{0}},
+                                           std::vector<std::vector<int64_t>>{{1}},
+                                           std::vector<std::vector<int64_t>>{{3, 0}, {7}},
+                                           std::vector<std::vector<int64_t>>{{13, 7}, {1}, {2, 3, 5}},
+                                           std::vector<std::vector<int64_t>>{{1023, 3}}));
+
+TEST(Codec, RefusesCorruptPayloads) {
+  const std::string good = EncodeModel(MakeModel({{4, 4}}));
+  EXPECT_EQ(DecodeModel("XXXX").status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(DecodeModel(good.substr(0, good.size() - 1)).status().code(),
+            absl::StatusCode::kDataLoss);
+  EXPECT_EQ(DecodeModel(good + "x").status().code(), absl::StatusCode::kDataLoss);
+  std::string bad_version = good;
+  bad_version[4] = 9;
+  EXPECT_EQ(DecodeModel(bad_version).status().code(), absl::StatusCode::kDataLoss);
+}
+
+TEST(Chunks, SplitAndAssembleOddSizes) {
+  for (size_t size : {size_t{0}, size_t{1}, size_t{999}, size_t{1000}, size_t{1001}, size_t{4097}}) {
+    std::string payload(size, '\0');
+    for (size_t i = 0; i < size; ++i) payload[i] = static_cast<char>(i * 31 + 7);
+    const auto pieces = SplitChunks(payload, 1000);
+    EXPECT_EQ(pieces.size(), size == 0 ? 1 : (size + 999) / 1000);
+    ChunkAssembler a(payload.size(), Sha256(payload), 1 << 20);
+    for (size_t i = 0; i < pieces.size(); ++i) {
+      ASSERT_TRUE(a.Add(i, pieces[i], Sha256(pieces[i])).ok());
+    }
+    auto whole = a.Finish();
+    ASSERT_TRUE(whole.ok()) << whole.status();
+    EXPECT_EQ(*whole, payload);
+  }
+}
+
+TEST(Chunks, AssemblerRefusesBadStreams) {
+  const std::string payload(2500, 'a');
+  const auto pieces = SplitChunks(payload, 1000);
+  {  // out of order
+    ChunkAssembler a(payload.size(), Sha256(payload), 1 << 20);
+    EXPECT_EQ(a.Add(1, pieces[1], Sha256(pieces[1])).code(), absl::StatusCode::kInvalidArgument);
+  }
+  {  // corrupt chunk
+    ChunkAssembler a(payload.size(), Sha256(payload), 1 << 20);
+    std::string bad(pieces[0]);
+    bad[5] = 'b';
+    EXPECT_EQ(a.Add(0, bad, Sha256(pieces[0])).code(), absl::StatusCode::kDataLoss);
+  }
+  {  // short
+    ChunkAssembler a(payload.size(), Sha256(payload), 1 << 20);
+    ASSERT_TRUE(a.Add(0, pieces[0], Sha256(pieces[0])).ok());
+    EXPECT_EQ(a.Finish().status().code(), absl::StatusCode::kDataLoss);
+  }
+  {  // wrong whole digest
+    ChunkAssembler a(payload.size(), Sha256("other"), 1 << 20);
+    for (size_t i = 0; i < pieces.size(); ++i) ASSERT_TRUE(a.Add(i, pieces[i], Sha256(pieces[i])).ok());
+    EXPECT_EQ(a.Finish().status().code(), absl::StatusCode::kDataLoss);
+  }
+  {  // announced size over the limit
+    ChunkAssembler a(uint64_t{1} << 40, Sha256(payload), 1 << 20);
+    EXPECT_EQ(a.Add(0, pieces[0], Sha256(pieces[0])).code(), absl::StatusCode::kInvalidArgument);
+  }
+}
+
+TEST(Sha256, MatchesKnownVector) {
+  // FIPS 180-2 test vector for "abc".
+  const std::string d = Sha256("abc");
+  const unsigned char want[4] = {0xba, 0x78, 0x16, 0xbf};
+  ASSERT_EQ(d.size(), 32u);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(static_cast<unsigned char>(d[i]), want[i]);
+}
+
+}  // namespace
+}  // namespace attune

@@ -1,0 +1,72 @@
+#include "attune/common/config.h"
+
+#include <gtest/gtest.h>
+
+namespace attune {
+namespace {
+
+const char* kGood = R"({"study_id": "s1", "rounds": 3, "min_sites": 2,
+  "roster": ["a", "b", "c"], "train": {"batch_size": 16}, "model": {"d_model": 16, "heads": 2}})";
+
+TEST(StudyConfig, ParsesAndKeepsDefaults) {
+  auto c = ParseStudyConfig(kGood, "study.json");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->study_id, "s1");
+  EXPECT_EQ(c->rounds, 3);
+  EXPECT_EQ(c->roster.size(), 3u);
+  EXPECT_EQ(c->train.batch_size, 16);
+  EXPECT_EQ(c->train.local_epochs, 2);  // default
+  EXPECT_EQ(c->model.d_model, 16);
+  EXPECT_EQ(c->audit.min_cell, 10);
+}
+
+struct BadCase {
+  const char* json;
+  const char* expect_in_message;
+};
+
+class StudyConfigErrors : public ::testing::TestWithParam<BadCase> {};
+
+TEST_P(StudyConfigErrors, NameTheField) {
+  auto c = ParseStudyConfig(GetParam().json, "study.json");
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  const std::string msg(c.status().message());
+  EXPECT_NE(msg.find("study.json: "), std::string::npos) << msg;
+  EXPECT_NE(msg.find(GetParam().expect_in_message), std::string::npos) << msg;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, StudyConfigErrors,
+    ::testing::Values(
+        BadCase{"{not json", "not valid JSON"},
+        BadCase{"[1,2]", "must be a JSON object"},
+        BadCase{R"({"roster": ["a"]})", "study_id: required"},
+        BadCase{R"({"study_id": "s", "roster": []})", "roster"},
+        BadCase{R"({"study_id": "s", "roster": ["a"], "rounds": "five"})", "rounds: must be an integer"},
+        BadCase{R"({"study_id": "s", "roster": ["a"], "rounds": 0})", "rounds: must be in"},
+        BadCase{R"({"study_id": "s", "roster": ["a"], "min_sites": 2})", "min_sites"},
+        BadCase{R"({"study_id": "s", "roster": ["a", "b"], "train": {"batch_size": 0}})", "train.batch_size"},
+        BadCase{R"({"study_id": "s", "roster": ["a"], "train": {"batchsize": 4}})", "train.batchsize: unknown field"},
+        BadCase{R"({"study_id": "s", "roster": ["a", "b"], "model": {"d_model": 30, "heads": 4}})", "model.heads: must divide"},
+        BadCase{R"({"study_id": "s", "roster": ["a", "a"]})", "listed twice"},
+        BadCase{R"({"study_id": "s", "roster": ["a"], "rouds": 3})", "rouds: unknown field"}));
+
+TEST(StudyConfig, MissingFileIsNotFound) {
+  auto c = LoadStudyConfig("/nonexistent/study.json");
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(std::string(c.status().message()).find("/nonexistent/study.json"), std::string::npos);
+}
+
+TEST(ModelConfig, JsonRoundTrip) {
+  ModelConfig m;
+  m.d_model = 64;
+  m.genes = 10;
+  auto back = ModelConfig::FromJson(m.ToJson());
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->d_model, 64);
+  EXPECT_EQ(back->genes, 10);
+}
+
+}  // namespace
+}  // namespace attune

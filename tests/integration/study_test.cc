@@ -1,0 +1,238 @@
+// End-to-end tests with real processes: the coordinator and workers talk
+// gRPC over mutual TLS on 127.0.0.1 with ephemeral ports, state lives in
+// RocksDB in temporary directories, and faults are real (SIGKILL).
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <memory>
+
+#include "nlohmann/json.hpp"
+#include "support/process.h"
+#include "support/temp_dir.h"
+
+namespace attune::testing {
+namespace {
+
+using nlohmann::json;
+using std::chrono::seconds;
+
+constexpr char kStudy[] = "itest";
+
+int FreePort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  socklen_t len = sizeof(addr);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+json ReadJson(const std::string& path) {
+  return json::parse(ReadText(path), nullptr, /*allow_exceptions=*/false);
+}
+
+class StudyTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    Process prov({ATTUNE_TOOL_BIN, "provision", "--out", dir_ / "pki", "--study-id", kStudy,
+                  "--sites", "site-1,site-2,site-3,site-x"},
+                 dir_ / "provision.log");
+    ASSERT_EQ(prov.Wait(seconds(60)), 0) << prov.Log();
+    Process syn({ATTUNE_TOOL_BIN, "synth", "--out", dir_ / "data", "--sites", "3", "--patients",
+                 "200", "--seed", "11"},
+                dir_ / "synth.log");
+    ASSERT_EQ(syn.Wait(seconds(60)), 0) << syn.Log();
+  }
+
+  // The quickstart study with a test's changes, written to a file.
+  std::string WriteStudy(int rounds, const json& changes = json::object()) {
+    json study = json::parse(ReadText(ATTUNE_STUDY_JSON));
+    study["study_id"] = kStudy;
+    study["rounds"] = rounds;
+    study["join_timeout_s"] = 60;
+    study["round_deadline_s"] = 120;
+    study.merge_patch(changes);
+    const std::string path = dir_ / ("study-" + std::to_string(++studies_) + ".json");
+    std::ofstream(path) << study.dump(2);
+    return path;
+  }
+
+  std::unique_ptr<Process> StartCoordinator(const std::string& study, const std::string& listen,
+                                            const std::string& log) {
+    return std::make_unique<Process>(
+        std::vector<std::string>{ATTUNE_COORDINATOR_BIN, "--study", study, "--listen", listen,
+                                 "--data-dir", dir_ / "state", "--tls-dir", dir_ / "pki/coordinator",
+                                 "--out", dir_ / "out", "--port-file", dir_ / "port"},
+        dir_ / log);
+  }
+
+  int WaitForPort() {
+    int port = 0;
+    WaitUntil([&] { return (port = std::atoi(ReadText(dir_ / "port").c_str())) > 0; }, seconds(30));
+    return port;
+  }
+
+  std::unique_ptr<Process> StartWorker(const std::string& site, int port,
+                                       const std::string& tls_dir = "",
+                                       const std::string& data_site = "") {
+    return std::make_unique<Process>(
+        std::vector<std::string>{
+            ATTUNE_WORKER_BIN, "--coordinator", "127.0.0.1:" + std::to_string(port), "--study-id",
+            kStudy, "--site-dir", dir_ / ("data/" + (data_site.empty() ? site : data_site)),
+            "--tls-dir", tls_dir.empty() ? dir_ / ("pki/sites/" + site) : tls_dir,
+            "--reconnect-timeout", "60"},
+        dir_ / ("worker-" + site + ".log"));
+  }
+
+  TempDir dir_;
+  int studies_ = 0;
+};
+
+TEST_F(StudyTest, TwoRoundsOverMutualTlsLowerValidationLoss) {
+  auto coord = StartCoordinator(WriteStudy(2), "127.0.0.1:0", "coordinator.log");
+  const int port = WaitForPort();
+  ASSERT_GT(port, 0) << coord->Log();
+  std::vector<std::unique_ptr<Process>> workers;
+  for (const char* s : {"site-1", "site-2", "site-3"}) workers.push_back(StartWorker(s, port));
+  ASSERT_EQ(coord->Wait(seconds(240)), 0) << coord->Log();
+  for (auto& w : workers) EXPECT_EQ(w->Wait(seconds(30)), 0) << w->Log();
+
+  json summary = ReadJson(dir_ / "out/summary.json");
+  ASSERT_FALSE(summary.is_discarded());
+  EXPECT_TRUE(summary["finished"].get<bool>());
+  EXPECT_EQ(summary["rounds"], 2);
+  ASSERT_EQ(summary["val_loss"].size(), 2u);
+  const double initial = summary["initial"]["val_loss"].get<double>();
+  const double last = summary["val_loss"][1].get<double>();
+  EXPECT_LT(last, initial) << summary.dump(2);
+  EXPECT_EQ(summary["history"][2]["sites_reported"], 3);
+  EXPECT_TRUE(summary["final"]["auc"].is_number());
+
+  json audit = ReadJson(dir_ / "out/audit.json");
+  ASSERT_FALSE(audit.is_discarded());
+  for (const char* column : {"sex", "age_band", "ethnicity"}) {
+    EXPECT_TRUE(audit["groups"].contains(column)) << column;
+  }
+  EXPECT_TRUE(audit["groups"]["sex"]["F"]["mean_beta"].contains("imaging"));
+}
+
+TEST_F(StudyTest, SiteNotOnTheRosterIsRefused) {
+  auto coord = StartCoordinator(WriteStudy(1), "127.0.0.1:0", "coordinator.log");
+  const int port = WaitForPort();
+  ASSERT_GT(port, 0) << coord->Log();
+  // site-x holds a valid certificate of this study's CA, but is not on the roster.
+  auto rogue = StartWorker("site-x", port, "", "site-1");
+  auto code = rogue->Wait(seconds(60));
+  ASSERT_TRUE(code.has_value());
+  EXPECT_NE(*code, 0);
+  EXPECT_NE(rogue->Log().find("not on the roster"), std::string::npos) << rogue->Log();
+  EXPECT_TRUE(WaitUntil([&] { return coord->Log().find("refused Join from unknown") != std::string::npos ||
+                                     coord->Log().find("refused Join") != std::string::npos; },
+                        seconds(10)))
+      << coord->Log();
+}
+
+TEST_F(StudyTest, CertificateFromAnotherStudyIsRefused) {
+  Process other({ATTUNE_TOOL_BIN, "provision", "--out", dir_ / "other-pki", "--sites", "site-1"},
+                dir_ / "other.log");
+  ASSERT_EQ(other.Wait(seconds(60)), 0);
+  auto coord = StartCoordinator(WriteStudy(1), "127.0.0.1:0", "coordinator.log");
+  const int port = WaitForPort();
+  ASSERT_GT(port, 0) << coord->Log();
+  auto intruder = StartWorker("site-1", port, dir_ / "other-pki/sites/site-1");
+  auto code = intruder->Wait(seconds(90));
+  ASSERT_TRUE(code.has_value());
+  EXPECT_NE(*code, 0);
+  EXPECT_NE(intruder->Log().find("TLS handshake"), std::string::npos) << intruder->Log();
+}
+
+TEST_F(StudyTest, BadSiteDataEndsTheWorkerWithFileAndLine) {
+  auto coord = StartCoordinator(WriteStudy(1), "127.0.0.1:0", "coordinator.log");
+  const int port = WaitForPort();
+  ASSERT_GT(port, 0);
+  std::ofstream(dir_ / "data/site-2/ehr/static.csv", std::ios::app) << "s2-p0001,1,2,oops,4,5,6,7,8\n";
+  auto w = StartWorker("site-2", port);
+  auto code = w->Wait(seconds(60));
+  ASSERT_TRUE(code.has_value());
+  EXPECT_NE(*code, 0);
+  EXPECT_NE(w->Log().find("static.csv:"), std::string::npos) << w->Log();
+}
+
+TEST_F(StudyTest, CoordinatorKilledBetweenRoundsResumesAtTheNextRound) {
+  const std::string study = WriteStudy(3);
+  auto coord = StartCoordinator(study, "127.0.0.1:0", "coordinator-1.log");
+  const int port = WaitForPort();
+  ASSERT_GT(port, 0) << coord->Log();
+  std::vector<std::unique_ptr<Process>> workers;
+  for (const char* s : {"site-1", "site-2", "site-3"}) workers.push_back(StartWorker(s, port));
+  // Round 1 committed: summary.json says so.
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        json s = ReadJson(dir_ / "out/summary.json");
+        return !s.is_discarded() && s["rounds"].get<int>() >= 1;
+      },
+      seconds(180)))
+      << coord->Log();
+  coord->Kill(SIGKILL);
+  ASSERT_TRUE(coord->Wait(seconds(10)).has_value());
+  const int committed = ReadJson(dir_ / "out/summary.json")["rounds"].get<int>();
+  ASSERT_LT(committed, 3) << "the study finished before the kill; nothing to resume";
+
+  auto again = StartCoordinator(study, "127.0.0.1:" + std::to_string(port), "coordinator-2.log");
+  ASSERT_EQ(again->Wait(seconds(240)), 0) << again->Log();
+  for (auto& w : workers) EXPECT_EQ(w->Wait(seconds(30)), 0) << w->Log();
+  EXPECT_NE(again->Log().find("after committed round " + std::to_string(committed)),
+            std::string::npos)
+      << again->Log();
+  json summary = ReadJson(dir_ / "out/summary.json");
+  EXPECT_TRUE(summary["finished"].get<bool>());
+  ASSERT_EQ(summary["history"].size(), 4u);  // rounds 0..3, each once
+  for (int r = 0; r <= 3; ++r) EXPECT_EQ(summary["history"][r]["round"], r);
+}
+
+TEST_F(StudyTest, BadCommandLinesFailClearly) {
+  // Malformed study file.
+  std::ofstream(dir_ / "broken.json") << "{\"study_id\": \"x\", \"rounds\": 3,,}";
+  Process bad_config({ATTUNE_COORDINATOR_BIN, "--study", dir_ / "broken.json", "--data-dir",
+                      dir_ / "s", "--tls-dir", dir_ / "pki/coordinator"},
+                     dir_ / "bad-config.log");
+  EXPECT_EQ(bad_config.Wait(seconds(30)), 1);
+  EXPECT_NE(bad_config.Log().find("broken.json: not valid JSON"), std::string::npos)
+      << bad_config.Log();
+  // A field out of range.
+  Process bad_field({ATTUNE_COORDINATOR_BIN, "--study", WriteStudy(0), "--data-dir", dir_ / "s",
+                     "--tls-dir", dir_ / "pki/coordinator"},
+                    dir_ / "bad-field.log");
+  EXPECT_EQ(bad_field.Wait(seconds(30)), 1);
+  EXPECT_NE(bad_field.Log().find("rounds: must be in"), std::string::npos) << bad_field.Log();
+  // No TLS bundle.
+  Process no_tls({ATTUNE_COORDINATOR_BIN, "--study", WriteStudy(1), "--data-dir", dir_ / "s",
+                  "--tls-dir", dir_ / "nowhere"},
+                 dir_ / "no-tls.log");
+  EXPECT_EQ(no_tls.Wait(seconds(30)), 1);
+  EXPECT_NE(no_tls.Log().find("attune provision"), std::string::npos) << no_tls.Log();
+  // Nobody listening: the worker gives up after its reconnect timeout.
+  Process unreachable({ATTUNE_WORKER_BIN, "--coordinator", "127.0.0.1:" + std::to_string(FreePort()),
+                       "--study-id", kStudy, "--site-dir", dir_ / "data/site-1", "--tls-dir",
+                       dir_ / "pki/sites/site-1", "--reconnect-timeout", "2"},
+                      dir_ / "unreachable.log");
+  auto code = unreachable.Wait(seconds(60));
+  ASSERT_TRUE(code.has_value());
+  EXPECT_NE(*code, 0);
+  EXPECT_NE(unreachable.Log().find("cannot reach the coordinator"), std::string::npos)
+      << unreachable.Log();
+  EXPECT_EQ(unreachable.Log().find("terminate called"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace attune::testing

@@ -1,0 +1,42 @@
+// Real child processes for integration tests: started with fork/exec, output
+// to files, waited on with deadlines (never fixed sleeps), killed on demand
+// and on destruction.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace attune::testing {
+
+class Process {
+ public:
+  // Starts argv[0] with the arguments; stdout and stderr go to `log_path`.
+  Process(std::vector<std::string> argv, std::string log_path);
+  ~Process();  // SIGKILLs the child if it still runs
+  Process(const Process&) = delete;
+  Process& operator=(const Process&) = delete;
+
+  pid_t pid() const { return pid_; }
+  // The exit code once the child exited (128 + signal if killed), waiting up
+  // to `timeout`; nullopt if it is still running then.
+  std::optional<int> Wait(std::chrono::milliseconds timeout);
+  void Kill(int signal);
+  std::string Log() const;
+
+ private:
+  pid_t pid_ = -1;
+  std::optional<int> exit_code_;
+  std::string log_path_;
+};
+
+// Polls `done` until it holds or `timeout` passes; returns whether it held.
+bool WaitUntil(const std::function<bool()>& done, std::chrono::milliseconds timeout);
+
+std::string ReadText(const std::string& path);  // "" if missing
+
+}  // namespace attune::testing
