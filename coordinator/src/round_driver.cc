@@ -445,6 +445,12 @@ Status RoundDriver::CommitRound(int64_t round, FlatModel model, const Phase& tra
               static_cast<long long>(round), study_.rounds, eval.done.size(),
               eval.task_ids.size(), loss.c_str(), metric("val", "loss").c_str(),
               metric("val", "auc").c_str(), seconds);
+  if (record.contains("test")) {
+    std::printf("final (test split) | auc %s | accuracy %s | loss %s | n %lld\n",
+                metric("test", "auc").c_str(), metric("test", "accuracy").c_str(),
+                metric("test", "loss").c_str(),
+                static_cast<long long>(record["test"]["n"].get<int64_t>()));
+  }
   std::fflush(stdout);
   spdlog::info("committed round {}", round);
   return WriteOutputs();
