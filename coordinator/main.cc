@@ -97,9 +97,10 @@ int main(int argc, char** argv) {
   });
 
   attune::Status result = (*driver)->Run();
-  // Let the FINISH tasks reach the sites, then stop serving.
-  server->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  // Streams deliver what is queued (FINISH after the last round) and end;
+  // then the server stops, giving in-flight calls up to 5 s.
   (*driver)->Shutdown();
+  server->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   done = true;
   watcher.join();
   if (!result.ok()) return Fail(result);
