@@ -1,6 +1,7 @@
 #include "attune/common/wire.h"
 
 #include "absl/strings/str_cat.h"
+#include "attune/common/tensor_codec.h"
 
 namespace attune {
 
@@ -49,6 +50,23 @@ StatusOr<EvalSums> FromProto(const v1::AuditReport& r) {
   }
   ATTUNE_RETURN_IF_ERROR(s.Validate());
   return s;
+}
+
+bool WriteChunks(std::string_view payload, v1::UpdateMeta meta,
+                 const std::function<bool(const v1::Chunk&)>& write) {
+  meta.set_total_bytes(payload.size());
+  meta.set_total_sha256(Sha256(payload));
+  const auto pieces = SplitChunks(payload);
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    v1::Chunk c;
+    if (i == 0) *c.mutable_meta() = meta;
+    c.set_seq(i);
+    c.set_data(std::string(pieces[i]));
+    c.set_sha256(Sha256(pieces[i]));
+    c.set_last(i + 1 == pieces.size());
+    if (!write(c)) return false;
+  }
+  return true;
 }
 
 }  // namespace attune

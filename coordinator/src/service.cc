@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "attune/common/tensor_codec.h"
 #include "attune/common/wire.h"
@@ -30,6 +32,11 @@ grpc::Status Refuse(const std::string& who, const char* rpc, const Status& s) {
 StatusOr<std::string> FederationService::Authorize(grpc::ServerContext* ctx,
                                                    const std::string& study_id) {
   ATTUNE_ASSIGN_OR_RETURN(std::string site, PeerCommonName(*ctx));
+  const auto& roster = driver_->study().roster;
+  if (std::find(roster.begin(), roster.end(), site) == roster.end()) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "site '", site, "' is not on the roster of study '", driver_->study().study_id, "'"));
+  }
   if (study_id != driver_->study().study_id) {
     return absl::FailedPreconditionError(absl::StrCat(
         "this coordinator runs study '", driver_->study().study_id, "', not '", study_id, "'"));
@@ -96,22 +103,11 @@ grpc::Status FederationService::FetchModel(grpc::ServerContext* ctx, const v1::M
   if (!site.ok()) return Refuse("", "FetchModel", site.status());
   auto blob = driver_->Model(req->version());
   if (!blob.ok()) return Refuse(*site, "FetchModel", blob.status());
-  const std::string& payload = **blob;
-  const auto pieces = SplitChunks(payload);
-  for (size_t i = 0; i < pieces.size(); ++i) {
-    v1::Chunk c;
-    if (i == 0) {
-      v1::UpdateMeta* m = c.mutable_meta();
-      m->set_study_id(driver_->study().study_id);
-      m->set_round(req->version());
-      m->set_total_bytes(payload.size());
-      m->set_total_sha256(Sha256(payload));
-    }
-    c.set_seq(i);
-    c.set_data(std::string(pieces[i]));
-    c.set_sha256(Sha256(pieces[i]));
-    c.set_last(i + 1 == pieces.size());
-    if (!writer->Write(c)) return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
+  v1::UpdateMeta meta;
+  meta.set_study_id(driver_->study().study_id);
+  meta.set_round(req->version());
+  if (!WriteChunks(**blob, meta, [&](const v1::Chunk& c) { return writer->Write(c); })) {
+    return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
   }
   return grpc::Status::OK;
 }

@@ -226,26 +226,15 @@ Status FederationClient::SubmitUpdate(const v1::RoundTask& task, const FlatModel
   SetDeadline(&ctx, options_.rpc_timeout);
   v1::Receipt receipt;
   auto writer = stub_->SubmitUpdate(&ctx, &receipt);
-  const auto pieces = SplitChunks(payload);
-  for (size_t i = 0; i < pieces.size(); ++i) {
-    v1::Chunk c;
-    if (i == 0) {
-      v1::UpdateMeta* m = c.mutable_meta();
-      m->set_study_id(options_.study_id);
-      m->set_round(task.round());
-      m->set_task_id(task.task_id());
-      m->set_num_examples(num_examples);
-      m->set_full_weights(full_weights);
-      m->set_total_bytes(payload.size());
-      m->set_total_sha256(Sha256(payload));
-      if (!full_weights) (*m->mutable_metrics())["train_loss"] = train_loss;
-    }
-    c.set_seq(i);
-    c.set_data(std::string(pieces[i]));
-    c.set_sha256(Sha256(pieces[i]));
-    c.set_last(i + 1 == pieces.size());
-    if (!writer->Write(c)) break;  // the server ended the call: Finish says why
-  }
+  v1::UpdateMeta meta;
+  meta.set_study_id(options_.study_id);
+  meta.set_round(task.round());
+  meta.set_task_id(task.task_id());
+  meta.set_num_examples(num_examples);
+  meta.set_full_weights(full_weights);
+  if (!full_weights) (*meta.mutable_metrics())["train_loss"] = train_loss;
+  // A false return means the server ended the call: Finish() says why.
+  WriteChunks(payload, meta, [&](const v1::Chunk& c) { return writer->Write(c); });
   writer->WritesDone();
   return FromGrpcStatus(writer->Finish());
 }

@@ -1,6 +1,9 @@
 // Translation between domain types and protocol messages, in one place.
 #pragma once
 
+#include <functional>
+#include <string_view>
+
 #include "attune/common/eval_stats.h"
 #include "attune/common/status.h"
 #include "attune/v1/federation.pb.h"
@@ -10,5 +13,12 @@ namespace attune {
 void ToProto(const EvalSums& s, v1::AuditReport* out);
 // Validates as it converts; InvalidArgument for inconsistent reports.
 StatusOr<EvalSums> FromProto(const v1::AuditReport& r);
+
+// Cuts `payload` into chunks of at most kMaxChunkBytes, each with its
+// SHA-256; the first carries `meta` completed with the payload's size and
+// digest. Calls `write` for each in order and stops when it returns false
+// (the peer went away); returns whether every chunk was written.
+bool WriteChunks(std::string_view payload, v1::UpdateMeta meta,
+                 const std::function<bool(const v1::Chunk&)>& write);
 
 }  // namespace attune
