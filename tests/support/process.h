@@ -1,5 +1,6 @@
 // Real child processes for integration tests: started with fork/exec, output
-// to files, waited on with deadlines (never fixed sleeps), killed on demand
+// to files, waited on with deadlines through pidfd and inotify events
+// (never fixed sleeps or polling), killed on demand
 // and on destruction.
 #pragma once
 
@@ -34,8 +35,11 @@ class Process {
   std::string log_path_;
 };
 
-// Polls `done` until it holds or `timeout` passes; returns whether it held.
-bool WaitUntil(const std::function<bool()>& done, std::chrono::milliseconds timeout);
+// Waits until `done` holds or `timeout` passes; returns whether it held.
+// `done` is re-checked whenever a file in `dir` is created, written or
+// renamed into place (inotify): the conditions tests wait for are files.
+bool WaitUntil(const std::string& dir, const std::function<bool()>& done,
+               std::chrono::milliseconds timeout);
 
 std::string ReadText(const std::string& path);  // "" if missing
 

@@ -61,7 +61,7 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target, const TlsB
 FederationClient::FederationClient(ClientOptions options, std::shared_ptr<grpc::Channel> channel,
                                    LearnerFactory make_learner)
     : options_(std::move(options)),
-      stub_(v1::Federation::NewStub(channel)),
+      coordinator_(v1::Federation::NewStub(channel)),
       make_learner_(std::move(make_learner)) {}
 
 Status FederationClient::Run() {
@@ -94,7 +94,7 @@ Status FederationClient::Session(bool* joined) {
   {
     grpc::ClientContext ctx;
     SetDeadline(&ctx, std::chrono::seconds(10));
-    ATTUNE_RETURN_IF_ERROR(FromGrpcStatus(stub_->Join(&ctx, req, &reply)));
+    ATTUNE_RETURN_IF_ERROR(FromGrpcStatus(coordinator_->Join(&ctx, req, &reply)));
   }
   *joined = true;
   site_id_ = reply.site_id();
@@ -123,7 +123,7 @@ Status FederationClient::Session(bool* joined) {
   grpc::ClientContext ctx;
   v1::SiteHello hello;
   hello.set_study_id(options_.study_id);
-  auto stream = stub_->Subscribe(&ctx, hello);
+  auto stream = coordinator_->Subscribe(&ctx, hello);
   v1::RoundTask task;
   while (stream->Read(&task)) {
     if (task.kind() == v1::RoundTask::FINISH) {
@@ -177,7 +177,7 @@ Status FederationClient::HandleTask(const v1::RoundTask& task) {
         grpc::ClientContext ctx;
         SetDeadline(&ctx, std::chrono::seconds(60));
         v1::Receipt receipt;
-        ATTUNE_RETURN_IF_ERROR(FromGrpcStatus(stub_->SubmitAudit(&ctx, report, &receipt)));
+        ATTUNE_RETURN_IF_ERROR(FromGrpcStatus(coordinator_->SubmitAudit(&ctx, report, &receipt)));
       }
       return absl::OkStatus();
     }
@@ -192,7 +192,7 @@ StatusOr<FlatModel> FederationClient::FetchModel(int64_t version) {
   v1::ModelRef ref;
   ref.set_study_id(options_.study_id);
   ref.set_version(version);
-  auto reader = stub_->FetchModel(&ctx, ref);
+  auto reader = coordinator_->FetchModel(&ctx, ref);
   v1::Chunk chunk;
   std::optional<ChunkAssembler> assembler;
   while (reader->Read(&chunk)) {
@@ -225,7 +225,7 @@ Status FederationClient::SubmitUpdate(const v1::RoundTask& task, const FlatModel
   grpc::ClientContext ctx;
   SetDeadline(&ctx, options_.rpc_timeout);
   v1::Receipt receipt;
-  auto writer = stub_->SubmitUpdate(&ctx, &receipt);
+  auto writer = coordinator_->SubmitUpdate(&ctx, &receipt);
   v1::UpdateMeta meta;
   meta.set_study_id(options_.study_id);
   meta.set_round(task.round());

@@ -53,7 +53,7 @@ class FederationClient {
                       double train_loss, bool full_weights);
 
   ClientOptions options_;
-  std::unique_ptr<v1::Federation::Stub> stub_;
+  std::unique_ptr<v1::Federation::Stub> coordinator_;
   LearnerFactory make_learner_;
   std::unique_ptr<Learner> learner_;
   EvalOptions eval_options_;
