@@ -44,8 +44,10 @@ int main(int argc, char** argv) {
   Options o;
   CLI::App app{
       "attune-coordinator: runs a federated study. Sites connect over mutual TLS; the\n"
-      "coordinator drives the rounds, aggregates updates with FedAvg, commits each round\n"
-      "to its RocksDB data directory and writes summary.json and audit.json."};
+      "coordinator drives the rounds, aggregates updates with the study's strategy, commits\n"
+      "each round to its data directory (RocksDB + model files, with a hash-chained audit\n"
+      "log) and writes summary.json, audit.json and, at the end, model.atnm. Changes to the\n"
+      "study file's roster and revoked lists take effect without a restart."};
   app.add_option("--study", o.study_path, "study configuration (JSON)")->required();
   app.add_option("--listen", o.listen, "address to serve on, host:port (port 0: any free port)")
       ->capture_default_str();
@@ -55,7 +57,8 @@ int main(int argc, char** argv) {
   app.add_option("--tls-dir", o.tls_dir,
                  "the coordinator's bundle from `attune provision` (ca.crt, cert.crt, key.pem)")
       ->required();
-  app.add_option("--out", o.out_dir, "where summary.json and audit.json go (default: --data-dir)");
+  app.add_option("--out", o.out_dir,
+                 "where summary.json, audit.json and model.atnm go (default: --data-dir)");
   app.add_option("--port-file", o.port_file, "write the bound port to this file once serving");
   app.add_option("--log-level", o.log_level, "debug, info, warn or error")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
@@ -71,7 +74,11 @@ int main(int argc, char** argv) {
   if (ec) return Fail(absl::InternalError(o.data_dir + ": " + ec.message()));
   auto store = attune::StateStore::Open(o.data_dir, study->study_id);
   if (!store.ok()) return Fail(store.status());
-  auto driver = attune::coordinator::RoundDriver::Create(*study, store->get(), o.out_dir);
+  attune::coordinator::DriverOptions dopt;
+  dopt.out_dir = o.out_dir;
+  dopt.spool_dir = (std::filesystem::path(o.data_dir) / "spool").string();
+  dopt.study_path = o.study_path;
+  auto driver = attune::coordinator::RoundDriver::Create(*study, store->get(), dopt);
   if (!driver.ok()) return Fail(driver.status());
   auto server = attune::coordinator::StartServer(driver->get(), o.listen, *tls);
   if (!server.ok()) return Fail(server.status());

@@ -10,7 +10,8 @@
 #   summary.json  rounds, per-round train_loss / val_loss / val_auc, final test metrics
 #   audit.json    per subgroup (sex, age band, ethnicity): n, mean modality attention, accuracy, TPR, FPR
 #   logs/         the coordinator's and each site's log
-#   pki/ data/ state/  the study PKI, the sites' data and the coordinator's RocksDB
+#   pki/ data/ state/  the study directory (PKI, site.json files, study.json), the sites' data
+#                      and the coordinator's RocksDB
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -19,7 +20,7 @@ rounds=8
 patients=1000
 seed=7
 build=1
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --workdir) workdir="$2"; shift 2 ;;
@@ -51,11 +52,15 @@ touch "$workdir/.attune-quickstart"
 mkdir -p "$workdir/logs"
 
 echo "== study PKI and a synthetic 3-site cohort in $workdir"
-"$bin/tools/attune" provision --out "$workdir/pki" --study-id quickstart \
-  --sites site-1,site-2,site-3 --coordinator-hosts 127.0.0.1,localhost
+# The study directory: CA, bundles, one site.json per site and pki/study.json
+# (experiments/studies/quickstart.json with the roster). The coordinator's
+# port is not known yet, so the site files keep the default 127.0.0.1:7070
+# and the workers below override it with --coordinator.
+"$bin/tools/attune" provision init --out "$workdir/pki" --study-id quickstart \
+  --sites site-1,site-2,site-3 --study "$here/experiments/studies/quickstart.json" \
+  > "$workdir/logs/provision.log"
+sed -i -e "s/\"rounds\": [0-9]*/\"rounds\": $rounds/" "$workdir/pki/study.json"
 "$bin/tools/attune" synth --out "$workdir/data" --sites 3 --patients "$patients" --seed "$seed"
-sed -e "s/\"rounds\": [0-9]*/\"rounds\": $rounds/" \
-  "$here/experiments/studies/quickstart.json" > "$workdir/study.json"
 
 pids=()
 cleanup() {
@@ -66,7 +71,7 @@ trap cleanup EXIT INT TERM
 
 echo "== coordinator and 3 workers on 127.0.0.1 (mutual TLS); logs in $workdir/logs"
 start=$(date +%s)
-"$bin/coordinator/attune-coordinator" --study "$workdir/study.json" --listen 127.0.0.1:0 \
+"$bin/coordinator/attune-coordinator" --study "$workdir/pki/study.json" --listen 127.0.0.1:0 \
   --data-dir "$workdir/state" --tls-dir "$workdir/pki/coordinator" --out "$workdir" \
   --port-file "$workdir/port" 2> "$workdir/logs/coordinator.log" &
 coordinator=$!
@@ -84,8 +89,8 @@ fi
 port="$(cat "$workdir/port")"
 workers=()
 for s in 1 2 3; do
-  "$bin/worker/attune-worker" --coordinator "127.0.0.1:$port" --study-id quickstart \
-    --site-dir "$workdir/data/site-$s" --tls-dir "$workdir/pki/sites/site-$s" --threads 1 \
+  "$bin/worker/attune-worker" --config "$workdir/pki/sites/site-$s/site.json" \
+    --coordinator "127.0.0.1:$port" --site-dir "$workdir/data/site-$s" --threads 1 \
     > "$workdir/logs/site-$s.log" 2>&1 &
   workers+=($!)
   pids+=($!)

@@ -1,27 +1,90 @@
 // attune: study tools.
-//   attune provision   make the study PKI (CA, coordinator and site bundles)
-//   attune synth       generate a synthetic multi-site cohort
+//   attune provision init      make a study directory: CA, bundles, study.json
+//   attune provision add-site  issue a bundle for a new site, add it to the roster
+//   attune provision revoke    refuse a site's certificate from now on
+//   attune synth               generate a synthetic multi-site cohort
+// The work is done in common/ (provision.h) and experiments/ (synth.h).
 #include <cstdio>
+#include <filesystem>
+#include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 
-#include "absl/strings/str_split.h"
-#include "attune/common/pki.h"
+#include "absl/strings/str_join.h"
+#include "attune/common/config.h"
+#include "attune/common/provision.h"
+#include "attune/common/site_config.h"
 #include "synth/synth.h"
 
 namespace {
+
+namespace fs = std::filesystem;
 
 int Fail(const attune::Status& s) {
   std::fprintf(stderr, "attune: error: %s\n", std::string(s.message()).c_str());
   return 1;
 }
 
-std::vector<std::string> SplitList(const std::string& csv) {
-  std::vector<std::string> out;
-  for (absl::string_view part : absl::StrSplit(csv, ',', absl::SkipEmpty())) {
-    out.emplace_back(part);
+std::string StudyPath(const std::string& dir) { return (fs::path(dir) / attune::kStudyFile).string(); }
+
+// add-site and revoke change study.json only; the coordinator re-reads it.
+void PrintReloadNote(const std::string& dir) {
+  std::printf(
+      "A coordinator running with --study %s picks this up without a restart.\n",
+      StudyPath(dir).c_str());
+}
+
+int RunInit(const attune::InitOptions& options, bool coordinator_given) {
+  auto result = attune::InitStudy(options);
+  if (!result.ok()) return Fail(result.status());
+  const fs::path out(options.out_dir);
+  std::printf(
+      "study '%s' provisioned in %s:\n"
+      "  %-24s the study file: roster %s; coordinator %s\n"
+      "  %-24s the study CA: keep ca.key offline (add-site needs it)\n"
+      "  %-24s the coordinator's bundle, for the names %s\n"
+      "  %-24s the operator's bundle (CN %s)\n"
+      "  %-24s one bundle per site, with site.json: send each site its own folder\n",
+      options.study_id.c_str(), options.out_dir.c_str(), StudyPath(options.out_dir).c_str(),
+      absl::StrJoin(result->study.roster, ", ").c_str(), result->study.coordinator.c_str(),
+      (out / "ca/").c_str(), (out / "coordinator/").c_str(),
+      absl::StrJoin(result->coordinator_hosts, ", ").c_str(), (out / "operator/").c_str(),
+      attune::kOperatorName, (out / "sites/<site>/").c_str());
+  if (!coordinator_given) {
+    std::printf(
+        "No --coordinator given: the site files say %s; a worker's --coordinator flag "
+        "overrides it.\n",
+        options.coordinator.c_str());
   }
-  return out;
+  std::printf(
+      "Next: attune-coordinator --study %s --tls-dir %s ...\n"
+      "      attune-worker --config site.json --site-dir DATA   (at each site)\n",
+      StudyPath(options.out_dir).c_str(), (out / "coordinator").c_str());
+  return 0;
+}
+
+int RunAddSite(const std::string& dir, const std::string& site, int days) {
+  auto study = attune::AddSite(dir, site, days);
+  if (!study.ok()) return Fail(study.status());
+  std::printf(
+      "site '%s' added to the roster of %s (now %zu sites).\n"
+      "Its bundle is %s: send the whole folder to the site, which runs\n"
+      "  attune-worker --config %s/%s --site-dir DATA\n",
+      site.c_str(), StudyPath(dir).c_str(), study->roster.size(),
+      (fs::path(dir) / "sites" / site).c_str(), site.c_str(), attune::kSiteConfigFile);
+  PrintReloadNote(dir);
+  return 0;
+}
+
+int RunRevoke(const std::string& dir, const std::string& site) {
+  auto study = attune::RevokeSite(dir, site);
+  if (!study.ok()) return Fail(study.status());
+  std::printf(
+      "site '%s' revoked in %s: its certificate is refused from now on (revoked: %s).\n",
+      site.c_str(), StudyPath(dir).c_str(), absl::StrJoin(study->revoked, ", ").c_str());
+  PrintReloadNote(dir);
+  return 0;
 }
 
 }  // namespace
@@ -30,22 +93,82 @@ int main(int argc, char** argv) {
   CLI::App app{"attune: tools for Attune studies"};
   app.require_subcommand(1);
 
-  attune::ProvisionOptions prov;
-  std::string sites_csv, hosts_csv = "127.0.0.1,localhost";
   CLI::App* provision = app.add_subcommand(
-      "provision",
-      "make a study CA, the coordinator's key/certificate and one bundle per site\n"
-      "(OUT/ca: keep ca.key offline; OUT/coordinator; OUT/sites/<site>)");
-  provision->add_option("--out", prov.out_dir, "output directory")->required();
-  provision->add_option("--study-id", prov.study_id, "study name (goes into the CA's name)")
-      ->capture_default_str();
-  provision->add_option("--sites", sites_csv, "comma-separated site names (certificate CNs)")
+      "provision", "make and maintain a study directory: PKI, site files and study.json");
+  provision->require_subcommand(1);
+
+  attune::InitOptions init_options;
+  CLI::App* init = provision->add_subcommand(
+      "init", "make a study directory: the study CA, bundles for everyone, study.json");
+  init->add_option("--out", init_options.out_dir, "the study directory D")->required();
+  init->add_option("--study-id", init_options.study_id,
+                   "the study's name (letters, digits, '-', '_', '.')")
       ->required();
-  provision->add_option("--coordinator-hosts", hosts_csv,
-                        "comma-separated names and IP addresses the coordinator is reached by")
+  init->add_option("--sites", init_options.sites,
+                   "comma-separated site names, which become certificate CNs")
+      ->delimiter(',')
+      ->required();
+  CLI::Option* coordinator =
+      init->add_option("--coordinator", init_options.coordinator,
+                       "HOST:PORT the sites dial (a worker's --coordinator overrides it)")
+          ->capture_default_str();
+  init->add_option("--coordinator-hosts", init_options.coordinator_hosts,
+                   "comma-separated DNS names and IP addresses for the coordinator's certificate\n"
+                   "(default: the host of --coordinator, 127.0.0.1 and localhost)")
+      ->delimiter(',');
+  init->add_option("--study", init_options.base_study_path,
+                   "a study file to start from (e.g. experiments/studies/quickstart.json);\n"
+                   "its other fields (rounds, model, train, ...) are kept");
+  init->add_option("--days", init_options.valid_days, "certificate validity in days")
       ->capture_default_str();
-  provision->add_option("--days", prov.valid_days, "certificate validity")->capture_default_str();
-  provision->add_flag("--overwrite", prov.overwrite, "replace an existing study CA");
+  init->add_flag("--overwrite", init_options.overwrite,
+                 "replace an existing study CA (every old certificate stops working)");
+  init->footer(
+      "Writes, into the study directory D (do this once, on a trusted machine):\n"
+      "  D/ca/            the study CA: ca.crt, ca.key (keep ca.key offline)\n"
+      "  D/coordinator/   the coordinator's server bundle: ca.crt, cert.crt, key.pem\n"
+      "  D/operator/      a client bundle with CN attune-operator, for `attune status`\n"
+      "  D/sites/<site>/  one bundle per site, plus site.json for `attune-worker --config`\n"
+      "  D/study.json     the study file: --study's fields with study_id, coordinator,\n"
+      "                   roster (the sites) and revoked ([]) set\n"
+      "Key files are mode 0600. Nothing is written unless everything, study.json\n"
+      "included, is valid; an existing D/ca is replaced only with --overwrite.\n"
+      "\n"
+      "Example:\n"
+      "  attune provision init --out pki --study-id lung-2026 --sites st-marys,charite \\\n"
+      "    --coordinator coord.example.org:7443 --study experiments/studies/quickstart.json");
+
+  std::string add_dir, add_site;
+  int add_days = 365;
+  CLI::App* add = provision->add_subcommand(
+      "add-site", "issue a bundle for a new site and add it to study.json's roster");
+  add->footer(
+      "Needs D/ca/ca.key. Writes D/sites/<site>/ (ca.crt, cert.crt, key.pem, site.json)\n"
+      "and appends the site to D/study.json's roster (rewritten atomically, other fields\n"
+      "kept). A coordinator started with --study D/study.json admits the site without a\n"
+      "restart. Names already on the roster, revoked ones included, are refused.\n"
+      "\n"
+      "Example:\n"
+      "  attune provision add-site --dir pki --site royal-infirmary");
+  add->add_option("--dir", add_dir, "the study directory made by `attune provision init`")
+      ->required();
+  add->add_option("--site", add_site, "the new site's name (its certificate CN)")->required();
+  add->add_option("--days", add_days, "certificate validity in days")->capture_default_str();
+
+  std::string revoke_dir, revoke_site;
+  CLI::App* revoke = provision->add_subcommand(
+      "revoke", "refuse a site's certificate from now on (adds it to study.json's revoked)");
+  revoke->footer(
+      "Adds the site to D/study.json's \"revoked\" list (rewritten atomically). A\n"
+      "coordinator started with --study D/study.json refuses the site's certificate from\n"
+      "then on, without a restart. The name stays on the roster and cannot be reused;\n"
+      "a site not on the roster, or already revoked, is an error.\n"
+      "\n"
+      "Example:\n"
+      "  attune provision revoke --dir pki --site royal-infirmary");
+  revoke->add_option("--dir", revoke_dir, "the study directory made by `attune provision init`")
+      ->required();
+  revoke->add_option("--site", revoke_site, "the site to revoke")->required();
 
   attune::synth::SynthOptions syn;
   CLI::App* synth = app.add_subcommand(
@@ -59,14 +182,9 @@ int main(int argc, char** argv) {
 
   CLI11_PARSE(app, argc, argv);
 
-  if (provision->parsed()) {
-    prov.sites = SplitList(sites_csv);
-    prov.coordinator_hosts = SplitList(hosts_csv);
-    if (auto s = attune::Provision(prov); !s.ok()) return Fail(s);
-    std::printf("study PKI written to %s (CA, coordinator, %zu site bundles)\n",
-                prov.out_dir.c_str(), prov.sites.size());
-    return 0;
-  }
+  if (init->parsed()) return RunInit(init_options, coordinator->count() > 0);
+  if (add->parsed()) return RunAddSite(add_dir, add_site, add_days);
+  if (revoke->parsed()) return RunRevoke(revoke_dir, revoke_site);
   if (synth->parsed()) {
     if (auto s = attune::synth::Generate(syn); !s.ok()) return Fail(s);
     std::printf("synthetic cohort written to %s (%d sites x %d patients, seed %llu)\n",

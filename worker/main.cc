@@ -3,11 +3,17 @@
 // model, and trains and evaluates on the coordinator's tasks until the study
 // finishes. See README.md ("Run a study across machines").
 #include <cstdio>
+#include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "attune/common/logging.h"
+#include "attune/common/pki.h"
+#include "attune/common/site_config.h"
 #include "attune/common/tls.h"
 #include "attune/worker/client.h"
 #include "attune/worker/learner.h"
@@ -15,19 +21,23 @@
 int main(int argc, char** argv) {
   attune::worker::ClientOptions client;
   attune::worker::LearnerOptions learner;
-  std::string tls_dir, log_level = "info";
+  std::string config_path, tls_dir, log_level = "info";
   double reconnect_s = 60;
   CLI::App app{
       "attune-worker: trains the study's model on this site's data; only model updates\n"
       "and aggregate statistics leave the site."};
-  app.add_option("--coordinator", client.coordinator, "the coordinator's host:port")->required();
-  app.add_option("--study-id", client.study_id, "the study to join (must match the coordinator's)")
-      ->required();
+  app.add_option("--config", config_path,
+                 "this site's site.json from `attune provision` (study, coordinator, TLS\n"
+                 "bundle); the flags below override its values");
+  app.add_option("--coordinator", client.coordinator,
+                 "the coordinator's host:port (required without --config)");
+  app.add_option("--study-id", client.study_id,
+                 "the study to join, as the coordinator's (required without --config)");
   app.add_option("--site-dir", learner.site_dir, "this site's data directory (cohort.csv, ehr/, ...)")
       ->required();
   app.add_option("--tls-dir", tls_dir,
-                 "this site's bundle from `attune provision` (ca.crt, cert.crt, key.pem)")
-      ->required();
+                 "this site's bundle from `attune provision` (ca.crt, cert.crt, key.pem;\n"
+                 "required without --config)");
   app.add_option("--threads", learner.threads, "LibTorch intra-op threads")->capture_default_str();
   app.add_option("--reconnect-timeout", reconnect_s,
                  "seconds to keep retrying an unreachable coordinator")
@@ -42,8 +52,42 @@ int main(int argc, char** argv) {
   if (auto s = attune::InitLogging("worker", log_level); !s.ok()) return fail(s);
   if (reconnect_s < 0) return fail(absl::InvalidArgumentError("--reconnect-timeout: must be >= 0"));
   client.reconnect_timeout = std::chrono::milliseconds(static_cast<int64_t>(reconnect_s * 1000));
+
+  // site.json gives what a flag does not.
+  std::string site_id;
+  if (!config_path.empty()) {
+    auto site = attune::LoadSiteConfig(config_path);
+    if (!site.ok()) return fail(site.status());
+    if (client.coordinator.empty()) client.coordinator = site->coordinator;
+    if (client.study_id.empty()) client.study_id = site->study_id;
+    if (tls_dir.empty()) tls_dir = site->tls_dir;
+    site_id = site->site_id;
+  }
+  std::vector<std::string> missing;
+  if (client.coordinator.empty()) missing.push_back("--coordinator");
+  if (client.study_id.empty()) missing.push_back("--study-id");
+  if (tls_dir.empty()) missing.push_back("--tls-dir");
+  if (!missing.empty()) {
+    return fail(absl::InvalidArgumentError(absl::StrCat(
+        absl::StrJoin(missing, ", "), ": required (or give --config site.json from "
+        "`attune provision`)")));
+  }
+
   auto tls = attune::LoadTlsBundle(tls_dir);
   if (!tls.ok()) return fail(tls.status());
+  if (!site_id.empty()) {
+    // The coordinator knows a site by its certificate; a site.json beside
+    // another site's bundle would join under the wrong name.
+    auto cn = attune::CertificateCommonName(tls->cert_pem);
+    if (!cn.ok()) return fail(cn.status());
+    if (*cn != site_id) {
+      return fail(absl::InvalidArgumentError(absl::StrCat(
+          config_path, ": site_id: '", site_id, "' but the certificate in ", tls_dir,
+          " is for '", *cn, "'")));
+    }
+  }
+  spdlog::info("connecting to {} for study '{}' (TLS bundle {})", client.coordinator,
+               client.study_id, tls_dir);
 
   attune::worker::FederationClient fc(
       client, attune::worker::MakeChannel(client.coordinator, *tls),

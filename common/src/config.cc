@@ -1,5 +1,6 @@
 #include "attune/common/config.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -32,6 +33,8 @@ class FieldReader {
         if (!v.is_array()) return Fail(key, "must be an array of strings");
         for (const auto& e : v)
           if (!e.is_string()) return Fail(key, "must be an array of strings");
+      } else if constexpr (std::is_same_v<T, bool>) {
+        if (!v.is_boolean()) return Fail(key, "must be true or false");
       } else if constexpr (std::is_integral_v<T>) {
         if (!v.is_number_integer()) return Fail(key, "must be an integer");
       } else if constexpr (std::is_floating_point_v<T>) {
@@ -145,6 +148,37 @@ StatusOr<ModelConfig> ModelConfig::FromJson(const std::string& text) {
   return m;
 }
 
+bool StrategyConfig::robust() const {
+  return name == "median" || name == "trimmed_mean" || name == "krum";
+}
+
+bool StudyConfig::Admits(const std::string& site) const {
+  return std::find(roster.begin(), roster.end(), site) != roster.end() &&
+         std::find(revoked.begin(), revoked.end(), site) == revoked.end();
+}
+
+static Status StrategyValidate(const StrategyConfig& st) {
+  static const std::set<std::string> kNames = {"fedavg",  "fedavgm",    "fedprox",
+                                               "fedadam", "fedyogi",    "fedadagrad",
+                                               "median",  "trimmed_mean", "krum"};
+  if (!kNames.count(st.name)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "strategy.name: unknown strategy '", st.name,
+        "' (one of fedavg, fedavgm, fedprox, fedadam, fedyogi, fedadagrad, median, "
+        "trimmed_mean, krum)"));
+  }
+  ATTUNE_RETURN_IF_ERROR(Range("strategy.server_learning_rate", st.server_learning_rate, 1e-9, 1e3));
+  ATTUNE_RETURN_IF_ERROR(Range("strategy.momentum", st.momentum, 0, 0.999999));
+  ATTUNE_RETURN_IF_ERROR(Range("strategy.beta1", st.beta1, 0, 0.999999));
+  ATTUNE_RETURN_IF_ERROR(Range("strategy.beta2", st.beta2, 0, 0.999999));
+  ATTUNE_RETURN_IF_ERROR(Range("strategy.tau", st.tau, 1e-12, 10));
+  ATTUNE_RETURN_IF_ERROR(Range("strategy.proximal_mu", st.proximal_mu, 0, 1e3));
+  ATTUNE_RETURN_IF_ERROR(Range("strategy.trim_fraction", st.trim_fraction, 0, 0.4999));
+  ATTUNE_RETURN_IF_ERROR(Range("strategy.krum_byzantine", st.krum_byzantine, 0, 1e6));
+  ATTUNE_RETURN_IF_ERROR(Range("strategy.krum_select", st.krum_select, 1, 1e6));
+  return absl::OkStatus();
+}
+
 Status StudyConfig::Validate() const {
   if (study_id.empty()) return absl::InvalidArgumentError("study_id: required");
   for (char c : study_id) {
@@ -164,9 +198,45 @@ Status StudyConfig::Validate() const {
   }
   for (const auto& s : roster) {
     if (s.empty()) return absl::InvalidArgumentError("roster: empty site name");
+    if (s.rfind(kReservedPrefix, 0) == 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "roster: '", s, "': names starting with '", kReservedPrefix,
+          "' are reserved (e.g. ", kOperatorName, ")"));
+    }
+  }
+  for (const auto& s : revoked) {
+    if (std::find(roster.begin(), roster.end(), s) == roster.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("revoked: '", s, "' is not on the roster"));
+    }
   }
   ATTUNE_RETURN_IF_ERROR(
       Range("min_sites", min_sites, 1, static_cast<double>(roster.size())));
+  ATTUNE_RETURN_IF_ERROR(Range("sites_per_round", sites_per_round, 1e-6, 1));
+  ATTUNE_RETURN_IF_ERROR(Range("heartbeat_timeout_s", heartbeat_timeout_s, 0.5, 86400));
+  ATTUNE_RETURN_IF_ERROR(Range("max_update_norm", max_update_norm, 1e-12, 1e30));
+  ATTUNE_RETURN_IF_ERROR(StrategyValidate(strategy));
+  if (strategy.name == "krum" && min_sites < 2 * strategy.krum_byzantine + 3) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "strategy.krum_byzantine: Krum tolerates f Byzantine sites only with at least 2f + 3 "
+        "updates, so min_sites must be >= ", 2 * strategy.krum_byzantine + 3, " (it is ",
+        min_sites, ")"));
+  }
+  if (strategy.name == "krum" && strategy.krum_select > min_sites) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "strategy.krum_select: must be <= min_sites (", min_sites, ")"));
+  }
+  if (secure_aggregation && strategy.robust()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "strategy.name: '", strategy.name,
+        "' needs every site's update in the clear, so it cannot run with "
+        "secure_aggregation on; use fedavg, fedavgm, fedprox, fedadam, fedyogi or "
+        "fedadagrad, or turn secure_aggregation off"));
+  }
+  if (secure_aggregation) {
+    return absl::InvalidArgumentError(
+        "secure_aggregation: not available in this version of Attune; set it to false");
+  }
   ATTUNE_RETURN_IF_ERROR(Range("join_timeout_s", join_timeout_s, 0.1, 86400 * 7));
   ATTUNE_RETURN_IF_ERROR(Range("round_deadline_s", round_deadline_s, 0.1, 86400 * 7));
   ATTUNE_RETURN_IF_ERROR(Range("train.local_epochs", train.local_epochs, 1, 10000));
@@ -195,9 +265,30 @@ StatusOr<StudyConfig> ParseStudyConfig(const std::string& text,
   r.Get("study_id", &c.study_id);
   r.Get("rounds", &c.rounds);
   r.Get("min_sites", &c.min_sites);
+  r.Get("coordinator", &c.coordinator);
   r.Get("roster", &c.roster);
+  r.Get("revoked", &c.revoked);
+  r.Get("sites_per_round", &c.sites_per_round);
   r.Get("join_timeout_s", &c.join_timeout_s);
   r.Get("round_deadline_s", &c.round_deadline_s);
+  r.Get("heartbeat_timeout_s", &c.heartbeat_timeout_s);
+  r.Get("max_update_norm", &c.max_update_norm);
+  r.Get("secure_aggregation", &c.secure_aggregation);
+  if (const json* st = r.Object("strategy")) {
+    FieldReader sr(*st, prefix + "strategy.", &s);
+    StrategyConfig& g = c.strategy;
+    sr.Get("name", &g.name);
+    sr.Get("server_learning_rate", &g.server_learning_rate);
+    sr.Get("momentum", &g.momentum);
+    sr.Get("beta1", &g.beta1);
+    sr.Get("beta2", &g.beta2);
+    sr.Get("tau", &g.tau);
+    sr.Get("proximal_mu", &g.proximal_mu);
+    sr.Get("trim_fraction", &g.trim_fraction);
+    sr.Get("krum_byzantine", &g.krum_byzantine);
+    sr.Get("krum_select", &g.krum_select);
+    sr.RejectUnknown();
+  }
   if (const json* t = r.Object("train")) {
     FieldReader tr(*t, prefix + "train.", &s);
     tr.Get("local_epochs", &c.train.local_epochs);

@@ -18,19 +18,13 @@
 #include <openssl/x509v3.h>
 
 #include <climits>
-#include <filesystem>
-#include <fstream>
 #include <memory>
-#include <set>
 #include <string>
-#include <system_error>
 #include <utility>
 #include <vector>
 
 namespace attune {
 namespace {
-
-namespace fs = std::filesystem;
 
 // RAII owners for the OpenSSL types used here.
 template <typename T, void (*Free)(T*)>
@@ -303,62 +297,6 @@ Status CheckValidDays(int valid_days) {
   return absl::OkStatus();
 }
 
-// Site names become directory names and certificate CNs.
-Status CheckSiteName(const std::string& site) {
-  if (site.empty() || site == "." || site == "..") {
-    return absl::InvalidArgumentError("invalid site name '" + site + "'");
-  }
-  for (char c : site) {
-    bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
-              (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
-    if (!ok) {
-      return absl::InvalidArgumentError(
-          "invalid site name '" + site + "': only [A-Za-z0-9._-] allowed");
-    }
-  }
-  return absl::OkStatus();
-}
-
-Status IoError(const std::string& what, const fs::path& path,
-               const std::error_code& ec) {
-  return absl::InternalError(what + " " + path.string() + ": " + ec.message());
-}
-
-// Writes `contents` to `path`, replacing it. A private file is truncated and
-// chmod 0600 before any byte is written, so the key is never readable by
-// others, even when overwriting a file with looser permissions.
-Status WriteFile(const fs::path& path, const std::string& contents,
-                 bool is_private) {
-  if (is_private) {
-    { std::ofstream create(path, std::ios::binary | std::ios::trunc); }
-    std::error_code ec;
-    fs::permissions(path, fs::perms::owner_read | fs::perms::owner_write,
-                    fs::perm_options::replace, ec);
-    if (ec) return IoError("cannot chmod 0600", path, ec);
-  }
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) {
-    return absl::InternalError("cannot open " + path.string() +
-                               " for writing");
-  }
-  out.write(contents.data(), static_cast<std::streamsize>(contents.size()));
-  out.close();
-  if (!out) return absl::InternalError("cannot write " + path.string());
-  return absl::OkStatus();
-}
-
-// Writes a bundle directory: ca.crt, cert.crt and key.pem (0600).
-Status WriteBundle(const fs::path& dir, const std::string& ca_cert_pem,
-                   const KeyAndCert& leaf) {
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) return IoError("cannot create directory", dir, ec);
-  ATTUNE_RETURN_IF_ERROR(WriteFile(dir / kBundleCaFile, ca_cert_pem, false));
-  ATTUNE_RETURN_IF_ERROR(
-      WriteFile(dir / kBundleCertFile, leaf.cert_pem, false));
-  return WriteFile(dir / kBundleKeyFile, leaf.key_pem, true);
-}
-
 }  // namespace
 
 StatusOr<KeyAndCert> MakeCertificateAuthority(const std::string& common_name,
@@ -484,79 +422,6 @@ StatusOr<std::string> CertificateCommonName(const std::string& cert_pem) {
   return cn;
 }
 
-Status Provision(const ProvisionOptions& options) {
-  if (options.out_dir.empty()) {
-    return absl::InvalidArgumentError("provision: out_dir is empty");
-  }
-  if (options.study_id.empty()) {
-    return absl::InvalidArgumentError("provision: study_id is empty");
-  }
-  if (options.sites.empty()) {
-    return absl::InvalidArgumentError("provision: no sites given");
-  }
-  ATTUNE_RETURN_IF_ERROR(CheckValidDays(options.valid_days));
-  std::set<std::string> seen;
-  for (const std::string& site : options.sites) {
-    ATTUNE_RETURN_IF_ERROR(CheckSiteName(site));
-    if (site == "coordinator") {
-      return absl::InvalidArgumentError(
-          "site name 'coordinator' is reserved for the coordinator's CN");
-    }
-    if (!seen.insert(site).second) {
-      return absl::InvalidArgumentError("duplicate site name '" + site + "'");
-    }
-  }
-
-  const fs::path out(options.out_dir);
-  const fs::path ca_dir = out / "ca";
-  std::error_code ec;
-  bool ca_exists = fs::exists(ca_dir, ec);
-  if (ec) return IoError("cannot stat", ca_dir, ec);
-  if (ca_exists && !options.overwrite) {
-    return absl::AlreadyExistsError(
-        ca_dir.string() + " exists; refusing to replace a study CA");
-  }
-
-  // Everything is generated before anything is written.
-  ATTUNE_ASSIGN_OR_RETURN(
-      KeyAndCert ca, MakeCertificateAuthority("Attune " + options.study_id +
-                                                  " CA",
-                                              options.valid_days));
-  CertOptions coord_opts;
-  coord_opts.common_name = "coordinator";
-  coord_opts.server = true;
-  coord_opts.valid_days = options.valid_days;
-  for (const std::string& host : options.coordinator_hosts) {
-    if (!ParseIp(host).empty()) {
-      coord_opts.ip_addresses.push_back(host);
-    } else {
-      coord_opts.dns_names.push_back(host);
-    }
-  }
-  ATTUNE_ASSIGN_OR_RETURN(KeyAndCert coordinator,
-                          IssueCertificate(ca, coord_opts));
-  std::vector<KeyAndCert> site_certs;
-  for (const std::string& site : options.sites) {
-    CertOptions site_opts;
-    site_opts.common_name = site;
-    site_opts.server = false;
-    site_opts.valid_days = options.valid_days;
-    ATTUNE_ASSIGN_OR_RETURN(KeyAndCert leaf, IssueCertificate(ca, site_opts));
-    site_certs.push_back(std::move(leaf));
-  }
-
-  // Bundles first, the CA last: a run that fails part way leaves no ca/ and
-  // can simply be repeated.
-  ATTUNE_RETURN_IF_ERROR(
-      WriteBundle(out / "coordinator", ca.cert_pem, coordinator));
-  for (size_t i = 0; i < options.sites.size(); ++i) {
-    ATTUNE_RETURN_IF_ERROR(WriteBundle(out / "sites" / options.sites[i],
-                                       ca.cert_pem, site_certs[i]));
-  }
-  fs::create_directories(ca_dir, ec);
-  if (ec) return IoError("cannot create directory", ca_dir, ec);
-  ATTUNE_RETURN_IF_ERROR(WriteFile(ca_dir / "ca.crt", ca.cert_pem, false));
-  return WriteFile(ca_dir / "ca.key", ca.key_pem, true);
-}
+bool IsIpAddress(const std::string& text) { return !ParseIp(text).empty(); }
 
 }  // namespace attune

@@ -50,40 +50,37 @@ int64_t TensorSchema::numel() const {
   return n;
 }
 
-std::string EncodeModel(const FlatModel& model) {
-  nlohmann::json schema = nlohmann::json::array();
-  for (const auto& t : model.schema.tensors) {
-    schema.push_back({{"name", t.name}, {"shape", t.shape}, {"dtype", t.dtype}});
+namespace {
+
+constexpr size_t kFixedHeader = 4 + 4 + 4;  // magic, version, schema_len
+
+std::string SchemaText(const TensorSchema& schema) {
+  nlohmann::json j = nlohmann::json::array();
+  for (const auto& t : schema.tensors) {
+    j.push_back({{"name", t.name}, {"shape", t.shape}, {"dtype", t.dtype}});
   }
-  const std::string schema_text = schema.dump();
+  std::string text = j.dump();
+  // Pad with JSON whitespace so the values start 8-byte aligned.
+  while ((kFixedHeader + text.size() + 8) % 8 != 0) text.push_back(' ');
+  return text;
+}
+
+std::string EncodeHeader(const TensorSchema& schema, uint64_t count) {
+  const std::string text = SchemaText(schema);
   std::string out;
-  out.reserve(24 + schema_text.size() + model.values.size() * sizeof(float));
+  out.reserve(kFixedHeader + text.size() + 8 + count * sizeof(float));
   out.append(kMagic, 4);
   PutLe<uint32_t>(&out, kVersion);
-  PutLe<uint32_t>(&out, static_cast<uint32_t>(schema_text.size()));
-  out.append(schema_text);
-  PutLe<uint64_t>(&out, model.values.size());
-  out.append(reinterpret_cast<const char*>(model.values.data()),
-             model.values.size() * sizeof(float));
+  PutLe<uint32_t>(&out, static_cast<uint32_t>(text.size()));
+  out.append(text);
+  PutLe<uint64_t>(&out, count);
   return out;
 }
 
-StatusOr<FlatModel> DecodeModel(std::string_view in) {
-  if (in.size() < 4 || std::memcmp(in.data(), kMagic, 4) != 0) {
-    return Corrupt("bad magic (not an Attune model)");
-  }
-  in.remove_prefix(4);
-  uint32_t version = 0, schema_len = 0;
-  if (!GetLe(&in, &version)) return Corrupt("truncated header");
-  if (version != kVersion) return Corrupt(absl::StrCat("unknown version ", version));
-  if (!GetLe(&in, &schema_len) || in.size() < schema_len) {
-    return Corrupt("truncated schema");
-  }
-  nlohmann::json schema = nlohmann::json::parse(in.substr(0, schema_len), nullptr,
-                                                /*allow_exceptions=*/false);
-  in.remove_prefix(schema_len);
+StatusOr<TensorSchema> ParseSchema(std::string_view text) {
+  nlohmann::json schema = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (schema.is_discarded() || !schema.is_array()) return Corrupt("schema is not a JSON array");
-  FlatModel model;
+  TensorSchema out;
   for (const auto& e : schema) {
     if (!e.is_object() || !e.contains("name") || !e["name"].is_string() ||
         !e.contains("shape") || !e["shape"].is_array() || !e.contains("dtype") ||
@@ -101,14 +98,77 @@ StatusOr<FlatModel> DecodeModel(std::string_view in) {
       }
       spec.shape.push_back(d.get<int64_t>());
     }
-    model.schema.tensors.push_back(std::move(spec));
+    out.tensors.push_back(std::move(spec));
   }
+  if (out.numel() > (int64_t{1} << 40)) return Corrupt("schema describes too many values");
+  return out;
+}
+
+// Parses magic, version, schema and count; leaves `in` at the values.
+StatusOr<TensorSchema> ParseHeader(std::string_view* in, uint64_t* count) {
+  if (in->size() < 4 || std::memcmp(in->data(), kMagic, 4) != 0) {
+    return Corrupt("bad magic (not an Attune model)");
+  }
+  in->remove_prefix(4);
+  uint32_t version = 0, schema_len = 0;
+  if (!GetLe(in, &version)) return Corrupt("truncated header");
+  if (version != kVersion) return Corrupt(absl::StrCat("unknown version ", version));
+  if (!GetLe(in, &schema_len) || in->size() < schema_len) return Corrupt("truncated schema");
+  ATTUNE_ASSIGN_OR_RETURN(TensorSchema schema, ParseSchema(in->substr(0, schema_len)));
+  in->remove_prefix(schema_len);
+  if (!GetLe(in, count)) return Corrupt("truncated value count");
+  if (static_cast<int64_t>(*count) != schema.numel()) {
+    return Corrupt(absl::StrCat("schema describes ", schema.numel(), " values but payload has ",
+                                *count));
+  }
+  return schema;
+}
+
+}  // namespace
+
+std::string EncodeModel(const FlatModel& model) {
+  std::string out = EncodeHeader(model.schema, model.values.size());
+  out.append(reinterpret_cast<const char*>(model.values.data()),
+             model.values.size() * sizeof(float));
+  return out;
+}
+
+std::string EncodeZeroModel(const TensorSchema& schema) {
+  const uint64_t count = static_cast<uint64_t>(schema.numel());
+  std::string out = EncodeHeader(schema, count);
+  out.resize(out.size() + count * sizeof(float), '\0');
+  return out;
+}
+
+StatusOr<ModelView> ViewModel(std::string_view in) {
   uint64_t count = 0;
-  if (!GetLe(&in, &count)) return Corrupt("truncated value count");
-  if (static_cast<int64_t>(count) != model.schema.numel()) {
-    return Corrupt(absl::StrCat("schema describes ", model.schema.numel(),
-                                " values but payload has ", count));
+  ModelView view;
+  ATTUNE_ASSIGN_OR_RETURN(view.schema, ParseHeader(&in, &count));
+  if (in.size() != count * sizeof(float)) {
+    return Corrupt(absl::StrCat("expected ", count * sizeof(float), " bytes of values, got ",
+                                in.size()));
   }
+  if (reinterpret_cast<uintptr_t>(in.data()) % alignof(float) != 0) {
+    return Corrupt("values are not aligned (not made by EncodeModel)");
+  }
+  view.values = std::span<const float>(reinterpret_cast<const float*>(in.data()), count);
+  return view;
+}
+
+std::span<float> MutableValues(std::string& blob) {
+  std::string_view in(blob);
+  uint64_t count = 0;
+  auto schema = ParseHeader(&in, &count);
+  ATTUNE_CHECK(schema.ok() && in.size() == count * sizeof(float));
+  const size_t offset = blob.size() - in.size();
+  ATTUNE_CHECK(reinterpret_cast<uintptr_t>(blob.data() + offset) % alignof(float) == 0);
+  return std::span<float>(reinterpret_cast<float*>(blob.data() + offset), count);
+}
+
+StatusOr<FlatModel> DecodeModel(std::string_view in) {
+  uint64_t count = 0;
+  FlatModel model;
+  ATTUNE_ASSIGN_OR_RETURN(model.schema, ParseHeader(&in, &count));
   if (in.size() != count * sizeof(float)) {
     return Corrupt(absl::StrCat("expected ", count * sizeof(float),
                                 " bytes of values, got ", in.size()));
@@ -118,11 +178,91 @@ StatusOr<FlatModel> DecodeModel(std::string_view in) {
   return model;
 }
 
+// ------------------------------------------------------------ streaming parse
+
+ModelStreamParser::ModelStreamParser(uint64_t max_schema_bytes)
+    : max_schema_bytes_(max_schema_bytes) {}
+
+Status ModelStreamParser::ParseHeader() {
+  // Waits for the fixed part, then for schema_len + 8 more bytes.
+  if (head_.size() < kFixedHeader) return absl::OkStatus();
+  if (std::memcmp(head_.data(), kMagic, 4) != 0) return Corrupt("bad magic (not an Attune model)");
+  uint32_t schema_len = 0;
+  std::memcpy(&schema_len, head_.data() + 8, sizeof(schema_len));
+  if (schema_len > max_schema_bytes_) {
+    return Corrupt(absl::StrCat("schema of ", schema_len, " bytes exceeds the limit of ",
+                                max_schema_bytes_));
+  }
+  if (head_.size() < kFixedHeader + schema_len + 8) return absl::OkStatus();
+  std::string_view in(head_);
+  ATTUNE_ASSIGN_OR_RETURN(schema_, attune::ParseHeader(&in, &count_));
+  header_done_ = true;
+  head_ = std::string(in);  // bytes after the header: the start of the values
+  return absl::OkStatus();
+}
+
+Status ModelStreamParser::Feed(std::string_view bytes, const Sink& sink) {
+  if (!header_done_) {
+    // Take only what the header can still need; the rest are values.
+    const size_t want = head_.size() < kFixedHeader
+                            ? kFixedHeader - head_.size()
+                            : bytes.size();
+    const size_t take = std::min(want, bytes.size());
+    head_.append(bytes.substr(0, take));
+    bytes.remove_prefix(take);
+    ATTUNE_RETURN_IF_ERROR(ParseHeader());
+    if (!header_done_) {
+      if (!bytes.empty()) return Feed(bytes, sink);
+      return absl::OkStatus();
+    }
+  }
+  // head_ holds a partial value (or, right after the header, some values).
+  std::string joined;
+  if (!head_.empty()) {
+    joined = std::move(head_);
+    joined.append(bytes);
+    head_.clear();
+    bytes = joined;
+  }
+  const uint64_t whole = bytes.size() / sizeof(float);
+  if (seen_ + whole > count_) {
+    return Corrupt(absl::StrCat("more values than the ", count_, " announced"));
+  }
+  if (whole > 0) {
+    scratch_.resize(whole);
+    std::memcpy(scratch_.data(), bytes.data(), whole * sizeof(float));
+    ATTUNE_RETURN_IF_ERROR(sink(seen_, std::span<const float>(scratch_.data(), whole)));
+    seen_ += whole;
+  }
+  head_.assign(bytes.substr(whole * sizeof(float)));
+  if (seen_ == count_ && !head_.empty()) return Corrupt("bytes after the last value");
+  return absl::OkStatus();
+}
+
+Status ModelStreamParser::Finish() const {
+  if (!header_done_) return Corrupt("truncated header");
+  if (seen_ != count_ || !head_.empty()) {
+    return Corrupt(absl::StrCat("got ", seen_, " of ", count_, " values"));
+  }
+  return absl::OkStatus();
+}
+
 std::string Sha256(std::string_view data) {
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
   ATTUNE_CHECK(EVP_Digest(data.data(), data.size(), md, &len, EVP_sha256(), nullptr) == 1);
   return std::string(reinterpret_cast<char*>(md), len);
+}
+
+std::string ToHex(std::string_view raw) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(raw.size() * 2);
+  for (unsigned char c : raw) {
+    out.push_back(kDigits[c >> 4]);
+    out.push_back(kDigits[c & 15]);
+  }
+  return out;
 }
 
 std::vector<std::string_view> SplitChunks(std::string_view payload, size_t max_bytes) {
@@ -138,21 +278,40 @@ std::vector<std::string_view> SplitChunks(std::string_view payload, size_t max_b
   return out;
 }
 
-ChunkAssembler::ChunkAssembler(uint64_t total_bytes, std::string total_sha256,
-                               uint64_t max_total_bytes)
+struct Sha256Stream::Ctx {
+  EVP_MD_CTX* md = nullptr;
+};
+
+Sha256Stream::Sha256Stream() : ctx_(std::make_unique<Ctx>()) {
+  ctx_->md = EVP_MD_CTX_new();
+  ATTUNE_CHECK(ctx_->md != nullptr && EVP_DigestInit_ex(ctx_->md, EVP_sha256(), nullptr) == 1);
+}
+
+Sha256Stream::~Sha256Stream() { EVP_MD_CTX_free(ctx_->md); }
+
+void Sha256Stream::Update(std::string_view data) {
+  ATTUNE_CHECK(EVP_DigestUpdate(ctx_->md, data.data(), data.size()) == 1);
+}
+
+std::string Sha256Stream::Final() {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  ATTUNE_CHECK(EVP_DigestFinal_ex(ctx_->md, md, &len) == 1);
+  return std::string(reinterpret_cast<char*>(md), len);
+}
+
+ChunkVerifier::ChunkVerifier(uint64_t total_bytes, std::string total_sha256,
+                             uint64_t max_total_bytes)
     : total_bytes_(total_bytes), total_sha256_(std::move(total_sha256)) {
   if (total_bytes > max_total_bytes) {
     init_ = absl::InvalidArgumentError(absl::StrCat(
         "payload of ", total_bytes, " bytes exceeds the limit of ", max_total_bytes));
   } else if (total_sha256_.size() != 32) {
     init_ = absl::InvalidArgumentError("payload digest must be 32 bytes of SHA-256");
-  } else {
-    buffer_.reserve(total_bytes);
   }
 }
 
-Status ChunkAssembler::Add(uint64_t seq, std::string_view data,
-                           std::string_view sha256) {
+Status ChunkVerifier::Add(uint64_t seq, std::string_view data, std::string_view sha256) {
   ATTUNE_RETURN_IF_ERROR(init_);
   if (seq != next_seq_) {
     return absl::InvalidArgumentError(
@@ -162,26 +321,44 @@ Status ChunkAssembler::Add(uint64_t seq, std::string_view data,
     return absl::InvalidArgumentError(absl::StrCat("chunk of ", data.size(),
                                                    " bytes exceeds ", kMaxChunkBytes));
   }
-  if (buffer_.size() + data.size() > total_bytes_) {
+  if (received_ + data.size() > total_bytes_) {
     return absl::InvalidArgumentError("more bytes than the payload announced");
   }
   if (Sha256(data) != sha256) {
     return absl::DataLossError(absl::StrCat("chunk ", seq, " checksum mismatch"));
   }
-  buffer_.append(data);
+  whole_.Update(data);
+  received_ += data.size();
   ++next_seq_;
   return absl::OkStatus();
 }
 
-StatusOr<std::string> ChunkAssembler::Finish() {
+Status ChunkVerifier::Finish() {
   ATTUNE_RETURN_IF_ERROR(init_);
-  if (buffer_.size() != total_bytes_) {
-    return absl::DataLossError(absl::StrCat("payload short: got ", buffer_.size(),
+  if (received_ != total_bytes_) {
+    return absl::DataLossError(absl::StrCat("payload short: got ", received_,
                                             " of ", total_bytes_, " bytes"));
   }
-  if (Sha256(buffer_) != total_sha256_) {
+  if (whole_.Final() != total_sha256_) {
     return absl::DataLossError("payload checksum mismatch");
   }
+  return absl::OkStatus();
+}
+
+ChunkAssembler::ChunkAssembler(uint64_t total_bytes, std::string total_sha256,
+                               uint64_t max_total_bytes)
+    : verifier_(total_bytes, std::move(total_sha256), max_total_bytes) {
+  if (total_bytes <= max_total_bytes) buffer_.reserve(total_bytes);
+}
+
+Status ChunkAssembler::Add(uint64_t seq, std::string_view data, std::string_view sha256) {
+  ATTUNE_RETURN_IF_ERROR(verifier_.Add(seq, data, sha256));
+  buffer_.append(data);
+  return absl::OkStatus();
+}
+
+StatusOr<std::string> ChunkAssembler::Finish() {
+  ATTUNE_RETURN_IF_ERROR(verifier_.Finish());
   return std::move(buffer_);
 }
 

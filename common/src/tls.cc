@@ -16,7 +16,7 @@ StatusOr<TlsBundle> LoadTlsBundle(const std::string& dir) {
     if (!text.ok()) {
       return Status(text.status().code(),
                     absl::StrCat("TLS bundle: ", text.status().message(),
-                                 " (make bundles with `attune provision`)"));
+                                 " (make bundles with `attune provision init`)"));
     }
     if (text->find("-----BEGIN") == std::string::npos) {
       return absl::InvalidArgumentError(absl::StrCat("TLS bundle: ", path, ": not a PEM file"));

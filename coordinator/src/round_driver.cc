@@ -1,6 +1,7 @@
 #include "attune/coordinator/round_driver.h"
 
 #include <spdlog/spdlog.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <cmath>
@@ -10,6 +11,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "attune/coordinator/aggregate.h"
 #include "nlohmann/json.hpp"
 
 namespace attune::coordinator {
@@ -17,6 +20,7 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 using nlohmann::json;
+namespace fs = std::filesystem;
 
 std::string RandomHex() {
   std::random_device rd;
@@ -30,6 +34,28 @@ std::chrono::milliseconds Seconds(double s) {
 
 json NumOrNull(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
 
+double NumOrNan(const json& j, const char* a, const char* b = nullptr) {
+  const json* v = j.contains(a) ? &j[a] : nullptr;
+  if (v && b) v = v->is_object() && v->contains(b) ? &(*v)[b] : nullptr;
+  return v && v->is_number() ? v->get<double>() : std::nan("");
+}
+
+// SplitMix64: a small, fully specified generator, so the sample of sites a
+// round trains on is the same on every platform and standard library.
+uint64_t SplitMix64(uint64_t* state) {
+  uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+std::string FileStamp(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return "missing";
+  return absl::StrCat(st.st_ino, ":", st.st_mtim.tv_sec, ".", st.st_mtim.tv_nsec, ":",
+                      st.st_size);
+}
+
 }  // namespace
 
 const char* KindName(Task::Kind k) {
@@ -42,54 +68,170 @@ const char* KindName(Task::Kind k) {
   return "?";
 }
 
-RoundDriver::RoundDriver(StudyConfig study, StateStore* store, std::string out_dir)
-    : study_(std::move(study)), store_(store), out_dir_(std::move(out_dir)),
-      run_nonce_(RandomHex()) {
+RoundDriver::RoundDriver(StudyConfig study, StateStore* store, DriverOptions options,
+                         std::unique_ptr<Strategy> strategy)
+    : study_(std::move(study)), store_(store), options_(std::move(options)),
+      run_nonce_(RandomHex()), strategy_(std::move(strategy)), roster_(study_.roster) {
   for (const auto& s : study_.roster) sites_[s];
+  for (const auto& s : study_.revoked) sites_[s].revoked = true;
+  if (!options_.study_path.empty()) study_file_stamp_ = FileStamp(options_.study_path);
 }
 
-StatusOr<std::unique_ptr<RoundDriver>> RoundDriver::Create(StudyConfig study,
-                                                           StateStore* store,
-                                                           std::string out_dir) {
-  std::unique_ptr<RoundDriver> d(new RoundDriver(std::move(study), store, std::move(out_dir)));
+RoundDriver::~RoundDriver() = default;
+
+StatusOr<std::unique_ptr<RoundDriver>> RoundDriver::Create(StudyConfig study, StateStore* store,
+                                                           DriverOptions options) {
+  ATTUNE_ASSIGN_OR_RETURN(std::unique_ptr<Strategy> strategy, MakeStrategy(study.strategy));
+  std::unique_ptr<RoundDriver> d(
+      new RoundDriver(std::move(study), store, std::move(options), std::move(strategy)));
   const int64_t last = store->LastCommittedRound();
   if (last >= 0) {
     ATTUNE_ASSIGN_OR_RETURN(std::string blob, store->LoadModel(last));
-    ATTUNE_ASSIGN_OR_RETURN(FlatModel model, DecodeModel(blob));
-    d->global_version_ = last;
-    d->global_ = std::move(model);
     d->global_blob_ = std::make_shared<const std::string>(std::move(blob));
+    ATTUNE_ASSIGN_OR_RETURN(d->global_, ViewModel(*d->global_blob_));
+    ATTUNE_ASSIGN_OR_RETURN(d->server_state_, store->LoadServerState(last));
+    d->global_version_ = last;
     spdlog::info("resuming study '{}' after committed round {}", d->study_.study_id, last);
   }
+  d->ClearSpool();
+  ATTUNE_RETURN_IF_ERROR(store->AppendLog(
+      "coordinator_started", "",
+      json{{"run", d->run_nonce_}, {"last_committed_round", last},
+           {"strategy", d->strategy_->name()}}
+          .dump()));
   return d;
+}
+
+void RoundDriver::ClearSpool() {
+  std::error_code ec;
+  fs::remove_all(options_.spool_dir, ec);
+  fs::create_directories(options_.spool_dir, ec);
 }
 
 // ---------------------------------------------------------------- service side
 
+void RoundDriver::LogLocked(const std::string& kind, const std::string& site,
+                            const std::string& detail) {
+  if (Status s = store_->AppendLog(kind, site, detail); !s.ok()) {
+    spdlog::error("audit log: {}", std::string(s.message()));
+  }
+}
+
+void RoundDriver::TouchLocked(const std::string& site) {
+  auto it = sites_.find(site);
+  if (it != sites_.end()) it->second.last_seen = Clock::now();
+}
+
+bool RoundDriver::AliveLocked(const std::string& site, Clock::time_point now) const {
+  auto it = sites_.find(site);
+  if (it == sites_.end()) return false;
+  const SiteState& s = it->second;
+  return s.subscribed && !s.revoked && s.last_seen &&
+         now - *s.last_seen < Seconds(study_.heartbeat_timeout_s);
+}
+
+std::vector<std::string> RoundDriver::LiveSitesLocked() const {
+  const auto now = Clock::now();
+  std::vector<std::string> out;
+  for (const auto& [name, s] : sites_) {
+    if (AliveLocked(name, now)) out.push_back(name);
+  }
+  return out;
+}
+
+void RoundDriver::ReloadRosterLocked() {
+  if (options_.study_path.empty()) return;
+  const std::string stamp = FileStamp(options_.study_path);
+  if (stamp == study_file_stamp_) return;
+  study_file_stamp_ = stamp;
+  auto next = LoadStudyConfig(options_.study_path);
+  if (!next.ok()) {
+    spdlog::warn("study file changed but cannot be used (roster unchanged): {}",
+                 std::string(next.status().message()));
+    return;
+  }
+  if (next->study_id != study_.study_id) {
+    spdlog::warn("study file now names study '{}', not '{}'; roster unchanged", next->study_id,
+                 study_.study_id);
+    return;
+  }
+  for (const auto& site : next->roster) {
+    if (!sites_.count(site)) {
+      sites_[site];
+      spdlog::info("site {} added to the roster", site);
+      LogLocked("site_added", site, "{}");
+    }
+  }
+  for (auto& [name, s] : sites_) {
+    const bool revoke = !next->Admits(name);
+    if (revoke == s.revoked) continue;
+    s.revoked = revoke;
+    if (revoke) {
+      // Ends its task stream and takes it out of the open phase's wait.
+      ++s.generation;
+      s.subscribed = false;
+      s.pending.reset();
+      s.queue.clear();
+      spdlog::warn("site {} revoked: refused from now on", name);
+      LogLocked("site_revoked", name, "{}");
+    } else {
+      spdlog::info("site {} reinstated", name);
+      LogLocked("site_reinstated", name, "{}");
+    }
+  }
+  roster_ = next->roster;
+  cv_.notify_all();
+}
+
+StatusOr<std::string> RoundDriver::Authorize(const std::string& cn, const std::string& study_id,
+                                             bool operator_ok) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ReloadRosterLocked();
+  if (cn == kOperatorName) {
+    if (!operator_ok) {
+      return absl::PermissionDeniedError(
+          absl::StrCat("the ", kOperatorName, " certificate may only read the study's status"));
+    }
+  } else {
+    auto it = sites_.find(cn);
+    if (it == sites_.end() ||
+        std::find(roster_.begin(), roster_.end(), cn) == roster_.end()) {
+      return absl::PermissionDeniedError(absl::StrCat(
+          "site '", cn, "' is not on the roster of study '", study_.study_id, "'"));
+    }
+    if (it->second.revoked) {
+      return absl::PermissionDeniedError(absl::StrCat(
+          "site '", cn, "' was revoked from study '", study_.study_id, "'"));
+    }
+  }
+  if (study_id != study_.study_id) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "this coordinator runs study '", study_.study_id, "', not '", study_id, "'"));
+  }
+  TouchLocked(cn);
+  return cn;
+}
+
 Status RoundDriver::Join(const std::string& site, int64_t train_samples) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = sites_.find(site);
-  if (it == sites_.end()) {
-    return absl::PermissionDeniedError(absl::StrCat(
-        "site '", site, "' is not on the roster of study '", study_.study_id, "'"));
-  }
-  it->second.joined = true;
-  it->second.train_samples = train_samples;
+  SiteState& s = sites_.at(site);
+  s.joined = true;
+  s.train_samples = train_samples;
+  TouchLocked(site);
   spdlog::info("site {} joined ({} training samples)", site, train_samples);
+  LogLocked("site_joined", site, json{{"train_samples", train_samples}}.dump());
   return absl::OkStatus();
 }
 
 StatusOr<uint64_t> RoundDriver::Subscribe(const std::string& site) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = sites_.find(site);
-  if (it == sites_.end() || !it->second.joined) {
-    return absl::FailedPreconditionError("call Join before Subscribe");
-  }
-  SiteState& s = it->second;
+  SiteState& s = sites_.at(site);
+  if (!s.joined) return absl::FailedPreconditionError("call Join before Subscribe");
   s.subscribed = true;
   s.queue.clear();
   if (s.pending) s.queue.push_back(*s.pending);
   ++s.generation;
+  TouchLocked(site);
   cv_.notify_all();
   return s.generation;
 }
@@ -100,6 +242,7 @@ StatusOr<std::optional<Task>> RoundDriver::NextTask(const std::string& site, uin
   SiteState& s = sites_.at(site);
   auto ready = [&] { return shutdown_ || s.generation != gen || !s.queue.empty(); };
   cv_.wait_for(lock, wait, ready);
+  if (s.revoked) return absl::PermissionDeniedError(absl::StrCat("site ", site, " was revoked"));
   if (s.generation != gen) return absl::CancelledError("stream replaced by a newer Subscribe");
   if (!s.queue.empty()) {
     Task t = std::move(s.queue.front());
@@ -113,11 +256,26 @@ StatusOr<std::optional<Task>> RoundDriver::NextTask(const std::string& site, uin
 void RoundDriver::Unsubscribe(const std::string& site, uint64_t gen) {
   std::lock_guard<std::mutex> lock(mu_);
   SiteState& s = sites_.at(site);
-  if (s.generation == gen) {
+  if (s.generation == gen && s.subscribed) {
     s.subscribed = false;
     spdlog::info("site {} disconnected", site);
     cv_.notify_all();
   }
+}
+
+int64_t RoundDriver::Heartbeat(const std::string& site, const std::string& progress) {
+  std::lock_guard<std::mutex> lock(mu_);
+  TouchLocked(site);
+  sites_.at(site).progress = progress;
+  return phase_ ? phase_->round : -1;
+}
+
+int64_t RoundDriver::heartbeat_interval_ms() const {
+  return std::max<int64_t>(100, static_cast<int64_t>(study_.heartbeat_timeout_s * 1000 / 4));
+}
+
+double RoundDriver::proximal_mu() const {
+  return study_.strategy.name == "fedprox" ? study_.strategy.proximal_mu : 0.0;
 }
 
 StatusOr<std::shared_ptr<const std::string>> RoundDriver::Model(int64_t version) {
@@ -128,33 +286,27 @@ StatusOr<std::shared_ptr<const std::string>> RoundDriver::Model(int64_t version)
                                           " is not being served (current: ", global_version_, ")"));
 }
 
-uint64_t RoundDriver::MaxPayloadBytes() {
-  std::lock_guard<std::mutex> lock(mu_);
-  // An INIT upload has no model to compare with: allow up to 4 GiB.
-  if (!global_) return uint64_t{4} << 30;
-  return global_blob_->size() + (1 << 20);
-}
-
-Status RoundDriver::CheckOpenTask(const std::string& site, const std::string& task_id,
-                                  int64_t round) {
-  std::lock_guard<std::mutex> lock(mu_);
-  return CheckOpenTaskLocked(site, task_id, round);
-}
-
 Status RoundDriver::CheckOpenTaskLocked(const std::string& site, const std::string& task_id,
                                         int64_t round) {
+  const int64_t open = phase_ ? phase_->round : -1;
+  if (round < open || (!phase_ && round <= global_version_)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "round ", round, " is closed (the study is at round ",
+        std::max(open, global_version_ + 1), "): a late update is never used"));
+  }
   if (!phase_) {
     return absl::FailedPreconditionError(
         absl::StrCat("no round is open (submission for round ", round, ")"));
   }
-  if (round != phase_->round) {
+  if (round != open) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "submission for round ", round, " but round ", phase_->round, " is open"));
+        "submission for round ", round, " but round ", open, " is open"));
   }
   auto it = phase_->task_ids.find(site);
   if (it == phase_->task_ids.end() || it->second != task_id) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("task '", task_id, "' is not open for site ", site));
+    return absl::FailedPreconditionError(absl::StrCat(
+        "task '", task_id, "' is not open for site ", site,
+        " (a task of an earlier coordinator run, or another phase)"));
   }
   if (phase_->done.count(site)) {
     return absl::AlreadyExistsError(
@@ -163,34 +315,66 @@ Status RoundDriver::CheckOpenTaskLocked(const std::string& site, const std::stri
   return absl::OkStatus();
 }
 
-Status RoundDriver::SubmitUpdate(const std::string& site, UpdateSubmission u) {
+StatusOr<std::unique_ptr<UpdateIntake>> RoundDriver::BeginUpdate(const std::string& site,
+                                                                 const UpdateHeader& h) {
   std::lock_guard<std::mutex> lock(mu_);
-  ATTUNE_RETURN_IF_ERROR(CheckOpenTaskLocked(site, u.task_id, u.round));
-  Phase& p = *phase_;
-  if (p.kind == Task::Kind::kInit) {
-    if (!u.full_weights) return absl::InvalidArgumentError("INIT expects full weights");
-    for (float v : u.model.values) {
-      if (!std::isfinite(v)) return absl::InvalidArgumentError("initial weights contain NaN or Inf");
+  Status open = CheckOpenTaskLocked(site, h.task_id, h.round);
+  if (absl::IsAlreadyExists(open)) {
+    auto acc = phase_->accepted.find(site);
+    if (acc != phase_->accepted.end() && acc->second.sha256 == h.total_sha256) {
+      return std::unique_ptr<UpdateIntake>();  // the same update again: idempotent
     }
-    p.init_model = std::move(u.model);
-  } else if (p.kind == Task::Kind::kTrain) {
-    if (u.full_weights) return absl::InvalidArgumentError("TRAIN expects a delta, not weights");
-    if (!(u.model.schema == global_->schema)) {
-      return absl::InvalidArgumentError(
-          "update schema (tensor names, shapes, dtypes) does not match the global model");
-    }
-    ATTUNE_RETURN_IF_ERROR(p.fedavg->Accept({site, u.model.values, u.num_examples}));
-    auto loss = u.metrics.find("train_loss");
-    if (loss != u.metrics.end() && std::isfinite(loss->second)) {
-      p.train_loss_sum += loss->second * static_cast<double>(u.num_examples);
-    }
-  } else {
+    return absl::AlreadyExistsError(absl::StrCat(
+        "site ", site, " already submitted a different update for round ", h.round,
+        "; one update per site and round"));
+  }
+  ATTUNE_RETURN_IF_ERROR(open);
+  if (phase_->kind == Task::Kind::kInit) {
+    return UpdateIntake::ForInitialModel(h, uint64_t{4} << 30);
+  }
+  if (phase_->kind != Task::Kind::kTrain) {
     return absl::FailedPreconditionError("the open phase expects an evaluation, not an update");
   }
+  const std::string path =
+      (fs::path(options_.spool_dir) / absl::StrCat("r", h.round, "-", site, "-", RandomHex()))
+          .string();
+  return UpdateIntake::ForDelta(h, global_.schema, study_.max_update_norm, path,
+                                global_blob_->size() + (1 << 20));
+}
+
+Status RoundDriver::FinishUpdate(const std::string& site, std::unique_ptr<UpdateIntake> intake) {
+  ATTUNE_RETURN_IF_ERROR(intake->Finish());
+  const UpdateHeader& h = intake->header();
+  std::lock_guard<std::mutex> lock(mu_);
+  Status open = CheckOpenTaskLocked(site, h.task_id, h.round);
+  if (!open.ok()) {
+    std::error_code ec;
+    if (!intake->spool_path().empty()) fs::remove(intake->spool_path(), ec);
+    if (absl::IsAlreadyExists(open)) {  // only said while a phase is open
+      auto acc = phase_->accepted.find(site);
+      if (acc != phase_->accepted.end() && acc->second.sha256 == h.total_sha256) {
+        return absl::OkStatus();  // a concurrent resubmission of the same update
+      }
+    }
+    return open;
+  }
+  Phase& p = *phase_;
+  Accepted a;
+  a.sha256 = h.total_sha256;
+  a.num_examples = h.num_examples;
+  if (p.kind == Task::Kind::kInit) {
+    p.init_blob = intake->initial_model();
+  } else {
+    a.path = intake->spool_path();
+    auto loss = h.metrics.find("train_loss");
+    a.train_loss = loss != h.metrics.end() ? loss->second : std::nan("");
+  }
+  p.accepted[site] = std::move(a);
   p.done.insert(site);
   sites_[site].pending.reset();
-  spdlog::info("round {}: {} from {} accepted ({} examples)", p.round, KindName(p.kind), site,
-               u.num_examples);
+  TouchLocked(site);
+  spdlog::info("round {}: {} from {} accepted ({} examples, update norm {:.4g})", p.round,
+               KindName(p.kind), site, h.num_examples, intake->norm());
   cv_.notify_all();
   return absl::OkStatus();
 }
@@ -220,12 +404,55 @@ Status RoundDriver::SubmitEval(const std::string& site, const std::string& task_
 }
 
 StatusView RoundDriver::GetStatus() {
-  std::lock_guard<std::mutex> lock(mu_);
   StatusView v;
-  v.committed_round = global_version_;
-  v.phase = phase_name_;
-  for (const auto& [name, s] : sites_) v.sites.push_back({name, s.subscribed, s.train_samples});
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    const auto now = Clock::now();
+    v.committed_round = global_version_;
+    v.phase = phase_name_;
+    v.open_round = phase_ ? phase_->round : -1;
+    for (const auto& [name, s] : sites_) {
+      SiteView sv;
+      sv.site = name;
+      sv.subscribed = s.subscribed;
+      sv.alive = AliveLocked(name, now);
+      sv.revoked = s.revoked;
+      sv.last_seen_ms_ago =
+          s.last_seen ? std::chrono::duration_cast<std::chrono::milliseconds>(now - *s.last_seen)
+                            .count()
+                      : -1;
+      sv.train_samples = s.train_samples;
+      sv.rounds_contributed = s.rounds_contributed;
+      sv.progress = s.progress;
+      v.sites.push_back(std::move(sv));
+    }
+  }
+  for (int64_t r = 0; r <= v.committed_round; ++r) {
+    auto text = store_->LoadRecord(r);
+    if (!text.ok()) continue;
+    json rec = json::parse(*text, nullptr, false);
+    if (rec.is_discarded()) continue;
+    RoundView rv;
+    rv.round = r;
+    rv.sites = rec.value("sites_reported", 0);
+    rv.train_loss = NumOrNan(rec, "train_loss");
+    rv.val_loss = NumOrNan(rec, "val", "loss");
+    rv.val_auc = NumOrNan(rec, "val", "auc");
+    rv.seconds = NumOrNan(rec, "seconds");
+    v.rounds.push_back(rv);
+  }
+  v.log_entries = store_->LogEntries();
   return v;
+}
+
+void RoundDriver::RecordRefusal(const std::string& who, const char* rpc, const Status& s) {
+  const std::string message(s.message());
+  spdlog::warn("refused {} from {}: {}", rpc, who, message);
+  Status logged = store_->AppendLog(
+      "refused", who,
+      json{{"rpc", rpc}, {"code", absl::StatusCodeToString(s.code())}, {"message", message}}
+          .dump());
+  if (!logged.ok()) spdlog::error("audit log: {}", std::string(logged.message()));
 }
 
 void RoundDriver::Shutdown() {
@@ -236,24 +463,42 @@ void RoundDriver::Shutdown() {
 
 // ------------------------------------------------------------------ the study
 
-std::vector<std::string> RoundDriver::SubscribedSites() const {
-  std::vector<std::string> out;
-  for (const auto& [name, s] : sites_) {
-    if (s.subscribed) out.push_back(name);
-  }
-  return out;
-}
-
 std::string RoundDriver::NewTaskId(Task::Kind kind, int64_t round, const std::string& site) {
   return absl::StrCat(run_nonce_, "/r", round, "/", KindName(kind), "/", site);
 }
 
+std::vector<std::string> RoundDriver::SelectForTraining(int64_t round,
+                                                        std::vector<std::string> live) const {
+  if (study_.sites_per_round >= 1.0) return live;
+  const size_t n = live.size();
+  size_t k = static_cast<size_t>(std::ceil(study_.sites_per_round * static_cast<double>(n)));
+  k = std::min(n, std::max<size_t>(k, static_cast<size_t>(study_.min_sites)));
+  uint64_t state = study_.train.seed ^ (static_cast<uint64_t>(round) * 0xd1b54a32d192ed03ULL);
+  for (size_t i = n; i > 1; --i) {  // Fisher-Yates over the name-sorted live sites
+    std::swap(live[i - 1], live[SplitMix64(&state) % i]);
+  }
+  live.resize(k);
+  std::sort(live.begin(), live.end());
+  return live;
+}
+
 Status RoundDriver::Run() {
   ATTUNE_RETURN_IF_ERROR(WaitForSites());
-  if (store_->LastCommittedRound() < 0) ATTUNE_RETURN_IF_ERROR(RunInitRound());
   for (int64_t r = store_->LastCommittedRound() + 1; r <= study_.rounds; ++r) {
-    ATTUNE_RETURN_IF_ERROR(RunTrainRound(r));
+    for (int attempt = 1;; ++attempt) {
+      Status s = r == 0 ? RunInitRound() : RunTrainRound(r);
+      if (s.ok()) break;
+      const bool retry = absl::IsDeadlineExceeded(s) || absl::IsUnavailable(s);
+      std::lock_guard<std::mutex> lock(mu_);
+      LogLocked("round_failed", "",
+                json{{"round", r}, {"attempt", attempt}, {"reason", std::string(s.message())}}
+                    .dump());
+      if (!retry || attempt >= kMaxRoundAttempts || shutdown_) return s;
+      spdlog::warn("round {} failed (attempt {} of {}): {}; trying again", r, attempt,
+                   kMaxRoundAttempts, std::string(s.message()));
+    }
   }
+  ATTUNE_RETURN_IF_ERROR(WriteOutputs(/*final_model=*/true));
   std::lock_guard<std::mutex> lock(mu_);
   phase_name_ = "finished";
   for (auto& [name, s] : sites_) {
@@ -271,12 +516,13 @@ Status RoundDriver::Run() {
 Status RoundDriver::WaitForSites() {
   std::unique_lock<std::mutex> lock(mu_);
   const auto deadline = Clock::now() + Seconds(study_.join_timeout_s);
-  const size_t want = study_.roster.size();
   auto next_note = Clock::now() + std::chrono::seconds(10);
   while (true) {
     if (shutdown_) return absl::CancelledError("shutting down");
-    const size_t have = SubscribedSites().size();
-    if (have == want) return absl::OkStatus();
+    size_t want = 0;
+    for (const auto& [name, s] : sites_) want += s.revoked ? 0 : 1;
+    const size_t have = LiveSitesLocked().size();
+    if (have >= want) return absl::OkStatus();
     const auto now = Clock::now();
     if (now >= deadline) {
       if (have >= static_cast<size_t>(study_.min_sites)) {
@@ -296,6 +542,25 @@ Status RoundDriver::WaitForSites() {
   }
 }
 
+Status RoundDriver::WaitForQuorum(std::unique_lock<std::mutex>& lock, int64_t round) {
+  auto enough = [&] {
+    return shutdown_ || static_cast<int>(LiveSitesLocked().size()) >= study_.min_sites;
+  };
+  if (!enough()) {
+    // Sites may be reconnecting (after a restart of theirs or ours).
+    spdlog::info("round {}: waiting for {} live sites (have {})", round, study_.min_sites,
+                 LiveSitesLocked().size());
+    cv_.wait_until(lock, Clock::now() + Seconds(study_.round_deadline_s), enough);
+  }
+  if (shutdown_) return absl::CancelledError("shutting down");
+  const size_t live = LiveSitesLocked().size();
+  if (static_cast<int>(live) < study_.min_sites) {
+    return absl::UnavailableError(absl::StrCat("round ", round, ": only ", live,
+                                               " sites live, min_sites = ", study_.min_sites));
+  }
+  return absl::OkStatus();
+}
+
 Status RoundDriver::RunPhase(std::unique_lock<std::mutex>& lock, Phase* p,
                              const std::vector<std::string>& selected, int64_t model_version,
                              int quorum) {
@@ -313,7 +578,29 @@ Status RoundDriver::RunPhase(std::unique_lock<std::mutex>& lock, Phase* p,
   phase_ = p;
   cv_.notify_all();
   const auto deadline = Clock::now() + Seconds(study_.round_deadline_s);
-  cv_.wait_until(lock, deadline, [&] { return shutdown_ || p->done.size() == selected.size(); });
+  const auto timeout = Seconds(study_.heartbeat_timeout_s);
+  std::vector<std::string> gone;
+  while (!shutdown_) {
+    const auto now = Clock::now();
+    // Who is still expected; wake when the first of them would time out.
+    auto wake = deadline;
+    gone.clear();
+    for (const auto& site : selected) {
+      if (p->done.count(site)) continue;
+      if (AliveLocked(site, now)) {
+        wake = std::min(wake, *sites_[site].last_seen + timeout);
+      } else {
+        gone.push_back(site);
+      }
+    }
+    const size_t waiting = selected.size() - p->done.size() - gone.size();
+    if (waiting == 0 && (p->done.size() == selected.size() ||
+                         static_cast<int>(p->done.size()) >= quorum)) {
+      break;
+    }
+    if (now >= deadline) break;
+    cv_.wait_until(lock, wake);
+  }
   phase_ = nullptr;
   for (const auto& site : selected) sites_[site].pending.reset();
   if (shutdown_) return absl::CancelledError("shutting down");
@@ -321,11 +608,13 @@ Status RoundDriver::RunPhase(std::unique_lock<std::mutex>& lock, Phase* p,
     return absl::DeadlineExceededError(absl::StrCat(
         "round ", p->round, " (", KindName(p->kind), "): only ", p->done.size(), " of ",
         selected.size(), " sites reported within round_deadline_s = ", study_.round_deadline_s,
-        " s; at least ", quorum, " are needed"));
+        " s (gone: ", gone.empty() ? "none" : absl::StrJoin(gone, ", "), "); at least ", quorum,
+        " are needed"));
   }
   if (p->done.size() < selected.size()) {
-    spdlog::warn("round {} ({}): closing at the deadline with {} of {} sites", p->round,
-                 KindName(p->kind), p->done.size(), selected.size());
+    spdlog::warn("round {} ({}): closing with {} of {} sites (gone: {})", p->round,
+                 KindName(p->kind), p->done.size(), selected.size(),
+                 gone.empty() ? "none; deadline" : absl::StrJoin(gone, ", "));
   }
   return absl::OkStatus();
 }
@@ -333,87 +622,108 @@ Status RoundDriver::RunPhase(std::unique_lock<std::mutex>& lock, Phase* p,
 Status RoundDriver::RunInitRound() {
   const auto start = Clock::now();
   std::unique_lock<std::mutex> lock(mu_);
-  std::vector<std::string> subscribed = SubscribedSites();
-  if (subscribed.empty()) return absl::UnavailableError("no site is subscribed");
+  ATTUNE_RETURN_IF_ERROR(WaitForQuorum(lock, 0));
+  const std::string first = LiveSitesLocked().front();
   Phase init;
   init.kind = Task::Kind::kInit;
   init.round = 0;
   phase_name_ = "round 0: initial model";
-  ATTUNE_RETURN_IF_ERROR(RunPhase(lock, &init, {subscribed.front()}, -1, 1));
-  FlatModel model = std::move(*init.init_model);
-  spdlog::info("initial model from {}: {} tensors, {} parameters", subscribed.front(),
-               model.schema.tensors.size(), model.values.size());
-  candidate_version_ = 0;
-  candidate_blob_ = std::make_shared<const std::string>(EncodeModel(model));
-
-  Phase eval;
-  eval.kind = Task::Kind::kEvaluate;
-  eval.round = 0;
-  eval.splits = {"val"};
-  phase_name_ = "round 0: evaluate";
-  ATTUNE_RETURN_IF_ERROR(RunPhase(lock, &eval, SubscribedSites(), 0, study_.min_sites));
-  lock.unlock();
-  const double secs = std::chrono::duration<double>(Clock::now() - start).count();
-  return CommitRound(0, std::move(model), init, eval, secs);
+  ATTUNE_RETURN_IF_ERROR(RunPhase(lock, &init, {first}, -1, 1));
+  ATTUNE_ASSIGN_OR_RETURN(ModelView view, ViewModel(*init.init_blob));
+  spdlog::info("initial model from {}: {} tensors, {} parameters", first,
+               view.schema.tensors.size(), view.values.size());
+  return EvaluateAndCommit(lock, 0, init.init_blob, "", init, "{}", start);
 }
 
 Status RoundDriver::RunTrainRound(int64_t round) {
   const auto start = Clock::now();
   std::unique_lock<std::mutex> lock(mu_);
-  std::vector<std::string> selected = SubscribedSites();
-  if (static_cast<int>(selected.size()) < study_.min_sites) {
-    // Sites may be reconnecting (e.g. after a coordinator restart): give them
-    // until the round deadline to come back.
-    const auto deadline = Clock::now() + Seconds(study_.round_deadline_s);
-    cv_.wait_until(lock, deadline, [&] {
-      return shutdown_ || static_cast<int>(SubscribedSites().size()) >= study_.min_sites;
-    });
-    selected = SubscribedSites();
-    if (shutdown_) return absl::CancelledError("shutting down");
-    if (static_cast<int>(selected.size()) < study_.min_sites) {
-      return absl::UnavailableError(absl::StrCat("round ", round, ": only ", selected.size(),
-                                                 " sites connected, min_sites = ",
-                                                 study_.min_sites));
-    }
-  }
+  ATTUNE_RETURN_IF_ERROR(WaitForQuorum(lock, round));
+  const std::vector<std::string> selected = SelectForTraining(round, LiveSitesLocked());
   Phase train;
   train.kind = Task::Kind::kTrain;
   train.round = round;
-  train.fedavg = std::make_unique<StreamingFedAvg>(global_->values.size());
   phase_name_ = absl::StrCat("round ", round, ": train");
-  ATTUNE_RETURN_IF_ERROR(RunPhase(lock, &train, selected, global_version_, study_.min_sites));
-  ATTUNE_ASSIGN_OR_RETURN(std::vector<float> next, train.fedavg->Finalize(global_->values));
-  FlatModel model{global_->schema, std::move(next)};
-  candidate_version_ = round;
-  candidate_blob_ = std::make_shared<const std::string>(EncodeModel(model));
+  Status phase = RunPhase(lock, &train, selected, global_version_, study_.min_sites);
+  std::vector<SpooledUpdate> updates;
+  for (const auto& [site, a] : train.accepted) updates.push_back({site, a.path, a.num_examples});
+  auto remove_spool = [&] {
+    std::error_code ec;
+    for (const auto& u : updates) fs::remove(u.path, ec);
+  };
+  if (!phase.ok()) {
+    remove_spool();
+    return phase;
+  }
+  // Aggregation reads the spool and writes a new blob: no lock needed, the
+  // global model does not change while Run() is here.
+  phase_name_ = absl::StrCat("round ", round, ": aggregate");
+  const std::shared_ptr<const std::string> global_blob = global_blob_;
+  const ModelView global = global_;
+  const std::string state = server_state_;
+  lock.unlock();
+  auto result = AggregateRound(*strategy_, global.schema, global.values, state, updates);
+  remove_spool();
+  lock.lock();
+  ATTUNE_RETURN_IF_ERROR(result.status());
+  return EvaluateAndCommit(lock, round,
+                           std::make_shared<const std::string>(std::move(result->model)),
+                           std::move(result->server_state), train,
+                           std::move(result->describe_json), start);
+}
 
+Status RoundDriver::EvaluateAndCommit(std::unique_lock<std::mutex>& lock, int64_t round,
+                                      std::shared_ptr<const std::string> model,
+                                      std::string server_state, const Phase& train,
+                                      std::string describe_json, Clock::time_point start) {
+  candidate_version_ = round;
+  candidate_blob_ = model;
   Phase eval;
   eval.kind = Task::Kind::kEvaluate;
   eval.round = round;
   eval.splits = {"val"};
   if (round == study_.rounds) eval.splits.push_back("test");
   phase_name_ = absl::StrCat("round ", round, ": evaluate");
-  ATTUNE_RETURN_IF_ERROR(RunPhase(lock, &eval, SubscribedSites(), round, study_.min_sites));
+  Status s = RunPhase(lock, &eval, LiveSitesLocked(), round, study_.min_sites);
+  if (!s.ok()) {
+    candidate_version_ = -1;
+    candidate_blob_.reset();
+    return s;
+  }
   lock.unlock();
   const double secs = std::chrono::duration<double>(Clock::now() - start).count();
-  return CommitRound(round, std::move(model), train, eval, secs);
+  s = CommitRound(round, std::move(model), std::move(server_state), train, eval, describe_json,
+                  secs);
+  lock.lock();
+  return s;
 }
 
-Status RoundDriver::CommitRound(int64_t round, FlatModel model, const Phase& train,
-                                const Phase& eval, double seconds) {
+Status RoundDriver::CommitRound(int64_t round, std::shared_ptr<const std::string> model,
+                                std::string server_state, const Phase& train, const Phase& eval,
+                                const std::string& describe_json, double seconds) {
   json record;
   record["round"] = round;
   record["seconds"] = seconds;
+  record["strategy"] = strategy_->name();
   record["sites_selected"] = train.task_ids.size();
   record["sites_reported"] = train.done.size();
   record["sites"] = std::vector<std::string>(train.done.begin(), train.done.end());
-  if (train.fedavg && train.fedavg->total_examples() > 0) {
-    record["train_examples"] = train.fedavg->total_examples();
-    record["train_loss"] =
-        NumOrNull(train.train_loss_sum / static_cast<double>(train.fedavg->total_examples()));
-  } else {
-    record["train_loss"] = nullptr;
+  json updates = json::object();
+  int64_t examples = 0;
+  double loss_sum = 0;
+  bool have_loss = train.kind == Task::Kind::kTrain;
+  for (const auto& [site, a] : train.accepted) {
+    updates[site] = {{"num_examples", a.num_examples}, {"sha256", ToHex(a.sha256)}};
+    examples += a.num_examples;
+    loss_sum += a.train_loss * static_cast<double>(a.num_examples);
+    have_loss = have_loss && std::isfinite(a.train_loss);
   }
+  record["updates"] = updates;
+  json chosen = json::parse(describe_json, nullptr, false);
+  if (!chosen.is_discarded() && !chosen.empty()) record["aggregation"] = chosen;
+  if (train.kind == Task::Kind::kTrain && examples > 0) record["train_examples"] = examples;
+  record["train_loss"] =
+      have_loss && examples > 0 ? NumOrNull(loss_sum / static_cast<double>(examples)) : json();
   std::string audit;
   for (const auto& [split, sums] : eval.eval) {
     record[split] = json::parse(sums.MetricsJson());
@@ -421,18 +731,21 @@ Status RoundDriver::CommitRound(int64_t round, FlatModel model, const Phase& tra
   }
   RoundCommit c;
   c.round = round;
-  c.model = EncodeModel(model);
+  c.model = *model;
+  c.server_state = server_state;
   c.record_json = record.dump();
   c.audit_json = audit;
-  auto blob = std::make_shared<const std::string>(c.model);
+  c.log_detail_json = json{{"strategy", strategy_->name()}, {"updates", updates}}.dump();
   ATTUNE_RETURN_IF_ERROR(store_->CommitRound(c));
   {
     std::lock_guard<std::mutex> lock(mu_);
     global_version_ = round;
-    global_ = std::move(model);
-    global_blob_ = std::move(blob);
+    global_blob_ = std::move(model);
+    global_ = *ViewModel(*global_blob_);  // made by EncodeModel: always a valid view
+    server_state_ = std::move(server_state);
     candidate_version_ = -1;
     candidate_blob_.reset();
+    for (const auto& [site, a] : train.accepted) ++sites_[site].rounds_contributed;
   }
   auto metric = [&](const char* split, const char* key) -> std::string {
     if (!record.contains(split) || record[split][key].is_null()) return "  n/a ";
@@ -442,8 +755,8 @@ Status RoundDriver::CommitRound(int64_t round, FlatModel model, const Phase& tra
                          ? "  n/a "
                          : absl::StrFormat("%.4f", record["train_loss"].get<double>());
   std::printf("round %lld/%d | sites %zu/%zu | train_loss %s | val_loss %s | val_auc %s | %.1f s\n",
-              static_cast<long long>(round), study_.rounds, eval.done.size(),
-              eval.task_ids.size(), loss.c_str(), metric("val", "loss").c_str(),
+              static_cast<long long>(round), study_.rounds, train.done.size(),
+              train.task_ids.size(), loss.c_str(), metric("val", "loss").c_str(),
               metric("val", "auc").c_str(), seconds);
   if (record.contains("test")) {
     std::printf("final (test split) | auc %s | accuracy %s | loss %s | n %lld\n",
@@ -453,14 +766,15 @@ Status RoundDriver::CommitRound(int64_t round, FlatModel model, const Phase& tra
   }
   std::fflush(stdout);
   spdlog::info("committed round {}", round);
-  return WriteOutputs();
+  return WriteOutputs(/*final_model=*/false);
 }
 
-Status RoundDriver::WriteOutputs() {
+Status RoundDriver::WriteOutputs(bool final_model) {
   const int64_t last = store_->LastCommittedRound();
   json summary;
   summary["study_id"] = study_.study_id;
   summary["total_rounds"] = study_.rounds;
+  summary["strategy"] = strategy_->name();
   summary["rounds"] = std::max<int64_t>(last, 0);
   summary["finished"] = last == study_.rounds;
   json history = json::array(), train_loss = json::array(), val_loss = json::array(),
@@ -490,16 +804,26 @@ Status RoundDriver::WriteOutputs() {
   summary["val_auc"] = val_auc;
   summary["history"] = history;
   std::error_code ec;
-  std::filesystem::create_directories(out_dir_, ec);
-  ATTUNE_RETURN_IF_ERROR(WriteFileAtomic(out_dir_ + "/summary.json", summary.dump(2) + "\n"));
+  fs::create_directories(options_.out_dir, ec);
+  ATTUNE_RETURN_IF_ERROR(
+      WriteFileAtomic(options_.out_dir + "/summary.json", summary.dump(2) + "\n"));
   if (last >= 0) {
     ATTUNE_ASSIGN_OR_RETURN(std::string audit_text, store_->LoadAudit(last));
     json audit = json::parse(audit_text, nullptr, false);
     if (!audit.is_discarded()) {
       audit["study_id"] = study_.study_id;
       audit["round"] = last;
-      ATTUNE_RETURN_IF_ERROR(WriteFileAtomic(out_dir_ + "/audit.json", audit.dump(2) + "\n"));
+      ATTUNE_RETURN_IF_ERROR(
+          WriteFileAtomic(options_.out_dir + "/audit.json", audit.dump(2) + "\n"));
     }
+  }
+  if (final_model && last >= 0) {
+    std::shared_ptr<const std::string> blob;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      blob = global_blob_;
+    }
+    ATTUNE_RETURN_IF_ERROR(WriteFileAtomic(options_.out_dir + "/model.atnm", *blob));
   }
   return absl::OkStatus();
 }

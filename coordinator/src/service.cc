@@ -3,8 +3,10 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "attune/common/tensor_codec.h"
 #include "attune/common/wire.h"
 
@@ -21,53 +23,61 @@ v1::RoundTask::Kind ToProtoKind(Task::Kind k) {
   return v1::RoundTask::KIND_UNSPECIFIED;
 }
 
-// Logs a refusal (everything from the network is untrusted) and maps it.
-grpc::Status Refuse(const std::string& who, const char* rpc, const Status& s) {
-  spdlog::warn("refused {} from {}: {}", rpc, who.empty() ? "unknown peer" : who, std::string(s.message()));
-  return ToGrpcStatus(s);
+std::string Progress(const v1::HeartbeatRequest& r) {
+  if (r.stage() == "training" && r.epochs() > 0) {
+    return absl::StrFormat("training round %d: epoch %d/%d, batch %d/%d", r.round(), r.epoch(),
+                           r.epochs(), r.batch(), r.batches());
+  }
+  if (r.stage().empty() || r.stage() == "idle") return "idle";
+  return absl::StrFormat("%s round %d", r.stage().substr(0, 32), r.round());
 }
 
 }  // namespace
 
-StatusOr<std::string> FederationService::Authorize(grpc::ServerContext* ctx,
-                                                   const std::string& study_id) {
-  ATTUNE_ASSIGN_OR_RETURN(std::string site, PeerCommonName(*ctx));
-  const auto& roster = driver_->study().roster;
-  if (std::find(roster.begin(), roster.end(), site) == roster.end()) {
-    return absl::PermissionDeniedError(absl::StrCat(
-        "site '", site, "' is not on the roster of study '", driver_->study().study_id, "'"));
-  }
-  if (study_id != driver_->study().study_id) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "this coordinator runs study '", driver_->study().study_id, "', not '", study_id, "'"));
-  }
-  return site;
+grpc::Status FederationService::Refuse(grpc::ServerContext* ctx, const std::string& who,
+                                       const char* rpc, const attune::Status& s) {
+  driver_->RecordRefusal(who.empty() ? absl::StrCat("peer ", ctx->peer()) : who, rpc, s);
+  return ToGrpcStatus(s);
 }
+
+StatusOr<std::string> FederationService::Authorize(grpc::ServerContext* ctx,
+                                                   const std::string& study_id,
+                                                   bool operator_ok) {
+  ATTUNE_ASSIGN_OR_RETURN(std::string cn, PeerCommonName(*ctx));
+  return driver_->Authorize(cn, study_id, operator_ok);
+}
+
+// The name a refusal is logged under: the certificate's CN when there is one.
+#define ATTUNE_AUTHORIZE_OR_REFUSE(site, rpc, study_id, ...)                           \
+  auto site = Authorize(ctx, study_id, ##__VA_ARGS__);                                 \
+  if (!site.ok()) {                                                                    \
+    auto cn = PeerCommonName(*ctx);                                                    \
+    return Refuse(ctx, cn.ok() ? *cn : std::string(), rpc, site.status());             \
+  }
 
 grpc::Status FederationService::Join(grpc::ServerContext* ctx, const v1::JoinRequest* req,
                                      v1::JoinReply* reply) {
-  auto site = Authorize(ctx, req->study_id());
-  if (!site.ok()) return Refuse("", "Join", site.status());
+  ATTUNE_AUTHORIZE_OR_REFUSE(site, "Join", req->study_id());
   auto samples = req->samples().find("train");
   attune::Status s = driver_->Join(*site, samples == req->samples().end() ? 0 : samples->second);
-  if (!s.ok()) return Refuse(*site, "Join", s);
-  const StatusView v = driver_->GetStatus();
+  if (!s.ok()) return Refuse(ctx, *site, "Join", s);
+  const StudyConfig& study = driver_->study();
   reply->set_site_id(*site);
-  reply->set_study_id(driver_->study().study_id);
-  reply->set_total_rounds(driver_->study().rounds);
-  reply->set_committed_round(v.committed_round);
-  reply->set_model_config_json(driver_->study().model.ToJson());
-  for (const auto& c : driver_->study().audit.columns) reply->add_audit_columns(c);
-  reply->set_histogram_bins(driver_->study().audit.histogram_bins);
+  reply->set_study_id(study.study_id);
+  reply->set_total_rounds(study.rounds);
+  reply->set_committed_round(driver_->GetStatus().committed_round);
+  reply->set_model_config_json(study.model.ToJson());
+  for (const auto& c : study.audit.columns) reply->add_audit_columns(c);
+  reply->set_histogram_bins(study.audit.histogram_bins);
+  reply->set_heartbeat_interval_ms(driver_->heartbeat_interval_ms());
   return grpc::Status::OK;
 }
 
 grpc::Status FederationService::Subscribe(grpc::ServerContext* ctx, const v1::SiteHello* req,
                                           grpc::ServerWriter<v1::RoundTask>* writer) {
-  auto site = Authorize(ctx, req->study_id());
-  if (!site.ok()) return Refuse("", "Subscribe", site.status());
+  ATTUNE_AUTHORIZE_OR_REFUSE(site, "Subscribe", req->study_id());
   auto gen = driver_->Subscribe(*site);
-  if (!gen.ok()) return Refuse(*site, "Subscribe", gen.status());
+  if (!gen.ok()) return Refuse(ctx, *site, "Subscribe", gen.status());
   const TrainConfig& train = driver_->study().train;
   grpc::Status result = grpc::Status::OK;
   while (!ctx->IsCancelled()) {
@@ -90,6 +100,7 @@ grpc::Status FederationService::Subscribe(grpc::ServerContext* ctx, const v1::Si
     h->set_batch_size(train.batch_size);
     h->set_learning_rate(static_cast<float>(train.learning_rate));
     h->set_seed(train.seed);
+    h->set_proximal_mu(static_cast<float>(driver_->proximal_mu()));
     if (!writer->Write(msg)) break;
     if (t.kind == Task::Kind::kFinish) break;
   }
@@ -99,10 +110,9 @@ grpc::Status FederationService::Subscribe(grpc::ServerContext* ctx, const v1::Si
 
 grpc::Status FederationService::FetchModel(grpc::ServerContext* ctx, const v1::ModelRef* req,
                                            grpc::ServerWriter<v1::Chunk>* writer) {
-  auto site = Authorize(ctx, req->study_id());
-  if (!site.ok()) return Refuse("", "FetchModel", site.status());
+  ATTUNE_AUTHORIZE_OR_REFUSE(site, "FetchModel", req->study_id());
   auto blob = driver_->Model(req->version());
-  if (!blob.ok()) return Refuse(*site, "FetchModel", blob.status());
+  if (!blob.ok()) return Refuse(ctx, *site, "FetchModel", blob.status());
   v1::UpdateMeta meta;
   meta.set_study_id(driver_->study().study_id);
   meta.set_round(req->version());
@@ -117,78 +127,105 @@ grpc::Status FederationService::SubmitUpdate(grpc::ServerContext* ctx,
                                              v1::Receipt* receipt) {
   v1::Chunk chunk;
   if (!reader->Read(&chunk)) {
-    return Refuse("", "SubmitUpdate", absl::InvalidArgumentError("empty update stream"));
-  }
-  if (!chunk.has_meta()) {
-    return Refuse("", "SubmitUpdate",
-                  absl::InvalidArgumentError("the first chunk must carry the update's metadata"));
+    return Refuse(ctx, "", "SubmitUpdate", absl::InvalidArgumentError("empty update stream"));
   }
   const v1::UpdateMeta meta = chunk.meta();
-  auto site = Authorize(ctx, meta.study_id());
-  if (!site.ok()) return Refuse("", "SubmitUpdate", site.status());
-  attune::Status s = driver_->CheckOpenTask(*site, meta.task_id(), meta.round());
-  if (!s.ok()) return Refuse(*site, "SubmitUpdate", s);
-  ChunkAssembler assembler(meta.total_bytes(), meta.total_sha256(), driver_->MaxPayloadBytes());
-  bool last = false;
-  do {
-    if (last) {
-      return Refuse(*site, "SubmitUpdate",
-                    absl::InvalidArgumentError("chunk after the one marked last"));
-    }
-    s = assembler.Add(chunk.seq(), chunk.data(), chunk.sha256());
-    if (!s.ok()) return Refuse(*site, "SubmitUpdate", s);
-    last = chunk.last();
-  } while (reader->Read(&chunk));
-  auto payload = assembler.Finish();
-  if (!payload.ok()) return Refuse(*site, "SubmitUpdate", payload.status());
-  auto model = DecodeModel(*payload);
-  if (!model.ok()) return Refuse(*site, "SubmitUpdate", model.status());
-  UpdateSubmission u;
-  u.task_id = meta.task_id();
-  u.round = meta.round();
-  u.num_examples = meta.num_examples();
-  u.full_weights = meta.full_weights();
-  u.metrics.insert(meta.metrics().begin(), meta.metrics().end());
-  u.model = *std::move(model);
-  s = driver_->SubmitUpdate(*site, std::move(u));
-  if (!s.ok()) return Refuse(*site, "SubmitUpdate", s);
+  ATTUNE_AUTHORIZE_OR_REFUSE(site, "SubmitUpdate", meta.study_id());
+  if (!chunk.has_meta()) {
+    return Refuse(ctx, *site, "SubmitUpdate",
+                  absl::InvalidArgumentError("the first chunk must carry the update's metadata"));
+  }
+  UpdateHeader header;
+  header.task_id = meta.task_id();
+  header.round = meta.round();
+  header.num_examples = meta.num_examples();
+  header.full_weights = meta.full_weights();
+  header.metrics.insert(meta.metrics().begin(), meta.metrics().end());
+  header.total_bytes = meta.total_bytes();
+  header.total_sha256 = meta.total_sha256();
+  auto intake = driver_->BeginUpdate(*site, header);
+  if (!intake.ok()) return Refuse(ctx, *site, "SubmitUpdate", intake.status());
   receipt->set_site_id(*site);
   receipt->set_round(meta.round());
   receipt->set_accepted(true);
+  if (*intake == nullptr) {  // the same update again: nothing to do
+    receipt->set_detail("already accepted; not folded in twice");
+    return grpc::Status::OK;
+  }
+  bool last = false;
+  do {
+    if (last) {
+      return Refuse(ctx, *site, "SubmitUpdate",
+                    absl::InvalidArgumentError("chunk after the one marked last"));
+    }
+    attune::Status s = (*intake)->AddChunk(chunk.seq(), chunk.data(), chunk.sha256());
+    if (!s.ok()) return Refuse(ctx, *site, "SubmitUpdate", s);
+    last = chunk.last();
+  } while (reader->Read(&chunk));
+  if (ctx->IsCancelled()) {
+    return Refuse(ctx, *site, "SubmitUpdate",
+                  absl::CancelledError("the update stream was cut off"));
+  }
+  attune::Status s = driver_->FinishUpdate(*site, *std::move(intake));
+  if (!s.ok()) return Refuse(ctx, *site, "SubmitUpdate", s);
   return grpc::Status::OK;
 }
 
 grpc::Status FederationService::SubmitAudit(grpc::ServerContext* ctx,
                                             const v1::AuditReport* req, v1::Receipt* receipt) {
-  auto site = Authorize(ctx, req->study_id());
-  if (!site.ok()) return Refuse("", "SubmitAudit", site.status());
+  ATTUNE_AUTHORIZE_OR_REFUSE(site, "SubmitAudit", req->study_id());
   auto sums = FromProto(*req);
-  if (!sums.ok()) return Refuse(*site, "SubmitAudit", sums.status());
+  if (!sums.ok()) return Refuse(ctx, *site, "SubmitAudit", sums.status());
   attune::Status s = driver_->SubmitEval(*site, req->task_id(), req->round(), *std::move(sums));
-  if (!s.ok()) return Refuse(*site, "SubmitAudit", s);
+  if (!s.ok()) return Refuse(ctx, *site, "SubmitAudit", s);
   receipt->set_site_id(*site);
   receipt->set_round(req->round());
   receipt->set_accepted(true);
   return grpc::Status::OK;
 }
 
+grpc::Status FederationService::Heartbeat(grpc::ServerContext* ctx,
+                                          const v1::HeartbeatRequest* req,
+                                          v1::HeartbeatReply* reply) {
+  ATTUNE_AUTHORIZE_OR_REFUSE(site, "Heartbeat", req->study_id());
+  reply->set_open_round(driver_->Heartbeat(*site, Progress(*req)));
+  return grpc::Status::OK;
+}
+
 grpc::Status FederationService::Status(grpc::ServerContext* ctx, const v1::StatusRequest* req,
                                        v1::StudyStatus* reply) {
-  auto site = Authorize(ctx, req->study_id());
-  if (!site.ok()) return Refuse("", "Status", site.status());
+  ATTUNE_AUTHORIZE_OR_REFUSE(site, "Status", req->study_id(), /*operator_ok=*/true);
   const StatusView v = driver_->GetStatus();
   reply->set_study_id(driver_->study().study_id);
   reply->set_committed_round(v.committed_round);
   reply->set_total_rounds(driver_->study().rounds);
   reply->set_phase(v.phase);
+  reply->set_strategy(driver_->study().strategy.name);
+  reply->set_log_entries(v.log_entries);
   for (const auto& s : v.sites) {
     v1::SiteInfo* i = reply->add_sites();
     i->set_site_id(s.site);
     i->set_subscribed(s.subscribed);
     i->set_train_samples(s.train_samples);
+    i->set_alive(s.alive);
+    i->set_last_seen_ms_ago(s.last_seen_ms_ago);
+    i->set_progress(s.progress);
+    i->set_revoked(s.revoked);
+    i->set_rounds_contributed(s.rounds_contributed);
+  }
+  for (const auto& r : v.rounds) {
+    v1::RoundInfo* i = reply->add_rounds();
+    i->set_round(r.round);
+    i->set_sites(r.sites);
+    i->set_train_loss(r.train_loss);
+    i->set_val_loss(r.val_loss);
+    i->set_val_auc(r.val_auc);
+    i->set_seconds(r.seconds);
   }
   return grpc::Status::OK;
 }
+
+#undef ATTUNE_AUTHORIZE_OR_REFUSE
 
 StatusOr<RunningServer> StartServer(RoundDriver* driver, const std::string& listen,
                                     const TlsBundle& tls) {

@@ -99,5 +99,80 @@ TEST(Sha256, MatchesKnownVector) {
   for (int i = 0; i < 4; ++i) EXPECT_EQ(static_cast<unsigned char>(d[i]), want[i]);
 }
 
+// Feeds `blob` to a ModelStreamParser in pieces of `piece` bytes and
+// collects what it hands out.
+Status ParseInPieces(std::string_view blob, size_t piece, std::vector<float>* out,
+                     TensorSchema* schema) {
+  ModelStreamParser p;
+  for (size_t off = 0; off < blob.size(); off += piece) {
+    ATTUNE_RETURN_IF_ERROR(p.Feed(blob.substr(off, piece), [&](uint64_t first, std::span<const float> v) {
+      if (first != out->size()) return absl::InternalError("values out of order");
+      out->insert(out->end(), v.begin(), v.end());
+      return absl::OkStatus();
+    }));
+  }
+  if (p.schema()) *schema = *p.schema();
+  return p.Finish();
+}
+
+TEST(ModelStreamParser, GivesTheSameModelWhateverThePieces) {
+  const FlatModel m = MakeModel({{3, 5}, {7}, {0}, {2, 2, 2}});
+  const std::string blob = EncodeModel(m);
+  for (size_t piece : {size_t{1}, size_t{3}, size_t{13}, size_t{64}, blob.size()}) {
+    std::vector<float> values;
+    TensorSchema schema;
+    ASSERT_TRUE(ParseInPieces(blob, piece, &values, &schema).ok()) << "piece " << piece;
+    EXPECT_EQ(values, m.values) << "piece " << piece;
+    EXPECT_EQ(schema, m.schema);
+  }
+}
+
+TEST(ModelStreamParser, RefusesTruncatedAndOverlongPayloads) {
+  const std::string blob = EncodeModel(MakeModel({{4, 4}}));
+  std::vector<float> values;
+  TensorSchema schema;
+  EXPECT_EQ(ParseInPieces(blob.substr(0, blob.size() - 2), 5, &values, &schema).code(),
+            absl::StatusCode::kDataLoss);
+  values.clear();
+  EXPECT_EQ(ParseInPieces(blob + "more", 5, &values, &schema).code(),
+            absl::StatusCode::kDataLoss);
+  values.clear();
+  EXPECT_EQ(ParseInPieces(blob.substr(0, 6), 5, &values, &schema).code(),
+            absl::StatusCode::kDataLoss);
+  values.clear();
+  EXPECT_EQ(ParseInPieces("XXXX" + blob.substr(4), 5, &values, &schema).code(),
+            absl::StatusCode::kDataLoss);
+}
+
+TEST(Codec, ViewsAlignedValuesInPlace) {
+  for (int extra = 0; extra < 8; ++extra) {
+    FlatModel m = MakeModel({{2, 3}});
+    m.schema.tensors[0].name += std::string(extra, 'x');  // every schema length mod 8
+    const std::string blob = EncodeModel(m);
+    auto view = ViewModel(blob);
+    ASSERT_TRUE(view.ok()) << view.status();
+    EXPECT_EQ(std::vector<float>(view->values.begin(), view->values.end()), m.values);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(view->values.data()) % 8, 0u);
+    ASSERT_TRUE(DecodeModel(blob).ok());
+  }
+  std::string zeros = EncodeZeroModel(MakeModel({{5}}).schema);
+  std::span<float> v = MutableValues(zeros);
+  ASSERT_EQ(v.size(), 5u);
+  v[4] = 2.5f;
+  EXPECT_EQ(DecodeModel(zeros)->values, (std::vector<float>{0, 0, 0, 0, 2.5f}));
+}
+
+TEST(Chunks, VerifierMatchesTheAssemblerWithoutKeepingBytes) {
+  const std::string payload(3 * 1000 + 17, 'q');
+  const auto pieces = SplitChunks(payload, 1000);
+  ChunkVerifier v(payload.size(), Sha256(payload), 1 << 20);
+  for (size_t i = 0; i < pieces.size(); ++i) ASSERT_TRUE(v.Add(i, pieces[i], Sha256(pieces[i])).ok());
+  EXPECT_EQ(v.received(), payload.size());
+  EXPECT_TRUE(v.Finish().ok());
+  ChunkVerifier oversize(kMaxChunkBytes + 10, Sha256("x"), uint64_t{1} << 30);
+  const std::string big(kMaxChunkBytes + 1, 'b');
+  EXPECT_EQ(oversize.Add(0, big, Sha256(big)).code(), absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace attune

@@ -1,52 +1,8 @@
 #include "attune/common/pki.h"
 
-#include <unistd.h>
-
-#include <chrono>
-#include <filesystem>
-#include <fstream>
-#include <sstream>
 #include <string>
-#include <vector>
 
 #include "gtest/gtest.h"
-
-namespace {
-
-namespace fs = std::filesystem;
-
-std::string ReadAll(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-// A fresh directory under the system temp dir, removed on destruction.
-class TempDir {
- public:
-  TempDir() {
-    auto stamp = std::chrono::steady_clock::now().time_since_epoch().count();
-    path_ = fs::temp_directory_path() /
-            ("attune_pki_test_" + std::to_string(::getpid()) + "_" +
-             std::to_string(stamp));
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
-
-fs::perms Perms(const fs::path& path) {
-  return fs::status(path).permissions() & fs::perms::mask;
-}
-
-}  // namespace
 
 TEST(PkiTest, CaAndLeafVerify) {
   auto ca = attune::MakeCertificateAuthority("Test CA", 30);
@@ -123,76 +79,10 @@ TEST(PkiTest, BadInputsAreInvalidArgument) {
             absl::StatusCode::kInvalidArgument);
 }
 
-TEST(PkiTest, ProvisionWritesBundles) {
-  TempDir tmp;
-  attune::ProvisionOptions opts;
-  opts.out_dir = (tmp.path() / "pki").string();
-  opts.study_id = "demo";
-  opts.sites = {"site-a", "site_b.2"};
-  ASSERT_TRUE(attune::Provision(opts).ok());
-
-  const fs::path out(opts.out_dir);
-  const std::string ca_cert = ReadAll(out / "ca" / "ca.crt");
-  ASSERT_FALSE(ca_cert.empty());
-  ASSERT_TRUE(fs::exists(out / "ca" / "ca.key"));
-  EXPECT_EQ(Perms(out / "ca" / "ca.key"),
-            fs::perms::owner_read | fs::perms::owner_write);
-
-  std::vector<fs::path> bundles = {out / "coordinator"};
-  for (const auto& site : opts.sites) bundles.push_back(out / "sites" / site);
-  for (const fs::path& dir : bundles) {
-    SCOPED_TRACE(dir.string());
-    EXPECT_EQ(ReadAll(dir / attune::kBundleCaFile), ca_cert);
-    ASSERT_TRUE(fs::exists(dir / attune::kBundleCertFile));
-    ASSERT_TRUE(fs::exists(dir / attune::kBundleKeyFile));
-    EXPECT_EQ(Perms(dir / attune::kBundleKeyFile),
-              fs::perms::owner_read | fs::perms::owner_write);
-    const std::string cert = ReadAll(dir / attune::kBundleCertFile);
-    EXPECT_TRUE(attune::VerifyCertificate(ca_cert, cert).ok());
-    auto cn = attune::CertificateCommonName(cert);
-    ASSERT_TRUE(cn.ok()) << cn.status();
-    EXPECT_EQ(*cn, dir.filename().string());
-  }
-}
-
-TEST(PkiTest, ProvisionRefusesToReplaceCa) {
-  TempDir tmp;
-  attune::ProvisionOptions opts;
-  opts.out_dir = tmp.path().string();
-  opts.sites = {"site-a"};
-  ASSERT_TRUE(attune::Provision(opts).ok());
-  const std::string first_ca = ReadAll(tmp.path() / "ca" / "ca.crt");
-  EXPECT_EQ(attune::Provision(opts).code(), absl::StatusCode::kAlreadyExists);
-  EXPECT_EQ(ReadAll(tmp.path() / "ca" / "ca.crt"), first_ca);
-
-  opts.overwrite = true;
-  ASSERT_TRUE(attune::Provision(opts).ok());
-  EXPECT_NE(ReadAll(tmp.path() / "ca" / "ca.crt"), first_ca);
-}
-
-TEST(PkiTest, ProvisionRejectsBadSites) {
-  TempDir tmp;
-  attune::ProvisionOptions opts;
-  opts.out_dir = tmp.path().string();
-
-  opts.sites = {"ok-site", "bad/site"};
-  attune::Status s = attune::Provision(opts);
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(s.message().find("bad/site"), std::string::npos) << s;
-
-  opts.sites = {".."};
-  EXPECT_EQ(attune::Provision(opts).code(),
-            absl::StatusCode::kInvalidArgument);
-  opts.sites = {"a", "a"};
-  EXPECT_EQ(attune::Provision(opts).code(),
-            absl::StatusCode::kInvalidArgument);
-  opts.sites.clear();
-  EXPECT_EQ(attune::Provision(opts).code(),
-            absl::StatusCode::kInvalidArgument);
-  opts.sites = {"a"};
-  opts.out_dir.clear();
-  EXPECT_EQ(attune::Provision(opts).code(),
-            absl::StatusCode::kInvalidArgument);
-  // Nothing was written by the rejected calls.
-  EXPECT_FALSE(fs::exists(tmp.path() / "ca"));
+TEST(PkiTest, IsIpAddress) {
+  EXPECT_TRUE(attune::IsIpAddress("10.1.2.3"));
+  EXPECT_TRUE(attune::IsIpAddress("::1"));
+  EXPECT_FALSE(attune::IsIpAddress("coord.example.org"));
+  EXPECT_FALSE(attune::IsIpAddress("1.2.3.4junk"));
+  EXPECT_FALSE(attune::IsIpAddress(""));
 }

@@ -5,6 +5,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <rocksdb/db.h>
+
+#include <cstdio>
+#include <memory>
 #include <string>
 
 #include "support/temp_dir.h"
@@ -12,10 +16,13 @@
 namespace attune {
 namespace {
 
-RoundCommit Commit(int64_t r) {
+std::string ModelBytes(int64_t r) { return std::string(1000 + r, static_cast<char>('a' + r % 26)); }
+
+// `model` must outlive the commit (RoundCommit holds a view).
+RoundCommit Commit(int64_t r, const std::string& model = {}) {
   RoundCommit c;
   c.round = r;
-  c.model = std::string(1000 + r, static_cast<char>('a' + r % 26));
+  c.model = model;
   c.record_json = "{\"round\": " + std::to_string(r) + "}";
   c.audit_json = "audit-" + std::to_string(r);
   return c;
@@ -27,8 +34,9 @@ TEST(StateStore, CommitsRoundsInOrderAndReopens) {
     auto store = StateStore::Open(dir.path(), "study-a");
     ASSERT_TRUE(store.ok()) << store.status();
     EXPECT_EQ((*store)->LastCommittedRound(), -1);
-    ASSERT_TRUE((*store)->CommitRound(Commit(0)).ok());
-    ASSERT_TRUE((*store)->CommitRound(Commit(1)).ok());
+    const std::string m0 = ModelBytes(0), m1 = ModelBytes(1);
+    ASSERT_TRUE((*store)->CommitRound(Commit(0, m0)).ok());
+    ASSERT_TRUE((*store)->CommitRound(Commit(1, m1)).ok());
     // Not the next round: refused, nothing written.
     EXPECT_EQ((*store)->CommitRound(Commit(3)).code(), absl::StatusCode::kFailedPrecondition);
     EXPECT_EQ((*store)->CommitRound(Commit(1)).code(), absl::StatusCode::kFailedPrecondition);
@@ -37,7 +45,8 @@ TEST(StateStore, CommitsRoundsInOrderAndReopens) {
   auto store = StateStore::Open(dir.path(), "study-a");
   ASSERT_TRUE(store.ok()) << store.status();
   EXPECT_EQ((*store)->LastCommittedRound(), 1);
-  EXPECT_EQ(*(*store)->LoadModel(1), Commit(1).model);
+  EXPECT_EQ(*(*store)->LoadModel(1), ModelBytes(1));
+  EXPECT_EQ(*(*store)->LoadServerState(1), "");
   EXPECT_EQ(*(*store)->LoadRecord(0), Commit(0).record_json);
   EXPECT_EQ(*(*store)->LoadAudit(1), Commit(1).audit_json);
 }
@@ -70,7 +79,8 @@ TEST(StateStore, KilledWriterLeavesOnlyWholeRounds) {
     auto store = StateStore::Open(dir.path(), "crash");
     if (!store.ok()) _exit(2);
     for (int64_t r = 0; r < 100000; ++r) {
-      if (!(*store)->CommitRound(Commit(r)).ok()) _exit(3);
+      const std::string model = ModelBytes(r);
+      if (!(*store)->CommitRound(Commit(r, model)).ok()) _exit(3);
       char c = 'x';
       if (write(fds[1], &c, 1) != 1) _exit(4);
     }
@@ -92,12 +102,100 @@ TEST(StateStore, KilledWriterLeavesOnlyWholeRounds) {
   const int64_t last = (*store)->LastCommittedRound();
   EXPECT_GE(last, 19);
   for (int64_t r = 0; r <= last; ++r) {
-    ASSERT_EQ(*(*store)->LoadModel(r), Commit(r).model) << "round " << r;
+    ASSERT_EQ(*(*store)->LoadModel(r), ModelBytes(r)) << "round " << r;
     ASSERT_EQ(*(*store)->LoadRecord(r), Commit(r).record_json);
     ASSERT_EQ(*(*store)->LoadAudit(r), Commit(r).audit_json);
   }
   EXPECT_EQ((*store)->LoadModel(last + 1).status().code(), absl::StatusCode::kNotFound);
-  EXPECT_TRUE((*store)->CommitRound(Commit(last + 1)).ok());
+  const std::string next = ModelBytes(last + 1);
+  EXPECT_TRUE((*store)->CommitRound(Commit(last + 1, next)).ok());
+  EXPECT_EQ(*(*store)->VerifyLog(), static_cast<uint64_t>(last + 2));
+}
+
+TEST(StateStore, KeepsServerStateAndRefusesACorruptModelFile) {
+  testing::TempDir dir;
+  auto store = StateStore::Open(dir.path(), "s");
+  ASSERT_TRUE(store.ok()) << store.status();
+  const std::string model = ModelBytes(0), state = "momentum-bytes";
+  RoundCommit c = Commit(0, model);
+  c.server_state = state;
+  ASSERT_TRUE((*store)->CommitRound(c).ok());
+  EXPECT_EQ(*(*store)->LoadServerState(0), state);
+  // Flip one byte of the model file: the digest committed with it no longer matches.
+  const std::string path = dir.path() + "/models/round-000000000000.atnm";
+  FILE* f = std::fopen(path.c_str(), "r+b");
+  ASSERT_NE(f, nullptr);
+  std::fseek(f, 10, SEEK_SET);
+  std::fputc('#', f);
+  std::fclose(f);
+  auto loaded = (*store)->LoadModel(0);
+  EXPECT_EQ(loaded.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(std::string(loaded.status().message()).find("round-000000000000.atnm"),
+            std::string::npos);
+}
+
+TEST(StateStore, AuditLogIsHashChainedAndVerifiable) {
+  testing::TempDir dir;
+  {
+    auto store = StateStore::Open(dir.path(), "s");
+    ASSERT_TRUE(store.ok());
+    ASSERT_TRUE((*store)->AppendLog("site_joined", "site-1", "{\"n\":1}").ok());
+    const std::string model = ModelBytes(0);
+    ASSERT_TRUE((*store)->CommitRound(Commit(0, model)).ok());
+    ASSERT_TRUE((*store)->AppendLog("refused", "site-2", "{\"rpc\":\"Join\"}").ok());
+    EXPECT_EQ(*(*store)->VerifyLog(), 3u);
+    auto entries = (*store)->ReadLog(0, 10);
+    ASSERT_TRUE(entries.ok());
+    ASSERT_EQ(entries->size(), 3u);
+    EXPECT_EQ((*entries)[1].kind, "round_committed");
+    EXPECT_EQ((*entries)[2].prev_hash, (*entries)[1].hash);
+    EXPECT_EQ((*entries)[0].prev_hash, std::string(64, '0'));
+    // A read-only view works while the writer has the directory open.
+    auto reader = StateStore::OpenReadOnly(dir.path());
+    ASSERT_TRUE(reader.ok()) << reader.status();
+    EXPECT_EQ(*(*reader)->VerifyLog(), 3u);
+    EXPECT_EQ((*reader)->AppendLog("x", "", "{}").code(), absl::StatusCode::kFailedPrecondition);
+  }
+  // Tamper with entry 1 directly in RocksDB: verification names it.
+  {
+    rocksdb::DB* raw = nullptr;
+    ASSERT_TRUE(rocksdb::DB::Open(rocksdb::Options(), dir.path(), &raw).ok());
+    std::unique_ptr<rocksdb::DB> db(raw);
+    std::string value;
+    ASSERT_TRUE(db->Get(rocksdb::ReadOptions(), "log/0000000000000000", &value).ok());
+    const size_t at = value.find("site-1");
+    ASSERT_NE(at, std::string::npos);
+    value.replace(at, 6, "site-9");
+    ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), "log/0000000000000000", value).ok());
+  }
+  auto store = StateStore::OpenReadOnly(dir.path());
+  ASSERT_TRUE(store.ok());
+  auto verified = (*store)->VerifyLog();
+  EXPECT_EQ(verified.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(std::string(verified.status().message()).find("entry 0"), std::string::npos)
+      << verified.status();
+}
+
+TEST(StateStore, AuditLogDetectsARemovedEntry) {
+  testing::TempDir dir;
+  {
+    auto store = StateStore::Open(dir.path(), "s");
+    ASSERT_TRUE(store.ok());
+    for (int i = 0; i < 4; ++i) ASSERT_TRUE((*store)->AppendLog("e", "", "{}").ok());
+  }
+  {
+    rocksdb::DB* raw = nullptr;
+    ASSERT_TRUE(rocksdb::DB::Open(rocksdb::Options(), dir.path(), &raw).ok());
+    std::unique_ptr<rocksdb::DB> db(raw);
+    ASSERT_TRUE(db->Delete(rocksdb::WriteOptions(), "log/0000000000000002").ok());
+  }
+  auto store = StateStore::OpenReadOnly(dir.path());
+  ASSERT_TRUE(store.ok());
+  auto verified = (*store)->VerifyLog();
+  EXPECT_EQ(verified.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(std::string(verified.status().message()).find("entry 2 is missing"),
+            std::string::npos)
+      << verified.status();
 }
 
 }  // namespace

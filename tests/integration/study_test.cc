@@ -44,8 +44,8 @@ json ReadJson(const std::string& path) {
 class StudyTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    Process prov({ATTUNE_TOOL_BIN, "provision", "--out", dir_ / "pki", "--study-id", kStudy,
-                  "--sites", "site-1,site-2,site-3,site-x"},
+    Process prov({ATTUNE_TOOL_BIN, "provision", "init", "--out", dir_ / "pki", "--study-id",
+                  kStudy, "--sites", "site-1,site-2,site-3,site-x"},
                  dir_ / "provision.log");
     ASSERT_EQ(prov.Wait(seconds(60)), 0) << prov.Log();
     Process syn({ATTUNE_TOOL_BIN, "synth", "--out", dir_ / "data", "--sites", "3", "--patients",
@@ -96,6 +96,17 @@ class StudyTest : public ::testing::Test {
         dir_ / ("worker-" + site + ".log"));
   }
 
+  // A worker configured by its provisioned site.json; only the coordinator's
+  // ephemeral port is given on the command line (it overrides site.json's).
+  std::unique_ptr<Process> StartConfiguredWorker(const std::string& site, int port) {
+    return std::make_unique<Process>(
+        std::vector<std::string>{ATTUNE_WORKER_BIN, "--config",
+                                 dir_ / ("pki/sites/" + site + "/site.json"), "--coordinator",
+                                 "127.0.0.1:" + std::to_string(port), "--site-dir",
+                                 dir_ / ("data/" + site), "--reconnect-timeout", "60"},
+        dir_ / ("worker-" + site + ".log"));
+  }
+
   TempDir dir_;
   int studies_ = 0;
 };
@@ -105,7 +116,9 @@ TEST_F(StudyTest, TwoRoundsOverMutualTlsLowerValidationLoss) {
   const int port = WaitForPort();
   ASSERT_GT(port, 0) << coord->Log();
   std::vector<std::unique_ptr<Process>> workers;
-  for (const char* s : {"site-1", "site-2", "site-3"}) workers.push_back(StartWorker(s, port));
+  for (const char* s : {"site-1", "site-2", "site-3"}) {
+    workers.push_back(StartConfiguredWorker(s, port));
+  }
   ASSERT_EQ(coord->Wait(seconds(240)), 0) << coord->Log();
   for (auto& w : workers) EXPECT_EQ(w->Wait(seconds(30)), 0) << w->Log();
 
@@ -145,7 +158,8 @@ TEST_F(StudyTest, SiteNotOnTheRosterIsRefused) {
 }
 
 TEST_F(StudyTest, CertificateFromAnotherStudyIsRefused) {
-  Process other({ATTUNE_TOOL_BIN, "provision", "--out", dir_ / "other-pki", "--sites", "site-1"},
+  Process other({ATTUNE_TOOL_BIN, "provision", "init", "--out", dir_ / "other-pki", "--study-id",
+                 "other", "--sites", "site-1"},
                 dir_ / "other.log");
   ASSERT_EQ(other.Wait(seconds(60)), 0);
   auto coord = StartCoordinator(WriteStudy(1), "127.0.0.1:0", "coordinator.log");
@@ -235,6 +249,32 @@ TEST_F(StudyTest, BadCommandLinesFailClearly) {
   EXPECT_NE(unreachable.Log().find("cannot reach the coordinator"), std::string::npos)
       << unreachable.Log();
   EXPECT_EQ(unreachable.Log().find("terminate called"), std::string::npos);
+  // Neither --config nor the flags it stands for.
+  Process no_config({ATTUNE_WORKER_BIN, "--site-dir", dir_ / "data/site-1"},
+                    dir_ / "no-config.log");
+  EXPECT_EQ(no_config.Wait(seconds(30)), 1);
+  EXPECT_NE(no_config.Log().find("--coordinator, --study-id, --tls-dir: required"),
+            std::string::npos)
+      << no_config.Log();
+  // A site.json used with another site's bundle.
+  Process mismatch({ATTUNE_WORKER_BIN, "--config", dir_ / "pki/sites/site-1/site.json", "--tls-dir",
+                    dir_ / "pki/sites/site-2", "--site-dir", dir_ / "data/site-1"},
+                   dir_ / "mismatch.log");
+  EXPECT_EQ(mismatch.Wait(seconds(30)), 1);
+  EXPECT_NE(mismatch.Log().find("site_id: 'site-1' but the certificate"), std::string::npos)
+      << mismatch.Log();
+  // Revoking a site twice, and one not on the roster.
+  Process revoke({ATTUNE_TOOL_BIN, "provision", "revoke", "--dir", dir_ / "pki", "--site", "site-x"},
+                 dir_ / "revoke.log");
+  EXPECT_EQ(revoke.Wait(seconds(30)), 0) << revoke.Log();
+  Process again({ATTUNE_TOOL_BIN, "provision", "revoke", "--dir", dir_ / "pki", "--site", "site-x"},
+                dir_ / "revoke-again.log");
+  EXPECT_EQ(again.Wait(seconds(30)), 1);
+  EXPECT_NE(again.Log().find("already revoked"), std::string::npos) << again.Log();
+  Process unknown({ATTUNE_TOOL_BIN, "provision", "revoke", "--dir", dir_ / "pki", "--site", "nobody"},
+                  dir_ / "revoke-unknown.log");
+  EXPECT_EQ(unknown.Wait(seconds(30)), 1);
+  EXPECT_NE(unknown.Log().find("not on the roster"), std::string::npos) << unknown.Log();
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <condition_variable>
 #include <optional>
 #include <thread>
 
@@ -119,6 +120,11 @@ Status FederationClient::Session(bool* joined) {
   }
   eval_options_.audit_columns.assign(reply.audit_columns().begin(), reply.audit_columns().end());
   eval_options_.histogram_bins = reply.histogram_bins() > 1 ? reply.histogram_bins() : 200;
+  SetStage("idle", -1);
+  // Stopped and joined when the session ends (jthread's destructor).
+  std::jthread heartbeat([this, ms = reply.heartbeat_interval_ms()](std::stop_token stop) {
+    HeartbeatLoop(stop, std::chrono::milliseconds(ms > 0 ? ms : 5000));
+  });
 
   grpc::ClientContext ctx;
   v1::SiteHello hello;
@@ -147,12 +153,15 @@ Status FederationClient::HandleTask(const v1::RoundTask& task) {
   const auto start = Clock::now();
   switch (task.kind()) {
     case v1::RoundTask::INIT: {
+      SetStage("initialising", task.round());
       ATTUNE_ASSIGN_OR_RETURN(FlatModel init, learner_->InitialModel(task.hyper().seed()));
       spdlog::info("round 0: uploading the initial model ({} parameters)", init.values.size());
       return SubmitUpdate(task, init, learner_->NumExamples("train"), 0, /*full_weights=*/true);
     }
     case v1::RoundTask::TRAIN: {
+      SetStage("fetching", task.round());
       ATTUNE_ASSIGN_OR_RETURN(FlatModel global, FetchModel(task.model_version()));
+      SetStage("training", task.round());
       TrainConfig hyper;
       hyper.local_epochs = task.hyper().local_epochs();
       hyper.batch_size = task.hyper().batch_size();
@@ -160,12 +169,19 @@ Status FederationClient::HandleTask(const v1::RoundTask& task) {
       hyper.seed = task.hyper().seed() + static_cast<uint64_t>(task.round());
       spdlog::info("round {}: training {} epochs on {} patients", task.round(),
                    hyper.local_epochs, learner_->NumExamples("train"));
-      ATTUNE_ASSIGN_OR_RETURN(TrainResult r, learner_->Train(global, hyper));
+      TrainOptions train_options;
+      train_options.proximal_mu = task.hyper().proximal_mu();
+      train_options.progress = [this](const TrainProgress& p) { OnTrainProgress(p); };
+      ATTUNE_ASSIGN_OR_RETURN(TrainResult r, learner_->Train(global, hyper, train_options));
       spdlog::info("round {}: train loss {:.4f} in {:.1f} s", task.round(), r.train_loss,
                    std::chrono::duration<double>(Clock::now() - start).count());
-      return SubmitUpdate(task, r.delta, r.num_examples, r.train_loss, /*full_weights=*/false);
+      SetStage("uploading", task.round());
+      Status s = SubmitUpdate(task, r.delta, r.num_examples, r.train_loss, /*full_weights=*/false);
+      SetStage("idle", task.round());
+      return s;
     }
     case v1::RoundTask::EVALUATE: {
+      SetStage("evaluating", task.round());
       ATTUNE_ASSIGN_OR_RETURN(FlatModel model, FetchModel(task.model_version()));
       for (const auto& split : task.splits()) {
         ATTUNE_ASSIGN_OR_RETURN(EvalSums sums, learner_->Evaluate(model, split, eval_options_));
@@ -183,6 +199,50 @@ Status FederationClient::HandleTask(const v1::RoundTask& task) {
     }
     default:
       return absl::InvalidArgumentError(absl::StrCat("unknown task kind ", task.kind()));
+  }
+}
+
+void FederationClient::SetStage(const char* stage, int64_t round) {
+  std::lock_guard<std::mutex> lock(progress_mu_);
+  progress_.Clear();
+  progress_.set_stage(stage);
+  progress_.set_round(round);
+}
+
+void FederationClient::OnTrainProgress(const TrainProgress& p) {
+  std::lock_guard<std::mutex> lock(progress_mu_);
+  progress_.set_epoch(p.epoch);
+  progress_.set_epochs(p.epochs);
+  progress_.set_batch(p.batch);
+  progress_.set_batches(p.batches);
+  const auto now = Clock::now();
+  const bool epoch_done = p.batch == p.batches;
+  if (epoch_done || now - last_progress_log_ >= std::chrono::seconds(10)) {
+    spdlog::info("round {}: epoch {}/{}, batch {}/{}, loss {:.4f}{}", progress_.round(), p.epoch,
+                 p.epochs, p.batch, p.batches, p.loss, epoch_done ? " (epoch done)" : "");
+    last_progress_log_ = now;
+  }
+}
+
+void FederationClient::HeartbeatLoop(std::stop_token stop, std::chrono::milliseconds interval) {
+  std::mutex mu;
+  std::condition_variable_any cv;
+  std::unique_lock<std::mutex> lock(mu);
+  // Waits for the interval or for the session to end, whichever is first.
+  while (true) {
+    cv.wait_for(lock, stop, interval, [] { return false; });
+    if (stop.stop_requested()) return;
+    v1::HeartbeatRequest req;
+    {
+      std::lock_guard<std::mutex> p(progress_mu_);
+      req = progress_;
+    }
+    req.set_study_id(options_.study_id);
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx, std::chrono::seconds(5));
+    v1::HeartbeatReply reply;
+    grpc::Status s = coordinator_->Heartbeat(&ctx, req, &reply);
+    if (!s.ok()) spdlog::debug("heartbeat: {}", s.error_message());
   }
 }
 

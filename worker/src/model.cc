@@ -111,4 +111,13 @@ ModelOutput MultimodalAttentionNetImpl::forward(const Batch& x) {
   return out;
 }
 
+torch::Tensor ProximalTerm(const std::vector<torch::Tensor>& params,
+                           const std::vector<torch::Tensor>& anchors, double mu) {
+  TORCH_CHECK(params.size() == anchors.size(), "ProximalTerm: ", params.size(),
+              " parameters but ", anchors.size(), " anchors");
+  torch::Tensor sum = torch::zeros({}, torch::kFloat32);
+  for (size_t i = 0; i < params.size(); ++i) sum = sum + (params[i] - anchors[i]).pow(2).sum();
+  return sum * (mu / 2);
+}
+
 }  // namespace attune::worker

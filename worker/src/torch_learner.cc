@@ -109,29 +109,44 @@ class TorchLearner final : public Learner {
     });
   }
 
-  StatusOr<TrainResult> Train(const FlatModel& global, const TrainConfig& hyper) override {
+  StatusOr<TrainResult> Train(const FlatModel& global, const TrainConfig& hyper,
+                              const TrainOptions& options) override {
     return Guard("training", [&]() -> StatusOr<TrainResult> {
       torch::manual_seed(hyper.seed);
       MultimodalAttentionNet net(config_);
       ATTUNE_RETURN_IF_ERROR(LoadFlatModel(global, *net));
       net->train();
+      std::vector<torch::Tensor> anchor;  // w_global, for the proximal term
+      if (options.proximal_mu > 0) {
+        for (const auto& p : net->parameters()) anchor.push_back(p.detach().clone());
+      }
       torch::optim::Adam opt(net->parameters(), torch::optim::AdamOptions(hyper.learning_rate));
       const SplitTensors& train = splits_.at("train");
       const int64_t n = train.patients.size();
+      const int64_t batches = (n + hyper.batch_size - 1) / hyper.batch_size;
       double epoch_loss = 0;
       for (int e = 0; e < hyper.local_epochs; ++e) {
         torch::Tensor perm = torch::randperm(n, torch::kInt64);
         double loss_sum = 0;
+        int64_t seen = 0, batch = 0;
         for (int64_t off = 0; off < n; off += hyper.batch_size) {
           torch::Tensor idx = perm.slice(0, off, std::min(n, off + hyper.batch_size));
           Batch b = Select(train.all, idx);
           ModelOutput out = net->forward(b);
           torch::Tensor loss = torch::binary_cross_entropy_with_logits(out.logits, b.label);
+          torch::Tensor objective = loss;
+          if (!anchor.empty()) {
+            objective = loss + ProximalTerm(net->parameters(), anchor, options.proximal_mu);
+          }
           opt.zero_grad();
-          loss.backward();
+          objective.backward();
           torch::nn::utils::clip_grad_norm_(net->parameters(), 5.0);
           opt.step();
           loss_sum += loss.item<double>() * idx.size(0);
+          seen += idx.size(0);
+          if (options.progress) {
+            options.progress({e + 1, hyper.local_epochs, ++batch, batches, loss_sum / seen});
+          }
         }
         epoch_loss = loss_sum / std::max<int64_t>(n, 1);
       }

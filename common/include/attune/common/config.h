@@ -45,24 +45,58 @@ struct TrainConfig {
   uint64_t seed = 7;
 };
 
+// How the coordinator turns the round's site updates into the next global
+// model (coordinator/strategy.h). Names: fedavg, fedavgm, fedprox, fedadam,
+// fedyogi, fedadagrad (server optimisers on the averaged update, Reddi et al.
+// 2021), and the robust median, trimmed_mean and krum, which need every
+// site's update in the clear and so cannot run with secure aggregation.
+struct StrategyConfig {
+  std::string name = "fedavg";
+  double server_learning_rate = 1.0;  // η: fedavgm, fedadam, fedyogi, fedadagrad
+  double momentum = 0.9;              // fedavgm's server momentum
+  double beta1 = 0.9;                 // fedadam / fedyogi / fedadagrad
+  double beta2 = 0.99;                // fedadam / fedyogi
+  double tau = 1e-3;                  // adaptivity: fedadam / fedyogi / fedadagrad
+  double proximal_mu = 0.01;          // fedprox: μ of the worker's proximal term
+  double trim_fraction = 0.1;         // trimmed_mean: fraction cut at each end
+  int krum_byzantine = 1;             // krum: f, the Byzantine sites tolerated
+  int krum_select = 1;                // krum: m; 1 = Krum, > 1 = Multi-Krum
+
+  bool robust() const;  // median, trimmed_mean, krum
+};
+
 struct AuditConfig {
   std::vector<std::string> columns = {"sex", "age_band", "ethnicity"};
   int min_cell = 10;          // groups with fewer patients are suppressed
   int histogram_bins = 200;   // score histogram resolution for AUC
 };
 
+// Certificate CNs that are not sites: the operator's bundle (`attune status`)
+// carries kOperatorName; site names may not start with kReservedPrefix.
+inline constexpr char kReservedPrefix[] = "attune-";
+inline constexpr char kOperatorName[] = "attune-operator";
+
 struct StudyConfig {
   std::string study_id;
+  std::string coordinator;           // host:port sites dial (provisioning)
   int rounds = 5;
   int min_sites = 2;                 // quorum for a round to close
   std::vector<std::string> roster;   // certificate CNs allowed to join
+  std::vector<std::string> revoked;  // refused from now on (a subset of roster)
+  double sites_per_round = 1.0;      // fraction of live sites asked to train
   double join_timeout_s = 120;       // wait this long for the whole roster
   double round_deadline_s = 600;     // a round closes at this deadline with >= min_sites
+  double heartbeat_timeout_s = 30;   // a site silent this long is taken as gone
+  double max_update_norm = 1000;     // L2 bound on a site's update (delta)
+  bool secure_aggregation = false;   // not available yet; refused when true
+  StrategyConfig strategy;
   TrainConfig train;
   ModelConfig model;
   AuditConfig audit;
 
   Status Validate() const;
+  // Sites that may take part now: roster minus revoked.
+  bool Admits(const std::string& site) const;
 };
 
 // Parses and validates; errors start with `path: `.

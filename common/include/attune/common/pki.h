@@ -1,6 +1,7 @@
 // Study PKI: a study certificate authority, the coordinator's server
 // certificate and one client certificate per site, made with the OpenSSL 3
-// C API (no shelling out to the openssl tool).
+// C API (no shelling out to the openssl tool). Writing them out as a study
+// directory is provision.h's job.
 //
 // Keys are ECDSA P-256 (what every TLS stack, gRPC's included, accepts).
 // Certificates are X.509 v3, SHA-256 signed. A site is identified by its
@@ -50,21 +51,9 @@ Status VerifyCertificate(const std::string& ca_cert_pem,
 // The subject CN of a PEM certificate.
 StatusOr<std::string> CertificateCommonName(const std::string& cert_pem);
 
-// What `attune provision` writes.
-//   <out>/ca/ca.crt, <out>/ca/ca.key           the study CA (keep ca.key offline)
-//   <out>/coordinator/{ca.crt,cert.crt,key.pem} the coordinator's bundle
-//   <out>/sites/<site>/{ca.crt,cert.crt,key.pem} one bundle per site
-// Key files are written with mode 0600. Fails with AlreadyExists if <out>/ca
-// exists and `overwrite` is false (a study CA is never replaced by accident).
-struct ProvisionOptions {
-  std::string out_dir;
-  std::string study_id = "study";
-  std::vector<std::string> coordinator_hosts = {"127.0.0.1", "localhost"};
-  std::vector<std::string> sites;
-  int valid_days = 365;
-  bool overwrite = false;
-};
-Status Provision(const ProvisionOptions& options);
+// True for IPv4 or IPv6 address text (what goes into an IP subjectAltName
+// rather than a DNS one).
+bool IsIpAddress(const std::string& text);
 
 // Names of the files in a bundle directory.
 inline constexpr char kBundleCaFile[] = "ca.crt";

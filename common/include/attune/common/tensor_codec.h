@@ -6,6 +6,9 @@
 //   "ATNM" | u32 version | u32 schema_len | schema JSON | u64 count | count x f32
 // The schema is JSON: [{"name": "...", "shape": [..], "dtype": "f32"}, ...].
 // Its element counts must add up to `count`. Nothing else is accepted.
+// EncodeModel pads the schema text with spaces so that the values start at
+// an offset that is a multiple of 8: an encoded blob can be read in place
+// (ViewModel) without copying its values.
 //
 // Chunks: an encoded payload is cut into pieces of at most kMaxChunkBytes;
 // each piece carries its SHA-256 and the whole payload's SHA-256 travels in
@@ -16,6 +19,8 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
@@ -51,33 +56,109 @@ std::string EncodeModel(const FlatModel& model);
 // DataLoss for anything malformed (bad magic, version, schema, sizes).
 StatusOr<FlatModel> DecodeModel(std::string_view bytes);
 
+// An encoded model of `schema` with every value 0, to be filled in place
+// through MutableValues (the coordinator builds candidate models this way,
+// without a second copy).
+std::string EncodeZeroModel(const TensorSchema& schema);
+
+// The schema and values of an encoded blob, without copying the values.
+// DataLoss as DecodeModel; also when the values are not 4-byte aligned in
+// memory (blobs from EncodeModel always are).
+struct ModelView {
+  TensorSchema schema;
+  std::span<const float> values;
+};
+StatusOr<ModelView> ViewModel(std::string_view bytes);
+// The values of a blob made by EncodeModel/EncodeZeroModel (checked).
+std::span<float> MutableValues(std::string& blob);
+
+// Parses an encoded model as its bytes arrive, never holding more than the
+// header and one partial value: the schema first, then the values in order,
+// handed to `sink` with the index of the first one.
+//   ModelStreamParser p;
+//   for each piece: ATTUNE_RETURN_IF_ERROR(p.Feed(piece, sink));
+//   ATTUNE_RETURN_IF_ERROR(p.Finish());
+class ModelStreamParser {
+ public:
+  using Sink = std::function<Status(uint64_t first, std::span<const float> values)>;
+  explicit ModelStreamParser(uint64_t max_schema_bytes = uint64_t{64} << 20);
+  // DataLoss for a malformed header or more values than announced.
+  Status Feed(std::string_view bytes, const Sink& sink);
+  // DataLoss unless the header and exactly `count` values arrived.
+  Status Finish() const;
+  // After the header: the schema (nullptr before).
+  const TensorSchema* schema() const { return header_done_ ? &schema_ : nullptr; }
+
+ private:
+  Status ParseHeader();
+  uint64_t max_schema_bytes_;
+  std::string head_;          // header bytes until complete, then a partial value
+  bool header_done_ = false;
+  TensorSchema schema_;
+  uint64_t count_ = 0;        // values announced
+  uint64_t seen_ = 0;         // values handed to the sink
+  std::vector<float> scratch_;
+};
+
+// Incremental SHA-256 (OpenSSL EVP).
+class Sha256Stream {
+ public:
+  Sha256Stream();
+  ~Sha256Stream();
+  Sha256Stream(const Sha256Stream&) = delete;
+  Sha256Stream& operator=(const Sha256Stream&) = delete;
+  void Update(std::string_view data);
+  std::string Final();  // 32 raw bytes; the stream is spent afterwards
+
+ private:
+  struct Ctx;
+  std::unique_ptr<Ctx> ctx_;
+};
+
 // SHA-256 of `data` (32 raw bytes).
 std::string Sha256(std::string_view data);
+// Lower-case hex of raw bytes (digests in logs and records).
+std::string ToHex(std::string_view raw);
 
 // Views of at most `max_bytes` each; an empty payload gives one empty chunk.
 std::vector<std::string_view> SplitChunks(std::string_view payload,
                                           size_t max_bytes = kMaxChunkBytes);
 
-// Reassembles a chunked payload, verifying as it goes.
-//   ChunkAssembler a(total_bytes, total_sha256);
-//   for each chunk: ATTUNE_RETURN_IF_ERROR(a.Add(seq, data, sha256));
-//   ATTUNE_ASSIGN_OR_RETURN(std::string payload, a.Finish());
-class ChunkAssembler {
+// Verifies a chunked payload as the pieces arrive, keeping none of them:
+// order, sizes, each chunk's digest, and at the end the whole digest.
+//   ChunkVerifier v(total_bytes, total_sha256, limit);
+//   for each chunk: ATTUNE_RETURN_IF_ERROR(v.Add(seq, data, sha256)); use data
+//   ATTUNE_RETURN_IF_ERROR(v.Finish());
+class ChunkVerifier {
  public:
-  ChunkAssembler(uint64_t total_bytes, std::string total_sha256,
-                 uint64_t max_total_bytes);
-  // InvalidArgument: out of order, oversize, or more bytes than announced.
-  // DataLoss: the chunk's digest does not match.
+  ChunkVerifier(uint64_t total_bytes, std::string total_sha256, uint64_t max_total_bytes);
+  // InvalidArgument: announced size over the limit, out of order, oversize
+  // chunk, or more bytes than announced. DataLoss: the chunk's digest.
   Status Add(uint64_t seq, std::string_view data, std::string_view sha256);
   // DataLoss: short, or the whole payload's digest does not match.
-  StatusOr<std::string> Finish();
+  Status Finish();
+  uint64_t received() const { return received_; }
 
  private:
   uint64_t total_bytes_;
   std::string total_sha256_;
   uint64_t next_seq_ = 0;
-  std::string buffer_;
+  uint64_t received_ = 0;
+  Sha256Stream whole_;
   Status init_;
+};
+
+// A ChunkVerifier that also keeps the payload (for models a site needs whole).
+class ChunkAssembler {
+ public:
+  ChunkAssembler(uint64_t total_bytes, std::string total_sha256,
+                 uint64_t max_total_bytes);
+  Status Add(uint64_t seq, std::string_view data, std::string_view sha256);
+  StatusOr<std::string> Finish();
+
+ private:
+  ChunkVerifier verifier_;
+  std::string buffer_;
 };
 
 }  // namespace attune

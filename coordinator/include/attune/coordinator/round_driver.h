@@ -1,31 +1,41 @@
 // The round driver: the coordinator's core, free of gRPC types, driven by
 // Run() on one thread while the service threads call the site-facing
-// methods. All methods are thread-safe (one mutex, `mu_`).
+// methods. All methods are thread-safe (one mutex, `mu_`); nothing slow
+// (aggregation, disk writes of models) runs under it.
 //
 // NOTE [Round lifecycle]
 // A study is a sequence of rounds; round r turns global model v_{r-1} into
 // v_r and is committed to the StateStore in one atomic write batch.
-//   0. Wait for sites: every roster site subscribed, or `join_timeout_s`
-//      passed with at least `min_sites`.
-//   1. Round 0 (only when nothing is committed): one site gets an INIT task
-//      and uploads the initial weights made from the study seed (as Flower
-//      asks one client for initial parameters). They become candidate v_0.
-//   2. Round r >= 1, TRAIN phase: every subscribed site gets TRAIN{r, v_{r-1}};
-//      each fetches v_{r-1}, trains locally and submits Δ = w_local − v_{r-1}
-//      with its sample count. Updates are folded into a running weighted sum
-//      as they arrive (O(model) memory). The phase closes when every selected
-//      site reported, or at `round_deadline_s` with >= `min_sites` reports;
-//      FedAvg gives candidate v_r.
-//   3. EVALUATE phase (every round, round 0 too): sites fetch candidate v_r
-//      and report sums only (loss, score histograms, confusion counts,
-//      per-subgroup attention and confusion sums) on their validation split,
-//      and on the test split in the last round.
-//   4. Commit: model v_r, the round record and the audit sums in one batch;
-//      summary.json and audit.json in the output directory are rewritten.
-//   5. After the last round every site gets FINISH.
-// A restart on the same data directory reloads v_last and continues at round
-// last + 1; tasks carry an id unique to the coordinator's run, so a
-// submission addressed to a previous run is refused.
+//   0. Wait for sites: every admitted roster site subscribed, or
+//      `join_timeout_s` passed with at least `min_sites`.
+//   1. Round 0 (only when nothing is committed): the first live site by name
+//      gets an INIT task and uploads the initial weights made from the study
+//      seed (as Flower asks one client for initial parameters): candidate v_0.
+//   2. Round r >= 1, TRAIN phase: `sites_per_round` of the live sites (a
+//      sample that depends only on the seed, the round and who is live) get
+//      TRAIN{r, v_{r-1}}; each fetches v_{r-1}, trains locally and streams
+//      Δ = w_local − v_{r-1}. Each update is checked as it arrives (order,
+//      digests, schema, NaN/Inf, norm bound) and spooled to disk, so memory
+//      does not grow with the number of sites. The phase closes when every
+//      selected site reported or is gone (stream closed, or no heartbeat for
+//      `heartbeat_timeout_s`) with >= `min_sites` reports, or at
+//      `round_deadline_s` with >= `min_sites`. Then the Strategy folds the
+//      spooled updates, in site-name order, range by range, into candidate
+//      v_r (aggregate.h): bitwise reproducible whatever the arrival order.
+//   3. EVALUATE phase (every round, round 0 too): live sites fetch the
+//      candidate and report sums only (loss, score histograms, confusion
+//      counts, subgroup sums) on their validation split, and on the test
+//      split in the last round.
+//   4. Commit: model file, strategy state, round record, audit sums and the
+//      round's audit-log entry in one batch; summary.json and audit.json are
+//      rewritten. A round that misses its quorum is logged and tried again
+//      (up to kMaxRoundAttempts) once enough sites are live.
+//   5. After the last round the final model is written to <out>/model.atnm
+//      and every site gets FINISH.
+// A restart on the same data directory reloads v_last and its strategy
+// state, clears the spool and starts round last + 1 afresh; tasks carry an id
+// unique to the coordinator's run, so a submission addressed to a previous
+// run (or a closed round: a straggler) is refused and never folded in.
 #pragma once
 
 #include <chrono>
@@ -45,7 +55,8 @@
 #include "attune/common/status.h"
 #include "attune/common/store.h"
 #include "attune/common/tensor_codec.h"
-#include "attune/coordinator/fedavg.h"
+#include "attune/coordinator/strategy.h"
+#include "attune/coordinator/update_intake.h"
 
 namespace attune::coordinator {
 
@@ -59,56 +70,84 @@ struct Task {
 };
 const char* KindName(Task::Kind k);
 
-struct UpdateSubmission {
-  std::string task_id;
-  int64_t round = 0;
-  int64_t num_examples = 0;
-  std::map<std::string, double> metrics;
-  bool full_weights = false;
-  FlatModel model;
-};
-
 struct SiteView {
   std::string site;
   bool subscribed = false;
+  bool alive = false;
+  bool revoked = false;
+  int64_t last_seen_ms_ago = -1;
   int64_t train_samples = 0;
+  int64_t rounds_contributed = 0;
+  std::string progress;
+};
+
+struct RoundView {
+  int64_t round = 0;
+  int sites = 0;
+  double train_loss = 0, val_loss = 0, val_auc = 0, seconds = 0;  // NaN when absent
 };
 
 struct StatusView {
   int64_t committed_round = -1;
   std::string phase;
+  int64_t open_round = -1;
   std::vector<SiteView> sites;
+  std::vector<RoundView> rounds;
+  uint64_t log_entries = 0;
+};
+
+struct DriverOptions {
+  std::string out_dir;     // summary.json, audit.json, model.atnm
+  std::string spool_dir;   // scratch for the open round's updates
+  std::string study_path;  // re-read when it changes: roster and revocations
 };
 
 class RoundDriver {
  public:
   // `store` must outlive the driver. Reloads the last committed model.
-  static StatusOr<std::unique_ptr<RoundDriver>> Create(StudyConfig study,
-                                                       StateStore* store,
-                                                       std::string out_dir);
+  static StatusOr<std::unique_ptr<RoundDriver>> Create(StudyConfig study, StateStore* store,
+                                                       DriverOptions options);
+  ~RoundDriver();
 
+  // The study as started (roster changes are tracked separately).
   const StudyConfig& study() const { return study_; }
 
   // --- called by the service (never blocks for long) ---
-  // PermissionDenied for a site not on the roster.
+  // The caller's site id. PermissionDenied for a CN that is not an admitted
+  // roster site (revoked included) -- except the operator when
+  // `operator_ok`; FailedPrecondition for another study. Picks up changes of
+  // the study file first.
+  StatusOr<std::string> Authorize(const std::string& cn, const std::string& study_id,
+                                  bool operator_ok);
   Status Join(const std::string& site, int64_t train_samples);
   // Opens the site's task stream; returns its generation.
   StatusOr<uint64_t> Subscribe(const std::string& site);
   // The next task for the stream, waiting up to `wait`; nullopt on timeout.
-  // Cancelled once the stream was replaced or the driver shuts down.
+  // Cancelled once the stream was replaced, the site revoked, or the driver
+  // shut down.
   StatusOr<std::optional<Task>> NextTask(const std::string& site, uint64_t generation,
                                          std::chrono::milliseconds wait);
   void Unsubscribe(const std::string& site, uint64_t generation);
+  // Records a sign of life; returns the open round (-1 if none).
+  int64_t Heartbeat(const std::string& site, const std::string& progress);
   // The encoded model of `version` (committed global or current candidate).
   StatusOr<std::shared_ptr<const std::string>> Model(int64_t version);
-  // Cheap check before a payload is read: is this task open for the site?
-  Status CheckOpenTask(const std::string& site, const std::string& task_id, int64_t round);
-  Status SubmitUpdate(const std::string& site, UpdateSubmission update);
+  // Starts receiving an update: the task must be open for the site. A
+  // resubmission of an update already accepted (same digest) returns
+  // AlreadyAccepted; a different one AlreadyExists.
+  StatusOr<std::unique_ptr<UpdateIntake>> BeginUpdate(const std::string& site,
+                                                      const UpdateHeader& header);
+  // Completes the intake and folds it into the open phase (checked again:
+  // the round may have closed while the bytes were arriving).
+  Status FinishUpdate(const std::string& site, std::unique_ptr<UpdateIntake> intake);
   Status SubmitEval(const std::string& site, const std::string& task_id, int64_t round,
                     EvalSums sums);
   StatusView GetStatus();
-  // The largest update payload accepted now (bytes).
-  uint64_t MaxPayloadBytes();
+  // Logs a refused request and appends it to the audit log.
+  void RecordRefusal(const std::string& who, const char* rpc, const Status& status);
+  int64_t heartbeat_interval_ms() const;
+  // Proximal μ for FedProx (0 for other strategies), sent with every task.
+  double proximal_mu() const;
 
   // --- the study ---
   // Drives rounds until the study is done (OK) or cannot go on.
@@ -116,14 +155,26 @@ class RoundDriver {
   // Makes Run() and every waiting stream return (Cancelled).
   void Shutdown();
 
+  static constexpr int kMaxRoundAttempts = 3;
+
  private:
   struct SiteState {
     bool joined = false;
     bool subscribed = false;
+    bool revoked = false;
     uint64_t generation = 0;
     int64_t train_samples = 0;
+    int64_t rounds_contributed = 0;
+    std::optional<std::chrono::steady_clock::time_point> last_seen;
+    std::string progress;
     std::deque<Task> queue;
     std::optional<Task> pending;  // the open phase's task, re-sent on resubscribe
+  };
+  struct Accepted {
+    std::string path;     // spool file (TRAIN)
+    std::string sha256;   // payload digest, for idempotent resubmission
+    int64_t num_examples = 0;
+    double train_loss = 0;
   };
   struct Phase {
     Task::Kind kind = Task::Kind::kTrain;
@@ -132,46 +183,67 @@ class RoundDriver {
     std::set<std::string> done;
     std::vector<std::string> splits;
     // TRAIN / INIT
-    std::unique_ptr<StreamingFedAvg> fedavg;
-    std::optional<FlatModel> init_model;
-    double train_loss_sum = 0;   // Σ n_i · loss_i
+    std::map<std::string, Accepted> accepted;     // by site name: aggregation order
+    std::shared_ptr<const std::string> init_blob;
     // EVALUATE
     std::map<std::string, EvalSums> eval;                 // split -> sums
     std::map<std::string, std::set<std::string>> got;     // site -> splits
   };
 
-  RoundDriver(StudyConfig study, StateStore* store, std::string out_dir);
+  RoundDriver(StudyConfig study, StateStore* store, DriverOptions options,
+              std::unique_ptr<Strategy> strategy);
 
+  // All of these require mu_.
   Status CheckOpenTaskLocked(const std::string& site, const std::string& task_id,
-                             int64_t round);  // requires mu_
+                             int64_t round);
+  bool AliveLocked(const std::string& site, std::chrono::steady_clock::time_point now) const;
+  std::vector<std::string> LiveSitesLocked() const;
+  void TouchLocked(const std::string& site);
+  void ReloadRosterLocked();
+  void LogLocked(const std::string& kind, const std::string& site, const std::string& detail);
+
   Status WaitForSites();
+  // Waits up to the round deadline for `min_sites` live sites.
+  Status WaitForQuorum(std::unique_lock<std::mutex>& lock, int64_t round);
   Status RunInitRound();
   Status RunTrainRound(int64_t round);
   // Sends one task per selected site and waits for the phase to close.
   Status RunPhase(std::unique_lock<std::mutex>& lock, Phase* phase,
                   const std::vector<std::string>& selected, int64_t model_version,
                   int quorum);
-  Status CommitRound(int64_t round, FlatModel model, const Phase& train,
-                     const Phase& eval, double seconds);
-  Status WriteOutputs();
-  std::vector<std::string> SubscribedSites() const;  // requires mu_
+  // Evaluates `model` (served as candidate `round`), then commits it.
+  Status EvaluateAndCommit(std::unique_lock<std::mutex>& lock, int64_t round,
+                           std::shared_ptr<const std::string> model, std::string server_state,
+                           const Phase& train, std::string describe_json,
+                           std::chrono::steady_clock::time_point start);
+  Status CommitRound(int64_t round, std::shared_ptr<const std::string> model,
+                     std::string server_state, const Phase& train, const Phase& eval,
+                     const std::string& describe_json, double seconds);
+  Status WriteOutputs(bool final_model);
+  std::vector<std::string> SelectForTraining(int64_t round,
+                                             std::vector<std::string> live) const;
   std::string NewTaskId(Task::Kind kind, int64_t round, const std::string& site);
+  void ClearSpool();
 
   const StudyConfig study_;
   StateStore* const store_;
-  const std::string out_dir_;
+  const DriverOptions options_;
   const std::string run_nonce_;
+  const std::unique_ptr<Strategy> strategy_;
 
   std::mutex mu_;
   std::condition_variable cv_;
   bool shutdown_ = false;
   std::map<std::string, SiteState> sites_;
+  std::vector<std::string> roster_;  // current roster (the study file may grow it)
+  std::string study_file_stamp_;     // inode/mtime/size of the study file last read
   std::string phase_name_ = "waiting for sites";
   Phase* phase_ = nullptr;  // the open phase, owned by Run()'s stack
-  // Committed global model v_{committed} and the candidate being evaluated.
+  // Committed global model v_{committed} (blob + view) and the candidate.
   int64_t global_version_ = -1;
-  std::optional<FlatModel> global_;
   std::shared_ptr<const std::string> global_blob_;
+  ModelView global_;
+  std::string server_state_;  // strategy state committed with v_{committed}
   int64_t candidate_version_ = -1;
   std::shared_ptr<const std::string> candidate_blob_;
 };

@@ -32,10 +32,17 @@ class FederationService final : public v1::Federation::Service {
                            v1::Receipt* receipt) override;
   grpc::Status Status(grpc::ServerContext* ctx, const v1::StatusRequest* req,
                       v1::StudyStatus* reply) override;
+  grpc::Status Heartbeat(grpc::ServerContext* ctx, const v1::HeartbeatRequest* req,
+                         v1::HeartbeatReply* reply) override;
 
  private:
-  // The caller's site id, if its certificate is valid and the study matches.
-  StatusOr<std::string> Authorize(grpc::ServerContext* ctx, const std::string& study_id);
+  // The caller's site id, if its certificate is valid, the site admitted
+  // (or, with `operator_ok`, the operator) and the study matches.
+  StatusOr<std::string> Authorize(grpc::ServerContext* ctx, const std::string& study_id,
+                                  bool operator_ok = false);
+  // Logs the refusal (audit log included) and maps it to a gRPC status.
+  grpc::Status Refuse(grpc::ServerContext* ctx, const std::string& who, const char* rpc,
+                      const attune::Status& s);
 
   RoundDriver* driver_;
 };

@@ -7,6 +7,9 @@
 //     TRAIN     fetch v_{r-1}, train locally, upload Δ and the sample count
 //     EVALUATE  fetch v_r, upload sums (metrics + subgroup audit) per split
 //     FINISH    return OK
+// While joined, a background thread sends a Heartbeat with the site's
+// progress (stage, round, epoch, batch) every JoinReply.heartbeat_interval_ms,
+// so the coordinator knows the site is alive even during long local training.
 // When the coordinator goes away (restart, network), the client reconnects
 // with exponential backoff for up to `reconnect_timeout`; a refusal
 // (certificate not on the roster, wrong study, TLS failure) ends it at once.
@@ -15,6 +18,8 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <mutex>
+#include <stop_token>
 #include <string>
 
 #include <grpcpp/grpcpp.h>
@@ -51,6 +56,10 @@ class FederationClient {
   StatusOr<FlatModel> FetchModel(int64_t version);
   Status SubmitUpdate(const v1::RoundTask& task, const FlatModel& payload, int64_t num_examples,
                       double train_loss, bool full_weights);
+  // Progress, shared between the task loop and the heartbeat thread.
+  void SetStage(const char* stage, int64_t round);
+  void OnTrainProgress(const TrainProgress& p);
+  void HeartbeatLoop(std::stop_token stop, std::chrono::milliseconds interval);
 
   ClientOptions options_;
   std::unique_ptr<v1::Federation::Stub> coordinator_;
@@ -58,6 +67,10 @@ class FederationClient {
   std::unique_ptr<Learner> learner_;
   EvalOptions eval_options_;
   std::string site_id_;
+
+  std::mutex progress_mu_;
+  v1::HeartbeatRequest progress_;          // guarded by progress_mu_
+  std::chrono::steady_clock::time_point last_progress_log_;
 };
 
 }  // namespace attune::worker

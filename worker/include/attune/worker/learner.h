@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -23,6 +24,23 @@ struct TrainResult {
   double train_loss = 0;    // mean loss of the last local epoch
 };
 
+// Called after every batch of local training (from the training thread).
+struct TrainProgress {
+  int epoch = 0;        // 1-based
+  int epochs = 0;
+  int64_t batch = 0;    // 1-based within the epoch
+  int64_t batches = 0;
+  double loss = 0;      // mean loss of the epoch so far
+};
+using ProgressFn = std::function<void(const TrainProgress&)>;
+
+struct TrainOptions {
+  // FedProx (Li et al. 2020): adds μ/2 · ||w − w_global||² to the loss, so
+  // local training cannot drift far from the global model. 0 = off.
+  double proximal_mu = 0;
+  ProgressFn progress;  // may be empty
+};
+
 struct EvalOptions {
   std::vector<std::string> audit_columns;  // subgroup columns to report
   int histogram_bins = 200;
@@ -33,7 +51,8 @@ class Learner {
   virtual ~Learner() = default;
   // The initial global model, identical for a given config and seed.
   virtual StatusOr<FlatModel> InitialModel(uint64_t seed) = 0;
-  virtual StatusOr<TrainResult> Train(const FlatModel& global, const TrainConfig& hyper) = 0;
+  virtual StatusOr<TrainResult> Train(const FlatModel& global, const TrainConfig& hyper,
+                                      const TrainOptions& options) = 0;
   // Sums only (see eval_stats.h) for `split` ("val" or "test").
   virtual StatusOr<EvalSums> Evaluate(const FlatModel& model, const std::string& split,
                                       const EvalOptions& options) = 0;

@@ -89,4 +89,9 @@ class MultimodalAttentionNetImpl : public torch::nn::Module {
 };
 TORCH_MODULE(MultimodalAttentionNet);
 
+// FedProx's proximal term μ/2 · Σ ||p − a||² over parameters and their
+// anchors (the global model's values), differentiable in `params`.
+torch::Tensor ProximalTerm(const std::vector<torch::Tensor>& params,
+                           const std::vector<torch::Tensor>& anchors, double mu);
+
 }  // namespace attune::worker

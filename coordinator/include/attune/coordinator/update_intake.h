@@ -1,0 +1,83 @@
+// One site update on its way in: everything from the network is untrusted,
+// so each chunk is checked as it arrives (order, size, digest), the payload
+// is parsed as a stream (schema first, then values), values are checked
+// (NaN/Inf, the running L2 norm against the study's bound) and spooled to
+// disk. Nothing reaches the round until Finish() has verified the whole
+// payload's digest and size; a refused intake leaves nothing behind.
+//
+//   auto intake = UpdateIntake::ForDelta(header, global_schema, bound, path, max);
+//   for each chunk: ATTUNE_RETURN_IF_ERROR(intake->AddChunk(seq, data, sha256));
+//   ATTUNE_RETURN_IF_ERROR(intake->Finish());
+//
+// Thread-compatible: one intake per incoming stream.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "attune/common/status.h"
+#include "attune/common/tensor_codec.h"
+#include "attune/coordinator/update_spool.h"
+
+namespace attune::coordinator {
+
+// What the first chunk says about the update (protocol UpdateMeta).
+struct UpdateHeader {
+  std::string task_id;
+  int64_t round = 0;
+  int64_t num_examples = 0;
+  bool full_weights = false;
+  std::map<std::string, double> metrics;
+  uint64_t total_bytes = 0;
+  std::string total_sha256;  // 32 raw bytes
+};
+
+class UpdateIntake {
+ public:
+  // A TRAIN delta: must match `expected` exactly (names, shapes, dtypes),
+  // be finite, and have an L2 norm <= `max_norm`.
+  static StatusOr<std::unique_ptr<UpdateIntake>> ForDelta(UpdateHeader header,
+                                                          const TensorSchema& expected,
+                                                          double max_norm,
+                                                          std::string spool_path,
+                                                          uint64_t max_bytes);
+  // An INIT model: finite full weights, kept in memory.
+  static StatusOr<std::unique_ptr<UpdateIntake>> ForInitialModel(UpdateHeader header,
+                                                                 uint64_t max_bytes);
+
+  // InvalidArgument (order, size, shape/dtype, NaN/Inf, norm) or DataLoss
+  // (digest); the intake is dead after an error.
+  Status AddChunk(uint64_t seq, std::string_view data, std::string_view sha256);
+  // Whole-payload digest and size; commits the spool file.
+  Status Finish();
+
+  const UpdateHeader& header() const { return header_; }
+  const std::string& spool_path() const { return spool_path_; }
+  double norm() const { return spool_ ? spool_->norm() : 0; }
+  // INIT only, after Finish(): the canonical encoding of the initial model.
+  std::shared_ptr<const std::string> initial_model() const { return initial_; }
+
+ private:
+  UpdateIntake(UpdateHeader header, uint64_t max_bytes);
+  Status OnValues(uint64_t first, std::span<const float> values);
+
+  UpdateHeader header_;
+  ChunkVerifier verifier_;
+  ModelStreamParser parser_;
+  const TensorSchema* expected_ = nullptr;  // TRAIN
+  TensorSchema expected_copy_;
+  bool schema_checked_ = false;
+  double max_norm_ = 0;
+  std::string spool_path_;
+  std::optional<SpoolWriter> spool_;        // TRAIN
+  std::string payload_;                     // INIT
+  bool init_ = false;
+  std::shared_ptr<const std::string> initial_;
+  Status dead_;
+};
+
+}  // namespace attune::coordinator
