@@ -2,6 +2,8 @@
 //   attune provision init      make a study directory: CA, bundles, study.json
 //   attune provision add-site  issue a bundle for a new site, add it to the roster
 //   attune provision revoke    refuse a site's certificate from now on
+//   attune status              a running study: rounds, sites (alive, last seen), metrics
+//   attune log verify|show     the coordinator's hash-chained audit log
 //   attune synth               generate a synthetic multi-site cohort
 // The work is done in common/ (provision.h) and experiments/ (synth.h).
 #include <cstdio>
@@ -15,6 +17,7 @@
 #include "attune/common/config.h"
 #include "attune/common/provision.h"
 #include "attune/common/site_config.h"
+#include "operate.h"
 #include "synth/synth.h"
 
 namespace {
@@ -170,6 +173,34 @@ int main(int argc, char** argv) {
       ->required();
   revoke->add_option("--site", revoke_site, "the site to revoke")->required();
 
+  attune::tools::StatusOptions status_options;
+  CLI::App* status = app.add_subcommand(
+      "status", "ask a running coordinator for the study's rounds, sites and metrics");
+  status->add_option("--study-dir", status_options.study_dir,
+                     "the study directory from `attune provision init` (gives the address,\n"
+                     "the study id and the operator's bundle)");
+  status->add_option("--coordinator", status_options.coordinator, "HOST:PORT (overrides)");
+  status->add_option("--study-id", status_options.study_id, "the study (overrides)");
+  status->add_option("--tls-dir", status_options.tls_dir,
+                     "a bundle to authenticate with: the operator's or a site's (overrides)");
+  status->add_flag("--json", status_options.json, "print JSON instead of tables");
+  status->footer(
+      "Example:\n"
+      "  attune status --study-dir pki --coordinator 127.0.0.1:7443");
+
+  CLI::App* log = app.add_subcommand("log", "the coordinator's hash-chained audit log");
+  log->require_subcommand(1);
+  std::string log_dir;
+  uint64_t log_last = 50;
+  CLI::App* verify = log->add_subcommand(
+      "verify", "recompute the hash chain of the audit log; exit 1 if any entry was altered,\n"
+                "removed or reordered (works while the coordinator runs)");
+  verify->add_option("--data-dir", log_dir, "the coordinator's --data-dir")->required();
+  CLI::App* show = log->add_subcommand("show", "print audit-log entries (rounds, refusals, sites)");
+  show->add_option("--data-dir", log_dir, "the coordinator's --data-dir")->required();
+  show->add_option("--last", log_last, "how many of the latest entries (0: all)")
+      ->capture_default_str();
+
   attune::synth::SynthOptions syn;
   CLI::App* synth = app.add_subcommand(
       "synth", "generate a deterministic synthetic multi-site cohort (OUT/site-1 ... OUT/site-N)");
@@ -185,6 +216,9 @@ int main(int argc, char** argv) {
   if (init->parsed()) return RunInit(init_options, coordinator->count() > 0);
   if (add->parsed()) return RunAddSite(add_dir, add_site, add_days);
   if (revoke->parsed()) return RunRevoke(revoke_dir, revoke_site);
+  if (status->parsed()) return attune::tools::RunStatus(status_options);
+  if (verify->parsed()) return attune::tools::RunLogVerify(log_dir);
+  if (show->parsed()) return attune::tools::RunLogShow(log_dir, log_last);
   if (synth->parsed()) {
     if (auto s = attune::synth::Generate(syn); !s.ok()) return Fail(s);
     std::printf("synthetic cohort written to %s (%d sites x %d patients, seed %llu)\n",

@@ -90,7 +90,7 @@ int main(int argc, char** argv) {
                client.study_id, tls_dir);
 
   attune::worker::FederationClient fc(
-      client, attune::worker::MakeChannel(client.coordinator, *tls),
+      client, attune::MakeChannel(client.coordinator, *tls),
       [&](const attune::ModelConfig& model) {
         return attune::worker::MakeTorchLearner(model, learner);
       });

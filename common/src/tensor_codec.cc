@@ -133,6 +133,10 @@ std::string EncodeModel(const FlatModel& model) {
   return out;
 }
 
+std::string EncodeModelHeader(const TensorSchema& schema) {
+  return EncodeHeader(schema, static_cast<uint64_t>(schema.numel()));
+}
+
 std::string EncodeZeroModel(const TensorSchema& schema) {
   const uint64_t count = static_cast<uint64_t>(schema.numel());
   std::string out = EncodeHeader(schema, count);

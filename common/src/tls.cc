@@ -1,5 +1,9 @@
 #include "attune/common/tls.h"
 
+#include <grpcpp/create_channel.h>
+
+#include "attune/common/tensor_codec.h"
+
 #include "absl/strings/str_cat.h"
 #include "attune/common/config.h"
 #include "attune/common/pki.h"
@@ -60,6 +64,16 @@ grpc::Status ToGrpcStatus(const Status& s) {
 Status FromGrpcStatus(const grpc::Status& s) {
   if (s.ok()) return absl::OkStatus();
   return Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+}
+
+std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target, const TlsBundle& tls) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(static_cast<int>(kMaxChunkBytes + (64 << 10)));
+  args.SetMaxSendMessageSize(static_cast<int>(kMaxChunkBytes + (64 << 10)));
+  // Fail fast on a dead coordinator instead of waiting minutes between tries.
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
+  return grpc::CreateCustomChannel(target, MakeChannelCredentials(tls), args);
 }
 
 }  // namespace attune

@@ -170,8 +170,8 @@ void RoundDriver::ReloadRosterLocked() {
       // Ends its task stream and takes it out of the open phase's wait.
       ++s.generation;
       s.subscribed = false;
-      s.pending.reset();
       s.queue.clear();
+      if (phase_ && phase_->task_ids.count(name)) phase_->dropped.insert(name);
       spdlog::warn("site {} revoked: refused from now on", name);
       LogLocked("site_revoked", name, "{}");
     } else {
@@ -229,7 +229,13 @@ StatusOr<uint64_t> RoundDriver::Subscribe(const std::string& site) {
   if (!s.joined) return absl::FailedPreconditionError("call Join before Subscribe");
   s.subscribed = true;
   s.queue.clear();
-  if (s.pending) s.queue.push_back(*s.pending);
+  // A site that (re)subscribes while its task is open starts afresh at the
+  // next phase: a restarted worker has lost its work, and a reconnected one
+  // may still submit under its old task id while the phase is open.
+  if (phase_ && phase_->task_ids.count(site) && !phase_->done.count(site)) {
+    phase_->dropped.insert(site);
+  }
+  if (finished_) s.queue.push_back(FinishTask(site));
   ++s.generation;
   TouchLocked(site);
   cv_.notify_all();
@@ -371,7 +377,6 @@ Status RoundDriver::FinishUpdate(const std::string& site, std::unique_ptr<Update
   }
   p.accepted[site] = std::move(a);
   p.done.insert(site);
-  sites_[site].pending.reset();
   TouchLocked(site);
   spdlog::info("round {}: {} from {} accepted ({} examples, update norm {:.4g})", p.round,
                KindName(p.kind), site, h.num_examples, intake->norm());
@@ -395,10 +400,7 @@ Status RoundDriver::SubmitEval(const std::string& site, const std::string& task_
   }
   ATTUNE_RETURN_IF_ERROR(p.eval[sums.split].Add(sums));
   p.got[site].insert(sums.split);
-  if (p.got[site].size() == p.splits.size()) {
-    p.done.insert(site);
-    sites_[site].pending.reset();
-  }
+  if (p.got[site].size() == p.splits.size()) p.done.insert(site);
   cv_.notify_all();
   return absl::OkStatus();
 }
@@ -467,6 +469,14 @@ std::string RoundDriver::NewTaskId(Task::Kind kind, int64_t round, const std::st
   return absl::StrCat(run_nonce_, "/r", round, "/", KindName(kind), "/", site);
 }
 
+Task RoundDriver::FinishTask(const std::string& site) {
+  Task t;
+  t.kind = Task::Kind::kFinish;
+  t.round = study_.rounds;
+  t.task_id = NewTaskId(t.kind, t.round, site);
+  return t;
+}
+
 std::vector<std::string> RoundDriver::SelectForTraining(int64_t round,
                                                         std::vector<std::string> live) const {
   if (study_.sites_per_round >= 1.0) return live;
@@ -501,13 +511,8 @@ Status RoundDriver::Run() {
   ATTUNE_RETURN_IF_ERROR(WriteOutputs(/*final_model=*/true));
   std::lock_guard<std::mutex> lock(mu_);
   phase_name_ = "finished";
-  for (auto& [name, s] : sites_) {
-    Task t;
-    t.kind = Task::Kind::kFinish;
-    t.round = study_.rounds;
-    t.task_id = NewTaskId(t.kind, t.round, name);
-    s.queue.push_back(t);
-  }
+  finished_ = true;
+  for (auto& [name, s] : sites_) s.queue.push_back(FinishTask(name));
   cv_.notify_all();
   spdlog::info("study '{}' finished after round {}", study_.study_id, study_.rounds);
   return absl::OkStatus();
@@ -572,38 +577,44 @@ Status RoundDriver::RunPhase(std::unique_lock<std::mutex>& lock, Phase* p,
     t.splits = p->splits;
     t.task_id = NewTaskId(p->kind, p->round, site);
     p->task_ids[site] = t.task_id;
-    sites_[site].pending = t;
     sites_[site].queue.push_back(t);
   }
   phase_ = p;
+  spdlog::info("round {}: {} phase open for {} site{}", p->round, KindName(p->kind),
+               selected.size(), selected.size() == 1 ? "" : "s");
   cv_.notify_all();
   const auto deadline = Clock::now() + Seconds(study_.round_deadline_s);
   const auto timeout = Seconds(study_.heartbeat_timeout_s);
-  std::vector<std::string> gone;
   while (!shutdown_) {
     const auto now = Clock::now();
-    // Who is still expected; wake when the first of them would time out.
+    // Who is still expected; wake when the first of them would time out. A
+    // site found gone is not waited for again in this phase.
     auto wake = deadline;
-    gone.clear();
     for (const auto& site : selected) {
-      if (p->done.count(site)) continue;
+      if (p->done.count(site) || p->dropped.count(site)) continue;
       if (AliveLocked(site, now)) {
         wake = std::min(wake, *sites_[site].last_seen + timeout);
       } else {
-        gone.push_back(site);
+        p->dropped.insert(site);
+        spdlog::warn("round {} ({}): site {} is gone; not waiting for it", p->round,
+                     KindName(p->kind), site);
       }
     }
-    const size_t waiting = selected.size() - p->done.size() - gone.size();
-    if (waiting == 0 && (p->done.size() == selected.size() ||
-                         static_cast<int>(p->done.size()) >= quorum)) {
-      break;
+    size_t waiting = 0;
+    for (const auto& site : selected) {
+      waiting += p->done.count(site) || p->dropped.count(site) ? 0 : 1;
     }
-    if (now >= deadline) break;
+    // Nobody left to wait for: close now (below quorum, the round is tried
+    // again once enough sites are live).
+    if (waiting == 0 || now >= deadline) break;
     cv_.wait_until(lock, wake);
   }
   phase_ = nullptr;
-  for (const auto& site : selected) sites_[site].pending.reset();
   if (shutdown_) return absl::CancelledError("shutting down");
+  std::vector<std::string> gone;
+  for (const auto& site : p->dropped) {
+    if (!p->done.count(site)) gone.push_back(site);
+  }
   if (static_cast<int>(p->done.size()) < quorum) {
     return absl::DeadlineExceededError(absl::StrCat(
         "round ", p->round, " (", KindName(p->kind), "): only ", p->done.size(), " of ",

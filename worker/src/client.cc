@@ -49,16 +49,6 @@ std::string Explain(const Status& s, const std::string& coordinator) {
 
 }  // namespace
 
-std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target, const TlsBundle& tls) {
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(static_cast<int>(kMaxChunkBytes + (64 << 10)));
-  args.SetMaxSendMessageSize(static_cast<int>(kMaxChunkBytes + (64 << 10)));
-  // Fail fast on a dead coordinator instead of waiting minutes between tries.
-  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
-  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
-  return grpc::CreateCustomChannel(target, MakeChannelCredentials(tls), args);
-}
-
 FederationClient::FederationClient(ClientOptions options, std::shared_ptr<grpc::Channel> channel,
                                    LearnerFactory make_learner)
     : options_(std::move(options)),

@@ -56,6 +56,10 @@ std::string EncodeModel(const FlatModel& model);
 // DataLoss for anything malformed (bad magic, version, schema, sizes).
 StatusOr<FlatModel> DecodeModel(std::string_view bytes);
 
+// The bytes of an encoding that come before the values (for writers that
+// produce the values as a stream).
+std::string EncodeModelHeader(const TensorSchema& schema);
+
 // An encoded model of `schema` with every value 0, to be filled in place
 // through MutableValues (the coordinator builds candidate models this way,
 // without a second copy).

@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 
+#include <grpcpp/channel.h>
 #include <grpcpp/security/credentials.h>
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/server_context.h>
@@ -29,6 +30,10 @@ StatusOr<TlsBundle> LoadTlsBundle(const std::string& dir);
 // the bundle's CA.
 std::shared_ptr<grpc::ServerCredentials> MakeServerCredentials(const TlsBundle& b);
 std::shared_ptr<grpc::ChannelCredentials> MakeChannelCredentials(const TlsBundle& b);
+
+// A channel to a coordinator over mutual TLS, with Attune's message limits
+// (one chunk plus framing) and quick reconnection backoff.
+std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target, const TlsBundle& tls);
 
 // The verified client certificate's subject CN, or Unauthenticated.
 StatusOr<std::string> PeerCommonName(const grpc::ServerContextBase& ctx);

@@ -19,7 +19,9 @@
 //      does not grow with the number of sites. The phase closes when every
 //      selected site reported or is gone (stream closed, or no heartbeat for
 //      `heartbeat_timeout_s`) with >= `min_sites` reports, or at
-//      `round_deadline_s` with >= `min_sites`. Then the Strategy folds the
+//      `round_deadline_s` with >= `min_sites`. A site that is gone, or that
+//      subscribes again (a restarted worker), is not waited for in the open
+//      phase and takes part from the next one. Then the Strategy folds the
 //      spooled updates, in site-name order, range by range, into candidate
 //      v_r (aggregate.h): bitwise reproducible whatever the arrival order.
 //   3. EVALUATE phase (every round, round 0 too): live sites fetch the
@@ -168,7 +170,6 @@ class RoundDriver {
     std::optional<std::chrono::steady_clock::time_point> last_seen;
     std::string progress;
     std::deque<Task> queue;
-    std::optional<Task> pending;  // the open phase's task, re-sent on resubscribe
   };
   struct Accepted {
     std::string path;     // spool file (TRAIN)
@@ -181,6 +182,7 @@ class RoundDriver {
     int64_t round = 0;
     std::map<std::string, std::string> task_ids;  // selected site -> task id
     std::set<std::string> done;
+    std::set<std::string> dropped;  // gone (or re-subscribed): not waited for
     std::vector<std::string> splits;
     // TRAIN / INIT
     std::map<std::string, Accepted> accepted;     // by site name: aggregation order
@@ -223,6 +225,7 @@ class RoundDriver {
   std::vector<std::string> SelectForTraining(int64_t round,
                                              std::vector<std::string> live) const;
   std::string NewTaskId(Task::Kind kind, int64_t round, const std::string& site);
+  Task FinishTask(const std::string& site);
   void ClearSpool();
 
   const StudyConfig study_;
@@ -234,6 +237,7 @@ class RoundDriver {
   std::mutex mu_;
   std::condition_variable cv_;
   bool shutdown_ = false;
+  bool finished_ = false;  // FINISH is queued for every (re)subscribing site
   std::map<std::string, SiteState> sites_;
   std::vector<std::string> roster_;  // current roster (the study file may grow it)
   std::string study_file_stamp_;     // inode/mtime/size of the study file last read

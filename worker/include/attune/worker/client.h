@@ -40,8 +40,6 @@ struct ClientOptions {
 
 using LearnerFactory = std::function<StatusOr<std::unique_ptr<Learner>>(const ModelConfig&)>;
 
-// A channel to the coordinator over mutual TLS, with Attune's message limits.
-std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target, const TlsBundle& tls);
 
 class FederationClient {
  public:

@@ -1,0 +1,92 @@
+// Federation without training: sites that follow the coordinator's tasks
+// with synthetic models and updates, for tests of the engine (refusals, a
+// 1 GiB round trip, faults) and for the coordinator benchmark. A fake site
+// keeps at most one chunk of a model in memory: it verifies what it fetches
+// as the chunks arrive and generates what it uploads on the fly (one pass to
+// digest the payload, one to send it).
+//
+// Synthetic values are dyadic rationals (k / 1024 times a power of two), so
+// sums of a few of them are exact in float and a test can predict the
+// coordinator's result bit for bit.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "attune/common/status.h"
+#include "attune/common/tensor_codec.h"
+#include "attune/v1/federation.grpc.pb.h"
+
+namespace attune::fedsim {
+
+// Value `index` of synthetic stream `seed`: an integer in [-1000, 1000]
+// divided by 1024.
+float SyntheticValue(uint64_t seed, uint64_t index);
+
+using ValueFn = std::function<float(uint64_t index)>;
+
+// Calls `piece` with the consecutive pieces (each <= kMaxChunkBytes) of the
+// encoding of a model of `schema` whose value i is value(i).
+Status ForEachEncodedPiece(const TensorSchema& schema, const ValueFn& value,
+                           const std::function<Status(std::string_view)>& piece);
+
+// Streams a generated payload as a SubmitUpdate; `meta` is completed with
+// the payload's size and digest. Returns the call's status.
+grpc::Status Upload(v1::Federation::Stub* stub, v1::UpdateMeta meta, const TensorSchema& schema,
+                    const ValueFn& value, v1::Receipt* receipt,
+                    std::chrono::seconds timeout = std::chrono::seconds(600));
+
+// Sends exactly `chunks` as one SubmitUpdate (for tests that craft bad streams).
+grpc::Status SendChunks(v1::Federation::Stub* stub, const std::vector<v1::Chunk>& chunks,
+                        v1::Receipt* receipt);
+
+struct FetchedModel {
+  TensorSchema schema;
+  uint64_t bytes = 0;
+  std::string sha256;         // of the whole payload
+  std::vector<float> values;  // only when asked for
+};
+// Fetches model `version`, verifying every chunk and the whole payload.
+StatusOr<FetchedModel> Fetch(v1::Federation::Stub* stub, const std::string& study_id,
+                             int64_t version, bool keep_values = false,
+                             std::chrono::seconds timeout = std::chrono::seconds(600));
+
+struct FakeSiteOptions {
+  std::string study_id;
+  TensorSchema init_schema;  // what an INIT task uploads: SyntheticValue(init_seed, i)
+  uint64_t init_seed = 1;
+  uint64_t seed = 2;         // TRAIN deltas: SyntheticValue(seed * 1000003 + round, i) * delta_scale
+  float delta_scale = 1.0f / 64;
+  int64_t num_examples = 100;
+};
+
+// The delta a fake site with `options` sends in `round`.
+ValueFn DeltaValues(const FakeSiteOptions& options, int64_t round);
+
+// A site that trains nothing. Run() joins, subscribes and handles tasks
+// until FINISH (OK), the stream ends (Unavailable) or Stop().
+class FakeSite {
+ public:
+  FakeSite(std::shared_ptr<grpc::Channel> channel, FakeSiteOptions options);
+  Status Run();
+  void Stop();
+  int64_t updates_sent() const { return updates_sent_.load(); }
+
+ private:
+  Status Handle(const v1::RoundTask& task, int histogram_bins);
+
+  FakeSiteOptions options_;
+  std::unique_ptr<v1::Federation::Stub> stub_;
+  std::mutex mu_;
+  grpc::ClientContext* stream_ctx_ = nullptr;  // guarded by mu_
+  bool stopped_ = false;                       // guarded by mu_
+  std::atomic<int64_t> updates_sent_{0};
+};
+
+}  // namespace attune::fedsim
