@@ -90,7 +90,10 @@ StatusOr<TensorSchema> ParseSchema(std::string_view text) {
     TensorSpec spec;
     spec.name = e["name"].get<std::string>();
     spec.dtype = e["dtype"].get<std::string>();
-    if (spec.dtype != "f32") return Corrupt(absl::StrCat("unsupported dtype ", spec.dtype));
+    if (spec.dtype != "f32") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor ", spec.name, ": unsupported dtype '", spec.dtype, "' (Attune models are f32)"));
+    }
     for (const auto& d : e["shape"]) {
       if (!d.is_number_integer() || d.get<int64_t>() < 0 ||
           d.get<int64_t>() > (int64_t{1} << 40)) {

@@ -292,14 +292,20 @@ StatusOr<std::shared_ptr<const std::string>> RoundDriver::Model(int64_t version)
                                           " is not being served (current: ", global_version_, ")"));
 }
 
-Status RoundDriver::CheckOpenTaskLocked(const std::string& site, const std::string& task_id,
-                                        int64_t round) {
+Status RoundDriver::RoundClosedLocked(int64_t round) const {
   const int64_t open = phase_ ? phase_->round : -1;
   if (round < open || (!phase_ && round <= global_version_)) {
     return absl::FailedPreconditionError(absl::StrCat(
         "round ", round, " is closed (the study is at round ",
         std::max(open, global_version_ + 1), "): a late update is never used"));
   }
+  return absl::OkStatus();
+}
+
+Status RoundDriver::CheckOpenTaskLocked(const std::string& site, const std::string& task_id,
+                                        int64_t round) {
+  ATTUNE_RETURN_IF_ERROR(RoundClosedLocked(round));
+  const int64_t open = phase_ ? phase_->round : -1;
   if (!phase_) {
     return absl::FailedPreconditionError(
         absl::StrCat("no round is open (submission for round ", round, ")"));
@@ -324,16 +330,17 @@ Status RoundDriver::CheckOpenTaskLocked(const std::string& site, const std::stri
 StatusOr<std::unique_ptr<UpdateIntake>> RoundDriver::BeginUpdate(const std::string& site,
                                                                  const UpdateHeader& h) {
   std::lock_guard<std::mutex> lock(mu_);
-  Status open = CheckOpenTaskLocked(site, h.task_id, h.round);
-  if (absl::IsAlreadyExists(open)) {
-    auto acc = phase_->accepted.find(site);
-    if (acc != phase_->accepted.end() && acc->second.sha256 == h.total_sha256) {
-      return std::unique_ptr<UpdateIntake>();  // the same update again: idempotent
-    }
+  // Idempotent per study, round and site: the update already accepted for
+  // this task, sent again, is acknowledged and not folded in twice.
+  auto acc = accepted_tasks_.find(h.task_id);
+  if (acc != accepted_tasks_.end() && acc->second.site == site) {
+    if (acc->second.sha256 == h.total_sha256) return std::unique_ptr<UpdateIntake>();
+    ATTUNE_RETURN_IF_ERROR(RoundClosedLocked(h.round));
     return absl::AlreadyExistsError(absl::StrCat(
         "site ", site, " already submitted a different update for round ", h.round,
         "; one update per site and round"));
   }
+  Status open = CheckOpenTaskLocked(site, h.task_id, h.round);
   ATTUNE_RETURN_IF_ERROR(open);
   if (phase_->kind == Task::Kind::kInit) {
     return UpdateIntake::ForInitialModel(h, uint64_t{4} << 30);
@@ -356,11 +363,9 @@ Status RoundDriver::FinishUpdate(const std::string& site, std::unique_ptr<Update
   if (!open.ok()) {
     std::error_code ec;
     if (!intake->spool_path().empty()) fs::remove(intake->spool_path(), ec);
-    if (absl::IsAlreadyExists(open)) {  // only said while a phase is open
-      auto acc = phase_->accepted.find(site);
-      if (acc != phase_->accepted.end() && acc->second.sha256 == h.total_sha256) {
-        return absl::OkStatus();  // a concurrent resubmission of the same update
-      }
+    auto acc = accepted_tasks_.find(h.task_id);
+    if (acc != accepted_tasks_.end() && acc->second.sha256 == h.total_sha256) {
+      return absl::OkStatus();  // a concurrent resubmission of the same update
     }
     return open;
   }
@@ -375,6 +380,7 @@ Status RoundDriver::FinishUpdate(const std::string& site, std::unique_ptr<Update
     auto loss = h.metrics.find("train_loss");
     a.train_loss = loss != h.metrics.end() ? loss->second : std::nan("");
   }
+  accepted_tasks_[h.task_id] = {site, h.round, a.sha256};
   p.accepted[site] = std::move(a);
   p.done.insert(site);
   TouchLocked(site);
@@ -650,6 +656,7 @@ Status RoundDriver::RunTrainRound(int64_t round) {
   const auto start = Clock::now();
   std::unique_lock<std::mutex> lock(mu_);
   ATTUNE_RETURN_IF_ERROR(WaitForQuorum(lock, round));
+  std::erase_if(accepted_tasks_, [&](const auto& e) { return e.second.round < round - 1; });
   const std::vector<std::string> selected = SelectForTraining(round, LiveSitesLocked());
   Phase train;
   train.kind = Task::Kind::kTrain;

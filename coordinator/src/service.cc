@@ -36,7 +36,12 @@ std::string Progress(const v1::HeartbeatRequest& r) {
 
 grpc::Status FederationService::Refuse(grpc::ServerContext* ctx, const std::string& who,
                                        const char* rpc, const attune::Status& s) {
-  driver_->RecordRefusal(who.empty() ? absl::StrCat("peer ", ctx->peer()) : who, rpc, s);
+  std::string name = who;
+  if (name.empty()) {  // before authorisation: the certificate's CN, else the address
+    auto cn = PeerCommonName(*ctx);
+    name = cn.ok() ? *cn : absl::StrCat("peer ", ctx->peer());
+  }
+  driver_->RecordRefusal(name, rpc, s);
   return ToGrpcStatus(s);
 }
 
@@ -47,13 +52,10 @@ StatusOr<std::string> FederationService::Authorize(grpc::ServerContext* ctx,
   return driver_->Authorize(cn, study_id, operator_ok);
 }
 
-// The name a refusal is logged under: the certificate's CN when there is one.
-#define ATTUNE_AUTHORIZE_OR_REFUSE(site, rpc, study_id, ...)                           \
-  auto site = Authorize(ctx, study_id, ##__VA_ARGS__);                                 \
-  if (!site.ok()) {                                                                    \
-    auto cn = PeerCommonName(*ctx);                                                    \
-    return Refuse(ctx, cn.ok() ? *cn : std::string(), rpc, site.status());             \
-  }
+// Declares `site`, the authorised caller, or returns the refusal.
+#define ATTUNE_AUTHORIZE_OR_REFUSE(site, rpc, study_id, ...) \
+  auto site = Authorize(ctx, study_id, ##__VA_ARGS__);       \
+  if (!site.ok()) return Refuse(ctx, "", rpc, site.status())
 
 grpc::Status FederationService::Join(grpc::ServerContext* ctx, const v1::JoinRequest* req,
                                      v1::JoinReply* reply) {
@@ -129,12 +131,12 @@ grpc::Status FederationService::SubmitUpdate(grpc::ServerContext* ctx,
   if (!reader->Read(&chunk)) {
     return Refuse(ctx, "", "SubmitUpdate", absl::InvalidArgumentError("empty update stream"));
   }
-  const v1::UpdateMeta meta = chunk.meta();
-  ATTUNE_AUTHORIZE_OR_REFUSE(site, "SubmitUpdate", meta.study_id());
   if (!chunk.has_meta()) {
-    return Refuse(ctx, *site, "SubmitUpdate",
+    return Refuse(ctx, "", "SubmitUpdate",
                   absl::InvalidArgumentError("the first chunk must carry the update's metadata"));
   }
+  const v1::UpdateMeta meta = chunk.meta();
+  ATTUNE_AUTHORIZE_OR_REFUSE(site, "SubmitUpdate", meta.study_id());
   UpdateHeader header;
   header.task_id = meta.task_id();
   header.round = meta.round();

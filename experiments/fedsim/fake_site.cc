@@ -128,6 +128,20 @@ StatusOr<FetchedModel> Fetch(v1::Federation::Stub* stub, const std::string& stud
   return out;
 }
 
+v1::AuditReport TrivialAuditReport(const std::string& split, int histogram_bins) {
+  EvalSums sums;
+  sums.split = split;
+  sums.n = 1;
+  sums.loss_sum = 0.1;
+  sums.pos_hist.assign(histogram_bins > 1 ? histogram_bins : 2, 0);
+  sums.neg_hist.assign(sums.pos_hist.size(), 0);
+  sums.pos_hist.back() = 1;
+  sums.confusion.tp = 1;
+  v1::AuditReport report;
+  ToProto(sums, &report);
+  return report;
+}
+
 ValueFn DeltaValues(const FakeSiteOptions& o, int64_t round) {
   const uint64_t seed = o.seed * 1000003ULL + static_cast<uint64_t>(round);
   const float scale = o.delta_scale;
@@ -217,16 +231,7 @@ Status FakeSite::Handle(const v1::RoundTask& task, int histogram_bins) {
       ATTUNE_ASSIGN_OR_RETURN(FetchedModel model,
                               Fetch(stub_.get(), options_.study_id, task.model_version()));
       for (const auto& split : task.splits()) {
-        EvalSums sums;  // one correct positive: a valid, trivial report
-        sums.split = split;
-        sums.n = 1;
-        sums.loss_sum = 0.1;
-        sums.pos_hist.assign(histogram_bins > 1 ? histogram_bins : 2, 0);
-        sums.neg_hist.assign(sums.pos_hist.size(), 0);
-        sums.pos_hist.back() = 1;
-        sums.confusion.tp = 1;
-        v1::AuditReport report;
-        ToProto(sums, &report);
+        v1::AuditReport report = TrivialAuditReport(split, histogram_bins);
         report.set_study_id(options_.study_id);
         report.set_round(task.round());
         report.set_task_id(task.task_id());

@@ -57,6 +57,9 @@ StatusOr<FetchedModel> Fetch(v1::Federation::Stub* stub, const std::string& stud
                              int64_t version, bool keep_values = false,
                              std::chrono::seconds timeout = std::chrono::seconds(600));
 
+// A valid evaluation report for `split` with one correctly scored positive.
+v1::AuditReport TrivialAuditReport(const std::string& split, int histogram_bins);
+
 struct FakeSiteOptions {
   std::string study_id;
   TensorSchema init_schema;  // what an INIT task uploads: SyntheticValue(init_seed, i)

@@ -196,6 +196,8 @@ class RoundDriver {
               std::unique_ptr<Strategy> strategy);
 
   // All of these require mu_.
+  // FailedPrecondition when `round` is over (a straggler's update).
+  Status RoundClosedLocked(int64_t round) const;
   Status CheckOpenTaskLocked(const std::string& site, const std::string& task_id,
                              int64_t round);
   bool AliveLocked(const std::string& site, std::chrono::steady_clock::time_point now) const;
@@ -243,6 +245,14 @@ class RoundDriver {
   std::string study_file_stamp_;     // inode/mtime/size of the study file last read
   std::string phase_name_ = "waiting for sites";
   Phase* phase_ = nullptr;  // the open phase, owned by Run()'s stack
+  struct AcceptedTask {
+    std::string site;
+    int64_t round = 0;
+    std::string sha256;
+  };
+  // Updates accepted in this and the previous round, by task id: what makes
+  // a resubmission idempotent.
+  std::map<std::string, AcceptedTask> accepted_tasks_;
   // Committed global model v_{committed} (blob + view) and the candidate.
   int64_t global_version_ = -1;
   std::shared_ptr<const std::string> global_blob_;

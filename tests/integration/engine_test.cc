@@ -1,0 +1,407 @@
+// The federation engine against untrusted and unusual sites, with the real
+// attune-coordinator process on 127.0.0.1 over mutual TLS and the test
+// acting as the sites through gRPC (experiments/fedsim): every kind of bad
+// update is refused with a clear status and logged, and the round goes on
+// with nothing stored and nothing lost; a revoked site is refused without a
+// restart; a late update for a closed round is refused; a 1 GiB model makes
+// a full round trip.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <thread>
+
+#include "attune/common/pki.h"
+#include "attune/common/tensor_codec.h"
+#include "attune/common/tls.h"
+#include "attune/common/wire.h"
+#include "fedsim/fake_site.h"
+#include "nlohmann/json.hpp"
+#include "support/process.h"
+#include "support/temp_dir.h"
+
+namespace attune::testing {
+namespace {
+
+using nlohmann::json;
+using std::chrono::seconds;
+namespace fs = std::filesystem;
+
+constexpr char kStudy[] = "engine";
+
+TensorSchema SmallSchema() {
+  return TensorSchema{{{"a", {3, 4}, "f32"}, {"b", {5}, "f32"}}};
+}
+
+class EngineTest : public ::testing::Test {
+ protected:
+  // Provisions site-1..3 with a study file made from `base` and starts the
+  // coordinator on it.
+  void Start(json base) {
+    base["study_id"] = kStudy;
+    std::ofstream(dir_ / "base.json") << base.dump(2);
+    Process prov({ATTUNE_TOOL_BIN, "provision", "init", "--out", dir_ / "pki", "--study-id", kStudy,
+                  "--sites", "site-1,site-2,site-3", "--study", dir_ / "base.json"},
+                 dir_ / "provision.log");
+    ASSERT_EQ(prov.Wait(seconds(60)), 0) << prov.Log();
+    fs::create_directories(dir_ / "out");
+    coordinator_ = std::make_unique<Process>(
+        std::vector<std::string>{ATTUNE_COORDINATOR_BIN, "--study", dir_ / "pki/study.json",
+                                 "--listen", "127.0.0.1:0", "--data-dir", dir_ / "state",
+                                 "--tls-dir", dir_ / "pki/coordinator", "--out", dir_ / "out",
+                                 "--port-file", dir_ / "port"},
+        dir_ / "coordinator.log");
+    ASSERT_TRUE(WaitUntil(
+        dir_.path(), [&] { return (port_ = std::atoi(ReadText(dir_ / "port").c_str())) > 0; },
+        seconds(30)))
+        << coordinator_->Log();
+  }
+
+  std::unique_ptr<v1::Federation::Stub> Stub(const std::string& tls_dir) {
+    auto tls = LoadTlsBundle(tls_dir);
+    EXPECT_TRUE(tls.ok()) << tls.status();
+    return v1::Federation::NewStub(MakeChannel("127.0.0.1:" + std::to_string(port_), *tls));
+  }
+  std::unique_ptr<v1::Federation::Stub> SiteStub(const std::string& site) {
+    return Stub(dir_ / ("pki/sites/" + site));
+  }
+
+  TempDir dir_;
+  std::unique_ptr<Process> coordinator_;
+  int port_ = 0;
+};
+
+// A site driven by hand: joins, subscribes and reads its tasks one by one.
+class ManualSite {
+ public:
+  explicit ManualSite(std::unique_ptr<v1::Federation::Stub> stub) : stub_(std::move(stub)) {
+    v1::JoinRequest join;
+    join.set_study_id(kStudy);
+    (*join.mutable_samples())["train"] = 100;
+    grpc::ClientContext ctx;
+    status_ = stub_->Join(&ctx, join, &reply_);
+    if (!status_.ok()) return;
+    ctx_.set_deadline(std::chrono::system_clock::now() + seconds(240));
+    v1::SiteHello hello;
+    hello.set_study_id(kStudy);
+    stream_ = stub_->Subscribe(&ctx_, hello);
+  }
+  ~ManualSite() { ctx_.TryCancel(); }
+  const grpc::Status& join_status() const { return status_; }
+  v1::RoundTask Next() {
+    v1::RoundTask t;
+    EXPECT_TRUE(stream_->Read(&t)) << "the task stream ended";
+    return t;
+  }
+  v1::Federation::Stub* stub() { return stub_.get(); }
+  void Evaluate(const v1::RoundTask& task) {
+    ASSERT_EQ(task.kind(), v1::RoundTask::EVALUATE);
+    for (const auto& split : task.splits()) {
+      v1::AuditReport report = fedsim::TrivialAuditReport(split, reply_.histogram_bins());
+      report.set_study_id(kStudy);
+      report.set_round(task.round());
+      report.set_task_id(task.task_id());
+      grpc::ClientContext ctx;
+      v1::Receipt receipt;
+      grpc::Status s = stub_->SubmitAudit(&ctx, report, &receipt);
+      ASSERT_TRUE(s.ok()) << s.error_message();
+    }
+  }
+
+ private:
+  std::unique_ptr<v1::Federation::Stub> stub_;
+  grpc::Status status_;
+  v1::JoinReply reply_;
+  grpc::ClientContext ctx_;
+  std::unique_ptr<grpc::ClientReader<v1::RoundTask>> stream_;
+};
+
+v1::UpdateMeta MetaFor(const v1::RoundTask& task) {
+  v1::UpdateMeta m;
+  m.set_study_id(kStudy);
+  m.set_round(task.round());
+  m.set_task_id(task.task_id());
+  m.set_num_examples(100);
+  return m;
+}
+
+// Chunks of `payload`, `piece` bytes each, correctly made; tests then break them.
+std::vector<v1::Chunk> Chunks(const std::string& payload, v1::UpdateMeta meta, size_t piece) {
+  meta.set_total_bytes(payload.size());
+  meta.set_total_sha256(Sha256(payload));
+  std::vector<v1::Chunk> out;
+  for (size_t off = 0, seq = 0; off < payload.size(); off += piece, ++seq) {
+    v1::Chunk c;
+    if (seq == 0) *c.mutable_meta() = meta;
+    c.set_seq(seq);
+    c.set_data(payload.substr(off, piece));
+    c.set_sha256(Sha256(c.data()));
+    c.set_last(off + piece >= payload.size());
+    out.push_back(c);
+  }
+  return out;
+}
+
+std::string Encode(const TensorSchema& schema, const fedsim::ValueFn& value) {
+  FlatModel m{schema, {}};
+  for (int64_t i = 0; i < schema.numel(); ++i) m.values.push_back(value(i));
+  return EncodeModel(m);
+}
+
+struct Expect {
+  const char* what;
+  grpc::StatusCode code;
+  const char* message;
+};
+
+void ExpectRefused(const grpc::Status& s, const Expect& e) {
+  EXPECT_EQ(s.error_code(), e.code) << e.what << ": " << s.error_message();
+  EXPECT_NE(s.error_message().find(e.message), std::string::npos)
+      << e.what << ": got '" << s.error_message() << "'";
+}
+
+size_t SpoolFiles(const std::string& dir) {
+  size_t n = 0;
+  for (const auto& e : fs::directory_iterator(dir)) n += e.is_regular_file() ? 1 : 0;
+  return n;
+}
+
+TEST_F(EngineTest, EveryBadUpdateIsRefusedLoggedAndTheRoundGoesOn) {
+  Start({{"rounds", 2}, {"min_sites", 1}, {"join_timeout_s", 1}, {"round_deadline_s", 120},
+         {"max_update_norm", 10}});
+  ManualSite site(SiteStub("site-1"));
+  ASSERT_TRUE(site.join_status().ok()) << site.join_status().error_message();
+  const TensorSchema schema = SmallSchema();
+  auto init_value = [](uint64_t i) { return fedsim::SyntheticValue(1, i); };
+  v1::Receipt receipt;
+
+  // Round 0: the initial model, and its evaluation.
+  v1::RoundTask init = site.Next();
+  ASSERT_EQ(init.kind(), v1::RoundTask::INIT);
+  v1::UpdateMeta init_meta = MetaFor(init);
+  init_meta.set_full_weights(true);
+  ASSERT_TRUE(fedsim::Upload(site.stub(), init_meta, schema, init_value, &receipt).ok());
+  site.Evaluate(site.Next());
+
+  // Round 1: everything that must be refused, then the real update.
+  const v1::RoundTask train = site.Next();
+  ASSERT_EQ(train.kind(), v1::RoundTask::TRAIN);
+  ASSERT_EQ(train.round(), 1);
+  fedsim::FakeSiteOptions opts;
+  opts.study_id = kStudy;
+  const fedsim::ValueFn d1 = fedsim::DeltaValues(opts, 1), d2 = fedsim::DeltaValues(opts, 2);
+  const v1::UpdateMeta meta = MetaFor(train);
+  auto upload = [&](const TensorSchema& s, const fedsim::ValueFn& v, v1::UpdateMeta m) {
+    return fedsim::Upload(site.stub(), m, s, v, &receipt);
+  };
+  auto with = [&](auto change) {
+    v1::UpdateMeta m = meta;
+    change(m);
+    return m;
+  };
+  const std::string good = Encode(schema, d1);
+  int refusals = 0;
+  auto refused = [&](const grpc::Status& s, const Expect& e) {
+    ExpectRefused(s, e);
+    ++refusals;
+  };
+
+  refused(upload(TensorSchema{{{"a", {4, 3}, "f32"}, {"b", {5}, "f32"}}}, d1, meta),
+          {"wrong shape", grpc::StatusCode::INVALID_ARGUMENT, "wrong shape or dtype: tensor 0"});
+  refused(upload(TensorSchema{{{"a", {3, 4}, "f32"}}}, d1, meta),
+          {"missing tensor", grpc::StatusCode::INVALID_ARGUMENT, "wrong shape or dtype"});
+  refused(upload(TensorSchema{{{"a", {3, 4}, "f16"}, {"b", {5}, "f32"}}}, d1, meta),
+          {"wrong dtype", grpc::StatusCode::INVALID_ARGUMENT, "unsupported dtype 'f16'"});
+  refused(upload(schema, [&](uint64_t i) { return i == 7 ? std::nanf("") : d1(i); }, meta),
+          {"NaN", grpc::StatusCode::INVALID_ARGUMENT, "update value 7 is NaN"});
+  refused(upload(schema,
+                 [&](uint64_t i) { return i == 3 ? std::numeric_limits<float>::infinity() : d1(i); },
+                 meta),
+          {"Inf", grpc::StatusCode::INVALID_ARGUMENT, "update value 3 is Inf"});
+  refused(upload(schema, [](uint64_t) { return 100.0f; }, meta),
+          {"norm bound", grpc::StatusCode::INVALID_ARGUMENT, "max_update_norm = 10"});
+  refused(upload(schema, d1, with([](auto& m) { m.set_study_id("other"); })),
+          {"wrong study", grpc::StatusCode::FAILED_PRECONDITION, "runs study 'engine', not 'other'"});
+  refused(upload(schema, d1, with([](auto& m) { m.set_round(5); })),
+          {"wrong round", grpc::StatusCode::FAILED_PRECONDITION, "round 1 is open"});
+  refused(upload(schema, d1, with([](auto& m) { m.set_task_id("forged"); })),
+          {"wrong task", grpc::StatusCode::FAILED_PRECONDITION, "task 'forged' is not open"});
+  refused(upload(schema, d1, with([](auto& m) { m.set_num_examples(0); })),
+          {"no examples", grpc::StatusCode::INVALID_ARGUMENT, "num_examples must be >= 1"});
+  {  // chunk out of order
+    auto chunks = Chunks(good, meta, 16);
+    std::swap(chunks[1], chunks[2]);
+    refused(fedsim::SendChunks(site.stub(), chunks, &receipt),
+            {"chunk order", grpc::StatusCode::INVALID_ARGUMENT, "chunk out of order: got 2"});
+  }
+  {  // a chunk's checksum
+    auto chunks = Chunks(good, meta, 16);
+    chunks[2].set_sha256(Sha256("something else"));
+    refused(fedsim::SendChunks(site.stub(), chunks, &receipt),
+            {"chunk checksum", grpc::StatusCode::DATA_LOSS, "chunk 2 checksum mismatch"});
+  }
+  {  // the whole payload's checksum
+    v1::UpdateMeta m = meta;
+    auto chunks = Chunks(good, m, 16);
+    chunks[0].mutable_meta()->set_total_sha256(Sha256("something else"));
+    refused(fedsim::SendChunks(site.stub(), chunks, &receipt),
+            {"payload checksum", grpc::StatusCode::DATA_LOSS, "payload checksum mismatch"});
+  }
+  {  // a payload shorter than announced
+    auto chunks = Chunks(good, meta, 16);
+    chunks.pop_back();
+    refused(fedsim::SendChunks(site.stub(), chunks, &receipt),
+            {"short payload", grpc::StatusCode::DATA_LOSS, "payload short"});
+  }
+  {  // first chunk without metadata
+    auto chunks = Chunks(good, meta, 16);
+    chunks[0].clear_meta();
+    refused(fedsim::SendChunks(site.stub(), chunks, &receipt),
+            {"no metadata", grpc::StatusCode::INVALID_ARGUMENT, "must carry the update's metadata"});
+  }
+  {  // a chunk over 1 MiB that still fits a gRPC message: refused by Attune
+    const std::string big(kMaxChunkBytes + 16, 'x');
+    refused(fedsim::SendChunks(site.stub(), Chunks(big, meta, big.size()), &receipt),
+            {"oversize chunk", grpc::StatusCode::INVALID_ARGUMENT, "bytes exceeds 1048576"});
+  }
+  {  // a message over gRPC's limit: refused by the transport
+    const std::string huge(2 * kMaxChunkBytes, 'x');
+    ExpectRefused(fedsim::SendChunks(site.stub(), Chunks(huge, meta, huge.size()), &receipt),
+                  {"oversize message", grpc::StatusCode::RESOURCE_EXHAUSTED, ""});
+  }
+  {  // announced size over the limit
+    auto chunks = Chunks(good, meta, 16);
+    chunks[0].mutable_meta()->set_total_bytes(uint64_t{1} << 40);
+    refused(fedsim::SendChunks(site.stub(), chunks, &receipt),
+            {"announced size", grpc::StatusCode::INVALID_ARGUMENT, "exceeds the limit"});
+  }
+  {  // an evaluation while the round expects updates
+    v1::AuditReport report = fedsim::TrivialAuditReport("val", 200);
+    report.set_study_id(kStudy);
+    report.set_round(1);
+    report.set_task_id(train.task_id());
+    grpc::ClientContext ctx;
+    refused(site.stub()->SubmitAudit(&ctx, report, &receipt),
+            {"evaluation in a train phase", grpc::StatusCode::FAILED_PRECONDITION,
+             "expects an update"});
+  }
+  {  // a certificate of this study's CA whose CN is not on the roster
+    auto ca_key = ReadText(dir_ / "pki/ca/ca.key"), ca_crt = ReadText(dir_ / "pki/ca/ca.crt");
+    CertOptions o;
+    o.common_name = "site-z";
+    auto leaf = IssueCertificate({ca_key, ca_crt}, o);
+    ASSERT_TRUE(leaf.ok()) << leaf.status();
+    fs::create_directories(dir_ / "rogue");
+    std::ofstream(dir_ / "rogue/ca.crt") << ca_crt;
+    std::ofstream(dir_ / "rogue/cert.crt") << leaf->cert_pem;
+    std::ofstream(dir_ / "rogue/key.pem") << leaf->key_pem;
+    auto rogue = Stub(dir_ / "rogue");
+    refused(fedsim::Upload(rogue.get(), meta, schema, d1, &receipt),
+            {"unknown site", grpc::StatusCode::PERMISSION_DENIED, "'site-z' is not on the roster"});
+    auto op = Stub(dir_ / "pki/operator");
+    refused(fedsim::Upload(op.get(), meta, schema, d1, &receipt),
+            {"operator", grpc::StatusCode::PERMISSION_DENIED, "may only read the study's status"});
+  }
+  // Nothing refused left anything behind.
+  EXPECT_EQ(SpoolFiles(dir_ / "state/spool"), 0u);
+
+  // The real update; the same again is idempotent; a different one is refused.
+  ASSERT_TRUE(upload(schema, d1, meta).ok());
+  grpc::Status again = upload(schema, d1, meta);
+  EXPECT_TRUE(again.ok()) << again.error_message();
+  EXPECT_EQ(receipt.detail(), "already accepted; not folded in twice");
+  refused(upload(schema, d2, meta),
+          {"duplicate", grpc::StatusCode::ALREADY_EXISTS, "already submitted a different update"});
+
+  // Round 1 evaluates and commits; round 2 opens. A late round-1 update is refused.
+  site.Evaluate(site.Next());
+  const v1::RoundTask train2 = site.Next();
+  ASSERT_EQ(train2.round(), 2);
+  refused(upload(schema, d2, meta),
+          {"straggler", grpc::StatusCode::FAILED_PRECONDITION, "round 1 is closed"});
+  EXPECT_TRUE(upload(schema, d1, meta).ok()) << "the accepted update again stays idempotent";
+
+  // A site revoked in the study file is refused from then on, without a restart.
+  {
+    auto site2 = SiteStub("site-2");
+    v1::StatusRequest req;
+    req.set_study_id(kStudy);
+    v1::StudyStatus st;
+    grpc::ClientContext before;
+    ASSERT_TRUE(site2->Status(&before, req, &st).ok());
+    Process revoke({ATTUNE_TOOL_BIN, "provision", "revoke", "--dir", dir_ / "pki", "--site", "site-2"},
+                   dir_ / "revoke.log");
+    ASSERT_EQ(revoke.Wait(seconds(30)), 0) << revoke.Log();
+    grpc::ClientContext after;
+    refused(site2->Status(&after, req, &st),
+            {"revoked", grpc::StatusCode::PERMISSION_DENIED, "'site-2' was revoked"});
+  }
+
+  // Round 2 and the end: the model is exactly initial + d1 + d2.
+  ASSERT_TRUE(upload(schema, d2, MetaFor(train2)).ok());
+  site.Evaluate(site.Next());
+  EXPECT_EQ(site.Next().kind(), v1::RoundTask::FINISH);
+  ASSERT_EQ(coordinator_->Wait(seconds(60)), 0) << coordinator_->Log();
+  auto final_model = DecodeModel(ReadText(dir_ / "out/model.atnm"));
+  ASSERT_TRUE(final_model.ok()) << final_model.status();
+  ASSERT_EQ(final_model->schema, schema);
+  for (uint64_t i = 0; i < final_model->values.size(); ++i) {
+    EXPECT_EQ(final_model->values[i], (init_value(i) + d1(i)) + d2(i)) << "value " << i;
+  }
+
+  // Every refusal is in the hash-chained audit log, and the chain verifies.
+  Process verify({ATTUNE_TOOL_BIN, "log", "verify", "--data-dir", dir_ / "state"},
+                 dir_ / "verify.log");
+  EXPECT_EQ(verify.Wait(seconds(30)), 0) << verify.Log();
+  EXPECT_NE(verify.Log().find("hash chain intact"), std::string::npos) << verify.Log();
+  Process show({ATTUNE_TOOL_BIN, "log", "show", "--data-dir", dir_ / "state", "--last", "0"},
+               dir_ / "show.log");
+  ASSERT_EQ(show.Wait(seconds(30)), 0) << show.Log();
+  const std::string log = show.Log();
+  int logged = 0;
+  for (size_t at = log.find(" refused "); at != std::string::npos; at = log.find(" refused ", at + 1)) {
+    ++logged;
+  }
+  // The transport's own refusal (over gRPC's message limit) reaches the
+  // coordinator as a cut-off stream and is logged too.
+  EXPECT_GE(logged, refusals) << log;
+  EXPECT_NE(log.find("site_revoked"), std::string::npos) << log;
+  EXPECT_NE(log.find("round_committed"), std::string::npos) << log;
+}
+
+TEST_F(EngineTest, AOneGigabyteModelMakesAFullRoundTrip) {
+  Start({{"rounds", 1}, {"min_sites", 1}, {"join_timeout_s", 1}, {"round_deadline_s", 600},
+         {"max_update_norm", 1e6}});
+  fedsim::FakeSiteOptions opts;
+  opts.study_id = kStudy;
+  const int64_t numel = (int64_t{1} << 30) / 4;  // 1 GiB of float32
+  opts.init_schema = TensorSchema{{{"w", {numel}, "f32"}}};
+  auto tls = LoadTlsBundle(dir_ / "pki/sites/site-1");
+  ASSERT_TRUE(tls.ok());
+  fedsim::FakeSite site(MakeChannel("127.0.0.1:" + std::to_string(port_), *tls), opts);
+  Status result;
+  std::thread t([&] { result = site.Run(); });
+  auto code = coordinator_->Wait(seconds(900));
+  if (!code.has_value()) site.Stop();
+  t.join();
+  ASSERT_EQ(code, 0) << coordinator_->Log();
+  ASSERT_TRUE(result.ok()) << result;
+  EXPECT_EQ(site.updates_sent(), 2);  // the initial model and one update
+
+  // The final model is the initial one plus the update, every one of its values.
+  const std::string blob = ReadText(dir_ / "out/model.atnm");
+  auto view = ViewModel(blob);
+  ASSERT_TRUE(view.ok()) << view.status();
+  ASSERT_EQ(view->values.size(), static_cast<size_t>(numel));
+  const fedsim::ValueFn delta = fedsim::DeltaValues(opts, 1);
+  int64_t wrong = 0;
+  for (int64_t i = 0; i < numel; ++i) {
+    wrong += view->values[i] != fedsim::SyntheticValue(opts.init_seed, i) + delta(i);
+  }
+  EXPECT_EQ(wrong, 0);
+}
+
+}  // namespace
+}  // namespace attune::testing
