@@ -45,10 +45,10 @@ class StudyTest : public ::testing::Test {
  protected:
   void SetUp() override {
     Process prov({ATTUNE_TOOL_BIN, "provision", "init", "--out", dir_ / "pki", "--study-id",
-                  kStudy, "--sites", "site-1,site-2,site-3,site-x"},
+                  kStudy, "--sites", "site-1,site-2,site-3,site-4,site-x"},
                  dir_ / "provision.log");
     ASSERT_EQ(prov.Wait(seconds(60)), 0) << prov.Log();
-    Process syn({ATTUNE_TOOL_BIN, "synth", "--out", dir_ / "data", "--sites", "3", "--patients",
+    Process syn({ATTUNE_TOOL_BIN, "synth", "--out", dir_ / "data", "--sites", "4", "--patients",
                  "200", "--seed", "11"},
                 dir_ / "synth.log");
     ASSERT_EQ(syn.Wait(seconds(60)), 0) << syn.Log();
@@ -67,13 +67,18 @@ class StudyTest : public ::testing::Test {
     return path;
   }
 
+  // A coordinator on data directory `state` writing to `out` (both under
+  // the test's directory): separate runs of a test use separate pairs.
   std::unique_ptr<Process> StartCoordinator(const std::string& study, const std::string& listen,
-                                            const std::string& log) {
-    std::filesystem::create_directories(dir_ / "out");  // watched by WaitUntil
+                                            const std::string& log,
+                                            const std::string& state = "state",
+                                            const std::string& out = "out") {
+    std::filesystem::create_directories(dir_ / out);  // watched by WaitUntil
+    std::filesystem::remove(dir_ / "port");
     return std::make_unique<Process>(
         std::vector<std::string>{ATTUNE_COORDINATOR_BIN, "--study", study, "--listen", listen,
-                                 "--data-dir", dir_ / "state", "--tls-dir", dir_ / "pki/coordinator",
-                                 "--out", dir_ / "out", "--port-file", dir_ / "port"},
+                                 "--data-dir", dir_ / state, "--tls-dir", dir_ / "pki/coordinator",
+                                 "--out", dir_ / out, "--port-file", dir_ / "port"},
         dir_ / log);
   }
 
@@ -82,6 +87,12 @@ class StudyTest : public ::testing::Test {
     WaitUntil(dir_.path(), [&] { return (port = std::atoi(ReadText(dir_ / "port").c_str())) > 0; },
               seconds(30));
     return port;
+  }
+
+  // Waits until `process`'s log (a file in the test's directory) says `what`.
+  bool LogSays(const Process& process, const std::string& what, seconds timeout = seconds(180)) {
+    return WaitUntil(
+        dir_.path(), [&] { return process.Log().find(what) != std::string::npos; }, timeout);
   }
 
   std::unique_ptr<Process> StartWorker(const std::string& site, int port,
@@ -215,6 +226,90 @@ TEST_F(StudyTest, CoordinatorKilledBetweenRoundsResumesAtTheNextRound) {
   EXPECT_TRUE(summary["finished"].get<bool>());
   ASSERT_EQ(summary["history"].size(), 4u);  // rounds 0..3, each once
   for (int r = 0; r <= 3; ++r) EXPECT_EQ(summary["history"][r]["round"], r);
+}
+
+// NOTE: the crash-resume guarantee. With fixed seeds a study's final model
+// does not depend on when, or how often, the coordinator was SIGKILLed:
+// committed rounds are kept, an interrupted round starts afresh, workers
+// train deterministically from (seed, round), and the strategy folds
+// updates in site-name order.
+TEST_F(StudyTest, CoordinatorKilledAtSeveralPointsGivesTheBitwiseSameFinalModel) {
+  const std::string study = WriteStudy(4);
+  // The reference: an uninterrupted run.
+  {
+    auto coord = StartCoordinator(study, "127.0.0.1:0", "reference.log", "state-ref", "out-ref");
+    const int port = WaitForPort();
+    ASSERT_GT(port, 0) << coord->Log();
+    std::vector<std::unique_ptr<Process>> workers;
+    for (const char* s : {"site-1", "site-2", "site-3"}) workers.push_back(StartWorker(s, port));
+    ASSERT_EQ(coord->Wait(seconds(240)), 0) << coord->Log();
+    for (auto& w : workers) EXPECT_EQ(w->Wait(seconds(30)), 0) << w->Log();
+  }
+  // The same study, killed mid-training, mid-evaluation and right after a commit.
+  auto coord = StartCoordinator(study, "127.0.0.1:0", "run-1.log", "state-kill", "out-kill");
+  const int port = WaitForPort();
+  ASSERT_GT(port, 0) << coord->Log();
+  const std::string listen = "127.0.0.1:" + std::to_string(port);
+  std::vector<std::unique_ptr<Process>> workers;
+  for (const char* s : {"site-1", "site-2", "site-3"}) workers.push_back(StartWorker(s, port));
+  const char* kill_points[] = {"round 1: train from", "round 2: evaluate phase open",
+                               "committed round 3"};
+  int run = 1;
+  for (const char* point : kill_points) {
+    ASSERT_TRUE(LogSays(*coord, point)) << "never reached '" << point << "'\n" << coord->Log();
+    coord->Kill(SIGKILL);
+    ASSERT_TRUE(coord->Wait(seconds(10)).has_value());
+    coord = StartCoordinator(study, listen, "run-" + std::to_string(++run) + ".log", "state-kill",
+                             "out-kill");
+  }
+  ASSERT_EQ(coord->Wait(seconds(240)), 0) << coord->Log();
+  for (auto& w : workers) EXPECT_EQ(w->Wait(seconds(30)), 0) << w->Log();
+
+  json summary = ReadJson(dir_ / "out-kill/summary.json");
+  ASSERT_TRUE(summary["finished"].get<bool>()) << summary.dump(2);
+  ASSERT_EQ(summary["history"].size(), 5u);  // rounds 0..4, each committed once
+  for (int r = 0; r <= 4; ++r) EXPECT_EQ(summary["history"][r]["round"], r);
+  const std::string reference = ReadText(dir_ / "out-ref/model.atnm");
+  const std::string resumed = ReadText(dir_ / "out-kill/model.atnm");
+  ASSERT_GT(reference.size(), 1000u);
+  EXPECT_TRUE(reference == resumed) << "the final models differ";
+  Process verify({ATTUNE_TOOL_BIN, "log", "verify", "--data-dir", dir_ / "state-kill"},
+                 dir_ / "verify.log");
+  EXPECT_EQ(verify.Wait(seconds(30)), 0) << verify.Log();
+}
+
+TEST_F(StudyTest, OneOfFourWorkersKilledMidTrainingTheRoundCompletesAndItRejoins) {
+  const std::string study = WriteStudy(
+      4, {{"roster", {"site-1", "site-2", "site-3", "site-4"}}, {"min_sites", 3},
+          {"heartbeat_timeout_s", 5}, {"train", {{"local_epochs", 3}}}});
+  auto coord = StartCoordinator(study, "127.0.0.1:0", "coordinator.log");
+  const int port = WaitForPort();
+  ASSERT_GT(port, 0) << coord->Log();
+  std::vector<std::unique_ptr<Process>> workers;
+  for (const char* s : {"site-1", "site-2", "site-3", "site-4"}) {
+    workers.push_back(StartWorker(s, port));
+  }
+  ASSERT_TRUE(LogSays(*workers[3], "round 2: training")) << workers[3]->Log();
+  workers[3]->Kill(SIGKILL);
+  ASSERT_TRUE(workers[3]->Wait(seconds(10)).has_value());
+  // The same site, restarted on the same data, comes back.
+  auto restarted = std::make_unique<Process>(
+      std::vector<std::string>{ATTUNE_WORKER_BIN, "--coordinator", "127.0.0.1:" + std::to_string(port),
+                               "--study-id", kStudy, "--site-dir", dir_ / "data/site-4",
+                               "--tls-dir", dir_ / "pki/sites/site-4"},
+      dir_ / "worker-site-4-restarted.log");
+  ASSERT_EQ(coord->Wait(seconds(300)), 0) << coord->Log();
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(workers[i]->Wait(seconds(30)), 0) << workers[i]->Log();
+  EXPECT_EQ(restarted->Wait(seconds(30)), 0) << restarted->Log();
+
+  json summary = ReadJson(dir_ / "out/summary.json");
+  ASSERT_TRUE(summary["finished"].get<bool>()) << summary.dump(2);
+  const json& round2 = summary["history"][2];
+  EXPECT_EQ(round2["sites_reported"], 3) << round2.dump(2);
+  for (const auto& s : round2["sites"]) EXPECT_NE(s, "site-4") << round2.dump(2);
+  const json& last = summary["history"][4];
+  EXPECT_EQ(last["sites_reported"], 4) << last.dump(2);
+  EXPECT_NE(coord->Log().find("site site-4 is gone"), std::string::npos) << coord->Log();
 }
 
 TEST_F(StudyTest, BadCommandLinesFailClearly) {
