@@ -105,11 +105,19 @@ int main(int argc, char** argv) {
 
   attune::Status result = (*driver)->Run();
   // Streams deliver what is queued (FINISH after the last round) and end;
-  // then the server stops, giving in-flight calls up to 5 s.
+  // then the server stops, giving in-flight calls up to 1 s (nothing in
+  // flight matters any more: an interrupted round is redone on restart).
   (*driver)->Shutdown();
-  server->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  server->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   done = true;
   watcher.join();
+  if (absl::IsCancelled(result) && g_signal != 0) {
+    std::fprintf(stderr,
+                 "attune-coordinator: stopped by signal %d; committed rounds are kept, and a\n"
+                 "restart on the same --data-dir resumes the study\n",
+                 int(g_signal));
+    return 128 + int(g_signal);
+  }
   if (!result.ok()) return Fail(result);
   return 0;
 }

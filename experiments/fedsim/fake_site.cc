@@ -158,6 +158,17 @@ void FakeSite::Stop() {
 }
 
 Status FakeSite::Run() {
+  Status s;
+  for (int i = 0; i < options_.max_sessions; ++i) {
+    s = Session();
+    if (!absl::IsUnavailable(s) && !absl::IsCancelled(s)) return s;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopped_) return s;
+  }
+  return s;
+}
+
+Status FakeSite::Session() {
   v1::JoinRequest join;
   join.set_study_id(options_.study_id);
   (*join.mutable_samples())["train"] = options_.num_examples;
@@ -165,6 +176,7 @@ Status FakeSite::Run() {
   {
     grpc::ClientContext ctx;
     ctx.set_deadline(After(std::chrono::seconds(30)));
+    ctx.set_wait_for_ready(true);  // a restarting coordinator: wait for it
     ATTUNE_RETURN_IF_ERROR(FromGrpcStatus(stub_->Join(&ctx, join, &reply)));
   }
   grpc::ClientContext ctx;

@@ -67,6 +67,9 @@ struct FakeSiteOptions {
   uint64_t seed = 2;         // TRAIN deltas: SyntheticValue(seed * 1000003 + round, i) * delta_scale
   float delta_scale = 1.0f / 64;
   int64_t num_examples = 100;
+  // Sessions to try: after the coordinator goes away (a restart), the site
+  // joins again, waiting for it to be back (gRPC wait-for-ready) each time.
+  int max_sessions = 1;
 };
 
 // The delta a fake site with `options` sends in `round`.
@@ -82,6 +85,7 @@ class FakeSite {
   int64_t updates_sent() const { return updates_sent_.load(); }
 
  private:
+  Status Session();
   Status Handle(const v1::RoundTask& task, int histogram_bins);
 
   FakeSiteOptions options_;

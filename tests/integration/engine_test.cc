@@ -11,6 +11,10 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <set>
+#include <signal.h>
+#include <condition_variable>
+#include <stop_token>
 #include <thread>
 
 #include "attune/common/pki.h"
@@ -37,40 +41,111 @@ TensorSchema SmallSchema() {
 
 class EngineTest : public ::testing::Test {
  protected:
-  // Provisions site-1..3 with a study file made from `base` and starts the
+  // Provisions `sites` with a study file made from `base` and starts the
   // coordinator on it.
-  void Start(json base) {
+  void Start(json base, const std::string& sites = "site-1,site-2,site-3") {
     base["study_id"] = kStudy;
     std::ofstream(dir_ / "base.json") << base.dump(2);
     Process prov({ATTUNE_TOOL_BIN, "provision", "init", "--out", dir_ / "pki", "--study-id", kStudy,
-                  "--sites", "site-1,site-2,site-3", "--study", dir_ / "base.json"},
+                  "--sites", sites, "--study", dir_ / "base.json"},
                  dir_ / "provision.log");
     ASSERT_EQ(prov.Wait(seconds(60)), 0) << prov.Log();
-    fs::create_directories(dir_ / "out");
+    StartCoordinator("state", "out", "127.0.0.1:0");
+  }
+
+  // (Re)starts the coordinator on data directory `state`, writing to `out`.
+  void StartCoordinator(const std::string& state, const std::string& out,
+                        const std::string& listen) {
+    fs::create_directories(dir_ / out);
+    fs::remove(dir_ / "port");
     coordinator_ = std::make_unique<Process>(
         std::vector<std::string>{ATTUNE_COORDINATOR_BIN, "--study", dir_ / "pki/study.json",
-                                 "--listen", "127.0.0.1:0", "--data-dir", dir_ / "state",
-                                 "--tls-dir", dir_ / "pki/coordinator", "--out", dir_ / "out",
-                                 "--port-file", dir_ / "port"},
-        dir_ / "coordinator.log");
+                                 "--listen", listen, "--data-dir", dir_ / state, "--tls-dir",
+                                 dir_ / "pki/coordinator", "--out", dir_ / out, "--port-file",
+                                 dir_ / "port"},
+        dir_ / ("coordinator-" + std::to_string(++runs_) + ".log"));
     ASSERT_TRUE(WaitUntil(
         dir_.path(), [&] { return (port_ = std::atoi(ReadText(dir_ / "port").c_str())) > 0; },
         seconds(30)))
         << coordinator_->Log();
   }
 
+  std::string Address() const { return "127.0.0.1:" + std::to_string(port_); }
+
   std::unique_ptr<v1::Federation::Stub> Stub(const std::string& tls_dir) {
     auto tls = LoadTlsBundle(tls_dir);
     EXPECT_TRUE(tls.ok()) << tls.status();
-    return v1::Federation::NewStub(MakeChannel("127.0.0.1:" + std::to_string(port_), *tls));
+    return v1::Federation::NewStub(MakeChannel(Address(), *tls));
   }
   std::unique_ptr<v1::Federation::Stub> SiteStub(const std::string& site) {
     return Stub(dir_ / ("pki/sites/" + site));
   }
 
+  // Fake sites (no training), each on its own thread, until FINISH.
+  struct FakeSites {
+    std::vector<std::unique_ptr<fedsim::FakeSite>> sites;
+    std::vector<Status> results;
+    std::vector<std::thread> threads;
+    ~FakeSites() {
+      for (auto& s : sites) s->Stop();
+      for (auto& t : threads) t.join();
+    }
+    void Join() {
+      for (auto& t : threads) t.join();
+      threads.clear();
+    }
+  };
+  void RunFakeSites(FakeSites* out, const std::vector<std::string>& names,
+                    fedsim::FakeSiteOptions options) {
+    out->results.resize(names.size());
+    for (size_t i = 0; i < names.size(); ++i) {
+      auto tls = LoadTlsBundle(dir_ / ("pki/sites/" + names[i]));
+      ASSERT_TRUE(tls.ok()) << tls.status();
+      options.seed = 100 + i;
+      out->sites.push_back(std::make_unique<fedsim::FakeSite>(MakeChannel(Address(), *tls), options));
+    }
+    for (size_t i = 0; i < names.size(); ++i) {
+      out->threads.emplace_back([out, i] { out->results[i] = out->sites[i]->Run(); });
+    }
+  }
+
+  json Summary(const std::string& out = "out") {
+    return json::parse(ReadText(dir_ / (out + "/summary.json")), nullptr, false);
+  }
+
   TempDir dir_;
   std::unique_ptr<Process> coordinator_;
   int port_ = 0;
+  int runs_ = 0;
+};
+
+// Sends heartbeats for a site until destroyed (as attune-worker's thread does).
+class Heartbeater {
+ public:
+  Heartbeater(v1::Federation::Stub* stub, std::string stage)
+      : thread_([this, stub, stage](std::stop_token stop) {
+          std::mutex mu;
+          std::condition_variable_any cv;
+          std::unique_lock<std::mutex> lock(mu);
+          while (!stop.stop_requested()) {
+            v1::HeartbeatRequest req;
+            req.set_study_id(kStudy);
+            req.set_stage(stage);
+            req.set_round(1);
+            req.set_epoch(1);
+            req.set_epochs(2);
+            req.set_batch(3);
+            req.set_batches(9);
+            grpc::ClientContext ctx;
+            ctx.set_deadline(std::chrono::system_clock::now() + seconds(5));
+            v1::HeartbeatReply reply;
+            stub->Heartbeat(&ctx, req, &reply);
+            cv.wait_for(lock, stop, std::chrono::milliseconds(200), [] { return false; });
+          }
+        }) {}
+
+ private:
+  std::jthread thread_;
 };
 
 // A site driven by hand: joins, subscribes and reads its tasks one by one.
@@ -380,7 +455,7 @@ TEST_F(EngineTest, AOneGigabyteModelMakesAFullRoundTrip) {
   opts.init_schema = TensorSchema{{{"w", {numel}, "f32"}}};
   auto tls = LoadTlsBundle(dir_ / "pki/sites/site-1");
   ASSERT_TRUE(tls.ok());
-  fedsim::FakeSite site(MakeChannel("127.0.0.1:" + std::to_string(port_), *tls), opts);
+  fedsim::FakeSite site(MakeChannel(Address(), *tls), opts);
   Status result;
   std::thread t([&] { result = site.Run(); });
   auto code = coordinator_->Wait(seconds(900));
@@ -401,6 +476,153 @@ TEST_F(EngineTest, AOneGigabyteModelMakesAFullRoundTrip) {
     wrong += view->values[i] != fedsim::SyntheticValue(opts.init_seed, i) + delta(i);
   }
   EXPECT_EQ(wrong, 0);
+}
+
+TEST_F(EngineTest, ASiteThatStopsHeartbeatingIsNotWaitedFor) {
+  Start({{"rounds", 1}, {"min_sites", 1}, {"join_timeout_s", 1}, {"round_deadline_s", 120},
+         {"heartbeat_timeout_s", 1.5}});
+  ManualSite one(SiteStub("site-1")), two(SiteStub("site-2"));
+  ASSERT_TRUE(one.join_status().ok() && two.join_status().ok());
+  Heartbeater beat_one(one.stub(), "training");
+  auto beat_two = std::make_unique<Heartbeater>(two.stub(), "idle");
+  const TensorSchema schema = SmallSchema();
+  v1::Receipt receipt;
+  v1::RoundTask init = one.Next();
+  ASSERT_EQ(init.kind(), v1::RoundTask::INIT);
+  v1::UpdateMeta m = MetaFor(init);
+  m.set_full_weights(true);
+  ASSERT_TRUE(fedsim::Upload(one.stub(), m, schema, [](uint64_t i) { return fedsim::SyntheticValue(1, i); },
+                             &receipt)
+                  .ok());
+  one.Evaluate(one.Next());
+  two.Evaluate(two.Next());
+  // Round 1: both sites are asked to train; site-2 stays connected but falls silent.
+  const v1::RoundTask train_one = one.Next(), train_two = two.Next();
+  ASSERT_EQ(train_two.kind(), v1::RoundTask::TRAIN);
+  beat_two.reset();
+
+  // The operator sees both sites and site-1's progress.
+  Process status({ATTUNE_TOOL_BIN, "status", "--study-dir", dir_ / "pki", "--coordinator", Address(),
+                  "--json"},
+                 dir_ / "status.log");
+  ASSERT_EQ(status.Wait(seconds(30)), 0) << status.Log();
+  json st = json::parse(status.Log(), nullptr, false);
+  ASSERT_FALSE(st.is_discarded()) << status.Log();
+  EXPECT_EQ(st["study_id"], kStudy);
+  EXPECT_EQ(st["committed_round"], 0);
+  ASSERT_EQ(st["rounds"].size(), 1u);
+  bool saw_one = false;
+  for (const auto& s : st["sites"]) {
+    if (s["site"] != "site-1") continue;
+    saw_one = true;
+    EXPECT_TRUE(s["alive"].get<bool>());
+    EXPECT_EQ(s["progress"], "training round 1: epoch 1/2, batch 3/9");
+    EXPECT_EQ(s["train_samples"], 100);
+  }
+  EXPECT_TRUE(saw_one) << st.dump(2);
+  Process table({ATTUNE_TOOL_BIN, "status", "--study-dir", dir_ / "pki", "--coordinator", Address()},
+                dir_ / "status-table.log");
+  ASSERT_EQ(table.Wait(seconds(30)), 0) << table.Log();
+  EXPECT_NE(table.Log().find("site-3"), std::string::npos) << table.Log();
+
+  fedsim::FakeSiteOptions opts;
+  ASSERT_TRUE(fedsim::Upload(one.stub(), MetaFor(train_one), schema, fedsim::DeltaValues(opts, 1),
+                             &receipt)
+                  .ok());
+  // The round closes without site-2 once its heartbeats stop, and evaluates with site-1.
+  one.Evaluate(one.Next());
+  EXPECT_EQ(one.Next().kind(), v1::RoundTask::FINISH);
+  ASSERT_EQ(coordinator_->Wait(seconds(60)), 0) << coordinator_->Log();
+  EXPECT_NE(coordinator_->Log().find("site site-2 is gone"), std::string::npos)
+      << coordinator_->Log();
+  EXPECT_EQ(Summary()["history"][1]["sites_reported"], 1);
+}
+
+TEST_F(EngineTest, AFractionOfSitesTrainsEachRound) {
+  Start({{"rounds", 3}, {"min_sites", 1}, {"sites_per_round", 0.5}, {"join_timeout_s", 30},
+         {"round_deadline_s", 120}},
+        "site-1,site-2,site-3,site-4");
+  fedsim::FakeSiteOptions opts;
+  opts.study_id = kStudy;
+  opts.init_schema = SmallSchema();
+  FakeSites sites;
+  RunFakeSites(&sites, {"site-1", "site-2", "site-3", "site-4"}, opts);
+  ASSERT_EQ(coordinator_->Wait(seconds(120)), 0) << coordinator_->Log();
+  sites.Join();
+  for (const auto& r : sites.results) EXPECT_TRUE(r.ok()) << r;
+  json summary = Summary();
+  std::set<std::string> chosen;
+  for (int r = 1; r <= 3; ++r) {
+    const json& h = summary["history"][r];
+    EXPECT_EQ(h["sites_selected"], 2) << h.dump(2);
+    EXPECT_EQ(h["sites_reported"], 2) << h.dump(2);
+    chosen.insert(h["sites"].dump());
+  }
+  EXPECT_GT(chosen.size(), 1u) << "every round chose the same sites";
+}
+
+TEST_F(EngineTest, ASiteAddedWhileRunningIsAdmittedWithoutARestart) {
+  Start({{"rounds", 1}, {"min_sites", 1}, {"join_timeout_s", 60}, {"round_deadline_s", 120}},
+        "site-1");
+  // site-1 never joins here, so the coordinator waits for sites meanwhile.
+  Process add({ATTUNE_TOOL_BIN, "provision", "add-site", "--dir", dir_ / "pki", "--site", "site-9"},
+              dir_ / "add.log");
+  ASSERT_EQ(add.Wait(seconds(30)), 0) << add.Log();
+  auto stub = SiteStub("site-9");
+  v1::StatusRequest req;
+  req.set_study_id(kStudy);
+  v1::StudyStatus st;
+  grpc::ClientContext ctx;
+  grpc::Status s = stub->Status(&ctx, req, &st);
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  bool listed = false;
+  for (const auto& site : st.sites()) listed = listed || site.site_id() == "site-9";
+  EXPECT_TRUE(listed);
+  coordinator_->Kill(SIGTERM);
+  EXPECT_TRUE(coordinator_->Wait(seconds(30)).has_value());
+}
+
+// Adaptive strategies keep server state (FedAdam's m and v) across rounds;
+// it is committed with each round, so a coordinator SIGKILLed mid-round
+// resumes with it and ends with the bitwise-same model.
+TEST_F(EngineTest, ServerOptimizerStateSurvivesACoordinatorCrash) {
+  Start({{"rounds", 4}, {"min_sites", 2}, {"join_timeout_s", 30}, {"round_deadline_s", 120},
+         {"strategy", {{"name", "fedadam"}, {"server_learning_rate", 0.05}}}},
+        "site-1,site-2");
+  fedsim::FakeSiteOptions opts;
+  opts.study_id = kStudy;
+  opts.init_schema = SmallSchema();
+  opts.max_sessions = 4;
+  {
+    FakeSites sites;
+    RunFakeSites(&sites, {"site-1", "site-2"}, opts);
+    ASSERT_EQ(coordinator_->Wait(seconds(120)), 0) << coordinator_->Log();
+    sites.Join();
+    for (const auto& r : sites.results) EXPECT_TRUE(r.ok()) << r;
+  }
+  // Again on a fresh data directory, killed after round 2's first update.
+  StartCoordinator("state-2", "out-2", "127.0.0.1:0");
+  const std::string listen = Address();
+  FakeSites sites;
+  RunFakeSites(&sites, {"site-1", "site-2"}, opts);
+  ASSERT_TRUE(WaitUntil(
+      dir_.path(),
+      [&] { return coordinator_->Log().find("round 2: train from") != std::string::npos; },
+      seconds(60)))
+      << coordinator_->Log();
+  coordinator_->Kill(SIGKILL);
+  ASSERT_TRUE(coordinator_->Wait(seconds(10)).has_value());
+  StartCoordinator("state-2", "out-2", listen);
+  ASSERT_EQ(coordinator_->Wait(seconds(120)), 0) << coordinator_->Log();
+  sites.Join();
+  for (const auto& r : sites.results) EXPECT_TRUE(r.ok()) << r;
+  EXPECT_NE(coordinator_->Log().find("after committed round 1"), std::string::npos)
+      << coordinator_->Log();
+  const std::string reference = ReadText(dir_ / "out/model.atnm");
+  ASSERT_FALSE(reference.empty());
+  EXPECT_TRUE(reference == ReadText(dir_ / "out-2/model.atnm")) << "the final models differ";
+  // And FedAdam really moved the model (the state is not a no-op).
+  EXPECT_EQ(Summary("out-2")["strategy"], "fedadam");
 }
 
 }  // namespace

@@ -120,4 +120,20 @@ TEST(MultimodalAttentionNet, LearnsAPlantedSignal) {
 }
 
 }  // namespace
+// FedProx: μ/2 Σ ||p − a||², checked by hand, and its gradient μ(p − a).
+TEST(ProximalTerm, MatchesHandComputedValueAndGradient) {
+  torch::Tensor p1 = torch::tensor({1.0f, 2.0f}).requires_grad_(true);
+  torch::Tensor p2 = torch::tensor({3.0f}).requires_grad_(true);
+  std::vector<torch::Tensor> anchors = {torch::tensor({0.0f, 0.0f}), torch::tensor({1.0f})};
+  // 0.5 / 2 * ((1-0)^2 + (2-0)^2 + (3-1)^2) = 0.25 * 9 = 2.25
+  torch::Tensor term = ProximalTerm({p1, p2}, anchors, 0.5);
+  EXPECT_FLOAT_EQ(term.item<float>(), 2.25f);
+  term.backward();
+  // μ (p − a) = 0.5 * (1, 2) and 0.5 * 2
+  EXPECT_FLOAT_EQ(p1.grad()[0].item<float>(), 0.5f);
+  EXPECT_FLOAT_EQ(p1.grad()[1].item<float>(), 1.0f);
+  EXPECT_FLOAT_EQ(p2.grad()[0].item<float>(), 1.0f);
+  EXPECT_FLOAT_EQ(ProximalTerm({p1, p2}, anchors, 0.0).item<float>(), 0.0f);
+}
+
 }  // namespace attune::worker

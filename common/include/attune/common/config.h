@@ -2,7 +2,8 @@
 // validated structs. Every validation error names the offending field by its
 // JSON path, e.g. `study.json: train.batch_size: must be >= 1 (got 0)`.
 //
-// Example (experiments/studies/quickstart.json):
+// A minimal example (experiments/studies/quickstart.json is a complete one;
+// README.md, "Study file reference", lists every field):
 //   {
 //     "study_id": "quickstart", "rounds": 5, "min_sites": 2,
 //     "roster": ["site-1", "site-2", "site-3"],
@@ -23,15 +24,15 @@ namespace attune {
 // The multimodal attention model's shape. Sites and coordinator must agree;
 // the coordinator ships this section with every task.
 struct ModelConfig {
-  int d_model = 32;
-  int heads = 4;
+  int d_model = 32;            // token width; a multiple of heads
+  int heads = 4;               // attention heads per block
   int static_features = 8;     // columns of ehr/static.csv after patient_id
   int event_buckets = 256;     // event codes are feature-hashed into this many
   int max_events = 32;         // most recent events kept per patient
   int imaging_patches = 16;    // rows of imaging/<patient>.npy
   int imaging_dim = 32;        // columns of imaging/<patient>.npy
   int genes = 64;              // columns of genomics/expression.tsv after patient_id
-  double dropout = 0.1;
+  double dropout = 0.1;        // in [0, 0.9]
 
   Status Validate() const;
   std::string ToJson() const;
@@ -39,10 +40,11 @@ struct ModelConfig {
 };
 
 struct TrainConfig {
-  int local_epochs = 2;
+  int local_epochs = 2;        // passes over the site's train split per round
   int batch_size = 32;
-  double learning_rate = 3e-3;
-  uint64_t seed = 7;
+  double learning_rate = 3e-3; // the worker's local optimiser step size
+  uint64_t seed = 7;           // initial model, local training (seed + round) and
+                               // the sites_per_round sample
 };
 
 // How the coordinator turns the round's site updates into the next global
@@ -66,7 +68,7 @@ struct StrategyConfig {
 };
 
 struct AuditConfig {
-  std::vector<std::string> columns = {"sex", "age_band", "ethnicity"};
+  std::vector<std::string> columns = {"sex", "age_band", "ethnicity"};  // cohort.csv columns
   int min_cell = 10;          // groups with fewer patients are suppressed
   int histogram_bins = 200;   // score histogram resolution for AUC
 };
@@ -77,9 +79,9 @@ inline constexpr char kReservedPrefix[] = "attune-";
 inline constexpr char kOperatorName[] = "attune-operator";
 
 struct StudyConfig {
-  std::string study_id;
+  std::string study_id;              // required: letters, digits, '-', '_', '.'
   std::string coordinator;           // host:port sites dial (provisioning)
-  int rounds = 5;
+  int rounds = 5;                    // training rounds after round 0 (the initial model)
   int min_sites = 2;                 // quorum for a round to close
   std::vector<std::string> roster;   // certificate CNs allowed to join
   std::vector<std::string> revoked;  // refused from now on (a subset of roster)
