@@ -1,5 +1,7 @@
 // attune-coordinator: runs one federated study. See README.md ("Run a study
 // across machines") and NOTE [Round lifecycle] in round_driver.h.
+#include <malloc.h>
+
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
@@ -26,6 +28,7 @@ struct Options {
   std::string out_dir;
   std::string port_file;
   std::string log_level = "info";
+  int max_transfers = 4;
 };
 
 int Fail(const attune::Status& s) {
@@ -41,6 +44,11 @@ extern "C" void OnSignal(int sig) { g_signal = sig; }
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Memory that does not grow with the number of sites: few malloc arenas
+  // (one per stream thread would each keep freed chunk buffers), and chunk-
+  // sized buffers always mmapped, so they go back to the system when freed.
+  mallopt(M_ARENA_MAX, 2);
+  mallopt(M_MMAP_THRESHOLD, 256 << 10);
   Options o;
   CLI::App app{
       "attune-coordinator: runs a federated study. Sites connect over mutual TLS; the\n"
@@ -61,6 +69,10 @@ int main(int argc, char** argv) {
                  "where summary.json, audit.json and model.atnm go (default: --data-dir)");
   app.add_option("--port-file", o.port_file, "write the bound port to this file once serving");
   app.add_option("--log-level", o.log_level, "debug, info, warn or error")->capture_default_str();
+  app.add_option("--max-transfers", o.max_transfers,
+                 "model downloads and update uploads streamed at once (bounds memory)")
+      ->check(CLI::Range(1, 1024))
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   if (o.out_dir.empty()) o.out_dir = o.data_dir;
 
@@ -80,7 +92,8 @@ int main(int argc, char** argv) {
   dopt.study_path = o.study_path;
   auto driver = attune::coordinator::RoundDriver::Create(*study, store->get(), dopt);
   if (!driver.ok()) return Fail(driver.status());
-  auto server = attune::coordinator::StartServer(driver->get(), o.listen, *tls);
+  auto server = attune::coordinator::StartServer(driver->get(), o.listen, *tls,
+                                                {.max_transfers = o.max_transfers});
   if (!server.ok()) return Fail(server.status());
   spdlog::info("study '{}' serving on port {} ({} rounds, roster of {})", study->study_id,
                server->port, study->rounds, study->roster.size());

@@ -223,26 +223,44 @@ Status ModelStreamParser::Feed(std::string_view bytes, const Sink& sink) {
       return absl::OkStatus();
     }
   }
-  // head_ holds a partial value (or, right after the header, some values).
-  std::string joined;
+  // head_ holds the start of a value that straddles pieces (or, right after
+  // the header, the first value bytes): complete it first.
   if (!head_.empty()) {
-    joined = std::move(head_);
-    joined.append(bytes);
+    const size_t need = std::min(bytes.size(), (sizeof(float) - head_.size() % sizeof(float)) %
+                                                   sizeof(float));
+    head_.append(bytes.substr(0, need));
+    bytes.remove_prefix(need);
+    std::string pending = std::move(head_);
     head_.clear();
-    bytes = joined;
+    if (pending.size() % sizeof(float) != 0) {  // still partial: wait for more
+      head_ = std::move(pending);
+      return absl::OkStatus();
+    }
+    ATTUNE_RETURN_IF_ERROR(EmitValues(pending, sink));
   }
-  const uint64_t whole = bytes.size() / sizeof(float);
-  if (seen_ + whole > count_) {
+  const size_t whole = bytes.size() / sizeof(float) * sizeof(float);
+  ATTUNE_RETURN_IF_ERROR(EmitValues(bytes.substr(0, whole), sink));
+  head_.assign(bytes.substr(whole));
+  if (seen_ == count_ && !head_.empty()) return Corrupt("bytes after the last value");
+  return absl::OkStatus();
+}
+
+// Hands whole values to the sink in pieces of at most kScratchValues, so a
+// parser holds little memory whatever the size of what it is fed.
+Status ModelStreamParser::EmitValues(std::string_view bytes, const Sink& sink) {
+  constexpr size_t kScratchValues = 16384;
+  const uint64_t n = bytes.size() / sizeof(float);
+  if (seen_ + n > count_) {
     return Corrupt(absl::StrCat("more values than the ", count_, " announced"));
   }
-  if (whole > 0) {
-    scratch_.resize(whole);
-    std::memcpy(scratch_.data(), bytes.data(), whole * sizeof(float));
-    ATTUNE_RETURN_IF_ERROR(sink(seen_, std::span<const float>(scratch_.data(), whole)));
-    seen_ += whole;
+  for (uint64_t done = 0; done < n;) {
+    const size_t k = static_cast<size_t>(std::min<uint64_t>(kScratchValues, n - done));
+    scratch_.resize(k);
+    std::memcpy(scratch_.data(), bytes.data() + done * sizeof(float), k * sizeof(float));
+    ATTUNE_RETURN_IF_ERROR(sink(seen_, std::span<const float>(scratch_.data(), k)));
+    seen_ += k;
+    done += k;
   }
-  head_.assign(bytes.substr(whole * sizeof(float)));
-  if (seen_ == count_ && !head_.empty()) return Corrupt("bytes after the last value");
   return absl::OkStatus();
 }
 

@@ -45,6 +45,21 @@ grpc::Status FederationService::Refuse(grpc::ServerContext* ctx, const std::stri
   return ToGrpcStatus(s);
 }
 
+attune::Status FederationService::AcquireTransfer(grpc::ServerContext* ctx) {
+  while (!transfers_.try_acquire_for(std::chrono::milliseconds(200))) {
+    if (ctx->IsCancelled()) return absl::CancelledError("the caller went away");
+  }
+  return absl::OkStatus();
+}
+
+namespace {
+// Gives a transfer slot back when the call ends.
+struct TransferGuard {
+  std::counting_semaphore<1024>* slots;
+  ~TransferGuard() { slots->release(); }
+};
+}  // namespace
+
 StatusOr<std::string> FederationService::Authorize(grpc::ServerContext* ctx,
                                                    const std::string& study_id,
                                                    bool operator_ok) {
@@ -115,6 +130,8 @@ grpc::Status FederationService::FetchModel(grpc::ServerContext* ctx, const v1::M
   ATTUNE_AUTHORIZE_OR_REFUSE(site, "FetchModel", req->study_id());
   auto blob = driver_->Model(req->version());
   if (!blob.ok()) return Refuse(ctx, *site, "FetchModel", blob.status());
+  if (attune::Status s = AcquireTransfer(ctx); !s.ok()) return ToGrpcStatus(s);
+  TransferGuard slot{&transfers_};
   v1::UpdateMeta meta;
   meta.set_study_id(driver_->study().study_id);
   meta.set_round(req->version());
@@ -127,6 +144,10 @@ grpc::Status FederationService::FetchModel(grpc::ServerContext* ctx, const v1::M
 grpc::Status FederationService::SubmitUpdate(grpc::ServerContext* ctx,
                                              grpc::ServerReader<v1::Chunk>* reader,
                                              v1::Receipt* receipt) {
+  // The slot is taken before the first chunk is read: a waiting upload
+  // costs the coordinator no memory.
+  if (attune::Status s = AcquireTransfer(ctx); !s.ok()) return ToGrpcStatus(s);
+  TransferGuard slot{&transfers_};
   v1::Chunk chunk;
   if (!reader->Read(&chunk)) {
     return Refuse(ctx, "", "SubmitUpdate", absl::InvalidArgumentError("empty update stream"));
@@ -230,15 +251,21 @@ grpc::Status FederationService::Status(grpc::ServerContext* ctx, const v1::Statu
 #undef ATTUNE_AUTHORIZE_OR_REFUSE
 
 StatusOr<RunningServer> StartServer(RoundDriver* driver, const std::string& listen,
-                                    const TlsBundle& tls) {
+                                    const TlsBundle& tls, ServiceOptions options) {
   RunningServer rs;
-  rs.service = std::make_unique<FederationService>(driver);
+  rs.service = std::make_unique<FederationService>(driver, options);
   grpc::ServerBuilder builder;
   builder.AddListeningPort(listen, MakeServerCredentials(tls), &rs.port);
   builder.RegisterService(rs.service.get());
   // One chunk plus framing; anything larger is refused by gRPC itself.
   builder.SetMaxReceiveMessageSize(static_cast<int>(kMaxChunkBytes + (64 << 10)));
   builder.SetMaxSendMessageSize(static_cast<int>(kMaxChunkBytes + (64 << 10)));
+  // Per-connection read buffers grow up to 4 MiB by default; with one
+  // connection per site that would make memory grow with the number of sites.
+  builder.AddChannelArgument(GRPC_ARG_TCP_MAX_READ_CHUNK_SIZE, 256 << 10);
+  // Likewise flow-control windows: BDP probing would let every waiting
+  // upload park megabytes in the coordinator's transport buffers.
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
   rs.server = builder.BuildAndStart();
   if (!rs.server || rs.port == 0) {
     return absl::UnavailableError(absl::StrCat(

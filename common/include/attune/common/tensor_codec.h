@@ -95,6 +95,7 @@ class ModelStreamParser {
 
  private:
   Status ParseHeader();
+  Status EmitValues(std::string_view bytes, const Sink& sink);
   uint64_t max_schema_bytes_;
   std::string head_;          // header bytes until complete, then a partial value
   bool header_done_ = false;

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <memory>
+#include <semaphore>
 #include <string>
 
 #include <grpcpp/grpcpp.h>
@@ -16,9 +17,19 @@
 
 namespace attune::coordinator {
 
+struct ServiceOptions {
+  // Model downloads and update uploads streamed at once; the others wait
+  // their turn (gRPC flow control holds their bytes back at the sender).
+  // This bounds the coordinator's memory for streams, whatever the number
+  // of sites. Sites are authenticated: one that stalls a transfer can be
+  // revoked.
+  int max_transfers = 4;
+};
+
 class FederationService final : public v1::Federation::Service {
  public:
-  explicit FederationService(RoundDriver* driver) : driver_(driver) {}
+  FederationService(RoundDriver* driver, ServiceOptions options)
+      : driver_(driver), transfers_(options.max_transfers) {}
 
   grpc::Status Join(grpc::ServerContext* ctx, const v1::JoinRequest* req,
                     v1::JoinReply* reply) override;
@@ -44,7 +55,11 @@ class FederationService final : public v1::Federation::Service {
   grpc::Status Refuse(grpc::ServerContext* ctx, const std::string& who, const char* rpc,
                       const attune::Status& s);
 
+  // Waits for a transfer slot (or the caller's cancellation).
+  attune::Status AcquireTransfer(grpc::ServerContext* ctx);
+
   RoundDriver* driver_;
+  std::counting_semaphore<1024> transfers_;
 };
 
 // A running server on `listen` (host:port; port 0 picks a free one).
@@ -54,6 +69,6 @@ struct RunningServer {
   int port = 0;
 };
 StatusOr<RunningServer> StartServer(RoundDriver* driver, const std::string& listen,
-                                    const TlsBundle& tls);
+                                    const TlsBundle& tls, ServiceOptions options = {});
 
 }  // namespace attune::coordinator

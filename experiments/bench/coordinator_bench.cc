@@ -1,0 +1,290 @@
+// attune-bench-coordinator: what the federation engine costs, with training
+// switched off. For each (sites, parameters) it runs a real attune-coordinator
+// process over mutual TLS on 127.0.0.1 with fake sites (experiments/fedsim)
+// for one training round, and reports
+//   - the coordinator's peak RSS (getrusage of the child: ru_maxrss),
+//   - the round's wall time (TRAIN + aggregation + EVALUATE + commit, from
+//     the round record), beside
+//   - the time to move the same bytes (per site: the model down twice and an
+//     update up once) over raw TLS 1.3 with the same certificates, in the
+//     same run (OpenSSL sockets, one connection per site, no gRPC).
+// The ratio round / raw TLS is the engine's overhead over the transport.
+//
+//   attune-bench-coordinator --coordinator-bin build/coordinator/attune-coordinator
+//       [--sites 2,4,8,16,32] [--params 1000000] [--grid] [--json out.json]
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <spawn.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "attune/common/config.h"
+#include "attune/common/provision.h"
+#include "attune/common/tls.h"
+#include "fedsim/fake_site.h"
+#include "nlohmann/json.hpp"
+
+extern char** environ;
+
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+struct Case {
+  int sites = 2;
+  int64_t params = 1000000;
+};
+
+struct Result {
+  Case c;
+  double model_mib = 0;
+  double peak_rss_mib = 0;
+  double round_s = 0;
+  double tls_s = 0;
+};
+
+[[noreturn]] void Die(const std::string& why) {
+  std::fprintf(stderr, "attune-bench-coordinator: error: %s\n", why.c_str());
+  std::exit(1);
+}
+
+void Check(const attune::Status& s, const char* what) {
+  if (!s.ok()) Die(absl::StrCat(what, ": ", std::string(s.message())));
+}
+
+int FreePort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) Die("bind");
+  socklen_t len = sizeof(a);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+// ------------------------------------------------------------ raw TLS baseline
+
+using SslCtx = std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)>;
+
+SslCtx MakeCtx(const attune::TlsBundle& b, bool server) {
+  SslCtx ctx(SSL_CTX_new(server ? TLS_server_method() : TLS_client_method()), SSL_CTX_free);
+  SSL_CTX_set_min_proto_version(ctx.get(), TLS1_3_VERSION);
+  auto load = [](const std::string& pem) {
+    BIO* bio = BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size()));
+    return bio;
+  };
+  BIO* cb = load(b.cert_pem);
+  X509* cert = PEM_read_bio_X509(cb, nullptr, nullptr, nullptr);
+  BIO_free(cb);
+  BIO* kb = load(b.key_pem);
+  EVP_PKEY* key = PEM_read_bio_PrivateKey(kb, nullptr, nullptr, nullptr);
+  BIO_free(kb);
+  BIO* ab = load(b.ca_pem);
+  X509* ca = PEM_read_bio_X509(ab, nullptr, nullptr, nullptr);
+  BIO_free(ab);
+  if (!cert || !key || !ca) Die("raw TLS: cannot parse the bundle");
+  SSL_CTX_use_certificate(ctx.get(), cert);
+  SSL_CTX_use_PrivateKey(ctx.get(), key);
+  X509_STORE_add_cert(SSL_CTX_get_cert_store(ctx.get()), ca);
+  SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
+  X509_free(cert);
+  EVP_PKEY_free(key);
+  X509_free(ca);
+  return ctx;
+}
+
+void Pump(SSL* ssl, uint64_t bytes, bool send) {
+  std::vector<char> buf(1 << 20, 'x');
+  while (bytes > 0) {
+    const int n = static_cast<int>(std::min<uint64_t>(bytes, buf.size()));
+    const int r = send ? SSL_write(ssl, buf.data(), n) : SSL_read(ssl, buf.data(), n);
+    if (r <= 0) Die("raw TLS: transfer failed");
+    bytes -= static_cast<uint64_t>(r);
+  }
+}
+
+// Each of `sites` clients downloads 2 x `model` bytes and uploads `model`
+// bytes over its own mutual-TLS connection, all at once. Returns seconds.
+double RawTlsSeconds(const fs::path& pki, int sites, uint64_t model) {
+  auto server_bundle = attune::LoadTlsBundle((pki / "coordinator").string());
+  auto client_bundle = attune::LoadTlsBundle((pki / "sites/bench-1").string());
+  if (!server_bundle.ok() || !client_bundle.ok()) Die("raw TLS: bundles");
+  SslCtx sctx = MakeCtx(*server_bundle, true), cctx = MakeCtx(*client_bundle, false);
+  int lfd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 || listen(lfd, 64) != 0) {
+    Die("raw TLS: listen");
+  }
+  socklen_t len = sizeof(a);
+  getsockname(lfd, reinterpret_cast<sockaddr*>(&a), &len);
+  const auto start = Clock::now();
+  std::vector<std::thread> threads;
+  for (int i = 0; i < sites; ++i) {
+    threads.emplace_back([&] {  // server side of one connection
+      int fd = accept(lfd, nullptr, nullptr);
+      SSL* ssl = SSL_new(sctx.get());
+      SSL_set_fd(ssl, fd);
+      if (SSL_accept(ssl) != 1) Die("raw TLS: accept");
+      Pump(ssl, 2 * model, true);
+      Pump(ssl, model, false);
+      SSL_shutdown(ssl);
+      SSL_free(ssl);
+      close(fd);
+    });
+    threads.emplace_back([&] {  // a site
+      int fd = socket(AF_INET, SOCK_STREAM, 0);
+      if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) Die("raw TLS: connect");
+      SSL* ssl = SSL_new(cctx.get());
+      SSL_set_fd(ssl, fd);
+      if (SSL_connect(ssl) != 1) Die("raw TLS: handshake");
+      Pump(ssl, 2 * model, false);
+      Pump(ssl, model, true);
+      SSL_shutdown(ssl);
+      SSL_free(ssl);
+      close(fd);
+    });
+  }
+  for (auto& t : threads) t.join();
+  close(lfd);
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// --------------------------------------------------------------- the engine
+
+Result RunCase(const Case& c, const std::string& coordinator_bin, const fs::path& work) {
+  Result r;
+  r.c = c;
+  const fs::path dir = work / absl::StrCat("s", c.sites, "-p", c.params);
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  json base = {{"rounds", 1},          {"min_sites", c.sites}, {"join_timeout_s", 120},
+               {"round_deadline_s", 1800}, {"heartbeat_timeout_s", 60},
+               {"max_update_norm", 1e12}};
+  {
+    std::ofstream(dir / "base.json") << base.dump();
+  }
+  attune::InitOptions init;
+  init.out_dir = (dir / "pki").string();
+  init.study_id = "bench";
+  for (int i = 1; i <= c.sites; ++i) init.sites.push_back(absl::StrCat("bench-", i));
+  init.base_study_path = (dir / "base.json").string();
+  Check(attune::InitStudy(init).status(), "provision");
+
+  const int port = FreePort();
+  const std::string addr = absl::StrCat("127.0.0.1:", port);
+  std::vector<std::string> args = {coordinator_bin, "--study", (dir / "pki/study.json").string(),
+                                   "--listen", addr, "--data-dir", (dir / "state").string(),
+                                   "--tls-dir", (dir / "pki/coordinator").string(), "--out",
+                                   (dir / "out").string(), "--log-level", "warn"};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  const std::string log = (dir / "coordinator.log").string();
+  posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_adddup2(&fa, 1, 2);
+  pid_t pid = 0;
+  if (posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), environ) != 0) Die("spawn coordinator");
+  posix_spawn_file_actions_destroy(&fa);
+
+  attune::fedsim::FakeSiteOptions opts;
+  opts.study_id = "bench";
+  opts.init_schema = attune::TensorSchema{{{"w", {c.params}, "f32"}}};
+  std::vector<std::unique_ptr<attune::fedsim::FakeSite>> sites;
+  std::vector<attune::Status> results(c.sites);
+  for (int i = 1; i <= c.sites; ++i) {
+    auto tls = attune::LoadTlsBundle((dir / "pki/sites" / absl::StrCat("bench-", i)).string());
+    if (!tls.ok()) Die("site bundle");
+    opts.seed = 100 + i;
+    sites.push_back(std::make_unique<attune::fedsim::FakeSite>(attune::MakeChannel(addr, *tls), opts));
+  }
+  std::vector<std::thread> threads;
+  for (int i = 0; i < c.sites; ++i) threads.emplace_back([&, i] { results[i] = sites[i]->Run(); });
+  int status = 0;
+  rusage usage{};
+  wait4(pid, &status, 0, &usage);
+  for (auto& t : threads) t.join();
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) Die("coordinator failed; see " + log);
+  for (const auto& s : results) Check(s, "fake site");
+
+  json summary = json::parse(std::ifstream(dir / "out/summary.json"));
+  r.round_s = summary["history"][1]["seconds"].get<double>();
+  r.peak_rss_mib = usage.ru_maxrss / 1024.0;
+  const uint64_t model_bytes = static_cast<uint64_t>(c.params) * sizeof(float);
+  r.model_mib = model_bytes / 1048576.0;
+  r.tls_s = RawTlsSeconds(dir / "pki", c.sites, model_bytes);
+  fs::remove_all(dir);
+  return r;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string coordinator_bin, json_out, work = (fs::temp_directory_path() / "attune-bench").string();
+  std::vector<int> site_counts = {2, 4, 8, 16, 32};
+  std::vector<int64_t> params = {1000000};
+  bool grid = false;
+  CLI::App app{
+      "attune-bench-coordinator: the coordinator's peak RSS and round overhead with training\n"
+      "off, beside raw TLS moving the same bytes in the same run"};
+  app.add_option("--coordinator-bin", coordinator_bin, "the attune-coordinator binary")->required();
+  app.add_option("--sites", site_counts, "site counts")->delimiter(',')->capture_default_str();
+  app.add_option("--params", params, "model sizes (float32 parameters)")->delimiter(',');
+  app.add_flag("--grid", grid,
+               "the README's grid: 2..32 sites at 1M and 10M parameters, and 1M/10M/100M at 2 sites");
+  app.add_option("--json", json_out, "also write the results here");
+  app.add_option("--work-dir", work, "scratch directory (needs ~4x the largest model on disk)")
+      ->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+
+  std::vector<Case> cases;
+  if (grid) {
+    for (int64_t p : {int64_t{1000000}, int64_t{10000000}}) {
+      for (int s : {2, 4, 8, 16, 32}) cases.push_back({s, p});
+    }
+    cases.push_back({2, 100000000});
+  } else {
+    for (int64_t p : params) {
+      for (int s : site_counts) cases.push_back({s, p});
+    }
+  }
+  std::printf("%6s %12s %10s %14s %10s %9s %10s %9s\n", "sites", "params", "model MiB",
+              "coord RSS MiB", "RSS/model", "round s", "raw TLS s", "round/TLS");
+  std::fflush(stdout);
+  json all = json::array();
+  for (const Case& c : cases) {
+    Result r = RunCase(c, coordinator_bin, work);
+    std::printf("%6d %12lld %10.1f %14.1f %10.2f %9.2f %10.2f %9.2f\n", c.sites,
+                static_cast<long long>(c.params), r.model_mib, r.peak_rss_mib,
+                r.peak_rss_mib / r.model_mib, r.round_s, r.tls_s, r.round_s / r.tls_s);
+    std::fflush(stdout);
+    all.push_back({{"sites", c.sites},        {"params", c.params},   {"model_mib", r.model_mib},
+                   {"peak_rss_mib", r.peak_rss_mib}, {"round_s", r.round_s}, {"raw_tls_s", r.tls_s}});
+  }
+  if (!json_out.empty()) std::ofstream(json_out) << all.dump(2) << "\n";
+  return 0;
+}
