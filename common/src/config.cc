@@ -239,6 +239,10 @@ Status StudyConfig::Validate() const {
   }
   ATTUNE_RETURN_IF_ERROR(Range("join_timeout_s", join_timeout_s, 0.1, 86400 * 7));
   ATTUNE_RETURN_IF_ERROR(Range("round_deadline_s", round_deadline_s, 0.1, 86400 * 7));
+  if (straggler_policy != "wait" && straggler_policy != "quorum") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "straggler_policy: must be \"wait\" or \"quorum\" (got \"", straggler_policy, "\")"));
+  }
   ATTUNE_RETURN_IF_ERROR(Range("train.local_epochs", train.local_epochs, 1, 10000));
   ATTUNE_RETURN_IF_ERROR(Range("train.batch_size", train.batch_size, 1, 1 << 20));
   ATTUNE_RETURN_IF_ERROR(Range("train.learning_rate", train.learning_rate, 1e-9, 10));
@@ -271,6 +275,7 @@ StatusOr<StudyConfig> ParseStudyConfig(const std::string& text,
   r.Get("sites_per_round", &c.sites_per_round);
   r.Get("join_timeout_s", &c.join_timeout_s);
   r.Get("round_deadline_s", &c.round_deadline_s);
+  r.Get("straggler_policy", &c.straggler_policy);
   r.Get("heartbeat_timeout_s", &c.heartbeat_timeout_s);
   r.Get("max_update_norm", &c.max_update_norm);
   r.Get("secure_aggregation", &c.secure_aggregation);

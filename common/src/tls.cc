@@ -73,6 +73,10 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target, const TlsB
   // Fail fast on a dead coordinator instead of waiting minutes between tries.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
+  // Receive windows stay at gRPC's defaults instead of growing with BDP
+  // probes, so a coordinator streaming a model to many sites at once does
+  // not park megabytes per site in its send buffers.
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
   return grpc::CreateCustomChannel(target, MakeChannelCredentials(tls), args);
 }
 

@@ -305,6 +305,11 @@ Status RoundDriver::RoundClosedLocked(int64_t round) const {
 Status RoundDriver::CheckOpenTaskLocked(const std::string& site, const std::string& task_id,
                                         int64_t round) {
   ATTUNE_RETURN_IF_ERROR(RoundClosedLocked(round));
+  if (auto closed = closed_tasks_.find(task_id); closed != closed_tasks_.end()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "task '", task_id, "' of round ", closed->second,
+        " closed before this site reported (a straggler): a late update is never used"));
+  }
   const int64_t open = phase_ ? phase_->round : -1;
   if (!phase_) {
     return absl::FailedPreconditionError(
@@ -611,11 +616,18 @@ Status RoundDriver::RunPhase(std::unique_lock<std::mutex>& lock, Phase* p,
       waiting += p->done.count(site) || p->dropped.count(site) ? 0 : 1;
     }
     // Nobody left to wait for: close now (below quorum, the round is tried
-    // again once enough sites are live).
-    if (waiting == 0 || now >= deadline) break;
+    // again once enough sites are live). Under the "quorum" policy a
+    // training phase closes as soon as min_sites have reported.
+    const bool enough = p->kind == Task::Kind::kTrain &&
+                        study_.straggler_policy == "quorum" &&
+                        static_cast<int>(p->done.size()) >= quorum;
+    if (waiting == 0 || enough || now >= deadline) break;
     cv_.wait_until(lock, wake);
   }
   phase_ = nullptr;
+  for (const auto& [site, id] : p->task_ids) {
+    if (!p->done.count(site)) closed_tasks_[id] = p->round;
+  }
   if (shutdown_) return absl::CancelledError("shutting down");
   std::vector<std::string> gone;
   for (const auto& site : p->dropped) {
@@ -657,6 +669,7 @@ Status RoundDriver::RunTrainRound(int64_t round) {
   std::unique_lock<std::mutex> lock(mu_);
   ATTUNE_RETURN_IF_ERROR(WaitForQuorum(lock, round));
   std::erase_if(accepted_tasks_, [&](const auto& e) { return e.second.round < round - 1; });
+  std::erase_if(closed_tasks_, [&](const auto& e) { return e.second < round - 1; });
   const std::vector<std::string> selected = SelectForTraining(round, LiveSitesLocked());
   Phase train;
   train.kind = Task::Kind::kTrain;

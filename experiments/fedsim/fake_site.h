@@ -83,6 +83,9 @@ class FakeSite {
   Status Run();
   void Stop();
   int64_t updates_sent() const { return updates_sent_.load(); }
+  // Updates the coordinator refused as late (FAILED_PRECONDITION); the site
+  // carries on with its next task, as attune-worker does.
+  int64_t updates_late() const { return updates_late_.load(); }
 
  private:
   Status Session();
@@ -94,6 +97,7 @@ class FakeSite {
   grpc::ClientContext* stream_ctx_ = nullptr;  // guarded by mu_
   bool stopped_ = false;                       // guarded by mu_
   std::atomic<int64_t> updates_sent_{0};
+  std::atomic<int64_t> updates_late_{0};
 };
 
 }  // namespace attune::fedsim

@@ -561,6 +561,47 @@ TEST_F(EngineTest, AFractionOfSitesTrainsEachRound) {
   EXPECT_GT(chosen.size(), 1u) << "every round chose the same sites";
 }
 
+// straggler_policy "quorum": a training phase closes at min_sites reports;
+// a site that reports later is told it is late and its update never used.
+TEST_F(EngineTest, UnderTheQuorumPolicyLateUpdatesAreRefused) {
+  Start({{"rounds", 2}, {"min_sites", 1}, {"straggler_policy", "quorum"}, {"join_timeout_s", 30},
+         {"round_deadline_s", 120}},
+        "site-1,site-2");
+  ManualSite fast(SiteStub("site-1")), slow(SiteStub("site-2"));
+  ASSERT_TRUE(fast.join_status().ok() && slow.join_status().ok());
+  Heartbeater beat_fast(fast.stub(), "idle"), beat_slow(slow.stub(), "idle");
+  const TensorSchema schema = SmallSchema();
+  v1::Receipt receipt;
+  v1::RoundTask init = fast.Next();
+  v1::UpdateMeta m = MetaFor(init);
+  m.set_full_weights(true);
+  ASSERT_TRUE(fedsim::Upload(fast.stub(), m, schema,
+                             [](uint64_t i) { return fedsim::SyntheticValue(1, i); }, &receipt)
+                  .ok());
+  fast.Evaluate(fast.Next());
+  slow.Evaluate(slow.Next());
+  const v1::RoundTask t_fast = fast.Next(), t_slow = slow.Next();
+  ASSERT_EQ(t_slow.kind(), v1::RoundTask::TRAIN);
+  fedsim::FakeSiteOptions opts;
+  ASSERT_TRUE(fedsim::Upload(fast.stub(), MetaFor(t_fast), schema, fedsim::DeltaValues(opts, 1),
+                             &receipt)
+                  .ok());
+  // The phase closed with site-1's update: the next task both get is EVALUATE.
+  fast.Evaluate(fast.Next());
+  const v1::RoundTask eval_slow = slow.Next();
+  ASSERT_EQ(eval_slow.kind(), v1::RoundTask::EVALUATE);
+  ExpectRefused(fedsim::Upload(slow.stub(), MetaFor(t_slow), schema,
+                               fedsim::DeltaValues(opts, 7), &receipt),
+                {"straggler", grpc::StatusCode::FAILED_PRECONDITION, "(a straggler)"});
+  slow.Evaluate(eval_slow);
+  EXPECT_EQ(fast.Next().round(), 2);
+  coordinator_->Kill(SIGTERM);
+  EXPECT_TRUE(coordinator_->Wait(seconds(30)).has_value());
+  json summary = Summary();
+  EXPECT_EQ(summary["history"][1]["sites_reported"], 1) << summary.dump(2);
+  EXPECT_EQ(summary["history"][1]["sites_selected"], 2) << summary.dump(2);
+}
+
 TEST_F(EngineTest, ASiteAddedWhileRunningIsAdmittedWithoutARestart) {
   Start({{"rounds", 1}, {"min_sites", 1}, {"join_timeout_s", 60}, {"round_deadline_s", 120}},
         "site-1");

@@ -88,6 +88,11 @@ struct StudyConfig {
   double sites_per_round = 1.0;      // fraction of live sites asked to train
   double join_timeout_s = 120;       // wait this long for the whole roster
   double round_deadline_s = 600;     // a round closes at this deadline with >= min_sites
+  // When a round's training phase closes: "wait" for every live selected
+  // site (up to round_deadline_s), or "quorum": as soon as min_sites have
+  // reported. Updates that arrive after the phase closed are stragglers:
+  // refused, never folded into a later round.
+  std::string straggler_policy = "wait";
   double heartbeat_timeout_s = 30;   // a site silent this long is taken as gone
   double max_update_norm = 1000;     // L2 bound on a site's update (delta)
   bool secure_aggregation = false;   // not available yet; refused when true

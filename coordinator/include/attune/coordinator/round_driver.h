@@ -19,7 +19,8 @@
 //      does not grow with the number of sites. The phase closes when every
 //      selected site reported or is gone (stream closed, or no heartbeat for
 //      `heartbeat_timeout_s`) with >= `min_sites` reports, or at
-//      `round_deadline_s` with >= `min_sites`. A site that is gone, or that
+//      `round_deadline_s` with >= `min_sites` (with straggler_policy
+//      "quorum": as soon as `min_sites` reported). A site that is gone, or that
 //      subscribes again (a restarted worker), is not waited for in the open
 //      phase and takes part from the next one. Then the Strategy folds the
 //      spooled updates, in site-name order, range by range, into candidate
@@ -253,6 +254,9 @@ class RoundDriver {
   // Updates accepted in this and the previous round, by task id: what makes
   // a resubmission idempotent.
   std::map<std::string, AcceptedTask> accepted_tasks_;
+  // Tasks of this and the previous round whose phase closed without them:
+  // a straggler's submission gets a message that says so.
+  std::map<std::string, int64_t> closed_tasks_;
   // Committed global model v_{committed} (blob + view) and the candidate.
   int64_t global_version_ = -1;
   std::shared_ptr<const std::string> global_blob_;
