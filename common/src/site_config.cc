@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "attune/common/config.h"
+#include "json_fields.h"
 #include "nlohmann/json.hpp"
 
 namespace attune {
@@ -47,44 +48,24 @@ StatusOr<std::string> AddressHost(const std::string& address) {
 }
 
 StatusOr<SiteConfig> LoadSiteConfig(const std::string& path) {
-  using nlohmann::json;
   auto fail = [&](absl::string_view field, absl::string_view why) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": ", field, ": ", why));
   };
   ATTUNE_ASSIGN_OR_RETURN(const std::string text, ReadFile(path));
-  const json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, ": not valid JSON (check commas, quotes and brackets)"));
-  }
-  if (!j.is_object()) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": must be a JSON object"));
-  }
-
+  ATTUNE_ASSIGN_OR_RETURN(const nlohmann::json j, ParseJsonObject(text, path));
   SiteConfig c;
-  struct Field {
-    const char* name;
-    std::string SiteConfig::*member;
-  };
-  const Field fields[] = {{"study_id", &SiteConfig::study_id},
-                          {"site_id", &SiteConfig::site_id},
-                          {"coordinator", &SiteConfig::coordinator},
-                          {"tls_dir", &SiteConfig::tls_dir}};
-  for (const auto& [key, value] : j.items()) {
-    const Field* field = nullptr;
-    for (const Field& f : fields) {
-      if (key == f.name) field = &f;
-    }
-    if (field == nullptr) {
-      return fail(key, "unknown field (expected study_id, site_id, coordinator, tls_dir)");
-    }
-    if (!value.is_string()) return fail(key, "must be a string");
-    c.*(field->member) = value.get<std::string>();
-  }
-  for (const Field& f : fields) {
-    if (f.member != &SiteConfig::tls_dir && (c.*(f.member)).empty()) {
-      return fail(f.name, "required");
-    }
+  Status s;
+  FieldReader r(j, path + ": ", &s);
+  r.Get("study_id", &c.study_id);
+  r.Get("site_id", &c.site_id);
+  r.Get("coordinator", &c.coordinator);
+  r.Get("tls_dir", &c.tls_dir);
+  r.RejectUnknown();
+  ATTUNE_RETURN_IF_ERROR(s);
+  for (const auto& [name, value] : {std::pair{"study_id", &c.study_id},
+                                    std::pair{"site_id", &c.site_id},
+                                    std::pair{"coordinator", &c.coordinator}}) {
+    if (value->empty()) return fail(name, "required");
   }
   if (auto host = AddressHost(c.coordinator); !host.ok()) {
     return fail("coordinator", host.status().message());

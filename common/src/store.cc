@@ -232,7 +232,8 @@ Status StateStore::CommitRound(const RoundCommit& c) {
   }
   rocksdb::WriteBatch batch;
   ATTUNE_RETURN_IF_ERROR(WriteFileDurable(ModelFile(dir_, c.round, "atnm"), c.model));
-  batch.Put(RoundKey(c.round, "model_sha256"), ToHex(Sha256(c.model)));
+  const std::string model_sha256 = ToHex(Sha256(c.model));  // once: models can be GiBs
+  batch.Put(RoundKey(c.round, "model_sha256"), model_sha256);
   if (!c.server_state.empty()) {
     ATTUNE_RETURN_IF_ERROR(WriteFileDurable(ModelFile(dir_, c.round, "state"), c.server_state));
     batch.Put(RoundKey(c.round, "state_sha256"), ToHex(Sha256(c.server_state)));
@@ -244,7 +245,7 @@ Status StateStore::CommitRound(const RoundCommit& c) {
   json detail = json::parse(c.log_detail_json, nullptr, false);
   if (detail.is_discarded() || !detail.is_object()) detail = json::object();
   detail["round"] = c.round;
-  detail["model_sha256"] = ToHex(Sha256(c.model));
+  detail["model_sha256"] = model_sha256;
   LogEntry e = NextLogEntry("round_committed", "", detail.dump(), &key, &value);
   batch.Put(key, value);
   batch.Put(kLogHeadKey, absl::StrCat(e.seq + 1, " ", e.hash));

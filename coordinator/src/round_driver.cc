@@ -71,7 +71,7 @@ const char* KindName(Task::Kind k) {
 RoundDriver::RoundDriver(StudyConfig study, StateStore* store, DriverOptions options,
                          std::unique_ptr<Strategy> strategy)
     : study_(std::move(study)), store_(store), options_(std::move(options)),
-      run_nonce_(RandomHex()), strategy_(std::move(strategy)), roster_(study_.roster) {
+      run_nonce_(RandomHex()), strategy_(std::move(strategy)) {
   for (const auto& s : study_.roster) sites_[s];
   for (const auto& s : study_.revoked) sites_[s].revoked = true;
   if (!options_.study_path.empty()) study_file_stamp_ = FileStamp(options_.study_path);
@@ -179,7 +179,6 @@ void RoundDriver::ReloadRosterLocked() {
       LogLocked("site_reinstated", name, "{}");
     }
   }
-  roster_ = next->roster;
   cv_.notify_all();
 }
 
@@ -193,9 +192,10 @@ StatusOr<std::string> RoundDriver::Authorize(const std::string& cn, const std::s
           absl::StrCat("the ", kOperatorName, " certificate may only read the study's status"));
     }
   } else {
+    // sites_ holds every name the roster ever had; one taken off the
+    // roster counts as revoked.
     auto it = sites_.find(cn);
-    if (it == sites_.end() ||
-        std::find(roster_.begin(), roster_.end(), cn) == roster_.end()) {
+    if (it == sites_.end()) {
       return absl::PermissionDeniedError(absl::StrCat(
           "site '", cn, "' is not on the roster of study '", study_.study_id, "'"));
     }
@@ -423,7 +423,6 @@ StatusView RoundDriver::GetStatus() {
     const auto now = Clock::now();
     v.committed_round = global_version_;
     v.phase = phase_name_;
-    v.open_round = phase_ ? phase_->round : -1;
     for (const auto& [name, s] : sites_) {
       SiteView sv;
       sv.site = name;

@@ -51,8 +51,7 @@ StatusOr<std::unique_ptr<UpdateIntake>> UpdateIntake::ForDelta(UpdateHeader head
         absl::StrCat("num_examples must be >= 1 (got ", header.num_examples, ")"));
   }
   std::unique_ptr<UpdateIntake> in(new UpdateIntake(std::move(header), max_bytes));
-  in->expected_copy_ = expected;
-  in->expected_ = &in->expected_copy_;
+  in->expected_ = expected;
   in->max_norm_ = max_norm;
   in->spool_path_ = std::move(spool_path);
   ATTUNE_ASSIGN_OR_RETURN(SpoolWriter w,
@@ -99,7 +98,7 @@ Status UpdateIntake::AddChunk(uint64_t seq, std::string_view data, std::string_v
     // The schema is checked once, as soon as the header is parsed and
     // before any value is kept.
     auto check_schema = [&]() -> Status {
-      if (schema_checked_ || parser_.schema() == nullptr || expected_ == nullptr) {
+      if (schema_checked_ || parser_.schema() == nullptr || !expected_) {
         return absl::OkStatus();
       }
       schema_checked_ = true;

@@ -124,6 +124,14 @@ void Pump(SSL* ssl, uint64_t bytes, bool send) {
   }
 }
 
+// One site's share of a round: the model down twice, an update up once.
+void Exchange(SSL* ssl, uint64_t model, bool server) {
+  Pump(ssl, 2 * model, /*send=*/server);
+  Pump(ssl, model, /*send=*/!server);
+  SSL_shutdown(ssl);
+  SSL_free(ssl);
+}
+
 // Each of `sites` clients downloads 2 x `model` bytes and uploads `model`
 // bytes over its own mutual-TLS connection, all at once. Returns seconds.
 double RawTlsSeconds(const fs::path& pki, int sites, uint64_t model) {
@@ -148,10 +156,7 @@ double RawTlsSeconds(const fs::path& pki, int sites, uint64_t model) {
       SSL* ssl = SSL_new(sctx.get());
       SSL_set_fd(ssl, fd);
       if (SSL_accept(ssl) != 1) Die("raw TLS: accept");
-      Pump(ssl, 2 * model, true);
-      Pump(ssl, model, false);
-      SSL_shutdown(ssl);
-      SSL_free(ssl);
+      Exchange(ssl, model, /*server=*/true);
       close(fd);
     });
     threads.emplace_back([&] {  // a site
@@ -160,10 +165,7 @@ double RawTlsSeconds(const fs::path& pki, int sites, uint64_t model) {
       SSL* ssl = SSL_new(cctx.get());
       SSL_set_fd(ssl, fd);
       if (SSL_connect(ssl) != 1) Die("raw TLS: handshake");
-      Pump(ssl, 2 * model, false);
-      Pump(ssl, model, true);
-      SSL_shutdown(ssl);
-      SSL_free(ssl);
+      Exchange(ssl, model, /*server=*/false);
       close(fd);
     });
   }

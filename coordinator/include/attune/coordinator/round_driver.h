@@ -93,7 +93,6 @@ struct RoundView {
 struct StatusView {
   int64_t committed_round = -1;
   std::string phase;
-  int64_t open_round = -1;
   std::vector<SiteView> sites;
   std::vector<RoundView> rounds;
   uint64_t log_entries = 0;
@@ -242,7 +241,6 @@ class RoundDriver {
   bool shutdown_ = false;
   bool finished_ = false;  // FINISH is queued for every (re)subscribing site
   std::map<std::string, SiteState> sites_;
-  std::vector<std::string> roster_;  // current roster (the study file may grow it)
   std::string study_file_stamp_;     // inode/mtime/size of the study file last read
   std::string phase_name_ = "waiting for sites";
   Phase* phase_ = nullptr;  // the open phase, owned by Run()'s stack

@@ -68,8 +68,7 @@ class UpdateIntake {
   UpdateHeader header_;
   ChunkVerifier verifier_;
   ModelStreamParser parser_;
-  const TensorSchema* expected_ = nullptr;  // TRAIN
-  TensorSchema expected_copy_;
+  std::optional<TensorSchema> expected_;    // TRAIN: the global model's
   bool schema_checked_ = false;
   double max_norm_ = 0;
   std::string spool_path_;
