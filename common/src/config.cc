@@ -28,14 +28,29 @@ void ReadModel(const json& j, const std::string& prefix, ModelConfig* m,
   FieldReader r(j, prefix, s);
   r.Get("d_model", &m->d_model);
   r.Get("heads", &m->heads);
+  r.Get("layers", &m->layers);
+  r.Get("attention", &m->attention);
+  r.Get("fusion", &m->fusion);
   r.Get("static_features", &m->static_features);
   r.Get("event_buckets", &m->event_buckets);
   r.Get("max_events", &m->max_events);
+  r.Get("imaging_encoder", &m->imaging_encoder);
   r.Get("imaging_patches", &m->imaging_patches);
   r.Get("imaging_dim", &m->imaging_dim);
+  r.Get("image_channels", &m->image_channels);
+  r.Get("image_size", &m->image_size);
+  r.Get("patch_size", &m->patch_size);
   r.Get("genes", &m->genes);
   r.Get("dropout", &m->dropout);
   r.RejectUnknown();
+}
+
+Status OneOf(const std::string& field, const std::string& v, const std::vector<std::string>& names) {
+  if (std::find(names.begin(), names.end(), v) != names.end()) return absl::OkStatus();
+  std::string list;
+  for (const auto& n : names) absl::StrAppend(&list, list.empty() ? "" : ", ", n);
+  return absl::InvalidArgumentError(
+      absl::StrCat(field, ": unknown value '", v, "' (one of ", list, ")"));
 }
 
 Status Prefixed(const std::string& prefix, Status s) {
@@ -45,6 +60,11 @@ Status Prefixed(const std::string& prefix, Status s) {
 
 }  // namespace
 
+std::vector<int64_t> ModelConfig::imaging_shape() const {
+  if (raw_images()) return {image_channels, image_size, image_size};
+  return {imaging_patches, imaging_dim};
+}
+
 Status ModelConfig::Validate() const {
   ATTUNE_RETURN_IF_ERROR(Range("model.d_model", d_model, 4, 4096));
   ATTUNE_RETURN_IF_ERROR(Range("model.heads", heads, 1, 64));
@@ -53,24 +73,57 @@ Status ModelConfig::Validate() const {
         "model.heads: must divide model.d_model (", d_model, " % ", heads,
         " != 0)"));
   }
-  ATTUNE_RETURN_IF_ERROR(Range("model.static_features", static_features, 1, 100000));
+  ATTUNE_RETURN_IF_ERROR(Range("model.layers", layers, 1, 64));
+  ATTUNE_RETURN_IF_ERROR(OneOf("model.attention", attention, {"softmax", "linear"}));
+  ATTUNE_RETURN_IF_ERROR(
+      OneOf("model.fusion", fusion, {"hierarchical", "cross", "coattention", "persam"}));
+  ATTUNE_RETURN_IF_ERROR(Range("model.static_features", static_features, 0, 100000));
   ATTUNE_RETURN_IF_ERROR(Range("model.event_buckets", event_buckets, 1, 10000000));
-  ATTUNE_RETURN_IF_ERROR(Range("model.max_events", max_events, 1, 100000));
+  ATTUNE_RETURN_IF_ERROR(Range("model.max_events", max_events, 0, 100000));
+  ATTUNE_RETURN_IF_ERROR(OneOf("model.imaging_encoder", imaging_encoder,
+                               {"patch_features", "mil", "vit", "cnn", "none"}));
   ATTUNE_RETURN_IF_ERROR(Range("model.imaging_patches", imaging_patches, 1, 100000));
   ATTUNE_RETURN_IF_ERROR(Range("model.imaging_dim", imaging_dim, 1, 100000));
-  ATTUNE_RETURN_IF_ERROR(Range("model.genes", genes, 1, 1000000));
+  ATTUNE_RETURN_IF_ERROR(Range("model.image_channels", image_channels, 1, 16));
+  ATTUNE_RETURN_IF_ERROR(Range("model.image_size", image_size, 4, 4096));
+  ATTUNE_RETURN_IF_ERROR(Range("model.patch_size", patch_size, 1, 4096));
+  if (imaging_encoder == "vit" && image_size % patch_size != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("model.patch_size: must divide model.image_size (",
+                                                   image_size, " % ", patch_size, " != 0)"));
+  }
+  if (imaging_encoder == "cnn" && image_size % 4 != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model.image_size: the cnn encoder needs a multiple of 4 (got ", image_size, ")"));
+  }
+  ATTUNE_RETURN_IF_ERROR(Range("model.genes", genes, 0, 1000000));
   ATTUNE_RETURN_IF_ERROR(Range("model.dropout", dropout, 0, 0.9));
+  if (!has_static() && !has_events() && !has_imaging() && !has_genomics()) {
+    return absl::InvalidArgumentError(
+        "model: no modality (static_features, max_events and genes are 0 and imaging_encoder is "
+        "none)");
+  }
+  if (fusion == "persam" && !has_events() && !has_imaging() && !has_genomics()) {
+    return absl::InvalidArgumentError(
+        "model.fusion: persam needs an instance modality (events, imaging or genomics)");
+  }
   return absl::OkStatus();
 }
 
 std::string ModelConfig::ToJson() const {
   json j = {{"d_model", d_model},
             {"heads", heads},
+            {"layers", layers},
+            {"attention", attention},
+            {"fusion", fusion},
             {"static_features", static_features},
             {"event_buckets", event_buckets},
             {"max_events", max_events},
+            {"imaging_encoder", imaging_encoder},
             {"imaging_patches", imaging_patches},
             {"imaging_dim", imaging_dim},
+            {"image_channels", image_channels},
+            {"image_size", image_size},
+            {"patch_size", patch_size},
             {"genes", genes},
             {"dropout", dropout}};
   return j.dump();

@@ -40,29 +40,97 @@ Batch RandomBatch(const ModelConfig& m, int64_t b) {
   return x;
 }
 
-TEST(MultimodalAttentionNet, OutputShapesAndAttentionRowsSumToOne) {
+const models::AttentionTrace* FindTrace(const ModelOutput& out, const std::string& name) {
+  for (const auto& t : out.traces) {
+    if (t.name == name) return &t;
+  }
+  return nullptr;
+}
+
+// Every fusion, with each kind of within-modality attention: shapes, β and
+// the attention weights are proper distributions, a missing modality gets
+// no weight, and nothing is NaN.
+class EveryFusion : public ::testing::TestWithParam<std::tuple<std::string, std::string>> {};
+
+TEST_P(EveryFusion, OutputShapesAndAttentionRowsSumToOne) {
   torch::manual_seed(1);
-  const ModelConfig m = Small();
+  ModelConfig m = Small();
+  m.fusion = std::get<0>(GetParam());
+  m.attention = std::get<1>(GetParam());
   MultimodalAttentionNet net(m);
   net->eval();
   Batch x = RandomBatch(m, 5);
   ModelOutput out = net->forward(x);
   EXPECT_EQ(out.logits.sizes(), (std::vector<int64_t>{5}));
   EXPECT_EQ(out.beta.sizes(), (std::vector<int64_t>{5, kNumModalities}));
-  EXPECT_TRUE(torch::allclose(out.beta.sum(1), torch::ones({5}), 1e-5, 1e-6));
+  EXPECT_TRUE(torch::allclose(out.beta.sum(1), torch::ones({5}), 1e-5, 1e-6)) << out.beta;
   // A missing modality gets no weight.
   EXPECT_LT(out.beta[1][2].item<float>(), 1e-6);
   EXPECT_LT(out.beta[2][3].item<float>(), 1e-6);
-  const std::vector<int64_t> lens = {m.static_features, m.max_events, m.imaging_patches, m.genes};
-  ASSERT_EQ(out.attention.size(), 4u);
-  for (int k = 0; k < 4; ++k) {
-    EXPECT_EQ(out.attention[k].sizes(), (std::vector<int64_t>{5, lens[k] + 1, lens[k] + 1}));
-    EXPECT_TRUE(torch::allclose(out.attention[k].sum(-1), torch::ones({5, lens[k] + 1}), 1e-5, 1e-6));
-    EXPECT_FALSE(torch::isnan(out.attention[k]).any().item<bool>());
-  }
-  // Padded events get no attention: patient 0 has events only at 0 and 1.
-  EXPECT_LT(out.attention[1][0].slice(1, 3).abs().max().item<float>(), 1e-6);
   EXPECT_FALSE(torch::isnan(out.logits).any().item<bool>());
+  for (const auto& t : out.traces) {
+    EXPECT_TRUE(torch::isfinite(t.weights).all().item<bool>()) << t.name;
+  }
+  if (m.attention == "softmax") {
+    const std::vector<int64_t> lens = {m.static_features, m.max_events, m.imaging_patches, m.genes};
+    for (int k = 0; k < kNumModalities; ++k) {
+      const auto* t = FindTrace(out, ModalityNames()[k] + "/layer0/self");
+      ASSERT_NE(t, nullptr) << ModalityNames()[k];
+      EXPECT_EQ(t->weights.sizes(), (std::vector<int64_t>{5, m.heads, lens[k] + 1, lens[k] + 1}));
+      EXPECT_TRUE(torch::allclose(t->weights.sum(-1), torch::ones({5, m.heads, lens[k] + 1}),
+                                  1e-5, 1e-6));
+    }
+    // Padded events get no attention: patient 0 has events only at 0 and 1.
+    const auto* events = FindTrace(out, "ehr_events/layer0/self");
+    EXPECT_LT(events->weights[0].slice(2, 3).abs().max().item<float>(), 1e-6);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Zoo, EveryFusion,
+    ::testing::Combine(::testing::Values("hierarchical", "cross", "coattention", "persam"),
+                       ::testing::Values("softmax", "linear")),
+    [](const auto& info) { return std::get<0>(info.param) + "_" + std::get<1>(info.param); });
+
+// Each imaging encoder builds, reads its input shape and gives a finite
+// output; a missing image gets no weight.
+class EveryImagingEncoder : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(EveryImagingEncoder, BuildsAndMasksAMissingImage) {
+  torch::manual_seed(2);
+  ModelConfig m = Small();
+  m.imaging_encoder = GetParam();
+  m.image_size = 8;
+  m.patch_size = 4;
+  MultimodalAttentionNet net(m);
+  net->eval();
+  Batch x = RandomBatch(m, 5);
+  std::vector<int64_t> shape = {5};
+  for (int64_t d : m.imaging_shape()) shape.push_back(d);
+  x.imaging = torch::randn(shape);
+  ModelOutput out = net->forward(x);
+  EXPECT_TRUE(torch::isfinite(out.logits).all().item<bool>());
+  EXPECT_LT(out.beta[1][2].item<float>(), 1e-6);
+  EXPECT_GT(out.beta[0][2].item<float>(), 1e-6);
+}
+
+INSTANTIATE_TEST_SUITE_P(Zoo, EveryImagingEncoder,
+                         ::testing::Values("patch_features", "mil", "vit", "cnn"));
+
+TEST(MultimodalAttentionNet, ModalitiesTheModelLacksAreNotBuilt) {
+  ModelConfig m = Small();
+  m.static_features = 0;
+  m.imaging_encoder = "none";
+  MultimodalAttentionNet net(m);
+  for (const auto& p : net->named_parameters()) {
+    EXPECT_EQ(p.key().find("static"), std::string::npos) << p.key();
+    EXPECT_EQ(p.key().find("imaging"), std::string::npos) << p.key();
+  }
+  Batch x = RandomBatch(m, 3);
+  ModelOutput out = net->forward(x);
+  EXPECT_TRUE(torch::isfinite(out.logits).all().item<bool>());
+  EXPECT_EQ(out.beta.select(1, 0).abs().max().item<float>(), 0.0f);
+  EXPECT_EQ(out.beta.select(1, 2).abs().max().item<float>(), 0.0f);
 }
 
 TEST(MultimodalAttentionNet, PatientWithoutAnyModalityGivesFiniteOutput) {
@@ -74,7 +142,8 @@ TEST(MultimodalAttentionNet, PatientWithoutAnyModalityGivesFiniteOutput) {
   x.event_pad = torch::ones({2, m.max_events}, torch::kBool);
   ModelOutput out = net->forward(x);
   EXPECT_TRUE(torch::isfinite(out.logits).all().item<bool>());
-  EXPECT_TRUE(torch::allclose(out.beta.sum(1), torch::ones({2}), 1e-5, 1e-6));
+  // Nothing to attend to: no modality gets weight.
+  EXPECT_EQ(out.beta.abs().max().item<float>(), 0.0f);
 }
 
 TEST(ModelState, FlatRoundTripAndSchemaCheck) {

@@ -5,16 +5,28 @@
 namespace attune::worker {
 namespace {
 
-// Sinusoidal time features of event times in hours, at periods of 1 h, 6 h,
-// 24 h and 7 days, plus the scaled time itself: [B, L, 9].
-torch::Tensor TimeFeatures(const torch::Tensor& hours) {
-  std::vector<torch::Tensor> parts = {(hours / 100.0).unsqueeze(-1)};
-  for (double period : {1.0, 6.0, 24.0, 168.0}) {
-    const double w = 2 * M_PI / period;
-    parts.push_back(torch::sin(hours * w).unsqueeze(-1));
-    parts.push_back(torch::cos(hours * w).unsqueeze(-1));
-  }
-  return torch::cat(parts, -1);
+constexpr int kStatic = 0, kEvents = 1, kImaging = 2, kGenomics = 3;
+
+models::SequenceOptions SequenceOf(const ModelConfig& c) {
+  models::SequenceOptions o;
+  o.d_model = c.d_model;
+  o.heads = c.heads;
+  o.layers = c.layers;
+  o.dropout = c.dropout;
+  o.attention = c.attention == "linear" ? models::AttentionKind::kLinear
+                                        : models::AttentionKind::kSoftmax;
+  return o;
+}
+
+void Append(models::AttentionTraces* to, models::AttentionTraces from) {
+  for (auto& t : from) to->push_back(std::move(t));
+}
+
+// Tokens with a token-type embedding per modality, all modalities
+// concatenated: [B, ΣL, d] and the padding (absent modalities padded).
+std::pair<torch::Tensor, torch::Tensor> Concat(const std::vector<torch::Tensor>& tokens,
+                                               const std::vector<torch::Tensor>& pads) {
+  return {torch::cat(tokens, 1), torch::cat(pads, 1)};
 }
 
 }  // namespace
@@ -25,89 +37,228 @@ const std::vector<std::string>& ModalityNames() {
   return names;
 }
 
-ModalityEncoderImpl::ModalityEncoderImpl(int d, int heads, double dropout) {
-  cls_ = register_parameter("cls", torch::randn({1, 1, d}) * 0.02);
-  attn_ = register_module(
-      "attn", torch::nn::MultiheadAttention(
-                  torch::nn::MultiheadAttentionOptions(d, heads).dropout(dropout)));
-  norm1_ = register_module("norm1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})));
-  norm2_ = register_module("norm2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})));
-  ff_ = register_module("ff", torch::nn::Sequential(torch::nn::Linear(d, 2 * d), torch::nn::GELU(),
-                                                    torch::nn::Linear(2 * d, d)));
-  drop_ = register_module("drop", torch::nn::Dropout(dropout));
-}
-
-std::pair<torch::Tensor, torch::Tensor> ModalityEncoderImpl::forward(const torch::Tensor& tokens,
-                                                                     const torch::Tensor& pad) {
-  const int64_t b = tokens.size(0);
-  torch::Tensor x = torch::cat({cls_.expand({b, 1, tokens.size(2)}), tokens}, 1);  // [B, 1+L, d]
-  torch::Tensor mask;
-  if (pad.defined()) {
-    // The class token is never padding, so no attention row is empty.
-    mask = torch::cat({torch::zeros({b, 1}, pad.options()), pad}, 1);
-  }
-  torch::Tensor seq = x.transpose(0, 1);  // [1+L, B, d]: MultiheadAttention is sequence-first
-  auto [out, weights] = attn_->forward(seq, seq, seq, mask, /*need_weights=*/true);
-  torch::Tensor h = norm1_(x + drop_(out.transpose(0, 1)));
-  h = norm2_(h + drop_(ff_->forward(h)));
-  return {h.select(1, 0), weights};
-}
-
 MultimodalAttentionNetImpl::MultimodalAttentionNetImpl(const ModelConfig& c) : config_(c) {
-  const int d = c.d_model;
-  const int64_t f = std::max(c.static_features, 1), g = std::max(c.genes, 1),
-                p = std::max(c.imaging_patches, 1), di = std::max(c.imaging_dim, 1);
-  static_w_ = register_parameter("static_w", torch::randn({f, d}) * (1.0 / std::sqrt(d)));
-  static_b_ = register_parameter("static_b", torch::randn({f, d}) * 0.02);
-  event_code_ = register_module("event_code", torch::nn::Embedding(c.event_buckets, d));
-  event_value_ = register_module("event_value", torch::nn::Linear(1, d));
-  event_time_ = register_module("event_time", torch::nn::Linear(9, d));
-  patch_proj_ = register_module("patch_proj", torch::nn::Linear(di, d));
-  patch_pos_ = register_parameter("patch_pos", torch::randn({p, d}) * 0.02);
-  gene_w_ = register_parameter("gene_w", torch::randn({g, d}) * (1.0 / std::sqrt(d)));
-  gene_b_ = register_parameter("gene_b", torch::randn({g, d}) * 0.02);
-  for (const auto& name : ModalityNames()) {
-    encoders_.push_back(
-        register_module("enc_" + name, ModalityEncoder(d, c.heads, c.dropout)));
+  const int64_t d = c.d_model;
+  const models::SequenceOptions seq = SequenceOf(c);
+  if (c.has_static()) {
+    modalities_.push_back(kStatic);
+    static_tokens_ = register_module("static_tokens", models::FeatureTokenizer(c.static_features, d));
+    static_encoder_ = register_module("static_encoder", models::SequenceEncoder(seq, "ehr_static"));
   }
-  fuse_key_ = register_module("fuse_key", torch::nn::Linear(d, d));
-  fuse_query_ = register_parameter("fuse_query", torch::randn({d}) * (1.0 / std::sqrt(d)));
-  head_ = register_module("head", torch::nn::Sequential(
-                                      torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})),
-                                      torch::nn::Linear(d, d), torch::nn::GELU(),
-                                      torch::nn::Dropout(c.dropout), torch::nn::Linear(d, 1)));
+  if (c.has_events()) {
+    modalities_.push_back(kEvents);
+    events_ = register_module("events", models::EventEncoder(c.event_buckets, seq));
+  }
+  if (c.has_imaging()) {
+    modalities_.push_back(kImaging);
+    if (c.imaging_encoder == "patch_features" || c.imaging_encoder == "mil") {
+      patch_proj_ = register_module("patch_proj", torch::nn::Linear(c.imaging_dim, d));
+    }
+    if (c.imaging_encoder == "patch_features") {
+      patch_pos_ = register_parameter("patch_pos", torch::randn({c.imaging_patches, d}) * 0.02);
+      imaging_encoder_ = register_module("imaging_encoder", models::SequenceEncoder(seq, "imaging"));
+    } else if (c.imaging_encoder == "mil") {
+      mil_ = register_module("mil", models::GatedAttentionMil(d, std::max<int64_t>(d, 16)));
+    } else if (c.imaging_encoder == "vit") {
+      vit_ = register_module("vit", models::PatchEmbedding(c.image_channels, c.image_size,
+                                                           c.patch_size, d));
+      imaging_encoder_ = register_module("imaging_encoder", models::SequenceEncoder(seq, "imaging"));
+    } else {
+      models::HybridCnnOptions o;
+      o.in_channels = c.image_channels;
+      o.image_size = c.image_size;
+      o.d_model = d;
+      o.heads = c.heads;
+      o.layers = c.layers;
+      o.dropout = c.dropout;
+      cnn_ = register_module("cnn", models::HybridCnn(o));
+    }
+  }
+  if (c.has_genomics()) {
+    modalities_.push_back(kGenomics);
+    gene_tokens_ = register_module("gene_tokens", models::FeatureTokenizer(c.genes, d));
+    gene_encoder_ = register_module("gene_encoder", models::SequenceEncoder(seq, "genomics"));
+  }
+
+  if (c.fusion == "hierarchical") {
+    std::vector<std::string> names;
+    for (int m : modalities_) names.push_back(ModalityNames()[m]);
+    hierarchical_ = register_module("hierarchical", models::HierarchicalFusion(d, names));
+  } else if (c.fusion == "cross" || c.fusion == "coattention") {
+    token_type_ = register_parameter("token_type", torch::randn({kNumModalities, d}) * 0.02);
+    if (c.fusion == "cross") {
+      models::SequenceOptions fusion = seq;
+      fusion.attention = models::AttentionKind::kSoftmax;  // β is read from its weights
+      cross_ = register_module("cross", models::SequenceEncoder(fusion, "fusion"));
+    } else {
+      coattention_ = register_module("coattention", models::CoAttention(d, c.heads, c.dropout));
+    }
+  } else {
+    models::PersAmOptions o;
+    o.d_model = d;
+    o.heads = c.heads;
+    o.layers = c.layers;
+    o.classes = 2;
+    o.dropout = c.dropout;
+    int instances = c.has_events() + c.has_imaging() + c.has_genomics();
+    persam_ = register_module("persam", models::PersAm(o, instances));
+  }
+  if (!persam_) {
+    head_ = register_module("head", torch::nn::Sequential(
+                                        torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})),
+                                        torch::nn::Linear(d, d), torch::nn::GELU(),
+                                        torch::nn::Dropout(c.dropout), torch::nn::Linear(d, 1)));
+  }
+}
+
+torch::Tensor MultimodalAttentionNetImpl::Absent(const Batch& x, int m) const {
+  return x.present.select(1, m).logical_not().unsqueeze(1);
+}
+
+std::vector<MultimodalAttentionNetImpl::Encoded> MultimodalAttentionNetImpl::Encode(
+    const Batch& x, models::AttentionTraces* traces) {
+  std::vector<Encoded> out(kNumModalities);
+  const int64_t b = x.present.size(0);
+  // A patient without a modality: every token but the class token is padding.
+  auto absent_pad = [&](int m, int64_t len) { return Absent(x, m).expand({b, len}); };
+  auto from_sequence = [&](int m, models::SequenceEncoding e) {
+    out[m] = {e.tokens, e.pad, e.vector};
+    Append(traces, std::move(e.traces));
+  };
+  if (static_tokens_) {
+    torch::Tensor t = static_tokens_(x.static_x);
+    from_sequence(kStatic, static_encoder_(t, absent_pad(kStatic, t.size(1))));
+  }
+  if (events_) {
+    from_sequence(kEvents, events_(x.event_bucket, x.event_value, x.event_time, x.event_pad));
+  }
+  if (imaging_encoder_ && patch_proj_) {
+    torch::Tensor t = patch_proj_(x.imaging) + patch_pos_;
+    from_sequence(kImaging, imaging_encoder_(t, absent_pad(kImaging, t.size(1))));
+  } else if (mil_) {
+    torch::Tensor t = patch_proj_(x.imaging);
+    models::Attended a = mil_(t);
+    traces->push_back({"imaging/mil", a.weights});
+    torch::Tensor tokens = torch::cat({a.output.unsqueeze(1), t}, 1);
+    out[kImaging] = {tokens, absent_pad(kImaging, tokens.size(1)), a.output};
+  } else if (vit_) {
+    torch::Tensor t = vit_(x.imaging);
+    from_sequence(kImaging, imaging_encoder_(t, absent_pad(kImaging, t.size(1))));
+  } else if (cnn_) {
+    models::HybridCnnOutput h = cnn_(x.imaging);
+    Append(traces, std::move(h.traces));
+    out[kImaging] = {h.tokens, absent_pad(kImaging, h.tokens.size(1)), h.vector};
+  }
+  if (gene_tokens_) {
+    torch::Tensor t = gene_tokens_(x.genomics);
+    from_sequence(kGenomics, gene_encoder_(t, absent_pad(kGenomics, t.size(1))));
+  }
+  return out;
 }
 
 ModelOutput MultimodalAttentionNetImpl::forward(const Batch& x) {
-  const int64_t b = x.label.size(0);
-  // Missing modalities: every token is padding except the class token.
-  auto all_pad = [&](int m, int64_t len) {
-    return x.present.select(1, m).logical_not().unsqueeze(1).expand({b, len});
-  };
-  std::vector<torch::Tensor> tokens(kNumModalities), pads(kNumModalities);
-  tokens[0] = x.static_x.unsqueeze(-1) * static_w_ + static_b_;
-  pads[0] = all_pad(0, tokens[0].size(1));
-  tokens[1] = event_code_(x.event_bucket) + event_value_(x.event_value.unsqueeze(-1)) +
-              event_time_(TimeFeatures(x.event_time));
-  pads[1] = x.event_pad;
-  tokens[2] = patch_proj_(x.imaging) + patch_pos_;
-  pads[2] = all_pad(2, tokens[2].size(1));
-  tokens[3] = x.genomics.unsqueeze(-1) * gene_w_ + gene_b_;
-  pads[3] = all_pad(3, tokens[3].size(1));
-
+  const int64_t b = x.present.size(0);
   ModelOutput out;
-  std::vector<torch::Tensor> vecs;
-  for (int m = 0; m < kNumModalities; ++m) {
-    auto [v, w] = encoders_[m]->forward(tokens[m], pads[m]);
-    vecs.push_back(v);
-    out.attention.push_back(w);
+  std::vector<Encoded> enc = Encode(x, &out.traces);
+  // Padding at fusion: an absent modality is masked whole.
+  auto fusion_pad = [&](int m) { return enc[m].pad.logical_or(Absent(x, m)); };
+  torch::Tensor beta = torch::zeros({b, kNumModalities}, x.present.options().dtype(torch::kFloat32));
+  torch::Tensor fused;
+
+  if (hierarchical_) {
+    std::vector<models::ModalityTokens> in;
+    std::vector<torch::Tensor> present;
+    for (int m : modalities_) {
+      in.push_back({enc[m].tokens, enc[m].pad});
+      present.push_back(x.present.select(1, m));
+    }
+    models::FusionOutput f = hierarchical_(in, torch::stack(present, 1));
+    fused = f.vector;
+    for (size_t i = 0; i < modalities_.size(); ++i) {
+      beta.select(1, modalities_[i]).copy_(f.beta.select(1, i).detach());
+    }
+    Append(&out.traces, std::move(f.traces));
+  } else if (cross_ || coattention_) {
+    // Token-type embeddings tell the fusion which modality a token is from.
+    auto typed = [&](int m) { return enc[m].tokens + token_type_[m]; };
+    std::vector<int64_t> lengths;
+    std::vector<torch::Tensor> tokens, pads;
+    for (int m : modalities_) {
+      tokens.push_back(typed(m));
+      pads.push_back(fusion_pad(m));
+      lengths.push_back(enc[m].tokens.size(1));
+    }
+    // Attention mass per modality from per-token mass [B, ΣL].
+    auto mass_by_modality = [&](const torch::Tensor& mass, const std::vector<int>& which,
+                                const std::vector<int64_t>& lens) {
+      int64_t from = 0;
+      for (size_t i = 0; i < which.size(); ++i) {
+        beta.select(1, which[i]).add_(mass.narrow(1, from, lens[i]).sum(1).detach());
+        from += lens[i];
+      }
+    };
+    if (cross_) {
+      auto [all, pad] = Concat(tokens, pads);
+      models::SequenceEncoding e = cross_(all, pad);
+      fused = e.vector;
+      // β: the fusion class token's attention over each modality's tokens in
+      // the last layer, averaged over heads (its own token excluded).
+      torch::Tensor row = e.traces.back().weights.select(2, 0).mean(1).narrow(1, 1, all.size(1));
+      mass_by_modality(row, modalities_, lengths);
+      Append(&out.traces, std::move(e.traces));
+    } else {
+      // EHR (static, events) ↔ imaging and genomics, both directions.
+      std::vector<int> side_a, side_b;
+      std::vector<int64_t> len_a, len_b;
+      std::vector<torch::Tensor> ta, pa, tb, pb;
+      for (size_t i = 0; i < modalities_.size(); ++i) {
+        const bool ehr = modalities_[i] == kStatic || modalities_[i] == kEvents;
+        (ehr ? side_a : side_b).push_back(modalities_[i]);
+        (ehr ? len_a : len_b).push_back(lengths[i]);
+        (ehr ? ta : tb).push_back(tokens[i]);
+        (ehr ? pa : pb).push_back(pads[i]);
+      }
+      TORCH_CHECK(!ta.empty() && !tb.empty(),
+                  "coattention fusion needs an EHR modality and an imaging or genomics modality");
+      auto [a, pad_a] = Concat(ta, pa);
+      auto [bb, pad_b] = Concat(tb, pb);
+      models::CoAttended co = coattention_(a, bb, pad_a, pad_b);
+      fused = co.fused;
+      // β: attention mass each side's tokens receive from the other side.
+      // Only real (unpadded) queries count.
+      auto received = [](const torch::Tensor& w, const torch::Tensor& query_pad) {
+        torch::Tensor keep = query_pad.logical_not().to(w.dtype()).unsqueeze(-1);
+        return (w.mean(1) * keep).sum(1);
+      };
+      mass_by_modality(received(co.weights_ab, pad_a), side_b, len_b);
+      mass_by_modality(received(co.weights_ba, pad_b), side_a, len_a);
+      out.traces.push_back({"fusion/ehr_to_other", co.weights_ab});
+      out.traces.push_back({"fusion/other_to_ehr", co.weights_ba});
+    }
+    beta = beta / beta.sum(1, true).clamp_min(1e-12);
+  } else {
+    std::vector<models::ModalityTokens> instances;
+    std::vector<int> which;
+    for (int m : modalities_) {
+      if (m == kStatic) continue;
+      instances.push_back({enc[m].tokens, fusion_pad(m)});
+      which.push_back(m);
+    }
+    models::ModalityTokens clinical;
+    if (static_tokens_) {
+      clinical = {enc[kStatic].tokens, fusion_pad(kStatic)};
+    } else {
+      clinical = {torch::zeros({b, 0, config_.d_model}), torch::zeros({b, 0}, torch::kBool)};
+    }
+    torch::Tensor labels = x.label.defined() ? x.label.to(torch::kInt64) : torch::Tensor();
+    models::PersAmImpl::Output p = persam_(instances, clinical, labels);
+    out.logits = p.logits.select(1, 1) - p.logits.select(1, 0);
+    out.aux_loss = p.aux_loss;
+    for (size_t i = 0; i < which.size(); ++i) beta.select(1, which[i]).copy_(p.beta.select(1, i).detach());
+    Append(&out.traces, std::move(p.traces));
   }
-  torch::Tensor v = torch::stack(vecs, 1);                          // [B, M, d]
-  torch::Tensor scores = torch::tanh(fuse_key_(v)).matmul(fuse_query_);  // [B, M]
-  scores = scores.masked_fill(x.present.logical_not(), -1e9);
-  out.beta = torch::softmax(scores, 1);
-  torch::Tensor fused = (out.beta.unsqueeze(-1) * v).sum(1);       // [B, d]
-  out.logits = head_->forward(fused).squeeze(-1);
+  if (head_) out.logits = head_->forward(fused).squeeze(-1);
+  out.beta = beta;
   return out;
 }
 

@@ -243,12 +243,20 @@ Status LoadImaging(const std::string& dir, const ModelConfig& m, SiteData* data)
     const std::string path = absl::StrCat(dir, "/", p.id, ".npy");
     if (!fs::exists(path)) continue;
     ATTUNE_ASSIGN_OR_RETURN(NpyArray a, ReadNpy(path));
-    if (a.shape != std::vector<int64_t>{m.imaging_patches, m.imaging_dim}) {
-      std::string shape;
-      for (int64_t d : a.shape) absl::StrAppend(&shape, shape.empty() ? "" : ",", d);
-      return absl::InvalidArgumentError(absl::StrCat(
-          path, ": shape [", shape, "], the study's model expects [", m.imaging_patches, ",",
-          m.imaging_dim, "]"));
+    const std::vector<int64_t> want = m.imaging_shape();
+    // A one-channel image may also be stored as [size, size].
+    const bool plain_image = m.raw_images() && m.image_channels == 1 &&
+                             a.shape == std::vector<int64_t>{want[1], want[2]};
+    if (a.shape != want && !plain_image) {
+      auto join = [](const std::vector<int64_t>& v) {
+        std::string out;
+        for (int64_t d : v) absl::StrAppend(&out, out.empty() ? "" : ",", d);
+        return out;
+      };
+      return absl::InvalidArgumentError(absl::StrCat(path, ": shape [", join(a.shape),
+                                                     "], the study's model (imaging_encoder ",
+                                                     m.imaging_encoder, ") expects [", join(want),
+                                                     "]"));
     }
     for (float v : a.data) {
       if (!std::isfinite(v)) {
@@ -284,13 +292,20 @@ StatusOr<SiteData> LoadSiteData(const std::string& dir, const ModelConfig& m) {
   SiteData data;
   std::unordered_map<std::string, size_t> index;
   ATTUNE_RETURN_IF_ERROR(LoadCohort(dir, &data, &index));
-  ATTUNE_RETURN_IF_ERROR(LoadMatrix(dir + "/ehr/static.csv", ',', m.static_features,
-                                    "static feature", &Patient::static_features,
-                                    &Patient::has_static, &data, index));
-  ATTUNE_RETURN_IF_ERROR(LoadEvents(dir + "/ehr/events.csv", m, &data, index));
-  ATTUNE_RETURN_IF_ERROR(LoadImaging(dir + "/imaging", m, &data));
-  ATTUNE_RETURN_IF_ERROR(LoadMatrix(dir + "/genomics/expression.tsv", '\t', m.genes, "gene",
-                                    &Patient::genomics, &Patient::has_genomics, &data, index));
+  // Files of a modality the model does not have are not read.
+  if (m.has_static()) {
+    ATTUNE_RETURN_IF_ERROR(LoadMatrix(dir + "/ehr/static.csv", ',', m.static_features,
+                                      "static feature", &Patient::static_features,
+                                      &Patient::has_static, &data, index));
+  }
+  if (m.has_events()) {
+    ATTUNE_RETURN_IF_ERROR(LoadEvents(dir + "/ehr/events.csv", m, &data, index));
+  }
+  if (m.has_imaging()) ATTUNE_RETURN_IF_ERROR(LoadImaging(dir + "/imaging", m, &data));
+  if (m.has_genomics()) {
+    ATTUNE_RETURN_IF_ERROR(LoadMatrix(dir + "/genomics/expression.tsv", '\t', m.genes, "gene",
+                                      &Patient::genomics, &Patient::has_genomics, &data, index));
+  }
   Standardise(data.patients, &Patient::static_features, &Patient::has_static, m.static_features);
   Standardise(data.patients, &Patient::genomics, &Patient::has_genomics, m.genes);
   if (data.Count("train") == 0) {

@@ -32,7 +32,10 @@ SplitTensors Tensorise(const SiteData& data, const std::string& split, const Mod
   b.event_value = torch::zeros({n, l});
   b.event_time = torch::zeros({n, l});
   b.event_pad = torch::ones({n, l}, torch::kBool);
-  b.imaging = torch::zeros({n, m.imaging_patches, m.imaging_dim});
+  std::vector<int64_t> imaging_shape = {n};
+  for (int64_t d : m.imaging_shape()) imaging_shape.push_back(d);
+  b.imaging = torch::zeros(imaging_shape);
+  const int64_t imaging_numel = b.imaging.numel() / std::max<int64_t>(n, 1);
   b.genomics = torch::zeros({n, m.genes});
   b.present = torch::zeros({n, kNumModalities}, torch::kBool);
   b.label = torch::zeros({n});
@@ -41,7 +44,6 @@ SplitTensors Tensorise(const SiteData& data, const std::string& split, const Mod
   auto ev = b.event_value.accessor<float, 2>();
   auto et = b.event_time.accessor<float, 2>();
   auto ep = b.event_pad.accessor<bool, 2>();
-  auto im = b.imaging.accessor<float, 3>();
   auto ge = b.genomics.accessor<float, 2>();
   auto pr = b.present.accessor<bool, 2>();
   auto lb = b.label.accessor<float, 1>();
@@ -63,8 +65,8 @@ SplitTensors Tensorise(const SiteData& data, const std::string& split, const Mod
     }
     if (p.has_imaging) {
       pr[i][2] = true;
-      for (int a = 0; a < m.imaging_patches; ++a)
-        for (int c = 0; c < m.imaging_dim; ++c) im[i][a][c] = p.imaging[a * m.imaging_dim + c];
+      std::copy(p.imaging.begin(), p.imaging.end(),
+                b.imaging.data_ptr<float>() + i * imaging_numel);
     }
     if (p.has_genomics) {
       pr[i][3] = true;
@@ -134,9 +136,9 @@ class TorchLearner final : public Learner {
           Batch b = Select(train.all, idx);
           ModelOutput out = net->forward(b);
           torch::Tensor loss = torch::binary_cross_entropy_with_logits(out.logits, b.label);
-          torch::Tensor objective = loss;
+          torch::Tensor objective = out.aux_loss.defined() ? loss + out.aux_loss : loss;
           if (!anchor.empty()) {
-            objective = loss + ProximalTerm(net->parameters(), anchor, options.proximal_mu);
+            objective = objective + ProximalTerm(net->parameters(), anchor, options.proximal_mu);
           }
           opt.zero_grad();
           objective.backward();

@@ -23,16 +23,43 @@ namespace attune {
 
 // The multimodal attention model's shape. Sites and coordinator must agree;
 // the coordinator ships this section with every task.
+// The model a study trains (worker/models; DESIGN.md, "Models"). A modality
+// whose size is 0 (or imaging_encoder "none") is not part of the model.
 struct ModelConfig {
   int d_model = 32;            // token width; a multiple of heads
   int heads = 4;               // attention heads per block
+  int layers = 1;              // transformer blocks per modality encoder
+  // Self-attention within a modality: "softmax" (exact, O(N²)) or "linear"
+  // (efficient attention, O(N·d²): long gene or patch sequences).
+  std::string attention = "softmax";
+  // Fusion across modalities: "hierarchical" (α within, β across),
+  // "cross" (one transformer over every modality's tokens with token-type
+  // embeddings), "coattention" (EHR ↔ imaging/genomics, both directions) or
+  // "persam" (class tokens, class-wise/exploratory/explanatory attention).
+  std::string fusion = "hierarchical";
   int static_features = 8;     // columns of ehr/static.csv after patient_id
   int event_buckets = 256;     // event codes are feature-hashed into this many
-  int max_events = 32;         // most recent events kept per patient
-  int imaging_patches = 16;    // rows of imaging/<patient>.npy
-  int imaging_dim = 32;        // columns of imaging/<patient>.npy
+  int max_events = 32;         // most recent events kept per patient; 0 = no events
+  // Imaging: "patch_features" (precomputed features [imaging_patches,
+  // imaging_dim] as tokens), "mil" (the same, gated attention-MIL pooling),
+  // "vit" (images [image_channels, image_size, image_size], ViT patch
+  // embedding), "cnn" (the same images, hybrid CNN + transformer), "none".
+  std::string imaging_encoder = "patch_features";
+  int imaging_patches = 16;    // rows of imaging/<patient>.npy (patch_features, mil)
+  int imaging_dim = 32;        // columns of imaging/<patient>.npy (patch_features, mil)
+  int image_channels = 1;      // vit, cnn
+  int image_size = 28;         // vit, cnn: square images
+  int patch_size = 7;          // vit: divides image_size
   int genes = 64;              // columns of genomics/expression.tsv after patient_id
   double dropout = 0.1;        // in [0, 0.9]
+
+  bool has_static() const { return static_features > 0; }
+  bool has_events() const { return max_events > 0; }
+  bool has_imaging() const { return imaging_encoder != "none"; }
+  bool has_genomics() const { return genes > 0; }
+  bool raw_images() const { return imaging_encoder == "vit" || imaging_encoder == "cnn"; }
+  // Shape of imaging/<patient>.npy this model reads.
+  std::vector<int64_t> imaging_shape() const;
 
   Status Validate() const;
   std::string ToJson() const;

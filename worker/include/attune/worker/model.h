@@ -1,19 +1,23 @@
-// The multimodal attention model (LibTorch). Include only from worker
-// translation units that need tensors.
+// The study's multimodal attention model, assembled from ModelConfig out of
+// the model zoo (worker/models). Include only from worker translation units
+// that need tensors.
 //
-// Per modality, the patient's data becomes a token sequence:
-//   ehr_static  one token per static feature: x_j * W_j + b_j (feature tokenizer)
-//   ehr_events  code embedding + value * w + time encoding (temporal tokens)
-//   imaging     patch features -> linear projection + patch position embedding
-//   genomics    gene embedding * expression + gene bias (gene tokens)
-// Each modality has a learned class token and one transformer block of
-// multi-head self-attention; its class-token output is the modality vector.
-// Across modalities, attention pooling gives modality weights β (softmax over
-// the modalities the patient has; missing ones get weight 0) and the fused
-// vector Σ β_m v_m feeds a small classifier that outputs one logit.
+// Per modality the patient's data becomes tokens, and an encoder attends
+// over them:
+//   ehr_static  one token per numeric feature (FeatureTokenizer) → self-attention
+//   ehr_events  code + value + continuous-time encoding → temporal self-attention
+//   imaging     precomputed patch features → self-attention, or gated
+//               attention-MIL; raw images → ViT patches or a hybrid CNN
+//   genomics    gene tokens (embedding × expression) → self-attention
+// (softmax or efficient linear attention, per model.attention). The fusion
+// (model.fusion: hierarchical, cross, coattention or persam) makes one
+// vector per patient and the modality weights β (a modality the patient
+// lacks is masked: β = 0, never zero-filled data), and a classifier gives
+// one logit.
 //
-// forward() returns the logits together with β and each modality's
-// head-averaged self-attention weights, so every prediction can be audited.
+// forward() returns the logit with β and every attention module's weights
+// (AttentionTrace, named "<modality>/layer<i>/self", "fusion/...") so every
+// prediction can be audited and explained.
 #pragma once
 
 #include <torch/torch.h>
@@ -22,48 +26,35 @@
 #include <vector>
 
 #include "attune/common/config.h"
+#include "attune/models/attention.h"
+#include "attune/models/encoders.h"
+#include "attune/models/fusion.h"
 
 namespace attune::worker {
 
 inline constexpr int kNumModalities = 4;
 const std::vector<std::string>& ModalityNames();  // ehr_static, ehr_events, imaging, genomics
 
-// A batch of patients as tensors (B = batch size).
+// A batch of patients as tensors (B = batch size). Tensors of a modality
+// the model does not have may be undefined.
 struct Batch {
   torch::Tensor static_x;       // [B, F] float
   torch::Tensor event_bucket;   // [B, L] int64
   torch::Tensor event_value;    // [B, L] float
   torch::Tensor event_time;     // [B, L] float (hours)
   torch::Tensor event_pad;      // [B, L] bool, true = padding
-  torch::Tensor imaging;        // [B, P, D] float
+  torch::Tensor imaging;        // [B, P, D] features or [B, C, S, S] images
   torch::Tensor genomics;       // [B, G] float
   torch::Tensor present;        // [B, 4] bool: which modalities the patient has
   torch::Tensor label;          // [B] float
 };
 
 struct ModelOutput {
-  torch::Tensor logits;                  // [B]
-  torch::Tensor beta;                    // [B, 4], rows sum to 1
-  std::vector<torch::Tensor> attention;  // per modality [B, 1+L, 1+L], rows sum to 1
+  torch::Tensor logits;            // [B]
+  torch::Tensor beta;              // [B, 4]: rows sum to 1 over the modalities present
+  torch::Tensor aux_loss;          // scalar to add to the task loss, or undefined
+  models::AttentionTraces traces;  // every attention module's weights
 };
-
-// Self-attention block over a token sequence with a class token.
-class ModalityEncoderImpl : public torch::nn::Module {
- public:
-  ModalityEncoderImpl(int d_model, int heads, double dropout);
-  // tokens [B, L, d]; pad [B, L] bool (true = padding) or undefined.
-  // Returns the class-token output [B, d] and attention weights [B, 1+L, 1+L].
-  std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& tokens,
-                                                  const torch::Tensor& pad);
-
- private:
-  torch::Tensor cls_;
-  torch::nn::MultiheadAttention attn_{nullptr};
-  torch::nn::LayerNorm norm1_{nullptr}, norm2_{nullptr};
-  torch::nn::Sequential ff_{nullptr};
-  torch::nn::Dropout drop_{nullptr};
-};
-TORCH_MODULE(ModalityEncoder);
 
 class MultimodalAttentionNetImpl : public torch::nn::Module {
  public:
@@ -72,19 +63,32 @@ class MultimodalAttentionNetImpl : public torch::nn::Module {
   const ModelConfig& config() const { return config_; }
 
  private:
+  // One modality after its encoder: tokens [B, L, d] with padding and the
+  // modality vector [B, d].
+  struct Encoded {
+    torch::Tensor tokens, pad, vector;
+  };
+  std::vector<Encoded> Encode(const Batch& x, models::AttentionTraces* traces);
+  torch::Tensor Absent(const Batch& x, int m) const;  // [B, 1] bool
+
   ModelConfig config_;
-  // Tokenizers.
-  torch::Tensor static_w_, static_b_;     // [F, d]
-  torch::nn::Embedding event_code_{nullptr};
-  torch::nn::Linear event_value_{nullptr}, event_time_{nullptr};
+  std::vector<int> modalities_;  // indexes into ModalityNames() this model has
+  // Encoders (only those of the model's modalities are registered).
+  models::FeatureTokenizer static_tokens_{nullptr}, gene_tokens_{nullptr};
+  models::SequenceEncoder static_encoder_{nullptr}, imaging_encoder_{nullptr},
+      gene_encoder_{nullptr};
+  models::EventEncoder events_{nullptr};
   torch::nn::Linear patch_proj_{nullptr};
-  torch::Tensor patch_pos_;               // [P, d]
-  torch::Tensor gene_w_, gene_b_;         // [G, d]
-  // Encoders, one per modality.
-  std::vector<ModalityEncoder> encoders_;
-  // Fusion across modalities and the classifier.
-  torch::nn::Linear fuse_key_{nullptr};
-  torch::Tensor fuse_query_;              // [d]
+  torch::Tensor patch_pos_;
+  models::GatedAttentionMil mil_{nullptr};
+  models::PatchEmbedding vit_{nullptr};
+  models::HybridCnn cnn_{nullptr};
+  // Fusion (one of) and the classifier.
+  models::HierarchicalFusion hierarchical_{nullptr};
+  torch::Tensor token_type_, fusion_cls_;
+  models::SequenceEncoder cross_{nullptr};
+  models::CoAttention coattention_{nullptr};
+  models::PersAm persam_{nullptr};
   torch::nn::Sequential head_{nullptr};
 };
 TORCH_MODULE(MultimodalAttentionNet);

@@ -6,9 +6,12 @@
 //   ehr/static.csv          patient_id,<model.static_features numeric columns>
 //   ehr/events.csv          patient_id,time,code,value
 //   imaging/<patient>.npy   float32 [model.imaging_patches, model.imaging_dim]
+//                           (patch features), or [image_channels, image_size,
+//                           image_size] (raw images: imaging_encoder vit, cnn)
 //   genomics/expression.tsv patient_id<TAB><model.genes numeric columns>
 //
-// Every modality file is optional; a patient may lack any modality. Event
+// Every modality file is optional; a patient may lack any modality. Files of
+// a modality the model does not have (size 0) are not read. Event
 // codes are feature-hashed into model.event_buckets buckets so sites need
 // not share vocabularies. A bad row is an error that names file and line —
 // never silently dropped. Empty numeric cells are missing values (imputed
