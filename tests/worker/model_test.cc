@@ -3,40 +3,23 @@
 #include <gtest/gtest.h>
 
 #include "attune/worker/model_state.h"
+#include "worker/batches.h"
 
 namespace attune::worker {
 namespace {
 
-ModelConfig Small() {
-  ModelConfig m;
-  m.d_model = 16;
-  m.heads = 4;
-  m.static_features = 5;
-  m.event_buckets = 50;
-  m.max_events = 6;
-  m.imaging_patches = 4;
-  m.imaging_dim = 7;
-  m.genes = 9;
-  m.dropout = 0.0;
-  return m;
-}
+using testing::SmallModel;
 
+ModelConfig Small() { return SmallModel(); }
+
+// Patient 0 has two events; patient 1 no imaging, patient 2 no genomics.
 Batch RandomBatch(const ModelConfig& m, int64_t b) {
-  Batch x;
-  x.static_x = torch::randn({b, m.static_features});
-  x.event_bucket = torch::randint(m.event_buckets, {b, m.max_events}, torch::kInt64);
-  x.event_value = torch::randn({b, m.max_events});
-  x.event_time = torch::rand({b, m.max_events}) * 72;
-  x.event_pad = torch::zeros({b, m.max_events}, torch::kBool);
-  x.event_pad.index_put_({0, torch::indexing::Slice(2, torch::indexing::None)}, true);  // 2 events
-  x.imaging = torch::randn({b, m.imaging_patches, m.imaging_dim});
-  x.genomics = torch::randn({b, m.genes});
-  x.present = torch::ones({b, kNumModalities}, torch::kBool);
+  Batch x = testing::RandomBatch(m, b);
+  x.event_pad.index_put_({0, torch::indexing::Slice(2, torch::indexing::None)}, true);
   if (b > 2) {
-    x.present.index_put_({1, 2}, false);  // patient 1 has no imaging
-    x.present.index_put_({2, 3}, false);  // patient 2 has no genomics
+    x.present.index_put_({1, 2}, false);
+    x.present.index_put_({2, 3}, false);
   }
-  x.label = torch::randint(2, {b}).to(torch::kFloat);
   return x;
 }
 
@@ -105,9 +88,6 @@ TEST_P(EveryImagingEncoder, BuildsAndMasksAMissingImage) {
   MultimodalAttentionNet net(m);
   net->eval();
   Batch x = RandomBatch(m, 5);
-  std::vector<int64_t> shape = {5};
-  for (int64_t d : m.imaging_shape()) shape.push_back(d);
-  x.imaging = torch::randn(shape);
   ModelOutput out = net->forward(x);
   EXPECT_TRUE(torch::isfinite(out.logits).all().item<bool>());
   EXPECT_LT(out.beta[1][2].item<float>(), 1e-6);

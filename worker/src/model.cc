@@ -37,6 +37,13 @@ const std::vector<std::string>& ModalityNames() {
   return names;
 }
 
+Batch SelectRows(const Batch& b, const torch::Tensor& idx) {
+  auto rows = [&](const torch::Tensor& t) { return t.defined() ? t.index_select(0, idx) : t; };
+  return {rows(b.static_x),  rows(b.event_bucket), rows(b.event_value),
+          rows(b.event_time), rows(b.event_pad),   rows(b.imaging),
+          rows(b.genomics),  rows(b.present),      rows(b.label)};
+}
+
 MultimodalAttentionNetImpl::MultimodalAttentionNetImpl(const ModelConfig& c) : config_(c) {
   const int64_t d = c.d_model;
   const models::SequenceOptions seq = SequenceOf(c);

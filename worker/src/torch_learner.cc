@@ -76,14 +76,6 @@ SplitTensors Tensorise(const SiteData& data, const std::string& split, const Mod
   return s;
 }
 
-Batch Select(const Batch& b, const torch::Tensor& idx) {
-  return {b.static_x.index_select(0, idx),   b.event_bucket.index_select(0, idx),
-          b.event_value.index_select(0, idx), b.event_time.index_select(0, idx),
-          b.event_pad.index_select(0, idx),   b.imaging.index_select(0, idx),
-          b.genomics.index_select(0, idx),    b.present.index_select(0, idx),
-          b.label.index_select(0, idx)};
-}
-
 // Converts LibTorch's exceptions into a Status at the component's edge.
 template <typename F>
 auto Guard(const char* what, F&& f) -> decltype(f()) {
@@ -133,7 +125,7 @@ class TorchLearner final : public Learner {
         int64_t seen = 0, batch = 0;
         for (int64_t off = 0; off < n; off += hyper.batch_size) {
           torch::Tensor idx = perm.slice(0, off, std::min(n, off + hyper.batch_size));
-          Batch b = Select(train.all, idx);
+          Batch b = SelectRows(train.all, idx);
           ModelOutput out = net->forward(b);
           torch::Tensor loss = torch::binary_cross_entropy_with_logits(out.logits, b.label);
           torch::Tensor objective = out.aux_loss.defined() ? loss + out.aux_loss : loss;
@@ -186,7 +178,7 @@ class TorchLearner final : public Learner {
       const int64_t n = s.patients.size();
       for (int64_t off = 0; off < n; off += 256) {
         torch::Tensor idx = torch::arange(off, std::min(n, off + 256), torch::kInt64);
-        Batch b = Select(s.all, idx);
+        Batch b = SelectRows(s.all, idx);
         ModelOutput out = net->forward(b);
         torch::Tensor prob = torch::sigmoid(out.logits);
         torch::Tensor loss = torch::binary_cross_entropy_with_logits(

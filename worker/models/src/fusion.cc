@@ -118,11 +118,11 @@ PersAmImpl::Output PersAmImpl::forward(const std::vector<ModalityTokens>& instan
   auto s = [&](const torch::Tensor& a, const torch::Tensor& bt) {
     return torch::sigmoid(torch::matmul(a, bt.transpose(1, 2)) * scale);
   };
-  torch::Tensor class_wise = s(k_l, q_c);                       // a   [B, L, C]
-  torch::Tensor psi = MeanOrOne(s(k_l, q_t), pad_t);            // ψ   [B, L]
-  torch::Tensor phi = MeanOrOne(s(q_c, k_t), pad_t);            // φ   [B, C]
-  torch::Tensor explanatory = (class_wise * phi.unsqueeze(1) * psi.unsqueeze(-1))
-                                  .masked_fill(pad_l.unsqueeze(-1), 0.0);  // a' [B, L, C]
+  // Padded instances attend to nothing: a = ψ = 0 there, hence a' = 0.
+  torch::Tensor class_wise = s(k_l, q_c).masked_fill(pad_l.unsqueeze(-1), 0.0);  // a [B, L, C]
+  torch::Tensor psi = MeanOrOne(s(k_l, q_t), pad_t).masked_fill(pad_l, 0.0);     // ψ [B, L]
+  torch::Tensor phi = MeanOrOne(s(q_c, k_t), pad_t);                             // φ [B, C]
+  torch::Tensor explanatory = class_wise * phi.unsqueeze(1) * psi.unsqueeze(-1);  // a' [B, L, C]
   torch::Tensor a_l = std::get<0>(explanatory.max(-1));                    // [B, L]
   torch::Tensor total = a_l.sum(1, true);                                  // [B, 1]
   torch::Tensor share = a_l / total.clamp_min(1e-12);

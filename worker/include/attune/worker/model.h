@@ -49,6 +49,9 @@ struct Batch {
   torch::Tensor label;          // [B] float
 };
 
+// The patients `idx` [n] int64 of a batch.
+Batch SelectRows(const Batch& b, const torch::Tensor& idx);
+
 struct ModelOutput {
   torch::Tensor logits;            // [B]
   torch::Tensor beta;              // [B, 4]: rows sum to 1 over the modalities present

@@ -4,8 +4,8 @@
 //
 //   EHR events  code embedding + value + continuous-time encoding, then
 //               temporal self-attention (TimeEncoding, EventEncoder)
-//   imaging     ViT patch embedding with learned positions and a class
-//               token (PatchEmbedding), or bags of precomputed patch
+//   imaging     ViT patch embedding with learned positions (PatchEmbedding;
+//               the class token comes from SequenceEncoder), or bags of precomputed patch
 //               features pooled with gated attention-MIL (GatedAttentionMil)
 //   genomics    gene tokens: a learned gene embedding scaled by the
 //               expression value or mutation flag (FeatureTokenizer)
@@ -80,9 +80,10 @@ class SequenceEncoderImpl : public torch::nn::Module {
 };
 TORCH_MODULE(SequenceEncoder);
 
-// EHR events → temporal self-attention: token = code(bucket) + value·w_v +
-// TimeEncoding(t). Parameters: code [buckets, d], value [d, 1] (Linear),
-// time, encoder.
+// EHR events → temporal self-attention: token = code(bucket) + (value·w_v +
+// b_v) + TimeEncoding(t). Parameters: code [buckets, d], value (Linear 1 → d
+// with bias), time, encoder (a SequenceEncoder whose traces are
+// "ehr_events/layer<i>/self").
 class EventEncoderImpl : public torch::nn::Module {
  public:
   EventEncoderImpl(int64_t buckets, const SequenceOptions& options);

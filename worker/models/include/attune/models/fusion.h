@@ -89,8 +89,8 @@ struct PersAmOptions {
 // token), blocks.<i> (pre-norm TransformerBlock, ff_mult 2), norm (LayerNorm
 // after the blocks), q, k, v (Linear d → d with bias), classifier
 // (Linear d → d, GELU, Linear d → C; names classifier.0, classifier.2).
-// Padded instances get a' = 0; a patient whose instances are all padded gets
-// z = 0. Σ_l a'_l is clamped below at 1e-12.
+// Padded instances get a = ψ = a' = 0 (padded clinical tokens are left out
+// of the means); a patient whose instances are all padded gets z = 0. Σ_l a'_l is clamped below at 1e-12.
 // Traces: "fusion/class_attention" a [B, L, C], "fusion/exploratory" ψ
 // [B, L], "fusion/relevance" φ [B, C], "fusion/explanatory" a' [B, L, C],
 // and the encoder's layers.
