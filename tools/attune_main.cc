@@ -5,7 +5,9 @@
 //   attune status              a running study: rounds, sites (alive, last seen), metrics
 //   attune log verify|show     the coordinator's hash-chained audit log
 //   attune synth               generate a synthetic multi-site cohort
-// The work is done in common/ (provision.h) and experiments/ (synth.h).
+//   attune explain             what a model attended to, for chosen patients
+// The work is done in common/ (provision.h), experiments/ (synth.h) and
+// worker/ (explain.h).
 #include <cstdio>
 #include <filesystem>
 #include <string>
@@ -14,9 +16,11 @@
 #include <CLI/CLI.hpp>
 
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "attune/common/config.h"
 #include "attune/common/provision.h"
 #include "attune/common/site_config.h"
+#include "attune/worker/explain.h"
 #include "operate.h"
 #include "synth/synth.h"
 
@@ -211,6 +215,23 @@ int main(int argc, char** argv) {
   synth->add_option("--seed", syn.seed, "random seed")->capture_default_str();
   synth->add_flag("--overwrite", syn.overwrite, "replace existing site directories");
 
+  attune::worker::ExplainOptions ex;
+  std::string ex_patients;
+  CLI::App* explain = app.add_subcommand(
+      "explain",
+      "write each layer's and head's attention for chosen patients as JSON (OUT/<patient>.json), "
+      "and an imaging heatmap PNG over the patches (OUT/<patient>.imaging.png)");
+  explain->add_option("--study", ex.study_path, "the study file (its model config)")->required();
+  explain->add_option("--model", ex.model_path, "a model file, e.g. a study's out/model.atnm")
+      ->required();
+  explain->add_option("--site-dir", ex.site_dir, "the site's data directory")->required();
+  explain->add_option("--patients", ex_patients, "comma-separated patient ids (default: the "
+                                                 "first --count patients of --split)");
+  explain->add_option("--split", ex.split, "split to take patients from")->capture_default_str();
+  explain->add_option("--count", ex.count, "patients to take from --split")->capture_default_str();
+  explain->add_option("--out", ex.out_dir, "output directory")->required();
+  explain->add_option("--threads", ex.threads, "LibTorch threads")->capture_default_str();
+
   CLI11_PARSE(app, argc, argv);
 
   if (init->parsed()) return RunInit(init_options, coordinator->count() > 0);
@@ -224,6 +245,14 @@ int main(int argc, char** argv) {
     std::printf("synthetic cohort written to %s (%d sites x %d patients, seed %llu)\n",
                 syn.out_dir.c_str(), syn.num_sites, syn.patients_per_site,
                 static_cast<unsigned long long>(syn.seed));
+    return 0;
+  }
+  if (explain->parsed()) {
+    if (!ex_patients.empty()) ex.patients = absl::StrSplit(ex_patients, ',', absl::SkipEmpty());
+    auto result = attune::worker::Explain(ex);
+    if (!result.ok()) return Fail(result.status());
+    for (const auto& f : result->files) std::printf("%s\n", f.c_str());
+    std::printf("explained %zu patient(s) into %s\n", result->patients, ex.out_dir.c_str());
     return 0;
   }
   return 0;

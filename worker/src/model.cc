@@ -7,7 +7,7 @@ namespace {
 
 constexpr int kStatic = 0, kEvents = 1, kImaging = 2, kGenomics = 3;
 
-models::SequenceOptions SequenceOf(const ModelConfig& c) {
+models::SequenceOptions SequenceOf(const ModelConfig& c, bool full_attention) {
   models::SequenceOptions o;
   o.d_model = c.d_model;
   o.heads = c.heads;
@@ -15,6 +15,7 @@ models::SequenceOptions SequenceOf(const ModelConfig& c) {
   o.dropout = c.dropout;
   o.attention = c.attention == "linear" ? models::AttentionKind::kLinear
                                         : models::AttentionKind::kSoftmax;
+  o.need_weights = full_attention;
   return o;
 }
 
@@ -44,9 +45,10 @@ Batch SelectRows(const Batch& b, const torch::Tensor& idx) {
           rows(b.genomics),  rows(b.present),      rows(b.label)};
 }
 
-MultimodalAttentionNetImpl::MultimodalAttentionNetImpl(const ModelConfig& c) : config_(c) {
+MultimodalAttentionNetImpl::MultimodalAttentionNetImpl(const ModelConfig& c, bool full_attention)
+    : config_(c) {
   const int64_t d = c.d_model;
-  const models::SequenceOptions seq = SequenceOf(c);
+  const models::SequenceOptions seq = SequenceOf(c, full_attention);
   if (c.has_static()) {
     modalities_.push_back(kStatic);
     static_tokens_ = register_module("static_tokens", models::FeatureTokenizer(c.static_features, d));

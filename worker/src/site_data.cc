@@ -158,7 +158,8 @@ StatusOr<Patient*> Lookup(const TableReader& r, const std::string& id, SiteData*
 // and `width` numeric columns.
 Status LoadMatrix(const std::string& path, char sep, int width, const char* what,
                   std::vector<float> Patient::*field, bool Patient::*present, SiteData* data,
-                  const std::unordered_map<std::string, size_t>& index) {
+                  const std::unordered_map<std::string, size_t>& index,
+                  std::vector<std::string>* columns) {
   if (!fs::exists(path)) return absl::OkStatus();  // optional modality
   TableReader r(path, sep);
   if (!r.ok()) return absl::InternalError(absl::StrCat(path, ": cannot open"));
@@ -169,6 +170,7 @@ Status LoadMatrix(const std::string& path, char sep, int width, const char* what
     return r.Error(absl::StrCat("the study's model expects ", width, " ", what, " columns, the file has ",
                                 header.size() - 1));
   }
+  columns->assign(header.begin() + 1, header.end());
   while (r.Next(&f)) {
     if (f.size() != header.size()) {
       return r.Error(absl::StrCat("expected ", header.size(), " fields, got ", f.size()));
@@ -202,6 +204,7 @@ Status LoadEvents(const std::string& path, const ModelConfig& m, SiteData* data,
     ATTUNE_RETURN_IF_ERROR(ParseFloat(r, f[1], "time", false, &e.time));
     if (f[2].empty()) return r.Error("column 'code' is empty");
     e.bucket = HashCode(f[2], m.event_buckets);
+    e.code = f[2];
     ATTUNE_RETURN_IF_ERROR(ParseFloat(r, f[3], "value", true, &e.value));
     p->events.push_back(e);
   }
@@ -296,7 +299,8 @@ StatusOr<SiteData> LoadSiteData(const std::string& dir, const ModelConfig& m) {
   if (m.has_static()) {
     ATTUNE_RETURN_IF_ERROR(LoadMatrix(dir + "/ehr/static.csv", ',', m.static_features,
                                       "static feature", &Patient::static_features,
-                                      &Patient::has_static, &data, index));
+                                      &Patient::has_static, &data, index,
+                                      &data.static_columns));
   }
   if (m.has_events()) {
     ATTUNE_RETURN_IF_ERROR(LoadEvents(dir + "/ehr/events.csv", m, &data, index));
@@ -304,7 +308,8 @@ StatusOr<SiteData> LoadSiteData(const std::string& dir, const ModelConfig& m) {
   if (m.has_imaging()) ATTUNE_RETURN_IF_ERROR(LoadImaging(dir + "/imaging", m, &data));
   if (m.has_genomics()) {
     ATTUNE_RETURN_IF_ERROR(LoadMatrix(dir + "/genomics/expression.tsv", '\t', m.genes, "gene",
-                                      &Patient::genomics, &Patient::has_genomics, &data, index));
+                                      &Patient::genomics, &Patient::has_genomics, &data, index,
+                                      &data.gene_columns));
   }
   Standardise(data.patients, &Patient::static_features, &Patient::has_static, m.static_features);
   Standardise(data.patients, &Patient::genomics, &Patient::has_genomics, m.genes);

@@ -29,6 +29,7 @@
 #include "attune/models/attention.h"
 #include "attune/models/encoders.h"
 #include "attune/models/fusion.h"
+#include "attune/worker/site_data.h"
 
 namespace attune::worker {
 
@@ -49,6 +50,9 @@ struct Batch {
   torch::Tensor label;          // [B] float
 };
 
+// The patients' tensors for model `m` (their split does not matter).
+Batch ToBatch(const std::vector<const Patient*>& patients, const ModelConfig& m);
+
 // The patients `idx` [n] int64 of a batch.
 Batch SelectRows(const Batch& b, const torch::Tensor& idx);
 
@@ -61,7 +65,10 @@ struct ModelOutput {
 
 class MultimodalAttentionNetImpl : public torch::nn::Module {
  public:
-  explicit MultimodalAttentionNetImpl(const ModelConfig& config);
+  // full_attention: linear attention also materialises its O(N²)
+  // token-to-token weights (for `attune explain`); the parameters and the
+  // outputs are the same either way.
+  explicit MultimodalAttentionNetImpl(const ModelConfig& config, bool full_attention = false);
   ModelOutput forward(const Batch& batch);
   const ModelConfig& config() const { return config_; }
 

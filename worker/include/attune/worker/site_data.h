@@ -31,6 +31,7 @@ namespace attune::worker {
 struct Event {
   float time = 0;     // hours
   int32_t bucket = 0; // hashed code
+  std::string code;   // as written in events.csv
   float value = 0;    // standardised per bucket
 };
 
@@ -50,6 +51,8 @@ struct Patient {
 
 struct SiteData {
   std::vector<std::string> subgroup_columns;
+  std::vector<std::string> static_columns;  // ehr/static.csv's header (when read)
+  std::vector<std::string> gene_columns;    // genomics/expression.tsv's header (when read)
   std::vector<Patient> patients;
 
   int64_t Count(const std::string& split) const;
