@@ -6,6 +6,7 @@
 //   attune log verify|show     the coordinator's hash-chained audit log
 //   attune synth               generate a synthetic multi-site cohort
 //   attune explain             what a model attended to, for chosen patients
+//   attune import              a public dataset → site directories
 // The work is done in common/ (provision.h), experiments/ (synth.h) and
 // worker/ (explain.h).
 #include <cstdio>
@@ -21,6 +22,7 @@
 #include "attune/common/provision.h"
 #include "attune/common/site_config.h"
 #include "attune/worker/explain.h"
+#include "importers/importers.h"
 #include "operate.h"
 #include "synth/synth.h"
 
@@ -232,6 +234,23 @@ int main(int argc, char** argv) {
   explain->add_option("--out", ex.out_dir, "output directory")->required();
   explain->add_option("--threads", ex.threads, "LibTorch threads")->capture_default_str();
 
+  attune::importers::ImportOptions im;
+  CLI::App* import = app.add_subcommand(
+      "import", "convert a public dataset, as its publisher ships it, into site directories "
+                "(OUT/<site>/) and print the study's model config");
+  import->add_option("--dataset", im.dataset, "dataset")
+      ->required()
+      ->check(CLI::IsMember(attune::importers::Datasets()));
+  import->add_option("--source", im.source, "the dataset's folder")->required();
+  import->add_option("--out", im.out_dir, "output directory")->required();
+  import->add_option("--sites", im.sites, "sites, by a seeded hash of the patient id")
+      ->capture_default_str();
+  import->add_option("--site-by", im.site_by,
+                     "a natural site column instead of --sites (tcga_glioma: tss)");
+  import->add_option("--seed", im.seed, "seed of the split and site assignment")
+      ->capture_default_str();
+  import->add_flag("--overwrite", im.overwrite, "replace existing site directories");
+
   CLI11_PARSE(app, argc, argv);
 
   if (init->parsed()) return RunInit(init_options, coordinator->count() > 0);
@@ -245,6 +264,17 @@ int main(int argc, char** argv) {
     std::printf("synthetic cohort written to %s (%d sites x %d patients, seed %llu)\n",
                 syn.out_dir.c_str(), syn.num_sites, syn.patients_per_site,
                 static_cast<unsigned long long>(syn.seed));
+    return 0;
+  }
+  if (import->parsed()) {
+    auto report = attune::importers::Import(im);
+    if (!report.ok()) return Fail(report.status());
+    std::printf("imported %lld patients (%lld positive) into %zu sites in %s: %s\n",
+                static_cast<long long>(report->patients),
+                static_cast<long long>(report->positives), report->sites.size(),
+                im.out_dir.c_str(), absl::StrJoin(report->sites, ", ").c_str());
+    for (const auto& n : report->notes) std::printf("note: %s\n", n.c_str());
+    std::printf("study file \"model\": %s\n", report->model_json.c_str());
     return 0;
   }
   if (explain->parsed()) {

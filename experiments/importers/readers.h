@@ -1,0 +1,10 @@
+// The dataset readers, one per file (private to the importers library).
+#pragma once
+
+#include "cohort.h"
+
+namespace attune::importers {
+
+StatusOr<Cohort> ReadTcgaGlioma(const ImportOptions& options, ImportReport* report);
+
+}  // namespace attune::importers
