@@ -15,6 +15,7 @@
 #include "attune/worker/model_state.h"
 #include "attune/worker/png.h"
 #include "attune/worker/site_data.h"
+#include "torch_guard.h"
 #include "nlohmann/json.hpp"
 
 namespace attune::worker {
@@ -146,15 +147,6 @@ Status WriteHeatmap(const std::string& path, const torch::Tensor& attention,
   return WritePng(path, img);
 }
 
-template <typename F>
-auto Guard(F&& f) -> decltype(f()) {
-  try {
-    return f();
-  } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("explain: ", e.what_without_backtrace()));
-  }
-}
-
 }  // namespace
 
 StatusOr<ExplainResult> Explain(const ExplainOptions& o) {
@@ -192,7 +184,7 @@ StatusOr<ExplainResult> Explain(const ExplainOptions& o) {
     }
   }
 
-  return Guard([&]() -> StatusOr<ExplainResult> {
+  return TorchGuard("explain", [&]() -> StatusOr<ExplainResult> {
     torch::set_num_threads(o.threads);
     MultimodalAttentionNet net(m, /*full_attention=*/true);
     Status loaded = LoadFlatModel(*flat, *net);

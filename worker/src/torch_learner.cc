@@ -10,6 +10,7 @@
 #include "attune/worker/model.h"
 #include "attune/worker/model_state.h"
 #include "attune/worker/site_data.h"
+#include "torch_guard.h"
 
 namespace attune::worker {
 namespace {
@@ -28,16 +29,6 @@ SplitTensors Tensorise(const SiteData& data, const std::string& split, const Mod
   return s;
 }
 
-// Converts LibTorch's exceptions into a Status at the component's edge.
-template <typename F>
-auto Guard(const char* what, F&& f) -> decltype(f()) {
-  try {
-    return f();
-  } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat(what, ": ", e.what_without_backtrace()));
-  }
-}
-
 class TorchLearner final : public Learner {
  public:
   TorchLearner(ModelConfig config, SiteData data)
@@ -48,7 +39,7 @@ class TorchLearner final : public Learner {
   }
 
   StatusOr<FlatModel> InitialModel(uint64_t seed) override {
-    return Guard("initial model", [&]() -> StatusOr<FlatModel> {
+    return TorchGuard("initial model", [&]() -> StatusOr<FlatModel> {
       torch::manual_seed(seed);
       MultimodalAttentionNet net(config_);
       return ToFlatModel(*net);
@@ -57,7 +48,7 @@ class TorchLearner final : public Learner {
 
   StatusOr<TrainResult> Train(const FlatModel& global, const TrainConfig& hyper,
                               const TrainOptions& options) override {
-    return Guard("training", [&]() -> StatusOr<TrainResult> {
+    return TorchGuard("training", [&]() -> StatusOr<TrainResult> {
       torch::manual_seed(hyper.seed);
       MultimodalAttentionNet net(config_);
       ATTUNE_RETURN_IF_ERROR(LoadFlatModel(global, *net));
@@ -116,7 +107,7 @@ class TorchLearner final : public Learner {
       auto pos = std::find(data_.subgroup_columns.begin(), data_.subgroup_columns.end(), c);
       if (pos != data_.subgroup_columns.end()) columns.push_back(pos - data_.subgroup_columns.begin());
     }
-    return Guard("evaluation", [&]() -> StatusOr<EvalSums> {
+    return TorchGuard("evaluation", [&]() -> StatusOr<EvalSums> {
       MultimodalAttentionNet net(config_);
       ATTUNE_RETURN_IF_ERROR(LoadFlatModel(model, *net));
       net->eval();
