@@ -18,9 +18,6 @@
 //     config.detached.<output> = 1   a floating output that does not require grad
 //                                    (left out of the loss)
 //     config.nograd.<param> = 1      a parameter whose grad was undefined (zeros written)
-//     config.module.<name>.*         what LibTorch reports about each submodule
-//                                    (kind, GroupNorm groups, eps, conv/pool geometry),
-//                                    for details the header docs leave open
 //
 // Exit status: 0 written, 1 error, 2 unknown case / usage.
 #include <torch/torch.h>
@@ -52,14 +49,6 @@ constexpr int64_t kB = 2;       // batch
 constexpr int64_t kD = 16;      // d_model
 constexpr int64_t kHeads = 4;
 
-// Kinds written as config.module.<name>.kind (parity_oracle.py has the same table).
-enum Kind : int64_t {
-  kOther = 0, kLinear = 1, kConv2d = 2, kLayerNorm = 3, kGroupNorm = 4, kReLU = 5, kGELU = 6,
-  kTanh = 7, kSigmoid = 8, kDropout = 9, kMaxPool2d = 10, kAvgPool2d = 11, kIdentity = 12,
-  kEmbedding = 13, kSequential = 14, kModuleList = 15, kSiLU = 16, kAdaptiveAvgPool2d = 17,
-  kAdaptiveMaxPool2d = 18, kBatchNorm2d = 19,
-};
-
 // [B, L] bool padding mask: true at positions >= lengths[b].
 torch::Tensor Pad(int64_t L, const std::vector<int64_t>& lengths) {
   auto pad = torch::zeros({static_cast<int64_t>(lengths.size()), L}, torch::kBool);
@@ -78,13 +67,6 @@ torch::Tensor RandomMask(at::IntArrayRef shape) {
 void Randomise(torch::nn::Module& m) {
   torch::NoGradGuard no_grad;
   for (auto& p : m.named_parameters()) p.value().normal_(0, kScale);
-}
-
-template <size_t D>
-int64_t PaddingOf(const typename torch::nn::detail::conv_padding_t<D>& p) {
-  if (const auto* a = c10::get_if<torch::ExpandingArray<D>>(&p)) return (**a)[0];
-  if (c10::get_if<torch::enumtype::kSame>(&p)) return -1;
-  return -2;  // kValid
 }
 
 // Collects the dump; Write() runs the backward pass and writes the file.
@@ -167,7 +149,6 @@ class Dump {
         Put("grad.param." + p.key(), g.detach().clone());
       }
       for (const auto& b : module_->named_buffers()) Put("buffer." + b.key(), b.value().detach().clone());
-      for (const auto& m : module_->named_modules("", /*include_self=*/false)) Describe(m.key(), *m.value());
     }
 
     auto bytes = torch::pickle_save(c10::IValue(dict_));
@@ -186,67 +167,6 @@ class Dump {
   void Put(const std::string& key, const torch::Tensor& t) {
     if (Has(key)) throw std::runtime_error("duplicate key " + key);
     dict_.insert(key, t);
-  }
-
-  // What LibTorch reports about a submodule: only what the oracle may need
-  // where the header docs are silent (GroupNorm groups, the MLP of PersAM,
-  // the layout of HybridCnn's stages).
-  void Describe(const std::string& name, torch::nn::Module& m) {
-    const std::string k = "module." + name + ".";
-    int64_t kind = kOther;
-    if (m.as<torch::nn::Linear>()) {
-      kind = kLinear;
-    } else if (auto* c = m.as<torch::nn::Conv2d>()) {
-      kind = kConv2d;
-      Config(k + "kernel", (*c->options.kernel_size())[0]);
-      Config(k + "stride", (*c->options.stride())[0]);
-      Config(k + "padding", PaddingOf<2>(c->options.padding()));
-    } else if (auto* ln = m.as<torch::nn::LayerNorm>()) {
-      kind = kLayerNorm;
-      ConfigF(k + "eps", ln->options.eps());
-    } else if (auto* gn = m.as<torch::nn::GroupNorm>()) {
-      kind = kGroupNorm;
-      Config(k + "groups", gn->options.num_groups());
-      ConfigF(k + "eps", gn->options.eps());
-    } else if (m.as<torch::nn::ReLU>()) {
-      kind = kReLU;
-    } else if (auto* g = m.as<torch::nn::GELU>()) {
-      kind = kGELU;
-      Config(k + "tanh", g->options.approximate() == "tanh" ? 1 : 0);
-    } else if (m.as<torch::nn::Tanh>()) {
-      kind = kTanh;
-    } else if (m.as<torch::nn::Sigmoid>()) {
-      kind = kSigmoid;
-    } else if (m.as<torch::nn::Dropout>()) {
-      kind = kDropout;
-    } else if (auto* mp = m.as<torch::nn::MaxPool2d>()) {
-      kind = kMaxPool2d;
-      Config(k + "kernel", (*mp->options.kernel_size())[0]);
-      Config(k + "stride", (*mp->options.stride())[0]);
-      Config(k + "padding", (*mp->options.padding())[0]);
-    } else if (auto* ap = m.as<torch::nn::AvgPool2d>()) {
-      kind = kAvgPool2d;
-      Config(k + "kernel", (*ap->options.kernel_size())[0]);
-      Config(k + "stride", (*ap->options.stride())[0]);
-      Config(k + "padding", (*ap->options.padding())[0]);
-    } else if (m.as<torch::nn::Identity>()) {
-      kind = kIdentity;
-    } else if (m.as<torch::nn::Embedding>()) {
-      kind = kEmbedding;
-    } else if (m.as<torch::nn::Sequential>()) {
-      kind = kSequential;
-    } else if (m.as<torch::nn::ModuleList>()) {
-      kind = kModuleList;
-    } else if (m.as<torch::nn::SiLU>()) {
-      kind = kSiLU;
-    } else if (m.as<torch::nn::AdaptiveAvgPool2d>()) {
-      kind = kAdaptiveAvgPool2d;
-    } else if (m.as<torch::nn::AdaptiveMaxPool2d>()) {
-      kind = kAdaptiveMaxPool2d;
-    } else if (m.as<torch::nn::BatchNorm2d>()) {
-      kind = kBatchNorm2d;
-    }
-    Config(k + "kind", kind);
   }
 
   c10::Dict<std::string, torch::Tensor> dict_;

@@ -48,14 +48,6 @@ TOL = 1e-5
 # do not say). The eps LibTorch reports is printed when it differs.
 NORM_EPS = 1e-5
 
-# Kinds written by parity_dump.cc as config.module.<name>.kind.
-KIND = {
-    0: "other", 1: "linear", 2: "conv2d", 3: "layernorm", 4: "groupnorm", 5: "relu",
-    6: "gelu", 7: "tanh", 8: "sigmoid", 9: "dropout", 10: "maxpool2d", 11: "avgpool2d",
-    12: "identity", 13: "embedding", 14: "sequential", 15: "modulelist", 16: "silu",
-    17: "adaptiveavgpool2d", 18: "adaptivemaxpool2d", 19: "batchnorm2d",
-}
-
 _REQUIRED = object()
 
 
@@ -95,17 +87,6 @@ class Ctx:
                 raise OracleError("missing config." + key)
             return default
         return t.item()
-
-    def modcfg(self, module, key, default=_REQUIRED):
-        return self.cfg("module.%s.%s" % (module, key), default)
-
-    def kind(self, module):
-        return KIND.get(int(self.modcfg(module, "kind", 0)), "other")
-
-    def children(self, module):
-        """Indices of a Sequential's children, from config.module.<module>.<i>.kind."""
-        pat = re.compile(r"^config\.module\.%s\.(\d+)\.kind$" % re.escape(module))
-        return sorted(int(m.group(1)) for m in (pat.match(k) for k in self.dump) if m)
 
     def inp(self, name):
         if name not in self.inputs:
@@ -342,45 +323,6 @@ def sequence_encoder(S, tokens, pad, heads, layers, linear=False, need_weights=F
     return {"vector": x[:, 0], "tokens": x, "pad": full_pad}, traces
 
 
-def apply_sequential(ctx, S, x, skip=()):
-    """Runs a Sequential child by child as LibTorch reports its kinds (used
-    only where the header does not give the layers: PersAM's MLP)."""
-    for i in ctx.children(S.name):
-        if i in skip:
-            continue
-        name = "%s.%d" % (S.name, i)
-        kind = ctx.kind(name)
-        if kind == "linear":
-            x = lin(S.sub(str(i)), x, bias=None)
-        elif kind == "relu":
-            x = F.relu(x)
-        elif kind == "gelu":
-            x = F.gelu(x, approximate="tanh" if ctx.modcfg(name, "tanh", 0) else "none")
-        elif kind == "tanh":
-            x = torch.tanh(x)
-        elif kind == "sigmoid":
-            x = torch.sigmoid(x)
-        elif kind == "silu":
-            x = F.silu(x)
-        elif kind == "layernorm":
-            x = layer_norm(S.sub(str(i)), x)
-        elif kind in ("dropout", "identity"):
-            pass
-        else:
-            raise OracleError("%s: unsupported layer kind %s" % (name, kind))
-    return x
-
-
-def check_norm_eps(ctx):
-    """Says where LibTorch reports something other than what the reference
-    assumes (norm eps 1e-5, exact GELU); the reference does not adapt."""
-    for k, v in ctx.dump.items():
-        if k.startswith("config.module.") and k.endswith(".eps") and abs(v.item() - NORM_EPS) > 1e-12:
-            ctx.note("%s = %g (the reference assumes %g)" % (k, v.item(), NORM_EPS))
-        if k.startswith("config.module.") and k.endswith(".tanh") and v.item() and ".classifier." not in k:
-            ctx.note("%s: LibTorch uses the tanh GELU (the reference assumes exact erf GELU)" % k)
-
-
 # ----------------------------------------------------------------------------
 # Swin Transformer (Liu et al. 2021), ported from the official code.
 
@@ -556,7 +498,6 @@ def ref_axial_attention(ctx):
 
 
 def ref_transformer_block(ctx):
-    check_norm_eps(ctx)
     x, pad = ctx.inp("x"), ctx.inp("pad")
     out, w = transformer_block(Scope(ctx), x, pad, int(ctx.cfg("heads")), bool(ctx.cfg("linear")),
                                bool(ctx.cfg("need_weights")))
@@ -576,75 +517,29 @@ def ref_cbam(ctx):
 
 
 def ref_hybrid_cnn(ctx):
-    """Two stages 3×3 conv → GroupNorm → ReLU → CBAM, then 2×2 stride; the
-    (H/4 × W/4) map → tokens (to_tokens), class token (cls) and learned
-    positions (pos); transformer blocks; vector = the class token's output.
-    ASSUMPTIONS (the header is silent): the stage Sequentials are run as
-    LibTorch reports their children (conv geometry and GroupNorm groups read
-    from config.module.*), except that a pooling child is applied after the
-    CBAM, as the header orders it; with no pooling child and no strided conv
-    the "2×2 stride" is max_pool2d(2, 2); positions cover the class token when
-    pos has 1 + N rows (ViT) and only the map tokens when it has N; no final
-    LayerNorm (the module has no norm member); CBAM members cbam1 / cbam2."""
-    check_norm_eps(ctx)
+    """The layout blocks.h states: per stage, a 3×3 conv (padding 1) →
+    GroupNorm(min(4, C) groups) → ReLU, then CBAM (reduction 4, 7×7), then a
+    2×2 max-pool; the (H/4 × W/4) map → tokens (to_tokens, row-major), the
+    class token (cls) first, positions pos [1, 1 + N, d] over all of them;
+    pre-norm blocks block<i>; vector = the class token's output."""
     P = Scope(ctx)
     heads = int(ctx.cfg("heads"))
     x = ctx.inp("images")
     traces = []
     for stage, cb in (("stage1", "cbam1"), ("stage2", "cbam2")):
         S = P.sub(stage)
-        children = ctx.children(stage)
-        if not children:
-            raise OracleError("no config.module.%s.<i>.kind in the dump" % stage)
-        pool, strided = None, False
-        for i in children:
-            name = "%s.%d" % (stage, i)
-            kind = ctx.kind(name)
-            if kind == "conv2d":
-                stride, padding = int(ctx.modcfg(name, "stride")), int(ctx.modcfg(name, "padding"))
-                strided = strided or stride > 1
-                w = S(str(i) + ".weight")
-                x = F.conv2d(x, w, S.opt(str(i) + ".bias"), stride=stride,
-                             padding="same" if padding == -1 else ("valid" if padding == -2 else padding))
-            elif kind == "groupnorm":
-                groups = int(ctx.modcfg(name, "groups"))  # the header does not say: LibTorch's value
-                x = F.group_norm(x, groups, S(str(i) + ".weight"), S(str(i) + ".bias"), NORM_EPS)
-            elif kind == "relu":
-                x = F.relu(x)
-            elif kind in ("maxpool2d", "avgpool2d"):
-                if pool is not None:
-                    raise OracleError("%s: two pooling layers" % stage)
-                pool = name
-                if i != children[-1]:
-                    ctx.note("%s is not the last child of %s: the reference still pools after the CBAM" % (name, stage))
-            elif kind in ("dropout", "identity"):
-                pass
-            else:
-                raise OracleError("%s: unsupported layer kind %s" % (name, kind))
-        x, mc, ms = cbam(P.sub(cb), x)
+        x = F.conv2d(x, S("0.weight"), S("0.bias"), padding=1)
+        x = F.group_norm(x, min(4, x.shape[1]), S("1.weight"), S("1.bias"), NORM_EPS)
+        x, mc, ms = cbam(P.sub(cb), F.relu(x))
         traces.append(Trace(mc, keys=("channel",), role=cb + " channel"))
         traces.append(Trace(ms, keys=("spatial",), role=cb + " spatial"))
-        if pool is not None:
-            k, s, p = (int(ctx.modcfg(pool, n)) for n in ("kernel", "stride", "padding"))
-            x = (F.max_pool2d if ctx.kind(pool) == "maxpool2d" else F.avg_pool2d)(x, k, s, p)
-        elif not strided:
-            x = F.max_pool2d(x, 2, 2)
+        x = F.max_pool2d(x, 2, 2)
     B = x.shape[0]
     tokens = lin(P.sub("to_tokens"), x.flatten(2).transpose(1, 2))
-    N, d = tokens.shape[1], tokens.shape[2]
-    cls = P("cls").reshape(1, 1, d).expand(B, 1, d)
-    pos = P("pos")
-    if pos.numel() == (N + 1) * d:
-        x = torch.cat([cls, tokens], 1) + pos.reshape(1, N + 1, d)
-    elif pos.numel() == N * d:
-        x = torch.cat([cls, tokens + pos.reshape(1, N, d)], 1)
-    else:
-        raise OracleError("pos has %d elements; expected (1 + %d)·%d or %d·%d" % (pos.numel(), N, d, N, d))
-    prefixes = sorted({n[: -len("norm1.weight")] for n in ctx.params if n.endswith("norm1.weight")}, key=natural_key)
-    if len(prefixes) != int(ctx.cfg("layers")):
-        raise OracleError("found transformer blocks %s, config.layers = %d" % (prefixes, ctx.cfg("layers")))
-    for i, pre in enumerate(prefixes):
-        x, w = transformer_block(Scope(ctx, pre), x, None, heads)
+    d = tokens.shape[2]
+    x = torch.cat([P("cls").reshape(1, 1, d).expand(B, 1, d), tokens], 1) + P("pos")
+    for i in range(int(ctx.cfg("layers"))):
+        x, w = transformer_block(P.sub("block%d" % i), x, None, heads)
         traces.append(Trace(w, keys=(), role="block%d" % i))
     return {"vector": x[:, 0], "tokens": x}, traces
 
@@ -660,7 +555,6 @@ def ref_feature_tokenizer(ctx):
 
 
 def ref_sequence_encoder(ctx):
-    check_norm_eps(ctx)
     return sequence_encoder(Scope(ctx), ctx.inp("tokens"), ctx.inp("pad"), int(ctx.cfg("heads")),
                             int(ctx.cfg("layers")))
 
@@ -668,7 +562,6 @@ def ref_sequence_encoder(ctx):
 def ref_event_encoder(ctx):
     """token = code(bucket) + (value·w_v + b_v) + TimeEncoding(t), then the
     sequence encoder (the header: `value` is a Linear(1, d) with bias)."""
-    check_norm_eps(ctx)
     P = Scope(ctx)
     bucket, value, hours, pad = ctx.inp("bucket"), ctx.inp("value"), ctx.inp("hours"), ctx.inp("pad")
     tok = F.embedding(bucket, P("code.weight")) + lin(P.sub("value"), value.unsqueeze(-1))
@@ -734,7 +627,6 @@ def ref_persam(ctx):
       MIL max; means over clinical tokens skip padded ones;
     * aux_loss = λ · mean over batch and classes of BCE(max_l a'_{l,c}, y_c),
       y = one_hot(labels, C)."""
-    check_norm_eps(ctx)
     P = Scope(ctx)
     d, heads, C = int(ctx.cfg("d_model")), int(ctx.cfg("heads")), int(ctx.cfg("classes"))
     M, lam = int(ctx.cfg("instance_modalities")), ctx.cfg("mil_weight")
@@ -779,7 +671,8 @@ def ref_persam(ctx):
     apl = ap.amax(-1)                                                                  # [B, L]
     total = apl.sum(1, keepdim=True)
     z = (apl.unsqueeze(-1) * v[:, ins]).sum(1) / total
-    logits = apply_sequential(ctx, P.sub("classifier"), z)
+    # classifier: Linear d → d, GELU (exact), Linear d → C (fusion.h)
+    logits = lin(P.sub("classifier.2"), F.gelu(lin(P.sub("classifier.0"), z)))
     y = F.one_hot(labels, C).to(x.dtype)
     aux = lam * F.binary_cross_entropy(ap.amax(1), y)
     bounds, start = [], 0

@@ -23,8 +23,7 @@ void Append(models::AttentionTraces* to, models::AttentionTraces from) {
   for (auto& t : from) to->push_back(std::move(t));
 }
 
-// Tokens with a token-type embedding per modality, all modalities
-// concatenated: [B, ΣL, d] and the padding (absent modalities padded).
+// Modalities' tokens and paddings, concatenated along the sequence: [B, ΣL, d], [B, ΣL].
 std::pair<torch::Tensor, torch::Tensor> Concat(const std::vector<torch::Tensor>& tokens,
                                                const std::vector<torch::Tensor>& pads) {
   return {torch::cat(tokens, 1), torch::cat(pads, 1)};

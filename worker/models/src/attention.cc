@@ -31,29 +31,44 @@ torch::Tensor MaskedSoftmax(const torch::Tensor& logits, const torch::Tensor& ma
   return torch::softmax(filled, dim).masked_fill(mask, 0.0);
 }
 
-Attended ScaledDotProductAttention(const torch::Tensor& q, const torch::Tensor& k,
-                                   const torch::Tensor& v, const torch::Tensor& mask,
-                                   const torch::Tensor& bias, double scale) {
+namespace {
+
+// softmax(q kᵀ · scale + bias, masked): the weights of ScaledDotProductAttention.
+torch::Tensor AttentionWeights(const torch::Tensor& q, const torch::Tensor& k,
+                               const torch::Tensor& mask, const torch::Tensor& bias, double scale) {
   if (scale == 0) scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
   torch::Tensor logits = torch::matmul(q, k.transpose(-2, -1)) * scale;
   if (bias.defined()) logits = logits + bias;
-  torch::Tensor weights;
-  if (mask.defined()) {
-    weights = MaskedSoftmax(logits, mask.expand(logits.sizes()), -1);
-  } else {
-    weights = torch::softmax(logits, -1);
-  }
+  if (!mask.defined()) return torch::softmax(logits, -1);
+  return MaskedSoftmax(logits, mask.expand(logits.sizes()), -1);
+}
+
+// The q/k/v/out projections of a multi-head attention, registered on `m`
+// under q_proj, k_proj, v_proj, out_proj; defaults kv_dim to d_model.
+void RegisterProjections(torch::nn::Module& m, MultiHeadOptions* o, const char* who,
+                         torch::nn::Linear* q, torch::nn::Linear* k, torch::nn::Linear* v,
+                         torch::nn::Linear* out) {
+  TORCH_CHECK(o->heads > 0 && o->d_model % o->heads == 0, who, ": d_model ", o->d_model,
+              " is not a multiple of heads ", o->heads);
+  if (o->kv_dim == 0) o->kv_dim = o->d_model;
+  *q = m.register_module("q_proj", MakeLinear(o->d_model, o->d_model));
+  *k = m.register_module("k_proj", MakeLinear(o->kv_dim, o->d_model));
+  *v = m.register_module("v_proj", MakeLinear(o->kv_dim, o->d_model));
+  *out = m.register_module("out_proj", MakeLinear(o->d_model, o->d_model));
+}
+
+}  // namespace
+
+Attended ScaledDotProductAttention(const torch::Tensor& q, const torch::Tensor& k,
+                                   const torch::Tensor& v, const torch::Tensor& mask,
+                                   const torch::Tensor& bias, double scale) {
+  torch::Tensor weights = AttentionWeights(q, k, mask, bias, scale);
   return {torch::matmul(weights, v), weights};
 }
 
 MultiHeadAttentionImpl::MultiHeadAttentionImpl(const MultiHeadOptions& o) : options_(o) {
-  TORCH_CHECK(o.heads > 0 && o.d_model % o.heads == 0, "MultiHeadAttention: d_model ", o.d_model,
-              " is not a multiple of heads ", o.heads);
-  if (options_.kv_dim == 0) options_.kv_dim = o.d_model;
-  q_proj_ = register_module("q_proj", MakeLinear(o.d_model, o.d_model));
-  k_proj_ = register_module("k_proj", MakeLinear(options_.kv_dim, o.d_model));
-  v_proj_ = register_module("v_proj", MakeLinear(options_.kv_dim, o.d_model));
-  out_proj_ = register_module("out_proj", MakeLinear(o.d_model, o.d_model));
+  RegisterProjections(*this, &options_, "MultiHeadAttention", &q_proj_, &k_proj_, &v_proj_,
+                      &out_proj_);
   drop_ = register_module("drop", torch::nn::Dropout(o.dropout));
   // torch.nn.MultiheadAttention's initialisation: xavier-uniform projections, zero biases.
   for (auto* l : {&q_proj_, &k_proj_, &v_proj_}) {
@@ -72,21 +87,16 @@ Attended MultiHeadAttentionImpl::forward(const torch::Tensor& query, const torch
   torch::Tensor v = SplitHeads(v_proj_(value), h);
   torch::Tensor mask;
   if (key_padding_mask.defined()) mask = key_padding_mask.view({key.size(0), 1, 1, key.size(1)});
-  Attended a = ScaledDotProductAttention(q, k, v, mask);
-  if (is_training() && options_.dropout > 0) {
-    a.output = torch::matmul(drop_(a.weights), v);
-  }
-  return {out_proj_(MergeHeads(a.output)), a.weights};
+  torch::Tensor weights = AttentionWeights(q, k, mask, {}, 0);
+  // Dropout (training only) acts on what is applied to v; the weights
+  // returned are the attention itself.
+  torch::Tensor out = torch::matmul(options_.dropout > 0 ? drop_(weights) : weights, v);
+  return {out_proj_(MergeHeads(out)), weights};
 }
 
 LinearAttentionImpl::LinearAttentionImpl(const MultiHeadOptions& o) : options_(o) {
-  TORCH_CHECK(o.heads > 0 && o.d_model % o.heads == 0, "LinearAttention: d_model ", o.d_model,
-              " is not a multiple of heads ", o.heads);
-  if (options_.kv_dim == 0) options_.kv_dim = o.d_model;
-  q_proj_ = register_module("q_proj", MakeLinear(o.d_model, o.d_model));
-  k_proj_ = register_module("k_proj", MakeLinear(options_.kv_dim, o.d_model));
-  v_proj_ = register_module("v_proj", MakeLinear(options_.kv_dim, o.d_model));
-  out_proj_ = register_module("out_proj", MakeLinear(o.d_model, o.d_model));
+  RegisterProjections(*this, &options_, "LinearAttention", &q_proj_, &k_proj_, &v_proj_,
+                      &out_proj_);
 }
 
 Attended LinearAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& pad,
