@@ -11,7 +11,7 @@
 #include "attune/common/npy.h"
 #include "attune/common/tensor_codec.h"
 #include "attune/worker/learner.h"
-#include "attune/worker/png.h"
+#include "attune/common/png.h"
 #include "nlohmann/json.hpp"
 #include "support/temp_dir.h"
 #include "synth/synth.h"

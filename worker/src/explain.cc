@@ -13,7 +13,7 @@
 #include "attune/common/tensor_codec.h"
 #include "attune/worker/model.h"
 #include "attune/worker/model_state.h"
-#include "attune/worker/png.h"
+#include "attune/common/png.h"
 #include "attune/worker/site_data.h"
 #include "torch_guard.h"
 #include "nlohmann/json.hpp"

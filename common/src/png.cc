@@ -1,4 +1,4 @@
-#include "attune/worker/png.h"
+#include "attune/common/png.h"
 
 #include <png.h>
 
@@ -8,7 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 
-namespace attune::worker {
+namespace attune {
 namespace {
 
 struct FileCloser {
@@ -55,22 +55,40 @@ Status WritePng(const std::string& path, const RgbImage& image) {
   return absl::OkStatus();
 }
 
-StatusOr<RgbImage> ReadPng(const std::string& path) {
+namespace {
+
+// Reads `path` with libpng's simplified API into `format` (PNG_FORMAT_*).
+Status ReadPngAs(const std::string& path, uint32_t format, int* width, int* height,
+                 std::vector<uint8_t>* pixels) {
   png_image img{};
   img.version = PNG_IMAGE_VERSION;
   if (!png_image_begin_read_from_file(&img, path.c_str())) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": not a PNG (", img.message, ")"));
   }
-  img.format = PNG_FORMAT_RGB;
-  RgbImage out;
-  out.width = img.width;
-  out.height = img.height;
-  out.pixels.resize(PNG_IMAGE_SIZE(img));
-  if (!png_image_finish_read(&img, nullptr, out.pixels.data(), 0, nullptr)) {
+  img.format = format;
+  *width = static_cast<int>(img.width);
+  *height = static_cast<int>(img.height);
+  pixels->resize(PNG_IMAGE_SIZE(img));
+  const png_color black{0, 0, 0};
+  if (!png_image_finish_read(&img, &black, pixels->data(), 0, nullptr)) {
     png_image_free(&img);
     return absl::InvalidArgumentError(absl::StrCat(path, ": ", img.message));
   }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+StatusOr<RgbImage> ReadPng(const std::string& path) {
+  RgbImage out;
+  ATTUNE_RETURN_IF_ERROR(ReadPngAs(path, PNG_FORMAT_RGB, &out.width, &out.height, &out.pixels));
   return out;
 }
 
-}  // namespace attune::worker
+StatusOr<GrayImage> ReadPngGray(const std::string& path) {
+  GrayImage out;
+  ATTUNE_RETURN_IF_ERROR(ReadPngAs(path, PNG_FORMAT_GRAY, &out.width, &out.height, &out.pixels));
+  return out;
+}
+
+}  // namespace attune
