@@ -5,8 +5,14 @@
 # 127.0.0.1 over mutual TLS — and print one line per round.
 #
 #   scripts/quickstart.sh [--workdir DIR] [--rounds N] [--patients N] [--seed N] [--no-build]
+#                         [--dataset NAME [--source DIR]]
 #
-# Leaves in the work directory (default runs/quickstart):
+# --dataset runs the example study experiments/studies/NAME.json on a public
+# dataset instead, imported into 3 sites by `attune import` from --source
+# (default ../shared/data/<its folder>): mimic_iv_demo, nih_chestxray,
+# pneumoniamnist or tcga_glioma. --rounds overrides the study file's rounds.
+#
+# Leaves in the work directory (default runs/quickstart, or runs/NAME):
 #   summary.json  rounds, per-round train_loss / val_loss / val_auc, final test metrics
 #   audit.json    per subgroup (sex, age band, ethnicity): n, mean modality attention, accuracy, TPR, FPR
 #   logs/         the coordinator's and each site's log
@@ -15,24 +21,44 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-workdir="$here/runs/quickstart"
-rounds=8
+workdir=""
+rounds=""
 patients=1000
+dataset=""
+source=""
 seed=7
 build=1
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --workdir) workdir="$2"; shift 2 ;;
     --rounds) rounds="$2"; shift 2 ;;
     --patients) patients="$2"; shift 2 ;;
     --seed) seed="$2"; shift 2 ;;
+    --dataset) dataset="$2"; shift 2 ;;
+    --source) source="$2"; shift 2 ;;
     --no-build) build=0; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "quickstart.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
   esac
 done
-[[ "$rounds" =~ ^[1-9][0-9]*$ ]] || { echo "quickstart.sh: --rounds must be a positive integer" >&2; exit 2; }
+[[ -z "$rounds" || "$rounds" =~ ^[1-9][0-9]*$ ]] || { echo "quickstart.sh: --rounds must be a positive integer" >&2; exit 2; }
+workdir="${workdir:-$here/runs/${dataset:-quickstart}}"
+study_file="$here/experiments/studies/quickstart.json"
+study_id=quickstart
+if [[ -n "$dataset" ]]; then
+  case "$dataset" in
+    mimic_iv_demo) folder=mimic_iv_demo_2.2_subset ;;
+    nih_chestxray) folder=nih_chestxray14_1000_64px ;;
+    pneumoniamnist) folder=pneumoniamnist_28px ;;
+    tcga_glioma) folder=tcga_gbm_lgg_glioma_mutations ;;
+    *) echo "quickstart.sh: --dataset must be mimic_iv_demo, nih_chestxray, pneumoniamnist or tcga_glioma" >&2; exit 2 ;;
+  esac
+  source="${source:-$here/../shared/data/$folder}"
+  [[ -d "$source" ]] || { echo "quickstart.sh: $source: no such directory (the public dataset; see --source)" >&2; exit 2; }
+  study_file="$here/experiments/studies/$dataset.json"
+  study_id="$(sed -n 's/^ *"study_id": "\([^"]*\)".*/\1/p' "$study_file")"
+fi
 
 if [[ $build -eq 1 ]]; then "$here/scripts/setup.sh"; fi
 bin="$here/build"
@@ -51,16 +77,21 @@ rm -rf "${workdir:?}"/{pki,data,state,logs,summary.json,audit.json,study.json,po
 touch "$workdir/.attune-quickstart"
 mkdir -p "$workdir/logs"
 
-echo "== study PKI and a synthetic 3-site cohort in $workdir"
+echo "== study PKI and ${dataset:-a synthetic} 3-site cohort in $workdir"
 # The study directory: CA, bundles, one site.json per site and pki/study.json
 # (experiments/studies/quickstart.json with the roster). The coordinator's
 # port is not known yet, so the site files keep the default 127.0.0.1:7070
 # and the workers below override it with --coordinator.
-"$bin/tools/attune" provision init --out "$workdir/pki" --study-id quickstart \
-  --sites site-1,site-2,site-3 --study "$here/experiments/studies/quickstart.json" \
+"$bin/tools/attune" provision init --out "$workdir/pki" --study-id "$study_id" \
+  --sites site-1,site-2,site-3 --study "$study_file" \
   > "$workdir/logs/provision.log"
-sed -i -e "s/\"rounds\": [0-9]*/\"rounds\": $rounds/" "$workdir/pki/study.json"
-"$bin/tools/attune" synth --out "$workdir/data" --sites 3 --patients "$patients" --seed "$seed"
+if [[ -n "$rounds" ]]; then sed -i -e "s/\"rounds\": [0-9]*/\"rounds\": $rounds/" "$workdir/pki/study.json"; fi
+if [[ -n "$dataset" ]]; then
+  "$bin/tools/attune" import --dataset "$dataset" --source "$source" --out "$workdir/data" \
+    --sites 3 --seed "$seed"
+else
+  "$bin/tools/attune" synth --out "$workdir/data" --sites 3 --patients "$patients" --seed "$seed"
+fi
 
 pids=()
 cleanup() {

@@ -238,15 +238,16 @@ int main(int argc, char** argv) {
   CLI::App* import = app.add_subcommand(
       "import", "convert a public dataset, as its publisher ships it, into site directories "
                 "(OUT/<site>/) and print the study's model config");
-  import->add_option("--dataset", im.dataset, "dataset")
+  import->footer("datasets:\n" + attune::importers::DatasetHelp());
+  import->add_option("--dataset", im.dataset, "dataset (see below)")
       ->required()
       ->check(CLI::IsMember(attune::importers::Datasets()));
   import->add_option("--source", im.source, "the dataset's folder")->required();
   import->add_option("--out", im.out_dir, "output directory")->required();
-  import->add_option("--sites", im.sites, "sites, by a seeded hash of the patient id")
+  import->add_option("--sites", im.sites, "sites, by a seeded hash of the patient")
       ->capture_default_str();
   import->add_option("--site-by", im.site_by,
-                     "a natural site column instead of --sites (tcga_glioma: tss)");
+                     "a natural site column instead of --sites (see below)");
   import->add_option("--seed", im.seed, "seed of the split and site assignment")
       ->capture_default_str();
   import->add_flag("--overwrite", im.overwrite, "replace existing site directories");

@@ -321,6 +321,11 @@ StatusOr<NpyArray> ReadNpy(const std::string& path) {
     return absl::InternalError(
         absl::StrCat("npy file ", path, ": read failed"));
   }
+  return ParseNpy(bytes, path);
+}
+
+StatusOr<NpyArray> ParseNpy(std::string_view bytes, const std::string& path,
+                             bool convert_numeric) {
   const auto* p = reinterpret_cast<const unsigned char*>(bytes.data());
 
   if (bytes.size() < kMagicLen + 2 ||
@@ -391,9 +396,38 @@ StatusOr<NpyArray> ReadNpy(const std::string& path) {
   if (descr->kind != HeaderValue::Kind::kString) {
     return DataLoss(path, "unsupported dtype (structured); expected '<f4'");
   }
-  if (descr->str != "<f4") {
-    return DataLoss(path, absl::StrCat("unsupported dtype '", descr->str,
-                                       "'; expected '<f4'"));
+  // Element size and converter of the accepted dtypes.
+  size_t width = 0;
+  float (*convert)(const unsigned char*) = nullptr;
+  if (descr->str == "<f4") {
+    width = 4;
+    convert = [](const unsigned char* b) {
+      uint32_t bits = ReadLittleEndian32(b);
+      float f;
+      std::memcpy(&f, &bits, sizeof(f));
+      return f;
+    };
+  } else if (convert_numeric && (descr->str == "|u1" || descr->str == "|b1")) {
+    width = 1;
+    convert = [](const unsigned char* b) { return static_cast<float>(b[0]); };
+  } else if (convert_numeric && descr->str == "<f8") {
+    width = 8;
+    convert = [](const unsigned char* b) {
+      uint64_t bits = ReadLittleEndian32(b) | (uint64_t{ReadLittleEndian32(b + 4)} << 32);
+      double d;
+      std::memcpy(&d, &bits, sizeof(d));
+      return static_cast<float>(d);
+    };
+  } else if (convert_numeric && descr->str == "<i8") {
+    width = 8;
+    convert = [](const unsigned char* b) {
+      uint64_t bits = ReadLittleEndian32(b) | (uint64_t{ReadLittleEndian32(b + 4)} << 32);
+      return static_cast<float>(static_cast<int64_t>(bits));
+    };
+  } else {
+    return DataLoss(path, absl::StrCat("unsupported dtype '", descr->str, "'; expected ",
+                                       convert_numeric ? "'<f4', '<f8', '<i8', '|u1' or '|b1'"
+                                                       : "'<f4'"));
   }
   if (fortran->kind != HeaderValue::Kind::kBool) {
     return DataLoss(path, "malformed header: 'fortran_order' is not a bool");
@@ -418,19 +452,14 @@ StatusOr<NpyArray> ReadNpy(const std::string& path) {
 
   size_t data_start = header_start + header_len;
   uint64_t available = bytes.size() - data_start;
-  if (available < *count * 4) {
+  if (*count > available / width) {
     return DataLoss(path,
-                    absl::StrCat("truncated data: header says ", *count * 4,
+                    absl::StrCat("truncated data: header says ", *count * width,
                                  " bytes, file has ", available));
   }
   array.data.resize(*count);
   const unsigned char* d = p + data_start;
-  for (uint64_t i = 0; i < *count; ++i) {
-    uint32_t bits = ReadLittleEndian32(d + 4 * i);
-    float f;
-    std::memcpy(&f, &bits, sizeof(f));
-    array.data[i] = f;
-  }
+  for (uint64_t i = 0; i < *count; ++i) array.data[i] = convert(d + width * i);
   return array;
 }
 

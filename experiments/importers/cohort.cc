@@ -1,8 +1,10 @@
 #include "cohort.h"
 
+#include <cctype>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <algorithm>
 #include <map>
 #include <set>
 
@@ -28,9 +30,29 @@ uint64_t Hash(uint64_t seed, const std::string& s, uint64_t salt) {
   return Mix(h);
 }
 
-std::string Split(uint64_t seed, const std::string& id) {
-  const double u = (Hash(seed, id, 1) >> 11) * 0x1.0p-53;
-  return u < 0.6 ? "train" : u < 0.8 ? "val" : "test";
+const std::string& Key(const ImportedPatient& p) { return p.group_key.empty() ? p.id : p.group_key; }
+
+// The split of every group (Key) without a publisher's split: groups are
+// stratified by whether any of their examples is positive and, within a
+// stratum, ordered by a seeded hash; the first 60% go to train, the next
+// 20% to val, the rest to test. Small, skewed cohorts (15 deaths in the
+// MIMIC demo) thus get positives in every split.
+std::map<std::string, std::string> GroupSplits(const Cohort& cohort, uint64_t seed) {
+  std::map<std::string, int> positive;  // group → any positive
+  for (const auto& p : cohort.patients) {
+    if (p.split.empty()) positive[Key(p)] |= p.label;
+  }
+  std::vector<std::pair<uint64_t, std::string>> strata[2];
+  for (const auto& [key, pos] : positive) strata[pos].emplace_back(Hash(seed, key, 1), key);
+  std::map<std::string, std::string> out;
+  for (auto& stratum : strata) {
+    std::sort(stratum.begin(), stratum.end());
+    const size_t n = stratum.size();
+    for (size_t i = 0; i < n; ++i) {
+      out[stratum[i].second] = i < (6 * n + 5) / 10 ? "train" : i < (8 * n + 5) / 10 ? "val" : "test";
+    }
+  }
+  return out;
 }
 
 // A cell for the site files' CSV (which has no quoting): commas become ';'.
@@ -39,6 +61,21 @@ std::string Cell(std::string s) {
     if (c == ',' || c == '\n' || c == '\r' || c == '\t') c = ';';
   }
   return s;
+}
+
+// A site name from a column value: [a-z0-9] kept (lowercased), runs of
+// anything else become one '-' ("EW EMER." → "ew-emer").
+std::string Slug(const std::string& s) {
+  std::string out;
+  for (unsigned char c : s) {
+    if (std::isalnum(c)) {
+      out += static_cast<char>(std::tolower(c));
+    } else if (!out.empty() && out.back() != '-') {
+      out += '-';
+    }
+  }
+  while (!out.empty() && out.back() == '-') out.pop_back();
+  return out.empty() ? "blank" : out;
 }
 
 std::string Number(std::optional<double> v) {
@@ -66,7 +103,7 @@ Status WriteSites(const Cohort& cohort, const ImportOptions& o, const std::strin
     std::vector<std::string> pooled;
     for (const auto& p : cohort.patients) {
       const bool small = counts[p.site_key] < kMinSitePatients;
-      sites[absl::StrCat(prefix, "-", small ? "other" : Cell(p.site_key))].push_back(&p);
+      sites[absl::StrCat(prefix, "-", small ? "other" : Slug(p.site_key))].push_back(&p);
     }
     for (const auto& [key, n] : counts) {
       if (n < kMinSitePatients) pooled.push_back(key);
@@ -78,7 +115,7 @@ Status WriteSites(const Cohort& cohort, const ImportOptions& o, const std::strin
     }
   } else {
     for (const auto& p : cohort.patients) {
-      const int s = static_cast<int>(Hash(o.seed, p.id, 2) % static_cast<uint64_t>(o.sites));
+      const int s = static_cast<int>(Hash(o.seed, Key(p), 2) % static_cast<uint64_t>(o.sites));
       sites[absl::StrCat("site-", s + 1)].push_back(&p);
     }
   }
@@ -89,6 +126,7 @@ Status WriteSites(const Cohort& cohort, const ImportOptions& o, const std::strin
           absl::StrCat(dir.string(), ": exists (use --overwrite to replace it)"));
     }
   }
+  const std::map<std::string, std::string> splits = GroupSplits(cohort, o.seed);
   report->sites.clear();
   for (const auto& [name, members] : sites) {
     const fs::path dir = fs::path(o.out_dir) / name;
@@ -104,7 +142,7 @@ Status WriteSites(const Cohort& cohort, const ImportOptions& o, const std::strin
     std::string ge = absl::StrCat("patient_id\t", absl::StrJoin(cohort.gene_columns, "\t"), "\n");
     bool any_static = false, any_events = false, any_genes = false;
     for (const ImportedPatient* p : members) {
-      absl::StrAppend(&co, Cell(p->id), ",", Split(o.seed, p->id), ",", p->label);
+      absl::StrAppend(&co, Cell(p->id), ",", (p->split.empty() ? splits.at(Key(*p)) : p->split), ",", p->label);
       for (const auto& g : p->groups) absl::StrAppend(&co, ",", Cell(g));
       co += "\n";
       if (!p->static_values.empty()) {

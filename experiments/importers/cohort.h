@@ -21,6 +21,10 @@ struct ImportedPatient {
   std::string id;
   int label = 0;
   std::string site_key;                       // the natural site column's value
+  // Patients sharing a group_key (one person's admissions or images) go to
+  // the same split and hashed site; empty = id.
+  std::string group_key;
+  std::string split;                          // the publisher's split, or empty = hashed
   std::vector<std::string> groups;            // one per Cohort::subgroup_columns
   std::vector<std::optional<double>> static_values;  // empty = no static row
   std::vector<float> genes;                   // empty = no genomics row
@@ -36,7 +40,9 @@ struct Cohort {
 };
 
 // Assigns splits and sites and writes <out_dir>/<site>/ for every site;
-// fills report->sites, patients, positives. Natural sites with fewer than
+// fills report->sites, patients, positives. Natural sites are named
+// "<prefix>-<value>", the value lowercased with other characters as '-'
+// ("EW EMER." → "admission_type-ew-emer"). Natural sites with fewer than
 // kMinSitePatients patients are pooled into "<prefix>-other" (noted).
 inline constexpr int kMinSitePatients = 10;
 Status WriteSites(const Cohort& cohort, const ImportOptions& options,

@@ -2,13 +2,22 @@
 // converted into site directories (worker/site_data.h's format), one per
 // site. Torch-free.
 //
+//   mimic_iv_demo    MIMIC-IV Clinical Database Demo v2.2: one example per
+//                    admission; lab and earlier-ICD events, age; label
+//                    in-hospital death (mimic.cc)
+//   nih_chestxray    NIH ChestX-ray14 1000-image 64×64 subset: gray images;
+//                    label abnormal (nih.cc)
+//   pneumoniamnist   PneumoniaMNIST .npz: 28×28 gray images; label
+//                    pneumonia; the publisher's split (pneumonia.cc)
 //   tcga_glioma      TCGA GBM/LGG mutations (UCI #759): gene tokens (0/1
-//                    mutation flags), age; label GBM (1) vs LGG (0)
+//                    mutation flags), age; label GBM (1) vs LGG (0) (tcga.cc)
 //
-// Patients are assigned to a split (60/20/20 train/val/test) and to a site
-// by a seeded hash of the patient id, so the same options always give the
-// same files; --site-by names a natural site column instead (tcga: "tss",
-// the tissue-source site). Bad input is an error naming file and line.
+// Examples are assigned to a split (60/20/20 train/val/test, stratified by
+// label) and to a site by a seeded hash of their patient, so the same
+// options always give the same files and one patient's admissions or
+// images never straddle splits;
+// --site-by names a natural site column instead (Datasets' help lists
+// them). Bad input is an error naming file and line.
 #pragma once
 
 #include <cstdint>
@@ -38,6 +47,8 @@ struct ImportReport {
 };
 
 const std::vector<std::string>& Datasets();
+// One line per dataset: name, summary, its --site-by columns.
+std::string DatasetHelp();
 
 StatusOr<ImportReport> Import(const ImportOptions& options);
 

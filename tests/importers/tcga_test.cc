@@ -9,7 +9,7 @@
 
 #include "attune/common/config.h"
 #include "attune/worker/site_data.h"
-#include "importers/importers.h"
+#include "helpers.h"
 #include "support/temp_dir.h"
 
 namespace attune::importers {
@@ -19,19 +19,8 @@ namespace fs = std::filesystem;
 
 const std::string kShared = ATTUNE_SHARED_DATA "/tcga_gbm_lgg_glioma_mutations";
 
-std::string Slurp(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 ImportOptions Options(const std::string& source, const std::string& out) {
-  ImportOptions o;
-  o.dataset = "tcga_glioma";
-  o.source = source;
-  o.out_dir = out;
-  return o;
+  return importers::Options("tcga_glioma", source, out);
 }
 
 TEST(TcgaGlioma, RealFileImportsAndLoads) {

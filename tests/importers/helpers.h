@@ -1,0 +1,49 @@
+// Shared by the importer tests: file reading, options, cohort.csv rows.
+#pragma once
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_split.h"
+#include "importers/importers.h"
+
+namespace attune::importers {
+
+inline std::string Slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+inline ImportOptions Options(const std::string& dataset, const std::string& source,
+                             const std::string& out) {
+  ImportOptions o;
+  o.dataset = dataset;
+  o.source = source;
+  o.out_dir = out;
+  return o;
+}
+
+// cohort.csv of every site in `out`: patient_id → its fields (split, label, groups...).
+inline std::map<std::string, std::vector<std::string>> CohortRows(
+    const std::string& out, const std::vector<std::string>& sites) {
+  std::map<std::string, std::vector<std::string>> rows;
+  for (const auto& site : sites) {
+    std::vector<std::string> lines =
+        absl::StrSplit(Slurp(out + "/" + site + "/cohort.csv"), '\n', absl::SkipEmpty());
+    for (size_t i = 1; i < lines.size(); ++i) {
+      std::vector<std::string> f = absl::StrSplit(lines[i], ',');
+      const std::string id = f[0];
+      f.erase(f.begin());
+      rows[id] = f;
+    }
+  }
+  return rows;
+}
+
+}  // namespace attune::importers
