@@ -34,6 +34,8 @@
 #include "attune/models/blocks.h"
 #include "attune/models/encoders.h"
 #include "attune/models/fusion.h"
+#include "attune/worker/model.h"
+#include "bench/random_batch.h"
 
 namespace am = attune::models;
 
@@ -430,6 +432,36 @@ bool RunCase(const std::string& c, Dump& d) {
     d.Output("aux_loss", r.aux_loss);
     d.Output("beta", r.beta);
     d.Traces(r.traces);
+  } else if (c == "model") {
+    // The study model (worker/model.h) as the quickstart configures it:
+    // static, events, patch-feature imaging, genomics, hierarchical fusion;
+    // patient 1 has no imaging.
+    attune::ModelConfig m;
+    m.d_model = kD;
+    m.heads = kHeads;
+    m.static_features = 3;
+    m.event_buckets = 11;
+    m.max_events = 5;
+    m.imaging_patches = 4;
+    m.imaging_dim = 6;
+    m.genes = 5;
+    m.dropout = 0;
+    d.Config("layers", m.layers);
+    attune::worker::MultimodalAttentionNet net(m);
+    d.Module(net.ptr());
+    attune::worker::Batch x = attune::bench::RandomBatch(m, kB, /*no_imaging_patient=*/1);
+    x.static_x = d.Input("static_x", x.static_x);
+    x.event_bucket = d.Input("event_bucket", x.event_bucket);
+    x.event_value = d.Input("event_value", x.event_value);
+    x.event_time = d.Input("event_time", x.event_time);
+    x.event_pad = d.Input("event_pad", x.event_pad);
+    x.imaging = d.Input("imaging", x.imaging);
+    x.genomics = d.Input("genomics", x.genomics);
+    x.present = d.Input("present", x.present);
+    x.label = d.Input("label", x.label);
+    auto r = net->forward(x);
+    d.Output("logits", r.logits);
+    d.Output("beta", r.beta);
   } else {
     return false;
   }

@@ -33,6 +33,7 @@ the reference needs must be in the dump (coverage). Exit status: 0 pass,
 """
 
 import argparse
+import functools
 import math
 import os
 import re
@@ -211,13 +212,20 @@ def masked_softmax(logits, mask, dim):
     return filled.softmax(dim).masked_fill(mask, 0.0)
 
 
+@functools.lru_cache(maxsize=None)
+def mha_module(d, heads, kdim, vdim):
+    """One torch.nn.MultiheadAttention per shape (its own parameters are never
+    used: functional_call substitutes the dumped ones)."""
+    m = torch.nn.MultiheadAttention(d, heads, dropout=0.0, bias=True, batch_first=True, kdim=kdim, vdim=vdim)
+    return m.eval()
+
+
 def mha(S, query, key, value, pad, heads):
     """torch.nn.MultiheadAttention (batch_first, need_weights, per-head weights)
     with the q_proj / k_proj / v_proj / out_proj tensors of attention.h."""
     d = query.shape[-1]
     kdim, vdim = key.shape[-1], value.shape[-1]
-    m = torch.nn.MultiheadAttention(d, heads, dropout=0.0, bias=True, batch_first=True, kdim=kdim, vdim=vdim)
-    m.eval()
+    m = mha_module(d, heads, kdim, vdim)
     wq, wk, wv = S("q_proj.weight"), S("k_proj.weight"), S("v_proj.weight")
     bias = torch.cat([S("q_proj.bias"), S("k_proj.bias"), S("v_proj.bias")])
     tensors = {"in_proj_bias": bias, "out_proj.weight": S("out_proj.weight"), "out_proj.bias": S("out_proj.bias")}
@@ -686,6 +694,59 @@ def ref_persam(ctx):
 
 
 # case -> [(variant, reference)]
+MODEL_MODALITIES = ["ehr_static", "ehr_events", "imaging", "genomics"]  # model.h's order
+
+
+def model_forward(ctx):
+    """The study model of worker/model.h with fusion "hierarchical" and
+    imaging "patch_features" (the quickstart's): per modality a sequence
+    encoder (class token first) over
+      static:   feature tokens x_f·w_f + b_f (static_tokens),
+      events:   the event encoder (events),
+      imaging:  patch_proj(features) + patch_pos (imaging_encoder),
+      genomics: gene tokens (gene_tokens → gene_encoder),
+    where a patient without the modality has every token but the class token
+    padded; then hierarchical fusion over the present modalities (alpha.<i>
+    over each encoder's tokens, β over the modalities, absent ones masked)
+    and the head: LayerNorm → Linear → GELU → Dropout → Linear (head.0, .1,
+    .4). Returns the logits [B], β [B, 4] (0 for an absent modality) and the
+    parameter scope."""
+    P = Scope(ctx)
+    heads, layers = int(ctx.cfg("heads")), int(ctx.cfg("layers"))
+    present = ctx.inp("present")
+    B = present.shape[0]
+
+    def absent(m, L):
+        return (~present[:, m]).unsqueeze(1).expand(B, L)
+
+    encoded = []
+    x = ctx.inp("static_x")
+    T = P.sub("static_tokens")
+    tok = x.unsqueeze(-1) * T("weight") + T("bias")
+    encoded.append(sequence_encoder(P.sub("static_encoder"), tok, absent(0, tok.shape[1]), heads, layers)[0])
+    E = P.sub("events")
+    tok = F.embedding(ctx.inp("event_bucket"), E("code.weight")) + lin(E.sub("value"), ctx.inp("event_value").unsqueeze(-1))
+    tok = tok + time_encoding(E.sub("time"), ctx.inp("event_time"))
+    encoded.append(sequence_encoder(E.sub("encoder"), tok, ctx.inp("event_pad"), heads, layers)[0])
+    tok = lin(P.sub("patch_proj"), ctx.inp("imaging")) + P("patch_pos")
+    encoded.append(sequence_encoder(P.sub("imaging_encoder"), tok, absent(2, tok.shape[1]), heads, layers)[0])
+    G = P.sub("gene_tokens")
+    tok = ctx.inp("genomics").unsqueeze(-1) * G("weight") + G("bias")
+    encoded.append(sequence_encoder(P.sub("gene_encoder"), tok, absent(3, tok.shape[1]), heads, layers)[0])
+    H = P.sub("hierarchical")
+    hs = [attention_pool(H.sub("alpha.%d" % i), e["tokens"], e["pad"])[0] for i, e in enumerate(encoded)]
+    fused, beta = attention_pool(H.sub("beta"), torch.stack(hs, 1), ~present)
+    h = layer_norm(P.sub("head.0"), fused)
+    h = F.gelu(lin(P.sub("head.1"), h))
+    return lin(P.sub("head.4"), h).squeeze(-1), beta
+
+
+def ref_model(ctx):
+    ctx.inp("label")  # the batch's labels: the model itself does not read them
+    logits, beta = model_forward(ctx)
+    return {"logits": logits, "beta": beta}, []
+
+
 CASES = {
     "sdpa": [("", ref_sdpa)],
     "masked_softmax": [("", ref_masked_softmax)],
@@ -711,6 +772,7 @@ CASES = {
     "attention_pool": [("", ref_attention_pool)],
     "hierarchical_fusion": [("", ref_hierarchical_fusion)],
     "persam": [("", ref_persam)],
+    "model": [("", ref_model)],
 }
 
 

@@ -7,7 +7,7 @@ namespace {
 
 // [B, L, h·dh] → [B, h, L, dh]
 torch::Tensor SplitHeads(const torch::Tensor& x, int64_t heads) {
-  return x.view({x.size(0), x.size(1), heads, x.size(2) / heads}).transpose(1, 2);
+  return x.reshape({x.size(0), x.size(1), heads, x.size(2) / heads}).transpose(1, 2).contiguous();
 }
 
 // [B, h, L, dh] → [B, L, h·dh]
@@ -23,10 +23,12 @@ torch::nn::Linear MakeLinear(int64_t in, int64_t out) {
 
 torch::Tensor MaskedSoftmax(const torch::Tensor& logits, const torch::Tensor& mask, int64_t dim) {
   if (!mask.defined()) return torch::softmax(logits, dim);
-  // A finite fill keeps fully masked slices free of NaN (exp(-inf - -inf));
-  // those slices are then zeroed explicitly.
   torch::Tensor filled = logits.masked_fill(mask, -std::numeric_limits<float>::infinity());
   torch::Tensor all_masked = mask.all(dim, /*keepdim=*/true);
+  // Where a slice keeps a key, exp(-inf) is exactly 0 at the masked ones.
+  if (!all_masked.any().item<bool>()) return torch::softmax(filled, dim);
+  // A finite fill keeps fully masked slices free of NaN (exp(-inf - -inf));
+  // those slices are then zeroed explicitly.
   filled = filled.masked_fill(all_masked, 0.0);
   return torch::softmax(filled, dim).masked_fill(mask, 0.0);
 }
@@ -37,10 +39,11 @@ namespace {
 torch::Tensor AttentionWeights(const torch::Tensor& q, const torch::Tensor& k,
                                const torch::Tensor& mask, const torch::Tensor& bias, double scale) {
   if (scale == 0) scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
-  torch::Tensor logits = torch::matmul(q, k.transpose(-2, -1)) * scale;
+  // Scaling q rather than the logits: fewer multiplications when L > dh.
+  torch::Tensor logits = torch::matmul(q * scale, k.transpose(-2, -1));
   if (bias.defined()) logits = logits + bias;
   if (!mask.defined()) return torch::softmax(logits, -1);
-  return MaskedSoftmax(logits, mask.expand(logits.sizes()), -1);
+  return MaskedSoftmax(logits, mask, -1);  // the mask unexpanded: its all() stays small
 }
 
 // The q/k/v/out projections of a multi-head attention, registered on `m`
@@ -82,9 +85,22 @@ Attended MultiHeadAttentionImpl::forward(const torch::Tensor& query, const torch
                                          const torch::Tensor& value,
                                          const torch::Tensor& key_padding_mask) {
   const int64_t h = options_.heads;
-  torch::Tensor q = SplitHeads(q_proj_(query), h);
-  torch::Tensor k = SplitHeads(k_proj_(key), h);
-  torch::Tensor v = SplitHeads(v_proj_(value), h);
+  torch::Tensor q, k, v;
+  if (query.is_same(key) && key.is_same(value)) {
+    // Self-attention: one matmul for the three projections (as
+    // torch.nn.MultiheadAttention packs them).
+    std::vector<torch::Tensor> qkv =
+        torch::linear(query, torch::cat({q_proj_->weight, k_proj_->weight, v_proj_->weight}),
+                      torch::cat({q_proj_->bias, k_proj_->bias, v_proj_->bias}))
+            .chunk(3, -1);
+    q = SplitHeads(qkv[0], h);
+    k = SplitHeads(qkv[1], h);
+    v = SplitHeads(qkv[2], h);
+  } else {
+    q = SplitHeads(q_proj_(query), h);
+    k = SplitHeads(k_proj_(key), h);
+    v = SplitHeads(v_proj_(value), h);
+  }
   torch::Tensor mask;
   if (key_padding_mask.defined()) mask = key_padding_mask.view({key.size(0), 1, 1, key.size(1)});
   torch::Tensor weights = AttentionWeights(q, k, mask, {}, 0);

@@ -42,7 +42,7 @@ Attended ScaledDotProductAttention(const torch::Tensor& q, const torch::Tensor& 
                                    const torch::Tensor& bias = {}, double scale = 0);
 
 // Masked softmax over `dim`: masked entries get 0, a slice with every entry
-// masked gets all zeros.
+// masked gets all zeros. `mask` is bool, broadcastable to `logits`.
 torch::Tensor MaskedSoftmax(const torch::Tensor& logits, const torch::Tensor& mask, int64_t dim);
 
 struct MultiHeadOptions {
