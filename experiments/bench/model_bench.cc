@@ -29,16 +29,9 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// ModelConfig's defaults are the quickstart's sizes.
 attune::ModelConfig QuickstartModel() {
   attune::ModelConfig m;
-  m.d_model = 32;
-  m.heads = 4;
-  m.static_features = 8;
-  m.event_buckets = 256;
-  m.max_events = 32;
-  m.imaging_patches = 16;
-  m.imaging_dim = 32;
-  m.genes = 64;
   m.dropout = 0;
   return m;
 }
@@ -81,7 +74,7 @@ int main(int argc, char** argv) {
     const attune::ModelConfig m = QuickstartModel();
     attune::worker::MultimodalAttentionNet net(m);
     net->train();
-    const attune::worker::Batch x = attune::bench::RandomBatch(m, batch, /*no_imaging_patient=*/1);
+    const attune::worker::Batch x = attune::bench::RandomBatch(m, batch, {.pad_events = true, .no_imaging_patient = 1});
     if (!dump.empty()) {
       torch::NoGradGuard no_grad;
       Dump(dump, net, x, net->forward(x).logits, m.layers, m.heads);

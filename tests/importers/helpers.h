@@ -8,7 +8,10 @@
 #include <string>
 #include <vector>
 
+#include <gtest/gtest.h>
+
 #include "absl/strings/str_split.h"
+#include "attune/worker/site_data.h"
 #include "importers/importers.h"
 
 namespace attune::importers {
@@ -44,6 +47,23 @@ inline std::map<std::string, std::vector<std::string>> CohortRows(
     }
   }
   return rows;
+}
+
+// Every site of an import, loaded by the worker's loader with `model`; a
+// site that does not load is a test failure (and is left out).
+inline std::vector<worker::SiteData> LoadSites(const std::string& out,
+                                               const std::vector<std::string>& sites,
+                                               const ModelConfig& model) {
+  std::vector<worker::SiteData> loaded;
+  for (const auto& site : sites) {
+    auto data = worker::LoadSiteData(out + "/" + site, model);
+    if (!data.ok()) {
+      ADD_FAILURE() << site << ": " << data.status();
+      continue;
+    }
+    loaded.push_back(std::move(*data));
+  }
+  return loaded;
 }
 
 }  // namespace attune::importers

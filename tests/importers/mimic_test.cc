@@ -37,11 +37,9 @@ TEST(MimicIvDemo, RealTablesImportAndLoad) {
   auto model = ModelConfig::FromJson(report->model_json);
   ASSERT_TRUE(model.ok()) << model.status();
   int64_t loaded = 0, events = 0;
-  for (const auto& site : report->sites) {
-    auto data = worker::LoadSiteData(dir / ("sites/" + site), *model);
-    ASSERT_TRUE(data.ok()) << data.status();
-    loaded += data->patients.size();
-    for (const auto& p : data->patients) {
+  for (const auto& data : LoadSites(dir / "sites", report->sites, *model)) {
+    loaded += data.patients.size();
+    for (const auto& p : data.patients) {
       events += p.events.size();
       for (const auto& e : p.events) {
         if (e.code.rfind("lab:", 0) == 0) EXPECT_LT(e.time, 48.0) << p.id << " " << e.code;

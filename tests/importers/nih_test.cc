@@ -32,11 +32,9 @@ TEST(NihChestXray, RealImagesImportAndLoad) {
   EXPECT_EQ(model->imaging_encoder, "cnn");
   EXPECT_EQ(model->image_size, 64);
   int64_t loaded = 0;
-  for (const auto& site : report->sites) {
-    auto data = worker::LoadSiteData(dir / ("sites/" + site), *model);
-    ASSERT_TRUE(data.ok()) << data.status();
-    loaded += data->patients.size();
-    for (const auto& p : data->patients) {
+  for (const auto& data : LoadSites(dir / "sites", report->sites, *model)) {
+    loaded += data.patients.size();
+    for (const auto& p : data.patients) {
       ASSERT_TRUE(p.has_imaging);
       ASSERT_EQ(p.imaging.size(), 64u * 64u);
     }

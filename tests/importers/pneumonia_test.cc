@@ -45,11 +45,9 @@ TEST(PneumoniaMnist, RealArchiveImportsAndLoads) {
   auto model = ModelConfig::FromJson(report->model_json);
   ASSERT_TRUE(model.ok());
   int64_t loaded = 0;
-  for (const auto& site : report->sites) {
-    auto data = worker::LoadSiteData(dir / ("sites/" + site), *model);
-    ASSERT_TRUE(data.ok()) << data.status();
-    loaded += data->patients.size();
-    for (const auto& p : data->patients) {
+  for (const auto& data : LoadSites(dir / "sites", report->sites, *model)) {
+    loaded += data.patients.size();
+    for (const auto& p : data.patients) {
       if (p.id != "train-0") continue;
       EXPECT_NEAR(std::accumulate(p.imaging.begin(), p.imaging.end(), 0.0), 120758 / 255.0, 1e-3);
     }

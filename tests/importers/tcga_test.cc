@@ -36,12 +36,10 @@ TEST(TcgaGlioma, RealFileImportsAndLoads) {
   EXPECT_EQ(model->genes, 20);
   EXPECT_EQ(model->static_features, 1);
   int64_t loaded = 0;
-  for (const auto& site : report->sites) {
-    auto data = worker::LoadSiteData(dir / ("sites/" + site), *model);
-    ASSERT_TRUE(data.ok()) << data.status();
-    loaded += data->patients.size();
-    EXPECT_EQ(data->gene_columns.front(), "IDH1");
-    EXPECT_EQ(data->subgroup_columns, (std::vector<std::string>{"sex", "age_band", "race"}));
+  for (const auto& data : LoadSites(dir / "sites", report->sites, *model)) {
+    loaded += data.patients.size();
+    EXPECT_EQ(data.gene_columns.front(), "IDH1");
+    EXPECT_EQ(data.subgroup_columns, (std::vector<std::string>{"sex", "age_band", "race"}));
   }
   EXPECT_EQ(loaded, 862);
   // The first case: LGG, male, "51 years 108 days", IDH1 mutated.

@@ -2,6 +2,7 @@
 #pragma once
 
 #include "attune/worker/model.h"
+#include "bench/random_batch.h"
 
 namespace attune::worker::testing {
 
@@ -20,22 +21,6 @@ inline ModelConfig SmallModel(int heads = 4) {
   return m;
 }
 
-// b patients with every modality present, standard-normal features, event
-// times in [0, 72) h and random labels.
-inline Batch RandomBatch(const ModelConfig& m, int64_t b) {
-  Batch x;
-  x.static_x = torch::randn({b, m.static_features});
-  x.event_bucket = torch::randint(m.event_buckets, {b, m.max_events}, torch::kInt64);
-  x.event_value = torch::randn({b, m.max_events});
-  x.event_time = torch::rand({b, m.max_events}) * 72;
-  x.event_pad = torch::zeros({b, m.max_events}, torch::kBool);
-  std::vector<int64_t> imaging = {b};
-  for (int64_t d : m.imaging_shape()) imaging.push_back(d);
-  x.imaging = torch::randn(imaging);
-  x.genomics = torch::randn({b, m.genes});
-  x.present = torch::ones({b, kNumModalities}, torch::kBool);
-  x.label = torch::randint(2, {b}).to(torch::kFloat);
-  return x;
-}
+using bench::RandomBatch;  // every modality present, no event padding by default
 
 }  // namespace attune::worker::testing

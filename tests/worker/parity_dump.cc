@@ -449,7 +449,7 @@ bool RunCase(const std::string& c, Dump& d) {
     d.Config("layers", m.layers);
     attune::worker::MultimodalAttentionNet net(m);
     d.Module(net.ptr());
-    attune::worker::Batch x = attune::bench::RandomBatch(m, kB, /*no_imaging_patient=*/1);
+    attune::worker::Batch x = attune::bench::RandomBatch(m, kB, {.pad_events = true, .no_imaging_patient = 1});
     x.static_x = d.Input("static_x", x.static_x);
     x.event_bucket = d.Input("event_bucket", x.event_bucket);
     x.event_value = d.Input("event_value", x.event_value);
