@@ -60,7 +60,7 @@ MultimodalAttentionNetImpl::MultimodalAttentionNetImpl(const ModelConfig& c, boo
   if (c.has_imaging()) {
     modalities_.push_back(kImaging);
     if (c.imaging_encoder == "patch_features" || c.imaging_encoder == "mil") {
-      patch_proj_ = register_module("patch_proj", torch::nn::Linear(c.imaging_dim, d));
+      patch_proj_ = register_module("patch_proj", models::Linear(c.imaging_dim, d));
     }
     if (c.imaging_encoder == "patch_features") {
       patch_pos_ = register_parameter("patch_pos", torch::randn({c.imaging_patches, d}) * 0.02);
@@ -114,8 +114,8 @@ MultimodalAttentionNetImpl::MultimodalAttentionNetImpl(const ModelConfig& c, boo
   if (!persam_) {
     head_ = register_module("head", torch::nn::Sequential(
                                         torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})),
-                                        torch::nn::Linear(d, d), torch::nn::GELU(),
-                                        torch::nn::Dropout(c.dropout), torch::nn::Linear(d, 1)));
+                                        models::Linear(d, d), torch::nn::GELU(),
+                                        torch::nn::Dropout(c.dropout), models::Linear(d, 1)));
   }
 }
 

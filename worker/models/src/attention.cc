@@ -15,10 +15,6 @@ torch::Tensor MergeHeads(const torch::Tensor& x) {
   return x.transpose(1, 2).contiguous().view({x.size(0), x.size(2), x.size(1) * x.size(3)});
 }
 
-torch::nn::Linear MakeLinear(int64_t in, int64_t out) {
-  return torch::nn::Linear(torch::nn::LinearOptions(in, out));
-}
-
 }  // namespace
 
 torch::Tensor MaskedSoftmax(const torch::Tensor& logits, const torch::Tensor& mask, int64_t dim) {
@@ -39,6 +35,29 @@ namespace {
 torch::Tensor AttentionWeights(const torch::Tensor& q, const torch::Tensor& k,
                                const torch::Tensor& mask, const torch::Tensor& bias, double scale) {
   if (scale == 0) scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
+  const int64_t dims = q.dim(), lq = q.size(-2), lk = k.size(-2);
+  const bool fold = mask.defined() && !bias.defined() && dims >= 3 && k.dim() == dims &&
+                    mask.dim() == dims && q.sizes().slice(0, dims - 2) == k.sizes().slice(0, dims - 2) &&
+                    !mask.all(-1).any().item<bool>();
+  if (fold) {
+    // Every query keeps a key: one batched matmul folds in the scale and
+    // the mask as −inf (exp gives exactly 0 there), as
+    // torch.nn.MultiheadAttention does: no masked_fill over the logits, in
+    // the forward or the backward pass.
+    std::vector<int64_t> shape(q.sizes().begin(), q.sizes().end() - 2);
+    const int64_t rows = mask.size(-2);  // 1 (the same keys for every query) or Lq
+    shape.push_back(rows);
+    shape.push_back(lk);
+    torch::Tensor additive = torch::zeros(mask.sizes(), q.options())
+                                 .masked_fill_(mask, -std::numeric_limits<float>::infinity())
+                                 .expand(shape)
+                                 .reshape({-1, rows, lk});
+    torch::Tensor logits = torch::baddbmm(additive, q.reshape({-1, lq, q.size(-1)}),
+                                          k.reshape({-1, lk, k.size(-1)}).transpose(1, 2),
+                                          /*beta=*/1, /*alpha=*/scale);
+    shape[shape.size() - 2] = lq;
+    return torch::softmax(logits, -1).view(shape);
+  }
   // Scaling q rather than the logits: fewer multiplications when L > dh.
   torch::Tensor logits = torch::matmul(q * scale, k.transpose(-2, -1));
   if (bias.defined()) logits = logits + bias;
@@ -49,15 +68,15 @@ torch::Tensor AttentionWeights(const torch::Tensor& q, const torch::Tensor& k,
 // The q/k/v/out projections of a multi-head attention, registered on `m`
 // under q_proj, k_proj, v_proj, out_proj; defaults kv_dim to d_model.
 void RegisterProjections(torch::nn::Module& m, MultiHeadOptions* o, const char* who,
-                         torch::nn::Linear* q, torch::nn::Linear* k, torch::nn::Linear* v,
-                         torch::nn::Linear* out) {
+                         Linear* q, Linear* k, Linear* v,
+                         Linear* out) {
   TORCH_CHECK(o->heads > 0 && o->d_model % o->heads == 0, who, ": d_model ", o->d_model,
               " is not a multiple of heads ", o->heads);
   if (o->kv_dim == 0) o->kv_dim = o->d_model;
-  *q = m.register_module("q_proj", MakeLinear(o->d_model, o->d_model));
-  *k = m.register_module("k_proj", MakeLinear(o->kv_dim, o->d_model));
-  *v = m.register_module("v_proj", MakeLinear(o->kv_dim, o->d_model));
-  *out = m.register_module("out_proj", MakeLinear(o->d_model, o->d_model));
+  *q = m.register_module("q_proj", Linear(o->d_model, o->d_model));
+  *k = m.register_module("k_proj", Linear(o->kv_dim, o->d_model));
+  *v = m.register_module("v_proj", Linear(o->kv_dim, o->d_model));
+  *out = m.register_module("out_proj", Linear(o->d_model, o->d_model));
 }
 
 }  // namespace
@@ -135,7 +154,7 @@ Attended LinearAttentionImpl::forward(const torch::Tensor& x, const torch::Tenso
 CoAttentionImpl::CoAttentionImpl(int64_t d, int64_t heads, double dropout) {
   ab_ = register_module("ab", MultiHeadAttention(MultiHeadOptions{d, heads, 0, dropout}));
   ba_ = register_module("ba", MultiHeadAttention(MultiHeadOptions{d, heads, 0, dropout}));
-  fuse_ = register_module("fuse", MakeLinear(2 * d, d));
+  fuse_ = register_module("fuse", Linear(2 * d, d));
 }
 
 namespace {
@@ -166,8 +185,8 @@ WindowAttentionImpl::WindowAttentionImpl(int64_t d, int64_t heads, int64_t windo
               " is not a multiple of heads ", heads);
   TORCH_CHECK(window > 0 && shift >= 0 && shift < window, "WindowAttention: need 0 <= shift (",
               shift, ") < window (", window, ")");
-  qkv_ = register_module("qkv", MakeLinear(d, 3 * d));
-  proj_ = register_module("proj", MakeLinear(d, d));
+  qkv_ = register_module("qkv", Linear(d, 3 * d));
+  proj_ = register_module("proj", Linear(d, d));
   const int64_t span = 2 * window - 1;
   bias_table_ = register_parameter("relative_position_bias_table",
                                    torch::randn({span * span, heads}) * 0.02);

@@ -12,9 +12,9 @@ TransformerBlockImpl::TransformerBlockImpl(const TransformerOptions& o) : option
   }
   norm2_ = register_module("norm2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.d_model})));
   ff_ = register_module("ff", torch::nn::Sequential(
-                                  torch::nn::Linear(o.d_model, o.ff_mult * o.d_model),
+                                  Linear(o.d_model, o.ff_mult * o.d_model),
                                   torch::nn::GELU(),
-                                  torch::nn::Linear(o.ff_mult * o.d_model, o.d_model)));
+                                  Linear(o.ff_mult * o.d_model, o.d_model)));
   drop_ = register_module("drop", torch::nn::Dropout(o.dropout));
 }
 
@@ -28,8 +28,8 @@ Attended TransformerBlockImpl::forward(const torch::Tensor& x, const torch::Tens
 
 SqueezeExcitationImpl::SqueezeExcitationImpl(int64_t channels, int64_t reduction) {
   const int64_t hidden = std::max<int64_t>(1, channels / reduction);
-  fc1_ = register_module("fc1", torch::nn::Linear(channels, hidden));
-  fc2_ = register_module("fc2", torch::nn::Linear(hidden, channels));
+  fc1_ = register_module("fc1", Linear(channels, hidden));
+  fc2_ = register_module("fc2", Linear(hidden, channels));
 }
 
 Attended SqueezeExcitationImpl::forward(const torch::Tensor& x) {
@@ -39,9 +39,9 @@ Attended SqueezeExcitationImpl::forward(const torch::Tensor& x) {
 
 CbamImpl::CbamImpl(int64_t channels, int64_t reduction, int64_t kernel) {
   const int64_t hidden = std::max<int64_t>(1, channels / reduction);
-  mlp_ = register_module("mlp", torch::nn::Sequential(torch::nn::Linear(channels, hidden),
+  mlp_ = register_module("mlp", torch::nn::Sequential(Linear(channels, hidden),
                                                       torch::nn::ReLU(),
-                                                      torch::nn::Linear(hidden, channels)));
+                                                      Linear(hidden, channels)));
   spatial_ = register_module(
       "spatial", torch::nn::Conv2d(
                      torch::nn::Conv2dOptions(2, 1, kernel).padding(kernel / 2).bias(false)));
@@ -72,7 +72,7 @@ HybridCnnImpl::HybridCnnImpl(const HybridCnnOptions& o) : options_(o) {
   cbam1_ = register_module("cbam1", Cbam(o.channels, 4));
   stage2_ = register_module("stage2", ConvStage(o.channels, 2 * o.channels));
   cbam2_ = register_module("cbam2", Cbam(2 * o.channels, 4));
-  to_tokens_ = register_module("to_tokens", torch::nn::Linear(2 * o.channels, o.d_model));
+  to_tokens_ = register_module("to_tokens", Linear(2 * o.channels, o.d_model));
   const int64_t n = (o.image_size / 4) * (o.image_size / 4);
   cls_ = register_parameter("cls", torch::randn({1, 1, o.d_model}) * 0.02);
   pos_ = register_parameter("pos", torch::randn({1, 1 + n, o.d_model}) * 0.02);

@@ -6,7 +6,7 @@ namespace attune::models {
 
 TimeEncodingImpl::TimeEncodingImpl(int64_t d) {
   TORCH_CHECK(d >= 2, "TimeEncoding: d_model must be at least 2");
-  linear_ = register_module("linear", torch::nn::Linear(1, d));
+  linear_ = register_module("linear", Linear(1, d));
 }
 
 torch::Tensor TimeEncodingImpl::forward(const torch::Tensor& hours) {
@@ -54,7 +54,7 @@ SequenceEncoding SequenceEncoderImpl::forward(const torch::Tensor& tokens,
 
 EventEncoderImpl::EventEncoderImpl(int64_t buckets, const SequenceOptions& o) {
   code_ = register_module("code", torch::nn::Embedding(buckets, o.d_model));
-  value_ = register_module("value", torch::nn::Linear(1, o.d_model));
+  value_ = register_module("value", Linear(1, o.d_model));
   time_ = register_module("time", TimeEncoding(o.d_model));
   encoder_ = register_module("encoder", SequenceEncoder(o, "ehr_events"));
 }
@@ -80,9 +80,9 @@ torch::Tensor PatchEmbeddingImpl::forward(const torch::Tensor& images) {
 }
 
 GatedAttentionMilImpl::GatedAttentionMilImpl(int64_t d, int64_t hidden) {
-  v_ = register_module("V", torch::nn::Linear(d, hidden));
-  u_ = register_module("U", torch::nn::Linear(d, hidden));
-  w_ = register_module("w", torch::nn::Linear(hidden, 1));
+  v_ = register_module("V", Linear(d, hidden));
+  u_ = register_module("U", Linear(d, hidden));
+  w_ = register_module("w", Linear(hidden, 1));
 }
 
 Attended GatedAttentionMilImpl::forward(const torch::Tensor& h, const torch::Tensor& pad) {

@@ -26,7 +26,7 @@ torch::Tensor MeanOrOne(const torch::Tensor& x, const torch::Tensor& pad) {
 }  // namespace
 
 AttentionPoolImpl::AttentionPoolImpl(int64_t d) {
-  proj_ = register_module("proj", torch::nn::Linear(d, d));
+  proj_ = register_module("proj", Linear(d, d));
   query_ = register_parameter("query", torch::randn({d}) / std::sqrt(double(d)));
 }
 
@@ -74,12 +74,12 @@ PersAmImpl::PersAmImpl(const PersAmOptions& o, int64_t instance_modalities) : op
     blocks_->push_back(TransformerBlock(TransformerOptions{d, o.heads, 2, o.dropout}));
   }
   norm_ = register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})));
-  q_ = register_module("q", torch::nn::Linear(d, d));
-  k_ = register_module("k", torch::nn::Linear(d, d));
-  v_ = register_module("v", torch::nn::Linear(d, d));
+  q_ = register_module("q", Linear(d, d));
+  k_ = register_module("k", Linear(d, d));
+  v_ = register_module("v", Linear(d, d));
   classifier_ = register_module(
-      "classifier", torch::nn::Sequential(torch::nn::Linear(d, d), torch::nn::GELU(),
-                                          torch::nn::Linear(d, o.classes)));
+      "classifier", torch::nn::Sequential(Linear(d, d), torch::nn::GELU(),
+                                          Linear(d, o.classes)));
 }
 
 PersAmImpl::Output PersAmImpl::forward(const std::vector<ModalityTokens>& instances,

@@ -88,7 +88,7 @@ class MultimodalAttentionNetImpl : public torch::nn::Module {
   models::SequenceEncoder static_encoder_{nullptr}, imaging_encoder_{nullptr},
       gene_encoder_{nullptr};
   models::EventEncoder events_{nullptr};
-  torch::nn::Linear patch_proj_{nullptr};
+  models::Linear patch_proj_{nullptr};
   torch::Tensor patch_pos_;
   models::GatedAttentionMil mil_{nullptr};
   models::PatchEmbedding vit_{nullptr};

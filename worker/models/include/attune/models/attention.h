@@ -15,6 +15,8 @@
 #include <string>
 #include <vector>
 
+#include "attune/models/linear.h"
+
 namespace attune::models {
 
 // The output of an attention and the weights that produced it.
@@ -68,7 +70,7 @@ class MultiHeadAttentionImpl : public torch::nn::Module {
 
  private:
   MultiHeadOptions options_;
-  torch::nn::Linear q_proj_{nullptr}, k_proj_{nullptr}, v_proj_{nullptr}, out_proj_{nullptr};
+  Linear q_proj_{nullptr}, k_proj_{nullptr}, v_proj_{nullptr}, out_proj_{nullptr};
   torch::nn::Dropout drop_{nullptr};
 };
 TORCH_MODULE(MultiHeadAttention);
@@ -91,7 +93,7 @@ class LinearAttentionImpl : public torch::nn::Module {
 
  private:
   MultiHeadOptions options_;
-  torch::nn::Linear q_proj_{nullptr}, k_proj_{nullptr}, v_proj_{nullptr}, out_proj_{nullptr};
+  Linear q_proj_{nullptr}, k_proj_{nullptr}, v_proj_{nullptr}, out_proj_{nullptr};
 };
 TORCH_MODULE(LinearAttention);
 
@@ -112,7 +114,7 @@ class CoAttentionImpl : public torch::nn::Module {
 
  private:
   MultiHeadAttention ab_{nullptr}, ba_{nullptr};
-  torch::nn::Linear fuse_{nullptr};
+  Linear fuse_{nullptr};
 };
 TORCH_MODULE(CoAttention);
 
@@ -132,7 +134,7 @@ class WindowAttentionImpl : public torch::nn::Module {
 
  private:
   int64_t d_, heads_, window_, shift_;
-  torch::nn::Linear qkv_{nullptr}, proj_{nullptr};
+  Linear qkv_{nullptr}, proj_{nullptr};
   torch::Tensor bias_table_;
   torch::Tensor relative_index_;  // buffer [w², w²] int64
 };

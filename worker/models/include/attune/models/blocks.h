@@ -49,7 +49,7 @@ class SqueezeExcitationImpl : public torch::nn::Module {
   Attended forward(const torch::Tensor& x);
 
  private:
-  torch::nn::Linear fc1_{nullptr}, fc2_{nullptr};
+  Linear fc1_{nullptr}, fc2_{nullptr};
 };
 TORCH_MODULE(SqueezeExcitation);
 
@@ -105,7 +105,7 @@ class HybridCnnImpl : public torch::nn::Module {
   HybridCnnOptions options_;
   torch::nn::Sequential stage1_{nullptr}, stage2_{nullptr};
   Cbam cbam1_{nullptr}, cbam2_{nullptr};
-  torch::nn::Linear to_tokens_{nullptr};
+  Linear to_tokens_{nullptr};
   torch::Tensor cls_, pos_;
   std::vector<TransformerBlock> blocks_;
 };

@@ -28,7 +28,7 @@ class TimeEncodingImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& hours);
 
  private:
-  torch::nn::Linear linear_{nullptr};
+  Linear linear_{nullptr};
 };
 TORCH_MODULE(TimeEncoding);
 
@@ -93,7 +93,7 @@ class EventEncoderImpl : public torch::nn::Module {
 
  private:
   torch::nn::Embedding code_{nullptr};
-  torch::nn::Linear value_{nullptr};
+  Linear value_{nullptr};
   TimeEncoding time_{nullptr};
   SequenceEncoder encoder_{nullptr};
 };
@@ -126,7 +126,7 @@ class GatedAttentionMilImpl : public torch::nn::Module {
   Attended forward(const torch::Tensor& h, const torch::Tensor& pad = {});
 
  private:
-  torch::nn::Linear v_{nullptr}, u_{nullptr}, w_{nullptr};
+  Linear v_{nullptr}, u_{nullptr}, w_{nullptr};
 };
 TORCH_MODULE(GatedAttentionMil);
 

@@ -23,7 +23,7 @@ class AttentionPoolImpl : public torch::nn::Module {
   Attended forward(const torch::Tensor& x, const torch::Tensor& mask = {});
 
  private:
-  torch::nn::Linear proj_{nullptr};
+  Linear proj_{nullptr};
   torch::Tensor query_;
 };
 TORCH_MODULE(AttentionPool);
@@ -114,7 +114,7 @@ class PersAmImpl : public torch::nn::Module {
   torch::Tensor class_tokens_, type_instance_, type_clinical_;
   torch::nn::ModuleList blocks_{nullptr};
   torch::nn::LayerNorm norm_{nullptr};
-  torch::nn::Linear q_{nullptr}, k_{nullptr}, v_{nullptr};
+  Linear q_{nullptr}, k_{nullptr}, v_{nullptr};
   torch::nn::Sequential classifier_{nullptr};
 };
 TORCH_MODULE(PersAm);
