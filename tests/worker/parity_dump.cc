@@ -14,7 +14,9 @@
 //   cot.<name>                       the cotangent of each floating output, ~ N(0, 0.1²);
 //                                    the loss is Σ (output · cot).sum()
 //   grad.param.<name>, grad.input.<name>
-//   config.<key>                     0-dim int64 / float64 sizes and flags:
+//   config.<key>                     0-dim int64 / float64 sizes and flags;
+//     config.model                   the whole-model cases' ModelConfig as JSON
+//                                    (uint8 bytes)
 //     config.detached.<output> = 1   a floating output that does not require grad
 //                                    (left out of the loss)
 //     config.nograd.<param> = 1      a parameter whose grad was undefined (zeros written)
@@ -35,9 +37,11 @@
 #include "attune/models/encoders.h"
 #include "attune/models/fusion.h"
 #include "attune/worker/model.h"
+#include "bench/model_variants.h"
 #include "bench/random_batch.h"
 
 namespace am = attune::models;
+namespace am_bench = attune::bench;
 
 namespace {
 
@@ -79,6 +83,10 @@ class Dump {
   }
   void ConfigF(const std::string& key, double v) {
     Put("config." + key, torch::scalar_tensor(v, torch::kFloat64));
+  }
+  // Text (a JSON document) as its UTF-8 bytes.
+  void ConfigText(const std::string& key, const std::string& v) {
+    Put("config." + key, torch::tensor(std::vector<uint8_t>(v.begin(), v.end()), torch::kUInt8));
   }
   // The module whose parameters, buffers and submodules are dumped (may be none).
   void Module(std::shared_ptr<torch::nn::Module> m) {
@@ -186,6 +194,13 @@ void Outputs(Dump& d, const am::SequenceEncoding& e) {
   d.Output("tokens", e.tokens);
   d.Output("pad", e.pad);
   d.Traces(e.traces);
+}
+
+// The model variant a case "model" or "model_<variant>" names, or nullptr.
+const am_bench::ModelVariant* ModelCase(const std::string& c) {
+  if (c == "model") return am_bench::FindModelVariant("model");
+  if (c.rfind("model_", 0) != 0 || c == "model_model") return nullptr;
+  return am_bench::FindModelVariant(c.substr(6));
 }
 
 // Returns false for an unknown case.
@@ -432,9 +447,10 @@ bool RunCase(const std::string& c, Dump& d) {
     d.Output("aux_loss", r.aux_loss);
     d.Output("beta", r.beta);
     d.Traces(r.traces);
-  } else if (c == "model") {
-    // The study model (worker/model.h) as the quickstart configures it:
-    // static, events, patch-feature imaging, genomics, hierarchical fusion;
+  } else if (const am_bench::ModelVariant* v = ModelCase(c)) {
+    // The study model (worker/model.h), small, in one of the benchmarked
+    // configurations (bench/model_variants.h; "model" is the quickstart's:
+    // static, events, patch-feature imaging, genomics, hierarchical fusion);
     // patient 1 has no imaging.
     attune::ModelConfig m;
     m.d_model = kD;
@@ -444,24 +460,32 @@ bool RunCase(const std::string& c, Dump& d) {
     m.max_events = 5;
     m.imaging_patches = 4;
     m.imaging_dim = 6;
+    m.image_size = 8;
+    m.patch_size = 4;
     m.genes = 5;
     m.dropout = 0;
-    d.Config("layers", m.layers);
+    v->apply(m);
+    d.ConfigText("model", m.ToJson());
     attune::worker::MultimodalAttentionNet net(m);
     d.Module(net.ptr());
-    attune::worker::Batch x = attune::bench::RandomBatch(m, kB, {.pad_events = true, .no_imaging_patient = 1});
-    x.static_x = d.Input("static_x", x.static_x);
-    x.event_bucket = d.Input("event_bucket", x.event_bucket);
-    x.event_value = d.Input("event_value", x.event_value);
-    x.event_time = d.Input("event_time", x.event_time);
-    x.event_pad = d.Input("event_pad", x.event_pad);
-    x.imaging = d.Input("imaging", x.imaging);
-    x.genomics = d.Input("genomics", x.genomics);
-    x.present = d.Input("present", x.present);
-    x.label = d.Input("label", x.label);
+    attune::worker::Batch x = attune::bench::RandomBatch(
+        m, kB, {.pad_events = true, .no_imaging_patient = m.has_imaging() ? 1 : -1});
+    auto input = [&](const char* name, torch::Tensor* t) {
+      if (t->defined()) *t = d.Input(name, *t);
+    };
+    input("static_x", &x.static_x);
+    input("event_bucket", &x.event_bucket);
+    input("event_value", &x.event_value);
+    input("event_time", &x.event_time);
+    input("event_pad", &x.event_pad);
+    input("imaging", &x.imaging);
+    input("genomics", &x.genomics);
+    input("present", &x.present);
+    input("label", &x.label);
     auto r = net->forward(x);
     d.Output("logits", r.logits);
     d.Output("beta", r.beta);
+    d.Output("aux_loss", r.aux_loss);  // PersAM's MIL term; undefined (not written) otherwise
   } else {
     return false;
   }

@@ -34,6 +34,7 @@ the reference needs must be in the dump (coverage). Exit status: 0 pass,
 
 import argparse
 import functools
+import json
 import math
 import os
 import re
@@ -460,24 +461,26 @@ def ref_mha_cross(ctx):
     return {"output": out, "weights": w}, []
 
 
-def ref_coattention(ctx):
+def coattention(S, a, b, pad_a, pad_b, heads):
     """a' = a + MHA_ab(a, b, b), b' = b + MHA_ba(b, a, a);
     fused = fuse([mean(a') ; mean(b')]) over unmasked tokens.
     ASSUMPTION: parameters ab, ba, fuse (the header names none); padded
     tokens of a'/b' are returned as computed, not zeroed."""
-    P = Scope(ctx)
-    heads = int(ctx.cfg("heads"))
-    a, b, pad_a, pad_b = ctx.inp("a"), ctx.inp("b"), ctx.inp("pad_a"), ctx.inp("pad_b")
-    oab, wab = mha(P.sub("ab"), a, b, b, pad_b, heads)
-    oba, wba = mha(P.sub("ba"), b, a, a, pad_a, heads)
+    oab, wab = mha(S.sub("ab"), a, b, b, pad_b, heads)
+    oba, wba = mha(S.sub("ba"), b, a, a, pad_a, heads)
     a2, b2 = a + oab, b + oba
 
     def mean(t, pad):
         keep = (~pad).to(t.dtype).unsqueeze(-1)
         return (t * keep).sum(1) / keep.sum(1)
 
-    fused = lin(P.sub("fuse"), torch.cat([mean(a2, pad_a), mean(b2, pad_b)], -1))
-    return {"fused": fused, "a": a2, "b": b2, "weights_ab": wab, "weights_ba": wba}, []
+    fused = lin(S.sub("fuse"), torch.cat([mean(a2, pad_a), mean(b2, pad_b)], -1))
+    return {"fused": fused, "a": a2, "b": b2, "weights_ab": wab, "weights_ba": wba}
+
+
+def ref_coattention(ctx):
+    return coattention(Scope(ctx), ctx.inp("a"), ctx.inp("b"), ctx.inp("pad_a"), ctx.inp("pad_b"),
+                       int(ctx.cfg("heads"))), []
 
 
 def ref_linear_attention(ctx):
@@ -524,15 +527,12 @@ def ref_cbam(ctx):
     return {"output": out, "channel_weights": mc, "spatial_weights": ms}, []
 
 
-def ref_hybrid_cnn(ctx):
+def hybrid_cnn(P, x, heads, layers):
     """The layout blocks.h states: per stage, a 3×3 conv (padding 1) →
     GroupNorm(min(4, C) groups) → ReLU, then CBAM (reduction 4, 7×7), then a
     2×2 max-pool; the (H/4 × W/4) map → tokens (to_tokens, row-major), the
     class token (cls) first, positions pos [1, 1 + N, d] over all of them;
     pre-norm blocks block<i>; vector = the class token's output."""
-    P = Scope(ctx)
-    heads = int(ctx.cfg("heads"))
-    x = ctx.inp("images")
     traces = []
     for stage, cb in (("stage1", "cbam1"), ("stage2", "cbam2")):
         S = P.sub(stage)
@@ -546,10 +546,14 @@ def ref_hybrid_cnn(ctx):
     tokens = lin(P.sub("to_tokens"), x.flatten(2).transpose(1, 2))
     d = tokens.shape[2]
     x = torch.cat([P("cls").reshape(1, 1, d).expand(B, 1, d), tokens], 1) + P("pos")
-    for i in range(int(ctx.cfg("layers"))):
+    for i in range(layers):
         x, w = transformer_block(P.sub("block%d" % i), x, None, heads)
         traces.append(Trace(w, keys=(), role="block%d" % i))
     return {"vector": x[:, 0], "tokens": x}, traces
+
+
+def ref_hybrid_cnn(ctx):
+    return hybrid_cnn(Scope(ctx), ctx.inp("images"), int(ctx.cfg("heads")), int(ctx.cfg("layers")))
 
 
 def ref_time_encoding(ctx):
@@ -577,20 +581,25 @@ def ref_event_encoder(ctx):
     return sequence_encoder(P.sub("encoder"), tok, pad, int(ctx.cfg("heads")), int(ctx.cfg("layers")))
 
 
+def patch_embedding(P, images, patch):
+    x = F.conv2d(images, P("proj.weight"), P("proj.bias"), stride=patch)
+    return x.flatten(2).transpose(1, 2) + P("pos")
+
+
 def ref_patch_embedding(ctx):
-    P = Scope(ctx)
-    p = int(ctx.cfg("patch"))
-    x = F.conv2d(ctx.inp("images"), P("proj.weight"), P("proj.bias"), stride=p)
-    return {"output": x.flatten(2).transpose(1, 2) + P("pos")}, []
+    return {"output": patch_embedding(Scope(ctx), ctx.inp("images"), int(ctx.cfg("patch")))}, []
+
+
+def gated_mil(P, h, pad):
+    """Ilse et al. 2018: a_k = softmax_k(wᵀ(tanh(V h_k) ⊙ σ(U h_k))), z = Σ a_k h_k."""
+    gated = torch.tanh(lin(P.sub("V", "v"), h)) * torch.sigmoid(lin(P.sub("U", "u"), h))
+    a = masked_softmax(lin(P.sub("w", "W"), gated).squeeze(-1), pad, -1)
+    return (a.unsqueeze(-1) * h).sum(1), a
 
 
 def ref_gated_mil(ctx):
-    """Ilse et al. 2018: a_k = softmax_k(wᵀ(tanh(V h_k) ⊙ σ(U h_k))), z = Σ a_k h_k."""
-    P = Scope(ctx)
-    h, pad = ctx.inp("h"), ctx.inp("pad")
-    gated = torch.tanh(lin(P.sub("V", "v"), h)) * torch.sigmoid(lin(P.sub("U", "u"), h))
-    a = masked_softmax(lin(P.sub("w", "W"), gated).squeeze(-1), pad, -1)
-    return {"output": (a.unsqueeze(-1) * h).sum(1), "weights": a}, []
+    out, a = gated_mil(Scope(ctx), ctx.inp("h"), ctx.inp("pad"))
+    return {"output": out, "weights": a}, []
 
 
 def ref_attention_pool(ctx):
@@ -622,7 +631,7 @@ def ref_hierarchical_fusion(ctx):
     return outs, traces
 
 
-def ref_persam(ctx):
+def persam(P, inst, clin, cpad, labels, heads, classes, layers, lam):
     """PersAM from fusion.h. ASSUMPTIONS where the header is silent:
     * parameters class_tokens [C, d], type_instance [M, d], type_clinical [d]
       (any shape with those element counts), blocks.<i>, norm, q, k, v,
@@ -634,14 +643,10 @@ def ref_persam(ctx):
     * padded instance tokens get a = ψ = a' = 0 and drop out of z, β and the
       MIL max; means over clinical tokens skip padded ones;
     * aux_loss = λ · mean over batch and classes of BCE(max_l a'_{l,c}, y_c),
-      y = one_hot(labels, C)."""
-    P = Scope(ctx)
-    d, heads, C = int(ctx.cfg("d_model")), int(ctx.cfg("heads")), int(ctx.cfg("classes"))
-    M, lam = int(ctx.cfg("instance_modalities")), ctx.cfg("mil_weight")
-    inst = [(ctx.inp("instance%d.tokens" % i), ctx.inp("instance%d.pad" % i)) for i in range(M)]
-    clin, cpad = ctx.inp("clinical.tokens"), ctx.inp("clinical.pad")
-    labels = ctx.inp("labels")
-    B = clin.shape[0]
+      y = one_hot(labels, C).
+    inst: [(tokens [B, L_i, d], pad [B, L_i])]; clin [B, Lc, d], cpad [B, Lc]."""
+    C, M = classes, len(inst)
+    B, d = clin.shape[0], clin.shape[2]
 
     cls = P("class_tokens", "cls", "class_token").reshape(C, d)
     ti = P("type_instance", "instance_type").reshape(M, d)
@@ -652,8 +657,8 @@ def ref_persam(ctx):
     traces = []
     x = seq
     blocks = P.module_list("blocks")
-    if len(blocks) != int(ctx.cfg("layers")):
-        raise OracleError("%d blocks in the dump, config.layers = %d" % (len(blocks), ctx.cfg("layers")))
+    if len(blocks) != layers:
+        raise OracleError("%d blocks in the dump, %d layers configured" % (len(blocks), layers))
     for i, blk in enumerate(blocks):
         x, w = transformer_block(blk, x, pad, heads)
         traces.append(Trace(w, keys=(), role="encoder layer%d" % i))
@@ -693,60 +698,185 @@ def ref_persam(ctx):
     return {"logits": logits, "vector": z, "aux_loss": aux, "beta": beta}, traces
 
 
-# case -> [(variant, reference)]
+def ref_persam(ctx):
+    M = int(ctx.cfg("instance_modalities"))
+    inst = [(ctx.inp("instance%d.tokens" % i), ctx.inp("instance%d.pad" % i)) for i in range(M)]
+    return persam(Scope(ctx), inst, ctx.inp("clinical.tokens"), ctx.inp("clinical.pad"), ctx.inp("labels"),
+                  int(ctx.cfg("heads")), int(ctx.cfg("classes")), int(ctx.cfg("layers")), ctx.cfg("mil_weight"))
+
+
 MODEL_MODALITIES = ["ehr_static", "ehr_events", "imaging", "genomics"]  # model.h's order
 
 
+def model_config(ctx):
+    """The dumped ModelConfig (config.model: its JSON as bytes)."""
+    t = ctx.dump.get("config.model")
+    if t is None:
+        raise OracleError("missing config.model")
+    return json.loads(bytes(t.tolist()).decode())
+
+
 def model_forward(ctx):
-    """The study model of worker/model.h with fusion "hierarchical" and
-    imaging "patch_features" (the quickstart's): per modality a sequence
-    encoder (class token first) over
-      static:   feature tokens x_f·w_f + b_f (static_tokens),
-      events:   the event encoder (events),
-      imaging:  patch_proj(features) + patch_pos (imaging_encoder),
-      genomics: gene tokens (gene_tokens → gene_encoder),
-    where a patient without the modality has every token but the class token
-    padded; then hierarchical fusion over the present modalities (alpha.<i>
-    over each encoder's tokens, β over the modalities, absent ones masked)
-    and the head: LayerNorm → Linear → GELU → Dropout → Linear (head.0, .1,
-    .4). Returns the logits [B], β [B, 4] (0 for an absent modality) and the
-    parameter scope."""
+    """The study model of worker/model.h in any configuration. Per modality
+    the model has (ModelConfig: static_features, max_events, genes > 0,
+    imaging_encoder not "none"), tokens and an encoder:
+      static:   feature tokens x_f·w_f + b_f (static_tokens) → sequence
+                encoder (static_encoder, class token first);
+      events:   the event encoder (events);
+      imaging:  patch_features: patch_proj(features) + patch_pos → sequence
+                encoder (imaging_encoder); mil: gated attention-MIL (mil) over
+                patch_proj(features), tokens [z; projected patches]; vit: ViT
+                patch embedding (vit) → imaging_encoder; cnn: the hybrid CNN
+                (cnn), its tokens with the class token first;
+      genomics: gene tokens (gene_tokens) → gene_encoder;
+    the encoders' attention is softmax or efficient (model.attention). A
+    patient without a modality has every token of it but the first padded.
+    Then the fusion (model.fusion):
+      hierarchical: alpha.<i> pools each encoder's tokens, β pools the
+                    modality vectors with the absent modalities masked
+                    (hierarchical.*);
+      cross:        each modality's tokens + token_type[m] (an absent one
+                    padded whole), concatenated → one sequence encoder
+                    (cross, softmax attention); β_m = the class token's
+                    last-layer attention (mean over heads) on modality m's
+                    tokens;
+      coattention:  the same typed tokens, EHR (static, events) as side a,
+                    imaging and genomics as side b → co-attention
+                    (coattention); β_m = the attention mass side m's tokens
+                    receive from the other side's unpadded queries (mean
+                    over heads);
+      persam:       events, imaging, genomics as instance modalities, static
+                    as the clinical tokens (padded as above) → PersAM
+                    (persam, λ = 1 as PersAmOptions' default, labels = the
+                    batch's); logit = logits[:, 1] − logits[:, 0], aux_loss
+                    its MIL term, β its instance-modality shares.
+    cross and coattention normalise β to sum 1 over the modalities. The head
+    (all but persam): LayerNorm → Linear → GELU → Dropout → Linear (head.0,
+    .1, .4). ASSUMPTIONS (model.h says what β means, not how each fusion
+    reads it): the β rules above. Returns the logits [B], β [B, 4] (0 for a
+    modality absent or not in the model; not differentiated, as LibTorch
+    detaches it) and the auxiliary loss or None."""
+    cfg = model_config(ctx)
     P = Scope(ctx)
-    heads, layers = int(ctx.cfg("heads")), int(ctx.cfg("layers"))
+    heads, layers = cfg["heads"], cfg["layers"]
+    linear = cfg["attention"] == "linear"
     present = ctx.inp("present")
     B = present.shape[0]
 
     def absent(m, L):
         return (~present[:, m]).unsqueeze(1).expand(B, L)
 
-    encoded = []
-    x = ctx.inp("static_x")
-    T = P.sub("static_tokens")
-    tok = x.unsqueeze(-1) * T("weight") + T("bias")
-    encoded.append(sequence_encoder(P.sub("static_encoder"), tok, absent(0, tok.shape[1]), heads, layers)[0])
-    E = P.sub("events")
-    tok = F.embedding(ctx.inp("event_bucket"), E("code.weight")) + lin(E.sub("value"), ctx.inp("event_value").unsqueeze(-1))
-    tok = tok + time_encoding(E.sub("time"), ctx.inp("event_time"))
-    encoded.append(sequence_encoder(E.sub("encoder"), tok, ctx.inp("event_pad"), heads, layers)[0])
-    tok = lin(P.sub("patch_proj"), ctx.inp("imaging")) + P("patch_pos")
-    encoded.append(sequence_encoder(P.sub("imaging_encoder"), tok, absent(2, tok.shape[1]), heads, layers)[0])
-    G = P.sub("gene_tokens")
-    tok = ctx.inp("genomics").unsqueeze(-1) * G("weight") + G("bias")
-    encoded.append(sequence_encoder(P.sub("gene_encoder"), tok, absent(3, tok.shape[1]), heads, layers)[0])
-    H = P.sub("hierarchical")
-    hs = [attention_pool(H.sub("alpha.%d" % i), e["tokens"], e["pad"])[0] for i, e in enumerate(encoded)]
-    fused, beta = attention_pool(H.sub("beta"), torch.stack(hs, 1), ~present)
+    def encode(S, tok, pad):
+        return sequence_encoder(S, tok, pad, heads, layers, linear)[0]
+
+    encoded = {}  # modality index -> {"tokens", "pad"}
+    if cfg["static_features"] > 0:
+        T = P.sub("static_tokens")
+        tok = ctx.inp("static_x").unsqueeze(-1) * T("weight") + T("bias")
+        encoded[0] = encode(P.sub("static_encoder"), tok, absent(0, tok.shape[1]))
+    if cfg["max_events"] > 0:
+        E = P.sub("events")
+        tok = F.embedding(ctx.inp("event_bucket"), E("code.weight")) + lin(E.sub("value"), ctx.inp("event_value").unsqueeze(-1))
+        tok = tok + time_encoding(E.sub("time"), ctx.inp("event_time"))
+        encoded[1] = encode(E.sub("encoder"), tok, ctx.inp("event_pad"))
+    imaging = cfg["imaging_encoder"]
+    if imaging == "patch_features":
+        tok = lin(P.sub("patch_proj"), ctx.inp("imaging")) + P("patch_pos")
+        encoded[2] = encode(P.sub("imaging_encoder"), tok, absent(2, tok.shape[1]))
+    elif imaging == "mil":
+        tok = lin(P.sub("patch_proj"), ctx.inp("imaging"))
+        z, _ = gated_mil(P.sub("mil"), tok, None)
+        tokens = torch.cat([z.unsqueeze(1), tok], 1)
+        encoded[2] = {"tokens": tokens, "pad": absent(2, tokens.shape[1])}
+    elif imaging == "vit":
+        tok = patch_embedding(P.sub("vit"), ctx.inp("imaging"), cfg["patch_size"])
+        encoded[2] = encode(P.sub("imaging_encoder"), tok, absent(2, tok.shape[1]))
+    elif imaging == "cnn":
+        tokens = hybrid_cnn(P.sub("cnn"), ctx.inp("imaging"), heads, layers)[0]["tokens"]
+        encoded[2] = {"tokens": tokens, "pad": absent(2, tokens.shape[1])}
+    elif imaging != "none":
+        raise OracleError("unknown imaging_encoder %r" % imaging)
+    if cfg["genes"] > 0:
+        G = P.sub("gene_tokens")
+        tok = ctx.inp("genomics").unsqueeze(-1) * G("weight") + G("bias")
+        encoded[3] = encode(P.sub("gene_encoder"), tok, absent(3, tok.shape[1]))
+    ms = sorted(encoded)
+
+    beta = torch.zeros(B, len(MODEL_MODALITIES))
+    aux = None
+    fusion = cfg["fusion"]
+    if fusion == "hierarchical":
+        H = P.sub("hierarchical")
+        hs = [attention_pool(H.sub("alpha.%d" % i), encoded[m]["tokens"], encoded[m]["pad"])[0]
+              for i, m in enumerate(ms)]
+        fused, b = attention_pool(H.sub("beta"), torch.stack(hs, 1), ~present[:, ms])
+        beta[:, ms] = b.detach()
+    elif fusion in ("cross", "coattention"):
+        typed = {m: encoded[m]["tokens"] + P("token_type")[m] for m in ms}
+        pads = {m: encoded[m]["pad"] | absent(m, 1) for m in ms}
+
+        def mass(per_token, which):  # per-token mass [B, ΣL] over `which`'s tokens, in order
+            start = 0
+            for m in which:
+                L = typed[m].shape[1]
+                beta[:, m] += per_token[:, start:start + L].sum(1).detach()
+                start += L
+
+        if fusion == "cross":
+            enc, traces = sequence_encoder(P.sub("cross"), torch.cat([typed[m] for m in ms], 1),
+                                           torch.cat([pads[m] for m in ms], 1), heads, layers)
+            fused = enc["vector"]
+            mass(traces[-1].tensor[:, :, 0].mean(1)[:, 1:], ms)
+        else:
+            side_a = [m for m in ms if m in (0, 1)]
+            side_b = [m for m in ms if m not in (0, 1)]
+            if not side_a or not side_b:
+                raise OracleError("coattention needs an EHR modality and another")
+            pad_a = torch.cat([pads[m] for m in side_a], 1)
+            pad_b = torch.cat([pads[m] for m in side_b], 1)
+            co = coattention(P.sub("coattention"), torch.cat([typed[m] for m in side_a], 1),
+                             torch.cat([typed[m] for m in side_b], 1), pad_a, pad_b, heads)
+            fused = co["fused"]
+
+            def received(w, query_pad):
+                return (w.mean(1) * (~query_pad).to(w.dtype).unsqueeze(-1)).sum(1)
+
+            mass(received(co["weights_ab"], pad_a), side_b)
+            mass(received(co["weights_ba"], pad_b), side_a)
+        beta = beta / beta.sum(1, keepdim=True).clamp_min(1e-12)
+    elif fusion == "persam":
+        inst = [m for m in ms if m != 0]
+        d = cfg["d_model"]
+        if 0 in encoded:
+            clin, cpad = encoded[0]["tokens"], encoded[0]["pad"] | absent(0, 1)
+        else:
+            clin, cpad = torch.zeros(B, 0, d), torch.zeros(B, 0, dtype=torch.bool)
+        out, _ = persam(P.sub("persam"), [(encoded[m]["tokens"], encoded[m]["pad"] | absent(m, 1)) for m in inst],
+                        clin, cpad, ctx.inp("label").long(), heads, 2, layers, 1.0)
+        beta[:, inst] = out["beta"].detach()
+        return out["logits"][:, 1] - out["logits"][:, 0], beta, out["aux_loss"]
+    else:
+        raise OracleError("unknown fusion %r" % fusion)
     h = layer_norm(P.sub("head.0"), fused)
     h = F.gelu(lin(P.sub("head.1"), h))
-    return lin(P.sub("head.4"), h).squeeze(-1), beta
+    return lin(P.sub("head.4"), h).squeeze(-1), beta, aux
 
 
 def ref_model(ctx):
-    ctx.inp("label")  # the batch's labels: the model itself does not read them
-    logits, beta = model_forward(ctx)
-    return {"logits": logits, "beta": beta}, []
+    ctx.inp("label")  # the batch's labels: only PersAM's MIL term reads them
+    logits, beta, aux = model_forward(ctx)
+    outs = {"logits": logits, "beta": beta}
+    if aux is not None:
+        outs["aux_loss"] = aux
+    return outs, []
 
 
+# The benchmarked model configurations (experiments/bench/model_variants.h)
+# besides "model": each is the parity case model_<variant>.
+MODEL_VARIANTS = ["ehr_static", "ehr_events", "imaging_patches", "imaging_mil", "imaging_vit", "imaging_cnn",
+                  "genomics", "genomics_linear", "fusion_cross", "fusion_coattention", "fusion_persam"]
+
+# case -> [(variant, reference)]
 CASES = {
     "sdpa": [("", ref_sdpa)],
     "masked_softmax": [("", ref_masked_softmax)],
@@ -773,6 +903,7 @@ CASES = {
     "hierarchical_fusion": [("", ref_hierarchical_fusion)],
     "persam": [("", ref_persam)],
     "model": [("", ref_model)],
+    **{"model_" + v: [("", ref_model)] for v in MODEL_VARIANTS},
 }
 
 
