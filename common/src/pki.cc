@@ -1,6 +1,7 @@
 // Study PKI on the OpenSSL 3 C API. Every OpenSSL object is owned by a
-// std::unique_ptr with the matching free function, so early returns never
-// leak; every failure becomes a Status carrying OpenSSL's error queue.
+// std::unique_ptr with the matching free function (openssl_util.h), so early
+// returns never leak; every failure becomes a Status carrying OpenSSL's
+// error queue.
 
 #include "attune/common/pki.h"
 
@@ -23,90 +24,14 @@
 #include <utility>
 #include <vector>
 
+#include "openssl_util.h"
+
 namespace attune {
 namespace {
 
-// RAII owners for the OpenSSL types used here.
-template <typename T, void (*Free)(T*)>
-struct Deleter {
-  void operator()(T* p) const { Free(p); }
-};
-template <typename T, void (*Free)(T*)>
-using Owned = std::unique_ptr<T, Deleter<T, Free>>;
+using namespace openssl;  // the owners of OpenSSL objects
 
-void FreeBio(BIO* b) { BIO_free_all(b); }
-
-using BioPtr = Owned<BIO, FreeBio>;
-using PkeyPtr = Owned<EVP_PKEY, EVP_PKEY_free>;
-using X509Ptr = Owned<X509, X509_free>;
-using NamePtr = Owned<X509_NAME, X509_NAME_free>;
-using ExtPtr = Owned<X509_EXTENSION, X509_EXTENSION_free>;
-using StorePtr = Owned<X509_STORE, X509_STORE_free>;
-using StoreCtxPtr = Owned<X509_STORE_CTX, X509_STORE_CTX_free>;
-using BnPtr = Owned<BIGNUM, BN_free>;
-using IntegerPtr = Owned<ASN1_INTEGER, ASN1_INTEGER_free>;
-using OctetPtr = Owned<ASN1_OCTET_STRING, ASN1_OCTET_STRING_free>;
-using Ia5Ptr = Owned<ASN1_IA5STRING, ASN1_IA5STRING_free>;
-using GenNamePtr = Owned<GENERAL_NAME, GENERAL_NAME_free>;
-using GenNamesPtr = Owned<GENERAL_NAMES, GENERAL_NAMES_free>;
-
-// Drains OpenSSL's thread-local error queue into one string.
-std::string DrainOpenSslErrors() {
-  std::string out;
-  char buf[256];
-  while (unsigned long e = ERR_get_error()) {
-    ERR_error_string_n(e, buf, sizeof(buf));
-    if (!out.empty()) out += "; ";
-    out += buf;
-  }
-  return out;
-}
-
-// `what` plus the pending OpenSSL errors (the queue is cleared).
-std::string WithOpenSslErrors(const std::string& what) {
-  std::string errors = DrainOpenSslErrors();
-  return errors.empty() ? what : what + ": " + errors;
-}
-
-Status OpenSslError(const std::string& what) {
-  return absl::InternalError(WithOpenSslErrors(what));
-}
-
-// A PEM pass-phrase callback that refuses: an encrypted key fails to load
-// instead of OpenSSL prompting on the terminal.
-int NoPassphrase(char*, int, int, void*) { return 0; }
-
-StatusOr<BioPtr> ReadBio(const std::string& data) {
-  if (data.size() > static_cast<size_t>(INT_MAX)) {
-    return absl::InvalidArgumentError("PEM input too large");
-  }
-  BioPtr bio(BIO_new_mem_buf(data.data(), static_cast<int>(data.size())));
-  if (!bio) return OpenSslError("BIO_new_mem_buf failed");
-  return bio;
-}
-
-// Parses the first certificate in `pem`. InvalidArgument when none parses.
-StatusOr<X509Ptr> ParseCert(const std::string& pem, const char* what) {
-  ATTUNE_ASSIGN_OR_RETURN(BioPtr bio, ReadBio(pem));
-  X509Ptr cert(PEM_read_bio_X509(bio.get(), nullptr, NoPassphrase, nullptr));
-  if (!cert) {
-    return absl::InvalidArgumentError(
-        WithOpenSslErrors(std::string(what) + " is not a PEM certificate"));
-  }
-  return cert;
-}
-
-// Parses an unencrypted PEM private key. InvalidArgument when it fails.
-StatusOr<PkeyPtr> ParseKey(const std::string& pem, const char* what) {
-  ATTUNE_ASSIGN_OR_RETURN(BioPtr bio, ReadBio(pem));
-  PkeyPtr key(
-      PEM_read_bio_PrivateKey(bio.get(), nullptr, NoPassphrase, nullptr));
-  if (!key) {
-    return absl::InvalidArgumentError(
-        WithOpenSslErrors(std::string(what) + " is not a PEM private key"));
-  }
-  return key;
-}
+Status OpenSslError(const std::string& what) { return openssl::Error(what); }
 
 StatusOr<std::string> BioContents(BIO* bio) {
   char* data = nullptr;
@@ -164,7 +89,7 @@ StatusOr<NamePtr> MakeName(const std::string& common_name) {
           reinterpret_cast<const unsigned char*>(common_name.data()),
           static_cast<int>(common_name.size()), -1, 0) != 1) {
     return absl::InvalidArgumentError(
-        WithOpenSslErrors("bad common name '" + common_name + "'"));
+        openssl::WithErrors("bad common name '" + common_name + "'"));
   }
   return name;
 }
@@ -349,7 +274,7 @@ StatusOr<KeyAndCert> IssueCertificate(const KeyAndCert& ca,
   ATTUNE_ASSIGN_OR_RETURN(PkeyPtr ca_key, ParseKey(ca.key_pem, "CA key"));
   if (X509_check_private_key(ca_cert.get(), ca_key.get()) != 1) {
     return absl::InvalidArgumentError(
-        WithOpenSslErrors("CA key does not match CA certificate"));
+        openssl::WithErrors("CA key does not match CA certificate"));
   }
 
   ATTUNE_ASSIGN_OR_RETURN(PkeyPtr key, NewP256Key());
