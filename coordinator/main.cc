@@ -11,6 +11,7 @@
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
+#include "attune/common/at_rest.h"
 #include "attune/common/config.h"
 #include "attune/common/logging.h"
 #include "attune/common/store.h"
@@ -25,6 +26,7 @@ struct Options {
   std::string listen = "127.0.0.1:7443";
   std::string data_dir;
   std::string tls_dir;
+  std::string at_rest_key;
   std::string out_dir;
   std::string port_file;
   std::string log_level = "info";
@@ -65,6 +67,10 @@ int main(int argc, char** argv) {
   app.add_option("--tls-dir", o.tls_dir,
                  "the coordinator's bundle from `attune provision` (ca.crt, cert.crt, key.pem)")
       ->required();
+  app.add_option("--at-rest-key", o.at_rest_key,
+                 "encrypt the models and audit sums in --data-dir with AES-256-GCM under this\n"
+                 "key file (`attune provision init` writes D/coordinator/at_rest.key); a data\n"
+                 "directory made with a key opens only with it");
   app.add_option("--out", o.out_dir,
                  "where summary.json, audit.json and model.atnm go (default: --data-dir)");
   app.add_option("--port-file", o.port_file, "write the bound port to this file once serving");
@@ -84,7 +90,13 @@ int main(int argc, char** argv) {
   std::error_code ec;
   std::filesystem::create_directories(o.data_dir, ec);
   if (ec) return Fail(absl::InternalError(o.data_dir + ": " + ec.message()));
-  auto store = attune::StateStore::Open(o.data_dir, study->study_id);
+  attune::StoreOptions store_options;
+  if (!o.at_rest_key.empty()) {
+    auto key = attune::at_rest::LoadKeyFile(o.at_rest_key);
+    if (!key.ok()) return Fail(key.status());
+    store_options.at_rest_key = std::move(*key);
+  }
+  auto store = attune::StateStore::Open(o.data_dir, study->study_id, std::move(store_options));
   if (!store.ok()) return Fail(store.status());
   attune::coordinator::DriverOptions dopt;
   dopt.out_dir = o.out_dir;

@@ -104,6 +104,7 @@ echo "== coordinator and 3 workers on 127.0.0.1 (mutual TLS); logs in $workdir/l
 start=$(date +%s)
 "$bin/coordinator/attune-coordinator" --study "$workdir/pki/study.json" --listen 127.0.0.1:0 \
   --data-dir "$workdir/state" --tls-dir "$workdir/pki/coordinator" --out "$workdir" \
+  --at-rest-key "$workdir/pki/coordinator/at_rest.key" \
   --port-file "$workdir/port" 2> "$workdir/logs/coordinator.log" &
 coordinator=$!
 pids+=("$coordinator")

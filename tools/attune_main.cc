@@ -135,7 +135,9 @@ int main(int argc, char** argv) {
   init->footer(
       "Writes, into the study directory D (do this once, on a trusted machine):\n"
       "  D/ca/            the study CA: ca.crt, ca.key (keep ca.key offline)\n"
-      "  D/coordinator/   the coordinator's server bundle: ca.crt, cert.crt, key.pem\n"
+      "  D/coordinator/   the coordinator's server bundle: ca.crt, cert.crt, key.pem, and\n"
+      "                   at_rest.key (for attune-coordinator --at-rest-key; an existing\n"
+      "                   one is kept)\n"
       "  D/operator/      a client bundle with CN attune-operator, for `attune status`\n"
       "  D/sites/<site>/  one bundle per site, plus site.json for `attune-worker --config`\n"
       "  D/study.json     the study file: --study's fields with study_id, coordinator,\n"

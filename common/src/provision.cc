@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "attune/common/at_rest.h"
 #include "attune/common/pki.h"
 #include "attune/common/site_config.h"
 #include "nlohmann/json.hpp"
@@ -314,6 +315,10 @@ StatusOr<InitResult> InitStudy(const InitOptions& options) {
   // Bundles and study.json first, the CA last: a run that fails part way
   // leaves no ca/ and can simply be repeated.
   ATTUNE_RETURN_IF_ERROR(WriteBundle(out / "coordinator", ca.cert_pem, coordinator));
+  // The coordinator's at-rest key: kept when it exists (--overwrite), since
+  // data directories sealed under it would otherwise be lost.
+  const fs::path at_rest_key = out / "coordinator" / kAtRestKeyFile;
+  if (!fs::exists(at_rest_key)) ATTUNE_RETURN_IF_ERROR(at_rest::MakeKeyFile(at_rest_key.string()));
   ATTUNE_RETURN_IF_ERROR(WriteBundle(out / "operator", ca.cert_pem, operator_cert));
   for (const SiteBundle& bundle : sites) {
     ATTUNE_RETURN_IF_ERROR(WriteSiteBundle(out, ca.cert_pem, bundle));

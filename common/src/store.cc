@@ -13,6 +13,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "attune/common/at_rest.h"
 #include "attune/common/config.h"
 #include "attune/common/tensor_codec.h"
 #include "nlohmann/json.hpp"
@@ -26,6 +27,8 @@ using nlohmann::json;
 constexpr char kStudyKey[] = "meta/study_id";
 constexpr char kLastRoundKey[] = "meta/last_round";
 constexpr char kLogHeadKey[] = "meta/log_head";  // "<next seq> <hex hash>"
+constexpr char kAtRestKey[] = "meta/at_rest";    // a sealed check value
+constexpr char kAtRestCheck[] = "attune at-rest key check v1";
 const std::string kGenesisHash(64, '0');
 
 std::string RoundKey(int64_t round, const char* what) {
@@ -114,16 +117,18 @@ StateStore::StateStore(rocksdb::DB* db, std::string dir, std::string study_id, b
 StateStore::~StateStore() = default;
 
 StatusOr<std::unique_ptr<StateStore>> StateStore::Open(const std::string& dir,
-                                                       const std::string& study_id) {
-  return OpenImpl(dir, &study_id);
+                                                       const std::string& study_id,
+                                                       StoreOptions options) {
+  return OpenImpl(dir, &study_id, std::move(options));
 }
 
 StatusOr<std::unique_ptr<StateStore>> StateStore::OpenReadOnly(const std::string& dir) {
-  return OpenImpl(dir, nullptr);
+  return OpenImpl(dir, nullptr, {});
 }
 
 StatusOr<std::unique_ptr<StateStore>> StateStore::OpenImpl(const std::string& dir,
-                                                           const std::string* study_id) {
+                                                           const std::string* study_id,
+                                                           StoreOptions store_options) {
   const bool read_only = study_id == nullptr;
   rocksdb::Options options;
   options.paranoid_checks = true;
@@ -179,12 +184,71 @@ StatusOr<std::unique_ptr<StateStore>> StateStore::OpenImpl(const std::string& di
   } else if (!s.IsNotFound()) {
     return FromRocks(s, dir);
   }
+  ATTUNE_RETURN_IF_ERROR(store->InitAtRest(std::move(store_options.at_rest_key)));
   if (!read_only) {
     std::error_code ec;
     fs::create_directories(fs::path(dir) / "models", ec);
     if (ec) return absl::InternalError(absl::StrCat(dir, "/models: ", ec.message()));
   }
   return store;
+}
+
+std::string StateStore::AtRestAad(int64_t round, const char* what) const {
+  return absl::StrCat("attune/at-rest/v1/", study_id_, "/", RoundKey(round, what));
+}
+
+Status StateStore::InitAtRest(std::optional<crypto::SecretBytes> key) {
+  std::string check;
+  rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), kAtRestKey, &check);
+  if (!s.ok() && !s.IsNotFound()) return FromRocks(s, dir_);
+  const std::string aad = AtRestAad(-1, "at_rest");
+  if (s.ok()) {
+    sealed_ = true;
+    if (!key) {
+      if (read_only_) return absl::OkStatus();  // the log needs no key
+      return absl::FailedPreconditionError(absl::StrCat(
+          "state store ", dir_, " is encrypted at rest: start the coordinator with its "
+          "--at-rest-key"));
+    }
+    StatusOr<std::string> opened = at_rest::Open(*key, aad, check);
+    if (!opened.ok() || *opened != kAtRestCheck) {
+      return absl::PermissionDeniedError(absl::StrCat(
+          "the at-rest key does not open state store ", dir_, " (the wrong key file?)"));
+    }
+    key_ = std::move(key);
+    return absl::OkStatus();
+  }
+  if (!key) return absl::OkStatus();  // a store in the clear
+  if (read_only_) return absl::FailedPreconditionError("state store opened read-only");
+  if (last_round_ >= 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "state store ", dir_, " holds rounds stored in the clear; it cannot be encrypted in "
+        "place: start without --at-rest-key, or on a new --data-dir"));
+  }
+  ATTUNE_ASSIGN_OR_RETURN(std::string sealed_check, at_rest::Seal(*key, aad, kAtRestCheck));
+  rocksdb::WriteOptions wo;
+  wo.sync = true;
+  ATTUNE_RETURN_IF_ERROR(FromRocks(db_->Put(wo, kAtRestKey, sealed_check), dir_));
+  sealed_ = true;
+  key_ = std::move(key);
+  return absl::OkStatus();
+}
+
+StatusOr<std::string> StateStore::ToStored(int64_t round, const char* what,
+                                           std::string_view plain) const {
+  if (!sealed_) return std::string(plain);
+  return at_rest::Seal(*key_, AtRestAad(round, what), plain);
+}
+
+StatusOr<std::string> StateStore::FromStored(int64_t round, const char* what,
+                                             std::string stored) const {
+  if (!sealed_) return stored;
+  if (!key_) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        what, " of round ", round, " is encrypted at rest and this store was opened without "
+        "its key"));
+  }
+  return at_rest::Open(*key_, AtRestAad(round, what), stored);
 }
 
 LogEntry StateStore::NextLogEntry(const std::string& kind, const std::string& site,
@@ -231,15 +295,20 @@ Status StateStore::CommitRound(const RoundCommit& c) {
         "commit of round ", c.round, " but the last committed round is ", last_round_));
   }
   rocksdb::WriteBatch batch;
-  ATTUNE_RETURN_IF_ERROR(WriteFileDurable(ModelFile(dir_, c.round, "atnm"), c.model));
-  const std::string model_sha256 = ToHex(Sha256(c.model));  // once: models can be GiBs
+  {
+    ATTUNE_ASSIGN_OR_RETURN(std::string stored, ToStored(c.round, "model", c.model));
+    ATTUNE_RETURN_IF_ERROR(WriteFileDurable(ModelFile(dir_, c.round, "atnm"), stored));
+  }  // the sealed copy is freed at once: models can be GiBs
+  const std::string model_sha256 = ToHex(Sha256(c.model));
   batch.Put(RoundKey(c.round, "model_sha256"), model_sha256);
   if (!c.server_state.empty()) {
-    ATTUNE_RETURN_IF_ERROR(WriteFileDurable(ModelFile(dir_, c.round, "state"), c.server_state));
+    ATTUNE_ASSIGN_OR_RETURN(std::string stored, ToStored(c.round, "state", c.server_state));
+    ATTUNE_RETURN_IF_ERROR(WriteFileDurable(ModelFile(dir_, c.round, "state"), stored));
     batch.Put(RoundKey(c.round, "state_sha256"), ToHex(Sha256(c.server_state)));
   }
   batch.Put(RoundKey(c.round, "record"), c.record_json);
-  batch.Put(RoundKey(c.round, "audit"), c.audit_json);
+  ATTUNE_ASSIGN_OR_RETURN(std::string audit, ToStored(c.round, "audit", c.audit_json));
+  batch.Put(RoundKey(c.round, "audit"), audit);
   batch.Put(kLastRoundKey, std::to_string(c.round));
   std::string key, value;
   json detail = json::parse(c.log_detail_json, nullptr, false);
@@ -275,7 +344,13 @@ StatusOr<std::string> StateStore::LoadFile(int64_t round, const char* suffix,
                                            const char* key) const {
   ATTUNE_ASSIGN_OR_RETURN(std::string want, Load(round, key));
   const std::string path = ModelFile(dir_, round, suffix);
-  ATTUNE_ASSIGN_OR_RETURN(std::string data, ReadFile(path));
+  ATTUNE_ASSIGN_OR_RETURN(std::string stored, ReadFile(path));
+  StatusOr<std::string> opened =
+      FromStored(round, std::string_view(suffix) == "atnm" ? "model" : "state", std::move(stored));
+  if (!opened.ok() && opened.status().code() == absl::StatusCode::kDataLoss) {
+    return absl::DataLossError(absl::StrCat(path, ": ", opened.status().message()));
+  }
+  ATTUNE_ASSIGN_OR_RETURN(std::string data, std::move(opened));
   if (ToHex(Sha256(data)) != want) {
     return absl::DataLossError(absl::StrCat(
         path, ": does not match the SHA-256 committed for round ", round, " (", want, ")"));
@@ -296,7 +371,10 @@ StatusOr<std::string> StateStore::LoadServerState(int64_t round) const {
 }
 
 StatusOr<std::string> StateStore::LoadRecord(int64_t round) const { return Load(round, "record"); }
-StatusOr<std::string> StateStore::LoadAudit(int64_t round) const { return Load(round, "audit"); }
+StatusOr<std::string> StateStore::LoadAudit(int64_t round) const {
+  ATTUNE_ASSIGN_OR_RETURN(std::string stored, Load(round, "audit"));
+  return FromStored(round, "audit", std::move(stored));
+}
 
 uint64_t StateStore::LogEntries() const {
   std::lock_guard<std::mutex> lock(mu_);

@@ -7,10 +7,15 @@
 
 #include <rocksdb/db.h>
 
+#include <sys/stat.h>
+
 #include <cstdio>
+#include <fstream>
+#include <iterator>
 #include <memory>
 #include <string>
 
+#include "attune/common/at_rest.h"
 #include "support/temp_dir.h"
 
 namespace attune {
@@ -196,6 +201,113 @@ TEST(StateStore, AuditLogDetectsARemovedEntry) {
   EXPECT_NE(std::string(verified.status().message()).find("entry 2 is missing"),
             std::string::npos)
       << verified.status();
+}
+
+}  // namespace
+}  // namespace attune
+
+namespace attune {
+namespace {
+
+crypto::SecretBytes KeyOf(const std::string& path) {
+  auto key = at_rest::LoadKeyFile(path);
+  EXPECT_TRUE(key.ok()) << key.status();
+  return key.ok() ? *key : crypto::SecretBytes(32, 0);
+}
+
+std::string Slurp(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+// Models, strategy states and audit sums are sealed on disk; the store
+// opens only with its key; an altered model file is refused.
+TEST(StateStore, EncryptedAtRestOpensOnlyWithItsKey) {
+  testing::TempDir dir;
+  const std::string key_path = dir.path() + "/at_rest.key", other_path = dir.path() + "/other.key";
+  ASSERT_TRUE(at_rest::MakeKeyFile(key_path).ok());
+  ASSERT_TRUE(at_rest::MakeKeyFile(other_path).ok());
+  EXPECT_EQ(at_rest::MakeKeyFile(key_path).code(), absl::StatusCode::kAlreadyExists);
+  const std::string data = dir.path() + "/state";
+  const std::string model = "MODEL-PLAINTEXT-" + std::string(5000, 'w');
+  {
+    auto store = StateStore::Open(data, "study-a", {.at_rest_key = KeyOf(key_path)});
+    ASSERT_TRUE(store.ok()) << store.status();
+    RoundCommit c = Commit(0, model);
+    c.server_state = "STATE-PLAINTEXT";
+    c.audit_json = "{\"AUDIT-PLAINTEXT\": 1}";
+    ASSERT_TRUE((*store)->CommitRound(c).ok());
+    ASSERT_TRUE((*store)->CommitRound(Commit(1, model)).ok());
+  }
+  // On disk: no plain bytes of the model or the state.
+  const std::string model_file = data + "/models/round-000000000000.atnm";
+  EXPECT_EQ(Slurp(model_file).find("MODEL-PLAINTEXT"), std::string::npos);
+  EXPECT_EQ(Slurp(data + "/models/round-000000000000.state").find("STATE-PLAINTEXT"),
+            std::string::npos);
+  EXPECT_TRUE(at_rest::IsSealed(Slurp(model_file)));
+
+  auto none = StateStore::Open(data, "study-a");
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(std::string(none.status().message()).find("--at-rest-key"), std::string::npos);
+  auto wrong = StateStore::Open(data, "study-a", {.at_rest_key = KeyOf(other_path)});
+  EXPECT_EQ(wrong.status().code(), absl::StatusCode::kPermissionDenied) << wrong.status();
+  {
+    // The log needs no key; sealed items do.
+    auto reader = StateStore::OpenReadOnly(data);
+    ASSERT_TRUE(reader.ok()) << reader.status();
+    EXPECT_TRUE((*reader)->VerifyLog().ok());
+    EXPECT_EQ((*reader)->LoadAudit(0).status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_EQ((*reader)->LoadModel(0).status().code(), absl::StatusCode::kFailedPrecondition);
+  }
+  {
+    auto store = StateStore::Open(data, "study-a", {.at_rest_key = KeyOf(key_path)});
+    ASSERT_TRUE(store.ok()) << store.status();
+    EXPECT_EQ(*(*store)->LoadModel(0), model);
+    EXPECT_EQ(*(*store)->LoadServerState(0), "STATE-PLAINTEXT");
+    EXPECT_EQ(*(*store)->LoadAudit(0), "{\"AUDIT-PLAINTEXT\": 1}");
+    EXPECT_EQ(*(*store)->LoadAudit(1), Commit(1).audit_json);
+  }
+  // A flipped byte in a sealed model: DataLoss naming the file.
+  std::string bytes = Slurp(model_file);
+  bytes[bytes.size() / 2] ^= 0x10;
+  std::ofstream(model_file, std::ios::binary) << bytes;
+  auto store = StateStore::Open(data, "study-a", {.at_rest_key = KeyOf(key_path)});
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto loaded = (*store)->LoadModel(0);
+  EXPECT_EQ(loaded.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(std::string(loaded.status().message()).find("round-000000000000.atnm"),
+            std::string::npos);
+  // A sealed model cannot stand in for another round's: round 1's file
+  // copied over round 0's does not open (the envelope names its round).
+  std::ofstream(model_file, std::ios::binary) << Slurp(data + "/models/round-000000000001.atnm");
+  EXPECT_EQ((*store)->LoadModel(0).status().code(), absl::StatusCode::kDataLoss);
+}
+
+TEST(StateStore, AClearStoreWithRoundsIsNotEncryptedInPlace) {
+  testing::TempDir dir;
+  const std::string key_path = dir.path() + "/k";
+  ASSERT_TRUE(at_rest::MakeKeyFile(key_path).ok());
+  const std::string data = dir.path() + "/state", m = ModelBytes(0);
+  ASSERT_TRUE((*StateStore::Open(data, "s"))->CommitRound(Commit(0, m)).ok());
+  auto store = StateStore::Open(data, "s", {.at_rest_key = KeyOf(key_path)});
+  EXPECT_EQ(store.status().code(), absl::StatusCode::kFailedPrecondition) << store.status();
+}
+
+TEST(AtRestKeyFile, IsPrivateAndWellFormed) {
+  testing::TempDir dir;
+  const std::string path = dir.path() + "/k";
+  EXPECT_EQ(at_rest::LoadKeyFile(path).status().code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(at_rest::MakeKeyFile(path).ok());
+  struct stat st {};
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  EXPECT_EQ(Slurp(path).size(), 65u);  // 64 hex digits and a newline
+  ASSERT_EQ(::chmod(path.c_str(), 0644), 0);
+  EXPECT_EQ(at_rest::LoadKeyFile(path).status().code(), absl::StatusCode::kPermissionDenied);
+  const std::string bad = dir.path() + "/bad";
+  { std::ofstream(bad) << "not hex\n"; }
+  ASSERT_EQ(::chmod(bad.c_str(), 0600), 0);
+  EXPECT_EQ(at_rest::LoadKeyFile(bad).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -72,14 +72,15 @@ class StudyTest : public ::testing::Test {
   std::unique_ptr<Process> StartCoordinator(const std::string& study, const std::string& listen,
                                             const std::string& log,
                                             const std::string& state = "state",
-                                            const std::string& out = "out") {
+                                            const std::string& out = "out",
+                                            const std::vector<std::string>& extra = {}) {
     std::filesystem::create_directories(dir_ / out);  // watched by WaitUntil
     std::filesystem::remove(dir_ / "port");
-    return std::make_unique<Process>(
-        std::vector<std::string>{ATTUNE_COORDINATOR_BIN, "--study", study, "--listen", listen,
-                                 "--data-dir", dir_ / state, "--tls-dir", dir_ / "pki/coordinator",
-                                 "--out", dir_ / out, "--port-file", dir_ / "port"},
-        dir_ / log);
+    std::vector<std::string> args{ATTUNE_COORDINATOR_BIN, "--study", study, "--listen", listen,
+                                  "--data-dir", dir_ / state, "--tls-dir", dir_ / "pki/coordinator",
+                                  "--out", dir_ / out, "--port-file", dir_ / "port"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return std::make_unique<Process>(args, dir_ / log);
   }
 
   int WaitForPort() {
@@ -195,9 +196,12 @@ TEST_F(StudyTest, BadSiteDataEndsTheWorkerWithFileAndLine) {
   EXPECT_NE(w->Log().find("static.csv:"), std::string::npos) << w->Log();
 }
 
+// With encryption at rest on (the key `attune provision init` wrote): the
+// restarted coordinator needs that key, refuses another, and resumes with it.
 TEST_F(StudyTest, CoordinatorKilledBetweenRoundsResumesAtTheNextRound) {
   const std::string study = WriteStudy(3);
-  auto coord = StartCoordinator(study, "127.0.0.1:0", "coordinator-1.log");
+  const std::vector<std::string> key = {"--at-rest-key", dir_ / "pki/coordinator/at_rest.key"};
+  auto coord = StartCoordinator(study, "127.0.0.1:0", "coordinator-1.log", "state", "out", key);
   const int port = WaitForPort();
   ASSERT_GT(port, 0) << coord->Log();
   std::vector<std::unique_ptr<Process>> workers;
@@ -216,7 +220,23 @@ TEST_F(StudyTest, CoordinatorKilledBetweenRoundsResumesAtTheNextRound) {
   const int committed = ReadJson(dir_ / "out/summary.json")["rounds"].get<int>();
   ASSERT_LT(committed, 3) << "the study finished before the kill; nothing to resume";
 
-  auto again = StartCoordinator(study, "127.0.0.1:" + std::to_string(port), "coordinator-2.log");
+  const std::string listen = "127.0.0.1:" + std::to_string(port);
+  auto no_key = StartCoordinator(study, listen, "no-key.log");
+  EXPECT_EQ(no_key->Wait(seconds(30)), 1);
+  EXPECT_NE(no_key->Log().find("encrypted at rest: start the coordinator with its --at-rest-key"),
+            std::string::npos)
+      << no_key->Log();
+  Process make_key({ATTUNE_TOOL_BIN, "provision", "init", "--out", dir_ / "other-pki",
+                    "--study-id", kStudy, "--sites", "site-1"},
+                   dir_ / "other-provision.log");
+  ASSERT_EQ(make_key.Wait(seconds(60)), 0) << make_key.Log();
+  auto wrong_key = StartCoordinator(study, listen, "wrong-key.log", "state", "out",
+                                    {"--at-rest-key", dir_ / "other-pki/coordinator/at_rest.key"});
+  EXPECT_EQ(wrong_key->Wait(seconds(30)), 1);
+  EXPECT_NE(wrong_key->Log().find("the at-rest key does not open"), std::string::npos)
+      << wrong_key->Log();
+
+  auto again = StartCoordinator(study, listen, "coordinator-2.log", "state", "out", key);
   ASSERT_EQ(again->Wait(seconds(240)), 0) << again->Log();
   for (auto& w : workers) EXPECT_EQ(w->Wait(seconds(30)), 0) << w->Log();
   EXPECT_NE(again->Log().find("after committed round " + std::to_string(committed)),

@@ -2,6 +2,7 @@
 //
 //   <dir>/ca/{ca.crt,ca.key}                     the study CA (keep ca.key offline)
 //   <dir>/coordinator/{ca.crt,cert.crt,key.pem}  the coordinator's server bundle
+//   <dir>/coordinator/at_rest.key        its at-rest key (at_rest.h; kept if present)
 //   <dir>/operator/{ca.crt,cert.crt,key.pem}     client bundle, CN kOperatorName
 //   <dir>/sites/<site>/{ca.crt,cert.crt,key.pem,site.json}  one per site
 //   <dir>/study.json                             the study file (roster, revoked)
@@ -20,6 +21,7 @@
 namespace attune {
 
 inline constexpr char kStudyFile[] = "study.json";
+inline constexpr char kAtRestKeyFile[] = "at_rest.key";  // in <dir>/coordinator/
 
 // Site names become directory names and certificate CNs: 1 to 64 of
 // [A-Za-z0-9._-], not "." or "..", not "coordinator" (the coordinator's CN)

@@ -15,6 +15,15 @@
 // meta/log_head, round/<r>/{record,audit,model_sha256,state_sha256},
 // log/<seq> (numbers zero-padded so keys sort).
 //
+// Encryption at rest (at_rest.h), when the store is opened with a key: the
+// model and strategy-state files and the audit sums are sealed with
+// AES-256-GCM, each bound to the study, its round and what it is; round
+// records and the audit log stay readable (they hold metrics and digests,
+// and `attune log verify` needs no key). meta/at_rest holds a sealed check
+// value, so a store made with a key refuses to open without it (and with
+// another key), and a store that already holds rounds in the clear is not
+// mixed with sealed ones. The SHA-256 digests are of the plain bytes.
+//
 // The audit log is append-only and hash-chained: entry n stores
 // hash_n = SHA-256(hash_{n-1} || "\n" || canonical JSON of entry n), with
 // hash_{-1} = 64 zeros, so editing, dropping or reordering any entry breaks
@@ -26,10 +35,12 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "attune/common/crypto.h"
 #include "attune/common/status.h"
 
 namespace rocksdb {
@@ -57,14 +68,24 @@ struct LogEntry {
   std::string hash;         // hex
 };
 
+struct StoreOptions {
+  // Seal models, strategy states and audit sums under this key (32 bytes).
+  std::optional<crypto::SecretBytes> at_rest_key;
+};
+
 class StateStore {
  public:
   // Opens (creating if needed) the store in `dir` for `study_id`. A directory
-  // that belongs to another study is refused with FailedPrecondition.
+  // that belongs to another study is refused with FailedPrecondition, and
+  // so are an encrypted one opened without its key and a clear one that
+  // already holds rounds opened with a key; PermissionDenied for the wrong
+  // key.
   static StatusOr<std::unique_ptr<StateStore>> Open(const std::string& dir,
-                                                    const std::string& study_id);
+                                                    const std::string& study_id,
+                                                    StoreOptions options = {});
   // Opens an existing store for reading only (works while a coordinator has
-  // it open): for `attune log verify`. Writes fail with FailedPrecondition.
+  // it open): for `attune log verify`. Writes fail with FailedPrecondition,
+  // and so do loads of sealed items (no key).
   static StatusOr<std::unique_ptr<StateStore>> OpenReadOnly(const std::string& dir);
   ~StateStore();
   StateStore(const StateStore&) = delete;
@@ -99,7 +120,17 @@ class StateStore {
  private:
   StateStore(rocksdb::DB* db, std::string dir, std::string study_id, bool read_only);
   static StatusOr<std::unique_ptr<StateStore>> OpenImpl(const std::string& dir,
-                                                        const std::string* study_id);
+                                                        const std::string* study_id,
+                                                        StoreOptions options);
+  // Sets up encryption at rest on a freshly opened store (requires nothing
+  // else to be running on it).
+  Status InitAtRest(std::optional<crypto::SecretBytes> key);
+  // What the at-rest envelope of an item is bound to.
+  std::string AtRestAad(int64_t round, const char* what) const;
+  // `plain` sealed when a key is set, else as is.
+  StatusOr<std::string> ToStored(int64_t round, const char* what, std::string_view plain) const;
+  // The plain bytes of a stored item (opened when sealed).
+  StatusOr<std::string> FromStored(int64_t round, const char* what, std::string stored) const;
   StatusOr<std::string> Load(int64_t round, const char* what) const;
   StatusOr<std::string> LoadFile(int64_t round, const char* suffix, const char* key) const;
   // Makes the next log entry (requires mu_); `value` is what to store.
@@ -110,6 +141,8 @@ class StateStore {
   const std::string dir_;
   const std::string study_id_;
   const bool read_only_;
+  bool sealed_ = false;                      // the store is encrypted at rest
+  std::optional<crypto::SecretBytes> key_;   // its key (absent: read-only, no key)
   mutable std::mutex mu_;
   int64_t last_round_ = -1;   // guarded by mu_
   uint64_t log_next_ = 0;     // guarded by mu_
