@@ -16,6 +16,7 @@
 
 #include "attune/common/npy.h"
 #include "nlohmann/json.hpp"
+#include "support/command.h"
 
 // The NumPy oracle (strategy_oracle.py) and the interpreter that runs it. An
 // empty ATTUNE_PYTHON skips the oracle tests.
@@ -486,24 +487,8 @@ class ScratchDir {
   std::string path_;
 };
 
-std::string ShellQuote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
-// Runs `command` through the shell; returns its exit code and its stdout and
-// stderr together.
-std::pair<int, std::string> RunCommand(const std::string& command) {
-  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
-  if (pipe == nullptr) return {-1, std::string("popen: ") + std::strerror(errno)};
-  std::string output;
-  char buf[4096];
-  for (size_t n; (n = std::fread(buf, 1, sizeof buf, pipe)) > 0;) output.append(buf, n);
-  const int status = pclose(pipe);
-  if (status == -1) return {-1, output + "\npclose failed"};
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), output};
-}
+using testing::RunCommand;
+using testing::ShellQuote;
 
 void Write(const std::string& path, std::vector<int64_t> shape, std::vector<float> data) {
   const Status s = WriteNpy(path, NpyArray{std::move(shape), std::move(data)});
