@@ -25,7 +25,7 @@ packages=(
   libtorch-dev libgloo-dev libopenblas0-openmp
   libgrpc++-dev protobuf-compiler-grpc protobuf-compiler libprotobuf-dev
   libssl-dev librocksdb-dev libopenmpi-dev openmpi-bin
-  libgtest-dev libgmock-dev python3-numpy python3-torch libpng-dev zlib1g-dev
+  libgtest-dev libgmock-dev python3-numpy python3-torch python3-mpmath libpng-dev zlib1g-dev
   libspdlog-dev libfmt-dev nlohmann-json3-dev libcli11-dev
 )
 
