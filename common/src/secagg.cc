@@ -180,11 +180,12 @@ StatusOr<Graph> Graph::Make(int sites, int degree, ByteView seed) {
   }
   // A permutation from the public seed: sort the sites by a keystream word.
   const int half = (degree + 1) / 2;
-  std::vector<uint32_t> keys(sites, 0);
+  std::vector<uint32_t> keys(sites);
   ATTUNE_ASSIGN_OR_RETURN(SecretBytes graph_key,
                           crypto::HkdfSha256(seed, {}, crypto::View(std::string("attune/secagg/v1/graph")),
                                              crypto::kSeedBytes));
-  ATTUNE_RETURN_IF_ERROR(ApplyMask(graph_key, 1, keys));
+  ATTUNE_RETURN_IF_ERROR(crypto::ExpandSeed(
+      graph_key, 0, {reinterpret_cast<uint8_t*>(keys.data()), keys.size() * sizeof(uint32_t)}));
   std::vector<int> order(sites);
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return keys[a] < keys[b]; });
@@ -304,7 +305,7 @@ StatusOr<std::vector<SealedShares>> Client::ShareKeys(const std::vector<Advertis
 
 StatusOr<std::vector<uint32_t>> Client::MaskInput(const std::vector<SealedShares>& inbox,
                                                   std::span<const uint32_t> input) {
-  if (peers_.empty() && inbox_.empty()) return absl::FailedPreconditionError("ShareKeys first");
+  if (inbox_.empty()) return absl::FailedPreconditionError("ShareKeys first");
   if (masked_) return absl::FailedPreconditionError("input was already masked");
   if (static_cast<int64_t>(input.size()) != options_.length) {
     return absl::InvalidArgumentError(

@@ -6,7 +6,8 @@
 
 namespace attune::worker::testing {
 
-// A small model: every modality, short sequences, no dropout.
+// A small model: every modality, short sequences, 8 × 8 images (for the
+// vit and cnn encoders), no dropout.
 inline ModelConfig SmallModel(int heads = 4) {
   ModelConfig m;
   m.d_model = 16;
@@ -17,6 +18,8 @@ inline ModelConfig SmallModel(int heads = 4) {
   m.imaging_patches = 4;
   m.imaging_dim = 7;
   m.genes = 9;
+  m.image_size = 8;
+  m.patch_size = 4;
   m.dropout = 0.0;
   return m;
 }

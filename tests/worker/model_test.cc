@@ -83,8 +83,6 @@ TEST_P(EveryImagingEncoder, BuildsAndMasksAMissingImage) {
   torch::manual_seed(2);
   ModelConfig m = Small();
   m.imaging_encoder = GetParam();
-  m.image_size = 8;
-  m.patch_size = 4;
   MultimodalAttentionNet net(m);
   net->eval();
   Batch x = RandomBatch(m, 5);

@@ -39,6 +39,7 @@
 #include "attune/worker/model.h"
 #include "bench/model_variants.h"
 #include "bench/random_batch.h"
+#include "worker/batches.h"
 
 namespace am = attune::models;
 namespace am_bench = attune::bench;
@@ -452,18 +453,7 @@ bool RunCase(const std::string& c, Dump& d) {
     // configurations (bench/model_variants.h; "model" is the quickstart's:
     // static, events, patch-feature imaging, genomics, hierarchical fusion);
     // patient 1 has no imaging.
-    attune::ModelConfig m;
-    m.d_model = kD;
-    m.heads = kHeads;
-    m.static_features = 3;
-    m.event_buckets = 11;
-    m.max_events = 5;
-    m.imaging_patches = 4;
-    m.imaging_dim = 6;
-    m.image_size = 8;
-    m.patch_size = 4;
-    m.genes = 5;
-    m.dropout = 0;
+    attune::ModelConfig m = attune::worker::testing::SmallModel(kHeads);
     v->apply(m);
     d.ConfigText("model", m.ToJson());
     attune::worker::MultimodalAttentionNet net(m);

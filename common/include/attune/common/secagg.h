@@ -47,7 +47,6 @@
 #include <cstdint>
 #include <functional>
 #include <map>
-#include <optional>
 #include <set>
 #include <span>
 #include <string>
@@ -201,9 +200,8 @@ class Client {
   Graph graph_;
   crypto::SecretBytes cipher_private_key_, mask_private_key_, self_seed_;
   Advertisement advertisement_;
-  std::map<int, Advertisement> peers_;          // neighbours that advertised (verified)
-  std::set<int> shared_;                        // neighbours (and us) whose shares we hold
-  std::map<int, crypto::SecretBytes> inbox_;    // from -> opened plaintext (two shares)
+  std::map<int, Advertisement> peers_;        // neighbours that advertised (verified)
+  std::map<int, crypto::SecretBytes> inbox_;  // from (us too) -> opened shares: whose we hold
   bool masked_ = false, unmasked_ = false;
 };
 

@@ -95,7 +95,7 @@ class MultimodalAttentionNetImpl : public torch::nn::Module {
   models::HybridCnn cnn_{nullptr};
   // Fusion (one of) and the classifier.
   models::HierarchicalFusion hierarchical_{nullptr};
-  torch::Tensor token_type_, fusion_cls_;
+  torch::Tensor token_type_;
   models::SequenceEncoder cross_{nullptr};
   models::CoAttention coattention_{nullptr};
   models::PersAm persam_{nullptr};
