@@ -62,6 +62,17 @@ void PrintTable(const v1::StudyStatus& st) {
               st.study_id().c_str(), static_cast<long long>(std::max<int64_t>(st.committed_round(), 0)),
               st.total_rounds(), st.phase().c_str(), st.strategy().c_str(),
               static_cast<unsigned long long>(st.log_entries()));
+  std::printf("secure aggregation: %s\n", st.secure_aggregation() ? "on" : "off");
+  if (st.has_privacy()) {
+    const v1::PrivacyStatus& p = st.privacy();
+    std::printf("differential privacy (%s, noise multiplier %g): epsilon %.4g spent of %.4g at "
+                "delta %.3g; %d noisy update releases, %d audit releases (exact sums, small "
+                "cells suppressed)\n",
+                p.mode().c_str(), p.noise_multiplier(), p.epsilon_spent(), p.epsilon_budget(),
+                p.delta(), p.releases(), p.audit_releases());
+  } else {
+    std::printf("differential privacy: off\n");
+  }
   std::printf("\n%-20s %-8s %-14s %8s %7s  %s\n", "site", "alive", "last seen", "samples", "rounds",
               "progress");
   for (const auto& s : st.sites()) {
@@ -86,7 +97,18 @@ void PrintJson(const v1::StudyStatus& st) {
             {"total_rounds", st.total_rounds()},
             {"phase", st.phase()},
             {"strategy", st.strategy()},
-            {"log_entries", st.log_entries()}};
+            {"log_entries", st.log_entries()},
+            {"secure_aggregation", st.secure_aggregation()}};
+  if (st.has_privacy()) {
+    const v1::PrivacyStatus& p = st.privacy();
+    j["privacy"] = {{"mode", p.mode()},
+                    {"epsilon_spent", p.epsilon_spent()},
+                    {"epsilon_budget", p.epsilon_budget()},
+                    {"delta", p.delta()},
+                    {"noise_multiplier", p.noise_multiplier()},
+                    {"releases", p.releases()},
+                    {"audit_releases", p.audit_releases()}};
+  }
   j["sites"] = json::array();
   for (const auto& s : st.sites()) {
     j["sites"].push_back({{"site", s.site_id()},

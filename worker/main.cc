@@ -86,6 +86,8 @@ int main(int argc, char** argv) {
           " is for '", *cn, "'")));
     }
   }
+  client.key_pem = tls->key_pem;
+  client.ca_pem = tls->ca_pem;
   spdlog::info("connecting to {} for study '{}' (TLS bundle {})", client.coordinator,
                client.study_id, tls_dir);
 

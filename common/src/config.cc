@@ -228,8 +228,36 @@ Status StudyConfig::Validate() const {
         "fedadagrad, or turn secure_aggregation off"));
   }
   if (secure_aggregation) {
-    return absl::InvalidArgumentError(
-        "secure_aggregation: not available in this version of Attune; set it to false");
+    if (min_sites < 2) {
+      return absl::InvalidArgumentError(
+          "min_sites: secure aggregation needs at least 2 sites per round (a sum of one "
+          "update is that update)");
+    }
+    if (roster.size() > 255) {
+      return absl::InvalidArgumentError("roster: secure aggregation supports at most 255 sites");
+    }
+    ATTUNE_RETURN_IF_ERROR(Range("secagg.threshold", secagg.threshold, 0, 255));
+    if (secagg.threshold == 1) {
+      return absl::InvalidArgumentError("secagg.threshold: must be 0 (automatic) or >= 2");
+    }
+    ATTUNE_RETURN_IF_ERROR(Range("secagg.neighbours", secagg.neighbours, 0, 254));
+    ATTUNE_RETURN_IF_ERROR(Range("secagg.value_clip", secagg.value_clip, 1e-6, 1e6));
+  }
+  if (privacy.mode != "off" && privacy.mode != "central" && privacy.mode != "local") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "privacy.mode: must be \"off\", \"central\" or \"local\" (got \"", privacy.mode,
+        "\")"));
+  }
+  if (privacy.enabled()) {
+    ATTUNE_RETURN_IF_ERROR(Range("privacy.clip_norm", privacy.clip_norm, 1e-9, 1e9));
+    ATTUNE_RETURN_IF_ERROR(Range("privacy.noise_multiplier", privacy.noise_multiplier, 1e-6, 1e6));
+    ATTUNE_RETURN_IF_ERROR(Range("privacy.epsilon", privacy.epsilon, 1e-6, 1e9));
+    ATTUNE_RETURN_IF_ERROR(Range("privacy.delta", privacy.delta, 1e-300, 0.5));
+    if (privacy.mode == "central" && !secure_aggregation) {
+      return absl::InvalidArgumentError(
+          "privacy.mode: \"central\" noise is added by the sites under secure aggregation; "
+          "set secure_aggregation to true, or use \"local\"");
+    }
   }
   ATTUNE_RETURN_IF_ERROR(Range("join_timeout_s", join_timeout_s, 0.1, 86400 * 7));
   ATTUNE_RETURN_IF_ERROR(Range("round_deadline_s", round_deadline_s, 0.1, 86400 * 7));
@@ -266,6 +294,22 @@ StatusOr<StudyConfig> ParseStudyConfig(const std::string& text,
   r.Get("heartbeat_timeout_s", &c.heartbeat_timeout_s);
   r.Get("max_update_norm", &c.max_update_norm);
   r.Get("secure_aggregation", &c.secure_aggregation);
+  if (const json* sa = r.Object("secagg")) {
+    FieldReader sr(*sa, prefix + "secagg.", &s);
+    sr.Get("threshold", &c.secagg.threshold);
+    sr.Get("neighbours", &c.secagg.neighbours);
+    sr.Get("value_clip", &c.secagg.value_clip);
+    sr.RejectUnknown();
+  }
+  if (const json* pv = r.Object("privacy")) {
+    FieldReader pr(*pv, prefix + "privacy.", &s);
+    pr.Get("mode", &c.privacy.mode);
+    pr.Get("clip_norm", &c.privacy.clip_norm);
+    pr.Get("noise_multiplier", &c.privacy.noise_multiplier);
+    pr.Get("epsilon", &c.privacy.epsilon);
+    pr.Get("delta", &c.privacy.delta);
+    pr.RejectUnknown();
+  }
   if (const json* st = r.Object("strategy")) {
     FieldReader sr(*st, prefix + "strategy.", &s);
     StrategyConfig& g = c.strategy;

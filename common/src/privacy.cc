@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "attune/common/crypto.h"
 #include "nlohmann/json.hpp"
 
 namespace attune::privacy {
@@ -23,6 +24,37 @@ double LogBinomial(int n, int k) {
 }
 
 }  // namespace
+
+double ClipToNorm(std::span<float> v, double clip_norm) {
+  double sq = 0;
+  for (float x : v) sq += static_cast<double>(x) * x;
+  const double norm = std::sqrt(sq);
+  if (norm > clip_norm) {
+    const double f = clip_norm / norm;
+    for (float& x : v) x = static_cast<float>(x * f);
+  }
+  return norm;
+}
+
+Status AddGaussianNoise(std::span<const uint8_t> seed, double stddev, std::span<float> v) {
+  if (seed.size() != 32) return absl::InvalidArgumentError("noise seed must be 32 bytes");
+  constexpr size_t kPairs = 512;  // values per keystream piece (2 uniforms each: 16 bytes)
+  std::vector<uint64_t> words(2 * kPairs);
+  std::span<uint8_t> bytes(reinterpret_cast<uint8_t*>(words.data()), words.size() * 8);
+  auto uniform = [](uint64_t w) {  // (0, 1]: never 0, so log() is finite
+    return (static_cast<double>(w >> 11) + 1.0) * 0x1.0p-53;
+  };
+  for (size_t first = 0, piece = 0; first < v.size(); first += kPairs, ++piece) {
+    ATTUNE_RETURN_IF_ERROR(crypto::ExpandSeed(seed, piece * (bytes.size() / 16), bytes));
+    const size_t n = std::min(kPairs, v.size() - first);
+    for (size_t i = 0; i < n; ++i) {
+      const double r = std::sqrt(-2.0 * std::log(uniform(words[2 * i])));
+      const double z = r * std::cos(2.0 * M_PI * uniform(words[2 * i + 1]));
+      v[first + i] = static_cast<float>(v[first + i] + stddev * z);
+    }
+  }
+  return absl::OkStatus();
+}
 
 const std::vector<int>& Orders() {
   static const std::vector<int> orders = [] {

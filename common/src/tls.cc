@@ -56,6 +56,16 @@ StatusOr<std::string> PeerCommonName(const grpc::ServerContextBase& ctx) {
   return std::string(cns.front().data(), cns.front().size());
 }
 
+StatusOr<std::string> PeerCertificatePem(const grpc::ServerContextBase& ctx) {
+  auto auth = ctx.auth_context();
+  if (!auth || !auth->IsPeerAuthenticated()) {
+    return absl::UnauthenticatedError("no verified client certificate");
+  }
+  auto pem = auth->FindPropertyValues("x509_pem_cert");
+  if (pem.empty()) return absl::UnauthenticatedError("no client certificate in the session");
+  return std::string(pem.front().data(), pem.front().size());
+}
+
 grpc::Status ToGrpcStatus(const Status& s) {
   if (s.ok()) return grpc::Status::OK;
   return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));

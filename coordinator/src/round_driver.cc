@@ -64,6 +64,9 @@ const char* KindName(Task::Kind k) {
     case Task::Kind::kTrain: return "train";
     case Task::Kind::kEvaluate: return "evaluate";
     case Task::Kind::kFinish: return "finish";
+    case Task::Kind::kSecAggShare: return "secagg-share";
+    case Task::Kind::kSecAggMask: return "secagg-mask";
+    case Task::Kind::kSecAggUnmask: return "secagg-unmask";
   }
   return "?";
 }
@@ -91,7 +94,33 @@ StatusOr<std::unique_ptr<RoundDriver>> RoundDriver::Create(StudyConfig study, St
     ATTUNE_ASSIGN_OR_RETURN(d->global_, ViewModel(*d->global_blob_));
     ATTUNE_ASSIGN_OR_RETURN(d->server_state_, store->LoadServerState(last));
     d->global_version_ = last;
+    if (d->study_.privacy.enabled()) {
+      // The ledger committed with the last round.
+      ATTUNE_ASSIGN_OR_RETURN(std::string text, store->LoadRecord(last));
+      json rec = json::parse(text, nullptr, false);
+      if (!rec.is_discarded() && rec.contains("privacy") && rec["privacy"].contains("ledger")) {
+        ATTUNE_ASSIGN_OR_RETURN(privacy::Accountant a,
+                                privacy::Accountant::FromJson(rec["privacy"]["ledger"].dump()));
+        d->ledger_.emplace(std::move(a));
+        d->audit_releases_ = rec["privacy"].value("audit_releases", 0);
+      }
+    }
     spdlog::info("resuming study '{}' after committed round {}", d->study_.study_id, last);
+  }
+  if (d->study_.privacy.enabled() && !d->ledger_) {
+    ATTUNE_ASSIGN_OR_RETURN(privacy::Accountant a,
+                            privacy::Accountant::Make(d->study_.privacy.epsilon,
+                                                      d->study_.privacy.delta));
+    d->ledger_.emplace(std::move(a));
+  }
+  if (d->ledger_) {
+    const double planned = d->ledger_->EpsilonAfter(
+        1.0, d->study_.privacy.noise_multiplier,
+        static_cast<int>(d->study_.rounds - std::max<int64_t>(last, 0)));
+    spdlog::info("privacy: {} DP, epsilon {:.4g} spent of {:.4g} (delta {:.3g}); all {} rounds "
+                 "would take it to {:.4g}",
+                 d->study_.privacy.mode, d->ledger_->epsilon(), d->study_.privacy.epsilon,
+                 d->study_.privacy.delta, d->study_.rounds, planned);
   }
   d->ClearSpool();
   ATTUNE_RETURN_IF_ERROR(store->AppendLog(
@@ -353,6 +382,14 @@ StatusOr<std::unique_ptr<UpdateIntake>> RoundDriver::BeginUpdate(const std::stri
   if (phase_->kind != Task::Kind::kTrain) {
     return absl::FailedPreconditionError("the open phase expects an evaluation, not an update");
   }
+  if (phase_->secure) {
+    ATTUNE_RETURN_IF_ERROR(SecureStepLocked(site, h.task_id, h.round, 3).status());
+    return UpdateIntake::ForMasked(h, phase_->secure->length);
+  }
+  if (h.masked) {
+    return absl::InvalidArgumentError(
+        "a masked input, but this study's rounds do not use secure aggregation");
+  }
   const std::string path =
       (fs::path(options_.spool_dir) / absl::StrCat("r", h.round, "-", site, "-", RandomHex()))
           .string();
@@ -375,6 +412,18 @@ Status RoundDriver::FinishUpdate(const std::string& site, std::unique_ptr<Update
     return open;
   }
   Phase& p = *phase_;
+  if (h.masked) {
+    ATTUNE_ASSIGN_OR_RETURN(Phase * sp, SecureStepLocked(site, h.task_id, h.round, 3));
+    ATTUNE_RETURN_IF_ERROR(
+        sp->secure->server->AddMaskedInput(sp->secure->index.at(site), intake->masked_words()));
+    sp->secure->masked_sha256[site] = h.total_sha256;
+    accepted_tasks_[h.task_id] = {site, h.round, h.total_sha256};
+    sp->done.insert(site);
+    TouchLocked(site);
+    spdlog::info("round {}: masked input from {} accepted", p.round, site);
+    cv_.notify_all();
+    return absl::OkStatus();
+  }
   Accepted a;
   a.sha256 = h.total_sha256;
   a.num_examples = h.num_examples;
@@ -454,7 +503,25 @@ StatusView RoundDriver::GetStatus() {
     v.rounds.push_back(rv);
   }
   v.log_entries = store_->LogEntries();
+  v.secure_aggregation = study_.secure_aggregation;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    v.privacy = PrivacyLocked();
+  }
   return v;
+}
+
+PrivacyView RoundDriver::PrivacyLocked() const {
+  PrivacyView p;
+  if (!ledger_) return p;
+  p.mode = study_.privacy.mode;
+  p.epsilon_spent = ledger_->epsilon();
+  p.epsilon_budget = ledger_->budget();
+  p.delta = ledger_->delta();
+  p.noise_multiplier = study_.privacy.noise_multiplier;
+  p.releases = ledger_->releases();
+  p.audit_releases = audit_releases_;
+  return p;
 }
 
 void RoundDriver::RecordRefusal(const std::string& who, const char* rpc, const Status& s) {
@@ -508,6 +575,14 @@ Status RoundDriver::Run() {
     for (int attempt = 1;; ++attempt) {
       Status s = r == 0 ? RunInitRound() : RunTrainRound(r);
       if (s.ok()) break;
+      if (absl::IsResourceExhausted(s)) {  // the privacy budget: end the study here
+        spdlog::warn("{}", std::string(s.message()));
+        std::lock_guard<std::mutex> lock(mu_);
+        LogLocked("privacy_budget_reached", "", json{{"round", r}}.dump());
+        stop_reason_ = std::string(s.message());
+        r = study_.rounds;  // leaves both loops
+        break;
+      }
       const bool retry = absl::IsDeadlineExceeded(s) || absl::IsUnavailable(s);
       std::lock_guard<std::mutex> lock(mu_);
       LogLocked("round_failed", "",
@@ -579,6 +654,16 @@ Status RoundDriver::WaitForQuorum(std::unique_lock<std::mutex>& lock, int64_t ro
 Status RoundDriver::RunPhase(std::unique_lock<std::mutex>& lock, Phase* p,
                              const std::vector<std::string>& selected, int64_t model_version,
                              int quorum) {
+  OpenPhase(p, selected, model_version);
+  Status s = AwaitReports(lock, p, selected, quorum,
+                          Clock::now() + Seconds(study_.round_deadline_s));
+  ClosePhase(p);
+  return s;
+}
+
+void RoundDriver::OpenPhase(
+    Phase* p, const std::vector<std::string>& selected, int64_t model_version,
+    const std::map<std::string, std::shared_ptr<const v1::RoundTask>>& secure) {
   for (const auto& site : selected) {
     Task t;
     t.kind = p->kind;
@@ -586,6 +671,7 @@ Status RoundDriver::RunPhase(std::unique_lock<std::mutex>& lock, Phase* p,
     t.model_version = model_version;
     t.splits = p->splits;
     t.task_id = NewTaskId(p->kind, p->round, site);
+    if (auto it = secure.find(site); it != secure.end()) t.secure = it->second;
     p->task_ids[site] = t.task_id;
     sites_[site].queue.push_back(t);
   }
@@ -593,7 +679,18 @@ Status RoundDriver::RunPhase(std::unique_lock<std::mutex>& lock, Phase* p,
   spdlog::info("round {}: {} phase open for {} site{}", p->round, KindName(p->kind),
                selected.size(), selected.size() == 1 ? "" : "s");
   cv_.notify_all();
-  const auto deadline = Clock::now() + Seconds(study_.round_deadline_s);
+}
+
+void RoundDriver::ClosePhase(Phase* p) {
+  phase_ = nullptr;
+  for (const auto& [site, id] : p->task_ids) {
+    if (!p->done.count(site)) closed_tasks_[id] = p->round;
+  }
+}
+
+Status RoundDriver::AwaitReports(std::unique_lock<std::mutex>& lock, Phase* p,
+                                 const std::vector<std::string>& selected, int quorum,
+                                 Clock::time_point deadline) {
   const auto timeout = Seconds(study_.heartbeat_timeout_s);
   while (!shutdown_) {
     const auto now = Clock::now();
@@ -615,33 +712,31 @@ Status RoundDriver::RunPhase(std::unique_lock<std::mutex>& lock, Phase* p,
       waiting += p->done.count(site) || p->dropped.count(site) ? 0 : 1;
     }
     // Nobody left to wait for: close now (below quorum, the round is tried
-    // again once enough sites are live). Under the "quorum" policy a
+    // again once enough sites are live). Under the "quorum" policy a plain
     // training phase closes as soon as min_sites have reported.
-    const bool enough = p->kind == Task::Kind::kTrain &&
+    const bool enough = p->kind == Task::Kind::kTrain && !p->secure &&
                         study_.straggler_policy == "quorum" &&
                         static_cast<int>(p->done.size()) >= quorum;
     if (waiting == 0 || enough || now >= deadline) break;
     cv_.wait_until(lock, wake);
-  }
-  phase_ = nullptr;
-  for (const auto& [site, id] : p->task_ids) {
-    if (!p->done.count(site)) closed_tasks_[id] = p->round;
   }
   if (shutdown_) return absl::CancelledError("shutting down");
   std::vector<std::string> gone;
   for (const auto& site : p->dropped) {
     if (!p->done.count(site)) gone.push_back(site);
   }
+  const std::string what =
+      p->secure ? absl::StrCat("secure aggregation step ", p->secure->step) : KindName(p->kind);
   if (static_cast<int>(p->done.size()) < quorum) {
     return absl::DeadlineExceededError(absl::StrCat(
-        "round ", p->round, " (", KindName(p->kind), "): only ", p->done.size(), " of ",
-        selected.size(), " sites reported within round_deadline_s = ", study_.round_deadline_s,
+        "round ", p->round, " (", what, "): only ", p->done.size(), " of ", selected.size(),
+        " sites reported within round_deadline_s = ", study_.round_deadline_s,
         " s (gone: ", gone.empty() ? "none" : absl::StrJoin(gone, ", "), "); at least ", quorum,
         " are needed"));
   }
   if (p->done.size() < selected.size()) {
-    spdlog::warn("round {} ({}): closing with {} of {} sites (gone: {})", p->round,
-                 KindName(p->kind), p->done.size(), selected.size(),
+    spdlog::warn("round {} ({}): closing with {} of {} sites (gone: {})", p->round, what,
+                 p->done.size(), selected.size(),
                  gone.empty() ? "none; deadline" : absl::StrJoin(gone, ", "));
   }
   return absl::OkStatus();
@@ -669,14 +764,51 @@ Status RoundDriver::RunTrainRound(int64_t round) {
   ATTUNE_RETURN_IF_ERROR(WaitForQuorum(lock, round));
   std::erase_if(accepted_tasks_, [&](const auto& e) { return e.second.round < round - 1; });
   std::erase_if(closed_tasks_, [&](const auto& e) { return e.second < round - 1; });
+  if (ledger_) {
+    // The budget is checked before any site trains: a round that would
+    // take ε past it is never run.
+    const double next = ledger_->EpsilonAfter(1.0, study_.privacy.noise_multiplier);
+    if (next > ledger_->budget()) {
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "privacy budget: round %d would take epsilon from %.4g to %.4g, past the study's "
+          "budget of %.4g (delta %.3g); the study ends with the model of round %d",
+          round, ledger_->epsilon(), next, ledger_->budget(), ledger_->delta(), round - 1));
+    }
+  }
   const std::vector<std::string> selected = SelectForTraining(round, LiveSitesLocked());
   Phase train;
   train.kind = Task::Kind::kTrain;
   train.round = round;
   phase_name_ = absl::StrCat("round ", round, ": train");
-  Status phase = RunPhase(lock, &train, selected, global_version_, study_.min_sites);
+  Status phase;
   std::vector<SpooledUpdate> updates;
-  for (const auto& [site, a] : train.accepted) updates.push_back({site, a.path, a.num_examples});
+  if (study_.secure_aggregation) {
+    const std::string path =
+        (fs::path(options_.spool_dir) / absl::StrCat("r", round, "-secure-", RandomHex()))
+            .string();
+    double loss = 0;
+    phase = RunSecureTrainPhase(lock, &train, selected, path, &loss);
+    if (phase.ok()) updates.push_back({"secure-sum", path, 1});
+  } else {
+    std::map<std::string, std::shared_ptr<const v1::RoundTask>> dp;
+    if (study_.privacy.enabled()) {  // local: each site clips and noises its own update
+      auto task = std::make_shared<v1::RoundTask>();
+      task->mutable_dp()->set_clip_norm(study_.privacy.clip_norm);
+      task->mutable_dp()->set_noise_stddev(DpNoiseStddev(1));
+      for (const auto& site : selected) dp[site] = task;
+    }
+    OpenPhase(&train, selected, global_version_, dp);
+    phase = AwaitReports(lock, &train, selected, study_.min_sites,
+                         Clock::now() + Seconds(study_.round_deadline_s));
+    ClosePhase(&train);
+    if (phase.ok() && ledger_) {
+      phase = ledger_->Spend(1.0, study_.privacy.noise_multiplier,
+                             absl::StrCat("round ", round, " local updates"));
+    }
+    for (const auto& [site, a] : train.accepted) {
+      updates.push_back({site, a.path, a.num_examples});
+    }
+  }
   auto remove_spool = [&] {
     std::error_code ec;
     for (const auto& u : updates) fs::remove(u.path, ec);
@@ -759,6 +891,25 @@ Status RoundDriver::CommitRound(int64_t round, std::shared_ptr<const std::string
     record[split] = json::parse(sums.MetricsJson());
     if (split == "val") audit = sums.AuditJson(study_.audit.min_cell);
   }
+  if (study_.secure_aggregation && train.kind == Task::Kind::kTrain) {
+    record["secure_aggregation"] = {{"survivors", train.done.size()},
+                                    {"selected", train.task_ids.size()}};
+  }
+  if (ledger_) {
+    std::lock_guard<std::mutex> lock(mu_);
+    // Every evaluation split released this round is counted; the ledger
+    // as of this commit is part of the round's record.
+    audit_releases_ += static_cast<int>(eval.eval.size());
+    record["privacy"] = {{"mode", study_.privacy.mode},
+                         {"epsilon", ledger_->epsilon()},
+                         {"delta", ledger_->delta()},
+                         {"budget", ledger_->budget()},
+                         {"noise_multiplier", study_.privacy.noise_multiplier},
+                         {"clip_norm", study_.privacy.clip_norm},
+                         {"releases", ledger_->releases()},
+                         {"audit_releases", audit_releases_},
+                         {"ledger", json::parse(ledger_->ToJson())}};
+  }
   RoundCommit c;
   c.round = round;
   c.model = *model;
@@ -784,10 +935,15 @@ Status RoundDriver::CommitRound(int64_t round, std::shared_ptr<const std::string
   std::string loss = record["train_loss"].is_null()
                          ? "  n/a "
                          : absl::StrFormat("%.4f", record["train_loss"].get<double>());
-  std::printf("round %lld/%d | sites %zu/%zu | train_loss %s | val_loss %s | val_auc %s | %.1f s\n",
-              static_cast<long long>(round), study_.rounds, train.done.size(),
-              train.task_ids.size(), loss.c_str(), metric("val", "loss").c_str(),
-              metric("val", "auc").c_str(), seconds);
+  const std::string eps =
+      record.contains("privacy")
+          ? absl::StrFormat(" | epsilon %.3g", record["privacy"]["epsilon"].get<double>())
+          : "";
+  std::printf(
+      "round %lld/%d | sites %zu/%zu | train_loss %s | val_loss %s | val_auc %s%s | %.1f s\n",
+      static_cast<long long>(round), study_.rounds, train.done.size(), train.task_ids.size(),
+      loss.c_str(), metric("val", "loss").c_str(), metric("val", "auc").c_str(), eps.c_str(),
+      seconds);
   if (record.contains("test")) {
     std::printf("final (test split) | auc %s | accuracy %s | loss %s | n %lld\n",
                 metric("test", "auc").c_str(), metric("test", "accuracy").c_str(),
@@ -806,7 +962,8 @@ Status RoundDriver::WriteOutputs(bool final_model) {
   summary["total_rounds"] = study_.rounds;
   summary["strategy"] = strategy_->name();
   summary["rounds"] = std::max<int64_t>(last, 0);
-  summary["finished"] = last == study_.rounds;
+  summary["finished"] = last == study_.rounds || !stop_reason_.empty();
+  if (!stop_reason_.empty()) summary["stopped_early"] = stop_reason_;
   json history = json::array(), train_loss = json::array(), val_loss = json::array(),
        val_auc = json::array();
   for (int64_t r = 0; r <= last; ++r) {

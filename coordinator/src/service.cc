@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "attune/common/secure_update.h"
 #include "attune/common/tensor_codec.h"
 #include "attune/common/wire.h"
 
@@ -19,6 +20,9 @@ v1::RoundTask::Kind ToProtoKind(Task::Kind k) {
     case Task::Kind::kTrain: return v1::RoundTask::TRAIN;
     case Task::Kind::kEvaluate: return v1::RoundTask::EVALUATE;
     case Task::Kind::kFinish: return v1::RoundTask::FINISH;
+    case Task::Kind::kSecAggShare: return v1::RoundTask::SECAGG_SHARE;
+    case Task::Kind::kSecAggMask: return v1::RoundTask::SECAGG_MASK;
+    case Task::Kind::kSecAggUnmask: return v1::RoundTask::SECAGG_UNMASK;
   }
   return v1::RoundTask::KIND_UNSPECIFIED;
 }
@@ -118,6 +122,7 @@ grpc::Status FederationService::Subscribe(grpc::ServerContext* ctx, const v1::Si
     h->set_learning_rate(static_cast<float>(train.learning_rate));
     h->set_seed(train.seed);
     h->set_proximal_mu(static_cast<float>(driver_->proximal_mu()));
+    if (t.secure) msg.MergeFrom(*t.secure);
     if (!writer->Write(msg)) break;
     if (t.kind == Task::Kind::kFinish) break;
   }
@@ -163,6 +168,7 @@ grpc::Status FederationService::SubmitUpdate(grpc::ServerContext* ctx,
   header.round = meta.round();
   header.num_examples = meta.num_examples();
   header.full_weights = meta.full_weights();
+  header.masked = meta.masked();
   header.metrics.insert(meta.metrics().begin(), meta.metrics().end());
   header.total_bytes = meta.total_bytes();
   header.total_sha256 = meta.total_sha256();
@@ -215,6 +221,40 @@ grpc::Status FederationService::Heartbeat(grpc::ServerContext* ctx,
   return grpc::Status::OK;
 }
 
+grpc::Status FederationService::SecAgg(grpc::ServerContext* ctx, const v1::SecAggMessage* req,
+                                       v1::Receipt* receipt) {
+  ATTUNE_AUTHORIZE_OR_REFUSE(site, "SecAgg", req->study_id());
+  attune::Status s;
+  switch (req->step_case()) {
+    case v1::SecAggMessage::kAdvertisement: {
+      // Relay the certificate the site authenticated with, so that peers
+      // can check the signature against it.
+      auto pem = PeerCertificatePem(*ctx);
+      s = pem.ok() ? driver_->SecAggAdvertise(*site, req->task_id(), req->round(),
+                                              secagg::FromProto(req->advertisement()), *pem)
+                   : pem.status();
+      break;
+    }
+    case v1::SecAggMessage::kShares: {
+      std::vector<secagg::SealedShares> shares;
+      for (const auto& p : req->shares().shares()) shares.push_back(secagg::FromProto(p));
+      s = driver_->SecAggShares(*site, req->task_id(), req->round(), shares);
+      break;
+    }
+    case v1::SecAggMessage::kUnmask:
+      s = driver_->SecAggUnmask(*site, req->task_id(), req->round(),
+                                secagg::FromProto(-1, req->unmask()));
+      break;
+    default:
+      s = absl::InvalidArgumentError("a SecAgg message must carry one step");
+  }
+  if (!s.ok()) return Refuse(ctx, *site, "SecAgg", s);
+  receipt->set_site_id(*site);
+  receipt->set_round(req->round());
+  receipt->set_accepted(true);
+  return grpc::Status::OK;
+}
+
 grpc::Status FederationService::Status(grpc::ServerContext* ctx, const v1::StatusRequest* req,
                                        v1::StudyStatus* reply) {
   ATTUNE_AUTHORIZE_OR_REFUSE(site, "Status", req->study_id(), /*operator_ok=*/true);
@@ -225,6 +265,17 @@ grpc::Status FederationService::Status(grpc::ServerContext* ctx, const v1::Statu
   reply->set_phase(v.phase);
   reply->set_strategy(driver_->study().strategy.name);
   reply->set_log_entries(v.log_entries);
+  reply->set_secure_aggregation(v.secure_aggregation);
+  if (!v.privacy.mode.empty()) {
+    v1::PrivacyStatus* p = reply->mutable_privacy();
+    p->set_mode(v.privacy.mode);
+    p->set_epsilon_spent(v.privacy.epsilon_spent);
+    p->set_epsilon_budget(v.privacy.epsilon_budget);
+    p->set_delta(v.privacy.delta);
+    p->set_releases(v.privacy.releases);
+    p->set_audit_releases(v.privacy.audit_releases);
+    p->set_noise_multiplier(v.privacy.noise_multiplier);
+  }
   for (const auto& s : v.sites) {
     v1::SiteInfo* i = reply->add_sites();
     i->set_site_id(s.site);

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "attune/common/secure_update.h"
 
 namespace attune::coordinator {
 namespace {
@@ -70,6 +71,24 @@ StatusOr<std::unique_ptr<UpdateIntake>> UpdateIntake::ForInitialModel(UpdateHead
   return in;
 }
 
+StatusOr<std::unique_ptr<UpdateIntake>> UpdateIntake::ForMasked(UpdateHeader header,
+                                                                int64_t words) {
+  if (!header.masked || header.full_weights) {
+    return absl::InvalidArgumentError(
+        "this round uses secure aggregation: the update must be a masked input");
+  }
+  const uint64_t bytes = static_cast<uint64_t>(words) * 4;
+  if (header.total_bytes != bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "a masked input is ", bytes, " bytes (", words, " words), not ", header.total_bytes));
+  }
+  std::unique_ptr<UpdateIntake> in(new UpdateIntake(std::move(header), bytes));
+  in->masked_ = true;
+  in->words_.resize(static_cast<size_t>(words));
+  in->payload_.reserve(bytes);
+  return in;
+}
+
 Status UpdateIntake::OnValues(uint64_t first, std::span<const float> values) {
   if (init_) {
     for (size_t i = 0; i < values.size(); ++i) {
@@ -94,6 +113,10 @@ Status UpdateIntake::AddChunk(uint64_t seq, std::string_view data, std::string_v
   ATTUNE_RETURN_IF_ERROR(dead_);
   Status s = [&]() -> Status {
     ATTUNE_RETURN_IF_ERROR(verifier_.Add(seq, data, sha256));
+    if (masked_) {
+      payload_.append(data);
+      return absl::OkStatus();
+    }
     if (init_) payload_.append(data);
     // The schema is checked once, as soon as the header is parsed and
     // before any value is kept.
@@ -120,6 +143,12 @@ Status UpdateIntake::AddChunk(uint64_t seq, std::string_view data, std::string_v
 Status UpdateIntake::Finish() {
   ATTUNE_RETURN_IF_ERROR(dead_);
   ATTUNE_RETURN_IF_ERROR(verifier_.Finish());
+  if (masked_) {
+    Status s = secagg::DecodeWords(payload_, words_);
+    payload_.clear();
+    payload_.shrink_to_fit();
+    return s;
+  }
   ATTUNE_RETURN_IF_ERROR(parser_.Finish());
   if (init_) {
     // Re-encode: the stored blob is canonical and aligned whatever the sender did.

@@ -10,8 +10,14 @@
 //     same run (OpenSSL sockets, one connection per site, no gRPC).
 // The ratio round / raw TLS is the engine's overhead over the transport.
 //
+// With --secure it runs every case twice in the same run, plain FedAvg and
+// secure aggregation (common/secagg.h), and reports both rounds' wall time,
+// their ratio, the coordinator's peak RSS, and per site the bytes sent and
+// the seconds spent on the update (plain: encoding and digests; secure:
+// keys, shares, quantising and masking).
+//
 //   attune-bench-coordinator --coordinator-bin build/coordinator/attune-coordinator
-//       [--sites 2,4,8,16,32] [--params 1000000] [--grid] [--json out.json]
+//       [--sites 2,4,8,16,32] [--params 1000000] [--grid] [--secure] [--json out.json]
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -60,6 +66,8 @@ struct Result {
   double peak_rss_mib = 0;
   double round_s = 0;
   double tls_s = 0;
+  double site_up_mib = 0;    // mean per site
+  double site_update_s = 0;  // mean per site
 };
 
 [[noreturn]] void Die(const std::string& why) {
@@ -176,15 +184,16 @@ double RawTlsSeconds(const fs::path& pki, int sites, uint64_t model) {
 
 // --------------------------------------------------------------- the engine
 
-Result RunCase(const Case& c, const std::string& coordinator_bin, const fs::path& work) {
+Result RunCase(const Case& c, const std::string& coordinator_bin, const fs::path& work,
+               bool secure, bool raw_tls) {
   Result r;
   r.c = c;
-  const fs::path dir = work / absl::StrCat("s", c.sites, "-p", c.params);
+  const fs::path dir = work / absl::StrCat("s", c.sites, "-p", c.params, secure ? "-secure" : "");
   fs::remove_all(dir);
   fs::create_directories(dir);
   json base = {{"rounds", 1},          {"min_sites", c.sites}, {"join_timeout_s", 120},
                {"round_deadline_s", 1800}, {"heartbeat_timeout_s", 60},
-               {"max_update_norm", 1e12}};
+               {"max_update_norm", 1e12}, {"secure_aggregation", secure}};
   {
     std::ofstream(dir / "base.json") << base.dump();
   }
@@ -222,6 +231,8 @@ Result RunCase(const Case& c, const std::string& coordinator_bin, const fs::path
     auto tls = attune::LoadTlsBundle((dir / "pki/sites" / absl::StrCat("bench-", i)).string());
     if (!tls.ok()) Die("site bundle");
     opts.seed = 100 + i;
+    opts.key_pem = tls->key_pem;
+    opts.ca_pem = tls->ca_pem;
     sites.push_back(std::make_unique<attune::fedsim::FakeSite>(attune::MakeChannel(addr, *tls), opts));
   }
   std::vector<std::thread> threads;
@@ -238,7 +249,11 @@ Result RunCase(const Case& c, const std::string& coordinator_bin, const fs::path
   r.peak_rss_mib = usage.ru_maxrss / 1024.0;
   const uint64_t model_bytes = static_cast<uint64_t>(c.params) * sizeof(float);
   r.model_mib = model_bytes / 1048576.0;
-  r.tls_s = RawTlsSeconds(dir / "pki", c.sites, model_bytes);
+  for (const auto& s : sites) {
+    r.site_up_mib += s->bytes_up() / 1048576.0 / c.sites;
+    r.site_update_s += s->update_seconds() / c.sites;
+  }
+  if (raw_tls) r.tls_s = RawTlsSeconds(dir / "pki", c.sites, model_bytes);
   fs::remove_all(dir);
   return r;
 }
@@ -249,7 +264,7 @@ int main(int argc, char** argv) {
   std::string coordinator_bin, json_out, work = (fs::temp_directory_path() / "attune-bench").string();
   std::vector<int> site_counts = {2, 4, 8, 16, 32};
   std::vector<int64_t> params = {1000000};
-  bool grid = false;
+  bool grid = false, secure = false;
   CLI::App app{
       "attune-bench-coordinator: the coordinator's peak RSS and round overhead with training\n"
       "off, beside raw TLS moving the same bytes in the same run"};
@@ -258,13 +273,21 @@ int main(int argc, char** argv) {
   app.add_option("--params", params, "model sizes (float32 parameters)")->delimiter(',');
   app.add_flag("--grid", grid,
                "the README's grid: 2..32 sites at 1M and 10M parameters, and 1M/10M/100M at 2 sites");
+  app.add_flag("--secure", secure,
+               "run each case plain and with secure aggregation, and compare them; with "
+               "--grid: 4..32 sites at 1M and 10M parameters, and 4 and 8 sites at 25M");
   app.add_option("--json", json_out, "also write the results here");
   app.add_option("--work-dir", work, "scratch directory (needs ~4x the largest model on disk)")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   std::vector<Case> cases;
-  if (grid) {
+  if (grid && secure) {
+    for (int64_t p : {int64_t{1000000}, int64_t{10000000}}) {
+      for (int s : {4, 8, 16, 32}) cases.push_back({s, p});
+    }
+    for (int s : {4, 8}) cases.push_back({s, 25000000});
+  } else if (grid) {
     for (int64_t p : {int64_t{1000000}, int64_t{10000000}}) {
       for (int s : {2, 4, 8, 16, 32}) cases.push_back({s, p});
     }
@@ -274,12 +297,37 @@ int main(int argc, char** argv) {
       for (int s : site_counts) cases.push_back({s, p});
     }
   }
+  if (secure) {
+    std::printf("%6s %10s | %8s %8s %6s | %9s %9s | %10s %10s | %9s %9s\n", "sites", "params",
+                "plain s", "secure s", "ratio", "plain RSS", "secure RSS", "plain MiB",
+                "secure MiB", "plain s", "secure s");
+    std::printf("%6s %10s | %24s | %19s | %21s | %19s\n", "", "", "round (wall)",
+                "coordinator MiB", "sent per site", "per site (update)");
+    std::fflush(stdout);
+    json all = json::array();
+    for (const Case& c : cases) {
+      const Result p = RunCase(c, coordinator_bin, work, false, false);
+      const Result s = RunCase(c, coordinator_bin, work, true, false);
+      std::printf("%6d %10lld | %8.2f %8.2f %6.2f | %9.1f %9.1f | %10.2f %10.2f | %9.3f %9.3f\n",
+                  c.sites, static_cast<long long>(c.params), p.round_s, s.round_s,
+                  s.round_s / p.round_s, p.peak_rss_mib, s.peak_rss_mib, p.site_up_mib,
+                  s.site_up_mib, p.site_update_s, s.site_update_s);
+      std::fflush(stdout);
+      all.push_back({{"sites", c.sites}, {"params", c.params}, {"plain_round_s", p.round_s},
+                     {"secure_round_s", s.round_s}, {"plain_rss_mib", p.peak_rss_mib},
+                     {"secure_rss_mib", s.peak_rss_mib}, {"plain_site_mib", p.site_up_mib},
+                     {"secure_site_mib", s.site_up_mib}, {"plain_site_s", p.site_update_s},
+                     {"secure_site_s", s.site_update_s}});
+    }
+    if (!json_out.empty()) std::ofstream(json_out) << all.dump(2) << "\n";
+    return 0;
+  }
   std::printf("%6s %12s %10s %14s %10s %9s %10s %9s\n", "sites", "params", "model MiB",
               "coord RSS MiB", "RSS/model", "round s", "raw TLS s", "round/TLS");
   std::fflush(stdout);
   json all = json::array();
   for (const Case& c : cases) {
-    Result r = RunCase(c, coordinator_bin, work);
+    Result r = RunCase(c, coordinator_bin, work, false, true);
     std::printf("%6d %12lld %10.1f %14.1f %10.2f %9.2f %10.2f %9.2f\n", c.sites,
                 static_cast<long long>(c.params), r.model_mib, r.peak_rss_mib,
                 r.peak_rss_mib / r.model_mib, r.round_s, r.tls_s, r.round_s / r.tls_s);

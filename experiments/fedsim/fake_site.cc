@@ -15,6 +15,17 @@ std::chrono::system_clock::time_point After(std::chrono::seconds s) {
   return std::chrono::system_clock::now() + s;
 }
 
+// Adds the microseconds of its lifetime to a counter.
+struct Timed {
+  std::atomic<int64_t>* us;
+  std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
+  ~Timed() {
+    *us += std::chrono::duration_cast<std::chrono::microseconds>(
+               std::chrono::steady_clock::now() - start)
+               .count();
+  }
+};
+
 }  // namespace
 
 float SyntheticValue(uint64_t seed, uint64_t index) {
@@ -230,11 +241,35 @@ Status FakeSite::Handle(const v1::RoundTask& task, int histogram_bins) {
       return absl::OkStatus();
     }
     case v1::RoundTask::TRAIN: {
+      if (task.has_secagg()) {
+        v1::SecAggMessage msg;
+        {
+          Timed t{&update_us_};
+          ATTUNE_ASSIGN_OR_RETURN(secure_, secagg::SecureSite::Start(task, options_.key_pem,
+                                                                     options_.ca_pem));
+          *msg.mutable_advertisement() = secure_->Advertisement();
+        }
+        ATTUNE_RETURN_IF_ERROR(SendSecAgg(task, std::move(msg)));
+      }
       ATTUNE_ASSIGN_OR_RETURN(FetchedModel global,
                               Fetch(stub_.get(), options_.study_id, task.model_version()));
+      if (secure_) {
+        Timed t{&update_us_};
+        std::vector<float> delta(static_cast<size_t>(global.schema.numel()));
+        const ValueFn value = DeltaValues(options_, task.round());
+        for (size_t i = 0; i < delta.size(); ++i) delta[i] = value(i);
+        return secure_->SetInput(delta, 0.5).status();
+      }
       (*meta.mutable_metrics())["train_loss"] = 0.5;
+      const auto start = std::chrono::steady_clock::now();
       Status sent = FromGrpcStatus(
           Upload(stub_.get(), meta, global.schema, DeltaValues(options_, task.round()), &receipt));
+      // Encoding and digests are interleaved with sending: the whole upload counts.
+      update_us_ += std::chrono::duration_cast<std::chrono::microseconds>(
+                        std::chrono::steady_clock::now() - start)
+                        .count();
+      bytes_up_ += static_cast<int64_t>(EncodeModelHeader(global.schema).size()) +
+                   global.schema.numel() * static_cast<int64_t>(sizeof(float));
       if (absl::IsFailedPrecondition(sent)) {  // a straggler: the round went on without us
         ++updates_late_;
         return absl::OkStatus();
@@ -257,9 +292,56 @@ Status FakeSite::Handle(const v1::RoundTask& task, int histogram_bins) {
       }
       return absl::OkStatus();
     }
+    case v1::RoundTask::SECAGG_SHARE: {
+      v1::SecAggMessage msg;
+      {
+        Timed t{&update_us_};
+        ATTUNE_ASSIGN_OR_RETURN(*msg.mutable_shares(), secure_->ShareKeys(task));
+      }
+      return SendSecAgg(task, std::move(msg));
+    }
+    case v1::RoundTask::SECAGG_MASK: {
+      std::string payload;
+      {
+        Timed t{&update_us_};
+        ATTUNE_ASSIGN_OR_RETURN(payload, secure_->MaskedPayload(task));
+      }
+      meta.set_masked(true);
+      bytes_up_ += static_cast<int64_t>(payload.size());
+      grpc::ClientContext ctx;
+      ctx.set_deadline(After(std::chrono::seconds(600)));
+      auto writer = stub_->SubmitUpdate(&ctx, &receipt);
+      WriteChunks(payload, meta, [&](const v1::Chunk& c) { return writer->Write(c); });
+      writer->WritesDone();
+      ATTUNE_RETURN_IF_ERROR(FromGrpcStatus(writer->Finish()));
+      ++updates_sent_;
+      return absl::OkStatus();
+    }
+    case v1::RoundTask::SECAGG_UNMASK: {
+      v1::SecAggMessage msg;
+      {
+        Timed t{&update_us_};
+        ATTUNE_ASSIGN_OR_RETURN(*msg.mutable_unmask(), secure_->Unmask(task));
+      }
+      Status s = SendSecAgg(task, std::move(msg));
+      secure_.reset();
+      return s;
+    }
     default:
       return absl::InvalidArgumentError(absl::StrCat("unexpected task kind ", task.kind()));
   }
+}
+
+Status FakeSite::SendSecAgg(const v1::RoundTask& task, v1::SecAggMessage msg) {
+  if (!secure_) return absl::FailedPreconditionError("no secure aggregation is open");
+  msg.set_study_id(options_.study_id);
+  msg.set_round(task.round());
+  msg.set_task_id(task.task_id());
+  bytes_up_ += static_cast<int64_t>(msg.ByteSizeLong());
+  grpc::ClientContext ctx;
+  ctx.set_deadline(After(std::chrono::seconds(60)));
+  v1::Receipt receipt;
+  return FromGrpcStatus(stub_->SecAgg(&ctx, msg, &receipt));
 }
 
 }  // namespace attune::fedsim

@@ -19,6 +19,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "attune/common/secure_update.h"
 #include "attune/common/status.h"
 #include "attune/common/tensor_codec.h"
 #include "attune/v1/federation.grpc.pb.h"
@@ -70,6 +71,10 @@ struct FakeSiteOptions {
   // Sessions to try: after the coordinator goes away (a restart), the site
   // joins again, waiting for it to be back (gRPC wait-for-ready) each time.
   int max_sessions = 1;
+  // Secure aggregation (when the study has it on): this site's TLS key and
+  // the study CA. The masked input is DeltaValues' update.
+  std::string key_pem;
+  std::string ca_pem;
 };
 
 // The delta a fake site with `options` sends in `round`.
@@ -86,6 +91,11 @@ class FakeSite {
   // Updates the coordinator refused as late (FAILED_PRECONDITION); the site
   // carries on with its next task, as attune-worker does.
   int64_t updates_late() const { return updates_late_.load(); }
+  // Bytes this site sent in update payloads and secure aggregation messages.
+  int64_t bytes_up() const { return bytes_up_.load(); }
+  // Seconds spent on the update itself: encoding and digests for a plain
+  // one; key agreement, sharing, quantising and masking for a secure one.
+  double update_seconds() const { return update_us_.load() / 1e6; }
 
  private:
   Status Session();
@@ -98,6 +108,10 @@ class FakeSite {
   bool stopped_ = false;                       // guarded by mu_
   std::atomic<int64_t> updates_sent_{0};
   std::atomic<int64_t> updates_late_{0};
+  std::atomic<int64_t> bytes_up_{0};
+  std::atomic<int64_t> update_us_{0};
+  std::unique_ptr<secagg::SecureSite> secure_;  // the open secure TRAIN task
+  Status SendSecAgg(const v1::RoundTask& task, v1::SecAggMessage msg);
 };
 
 }  // namespace attune::fedsim

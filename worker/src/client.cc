@@ -7,6 +7,9 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "attune/common/crypto.h"
+#include "attune/common/privacy.h"
 #include "attune/common/tensor_codec.h"
 #include "attune/common/wire.h"
 
@@ -149,6 +152,16 @@ Status FederationClient::HandleTask(const v1::RoundTask& task) {
       return SubmitUpdate(task, init, learner_->NumExamples("train"), 0, /*full_weights=*/true);
     }
     case v1::RoundTask::TRAIN: {
+      if (task.has_secagg()) {
+        // Advertise first: the other steps wait on every site's keys, and
+        // training is the long part.
+        secure_.reset();
+        ATTUNE_ASSIGN_OR_RETURN(secure_, secagg::SecureSite::Start(task, options_.key_pem,
+                                                                   options_.ca_pem));
+        v1::SecAggMessage msg;
+        *msg.mutable_advertisement() = secure_->Advertisement();
+        ATTUNE_RETURN_IF_ERROR(SendSecAgg(task, std::move(msg)));
+      }
       SetStage("fetching", task.round());
       ATTUNE_ASSIGN_OR_RETURN(FlatModel global, FetchModel(task.model_version()));
       SetStage("training", task.round());
@@ -165,11 +178,26 @@ Status FederationClient::HandleTask(const v1::RoundTask& task) {
       ATTUNE_ASSIGN_OR_RETURN(TrainResult r, learner_->Train(global, hyper, train_options));
       spdlog::info("round {}: train loss {:.4f} in {:.1f} s", task.round(), r.train_loss,
                    std::chrono::duration<double>(Clock::now() - start).count());
+      ATTUNE_RETURN_IF_ERROR(Privatize(task, &r.delta));
+      if (secure_) {
+        // Held until the SECAGG_MASK step; only the masked sum leaves.
+        ATTUNE_ASSIGN_OR_RETURN(int64_t clipped, secure_->SetInput(r.delta.values, r.train_loss));
+        if (clipped > 0) {
+          spdlog::warn("round {}: {} update values were clipped to secagg.value_clip = {}",
+                       task.round(), clipped, task.secagg().value_clip());
+        }
+        SetStage("idle", task.round());
+        return absl::OkStatus();
+      }
       SetStage("uploading", task.round());
       Status s = SubmitUpdate(task, r.delta, r.num_examples, r.train_loss, /*full_weights=*/false);
       SetStage("idle", task.round());
       return s;
     }
+    case v1::RoundTask::SECAGG_SHARE:
+    case v1::RoundTask::SECAGG_MASK:
+    case v1::RoundTask::SECAGG_UNMASK:
+      return HandleSecureStep(task);
     case v1::RoundTask::EVALUATE: {
       SetStage("evaluating", task.round());
       ATTUNE_ASSIGN_OR_RETURN(FlatModel model, FetchModel(task.model_version()));
@@ -190,6 +218,81 @@ Status FederationClient::HandleTask(const v1::RoundTask& task) {
     default:
       return absl::InvalidArgumentError(absl::StrCat("unknown task kind ", task.kind()));
   }
+}
+
+Status FederationClient::Privatize(const v1::RoundTask& task, FlatModel* delta) {
+  const v1::DpSetup& dp = task.dp();
+  if (dp.clip_norm() <= 0) return absl::OkStatus();
+  const double norm = privacy::ClipToNorm(delta->values, dp.clip_norm());
+  if (dp.noise_stddev() > 0) {
+    // Seeded by this site's private key, the study and the round: secret
+    // to everyone else, and the same if the round is run again.
+    ATTUNE_ASSIGN_OR_RETURN(
+        crypto::SecretBytes seed,
+        crypto::HkdfSha256(crypto::View(options_.key_pem), crypto::View("attune-dp-noise-v1"),
+                           crypto::View(absl::StrCat(options_.study_id, "|round ", task.round())),
+                           32));
+    ATTUNE_RETURN_IF_ERROR(privacy::AddGaussianNoise(seed, dp.noise_stddev(), delta->values));
+  }
+  spdlog::info("round {}: update norm {:.4g} clipped to {:.4g}, noise stddev {:.4g}",
+               task.round(), norm, dp.clip_norm(), dp.noise_stddev());
+  return absl::OkStatus();
+}
+
+Status FederationClient::HandleSecureStep(const v1::RoundTask& task) {
+  if (!secure_ || secure_->task_id() != task.task_id()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "a secure aggregation step for task '", task.task_id(), "', which this site is not in"));
+  }
+  v1::SecAggMessage msg;
+  switch (task.kind()) {
+    case v1::RoundTask::SECAGG_SHARE: {
+      ATTUNE_ASSIGN_OR_RETURN(*msg.mutable_shares(), secure_->ShareKeys(task));
+      return SendSecAgg(task, std::move(msg));
+    }
+    case v1::RoundTask::SECAGG_MASK: {
+      ATTUNE_ASSIGN_OR_RETURN(std::string payload, secure_->MaskedPayload(task));
+      SetStage("uploading", task.round());
+      v1::UpdateMeta meta;
+      meta.set_masked(true);
+      meta.set_num_examples(learner_->NumExamples("train"));
+      Status s = SubmitPayload(task, payload, std::move(meta));
+      SetStage("idle", task.round());
+      return s;
+    }
+    default: {
+      std::vector<std::string> survivors;
+      for (int v : task.survivors()) {
+        if (v >= 0 && v < static_cast<int>(secure_->sites().size())) {
+          survivors.push_back(secure_->sites()[v]);
+        }
+      }
+      std::sort(survivors.begin(), survivors.end());
+      auto seen = unmasked_.find(task.round());
+      if (seen != unmasked_.end() && seen->second != survivors) {
+        return absl::PermissionDeniedError(absl::StrCat(
+            "refusing to unmask round ", task.round(), " for survivors {",
+            absl::StrJoin(survivors, ", "), "}: this site already unmasked it for {",
+            absl::StrJoin(seen->second, ", "),
+            "}, and two sums over different sites would reveal a site's update"));
+      }
+      ATTUNE_ASSIGN_OR_RETURN(*msg.mutable_unmask(), secure_->Unmask(task));
+      unmasked_[task.round()] = survivors;
+      Status s = SendSecAgg(task, std::move(msg));
+      secure_.reset();
+      return s;
+    }
+  }
+}
+
+Status FederationClient::SendSecAgg(const v1::RoundTask& task, v1::SecAggMessage msg) {
+  msg.set_study_id(options_.study_id);
+  msg.set_round(task.round());
+  msg.set_task_id(task.task_id());
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, std::chrono::seconds(60));
+  v1::Receipt receipt;
+  return FromGrpcStatus(coordinator_->SecAgg(&ctx, msg, &receipt));
 }
 
 void FederationClient::SetStage(const char* stage, int64_t round) {
@@ -271,18 +374,22 @@ StatusOr<FlatModel> FederationClient::FetchModel(int64_t version) {
 Status FederationClient::SubmitUpdate(const v1::RoundTask& task, const FlatModel& model,
                                       int64_t num_examples, double train_loss,
                                       bool full_weights) {
-  const std::string payload = EncodeModel(model);
+  v1::UpdateMeta meta;
+  meta.set_num_examples(num_examples);
+  meta.set_full_weights(full_weights);
+  if (!full_weights) (*meta.mutable_metrics())["train_loss"] = train_loss;
+  return SubmitPayload(task, EncodeModel(model), std::move(meta));
+}
+
+Status FederationClient::SubmitPayload(const v1::RoundTask& task, const std::string& payload,
+                                       v1::UpdateMeta meta) {
   grpc::ClientContext ctx;
   SetDeadline(&ctx, options_.rpc_timeout);
   v1::Receipt receipt;
   auto writer = coordinator_->SubmitUpdate(&ctx, &receipt);
-  v1::UpdateMeta meta;
   meta.set_study_id(options_.study_id);
   meta.set_round(task.round());
   meta.set_task_id(task.task_id());
-  meta.set_num_examples(num_examples);
-  meta.set_full_weights(full_weights);
-  if (!full_weights) (*meta.mutable_metrics())["train_loss"] = train_loss;
   // A false return means the server ended the call: Finish() says why.
   WriteChunks(payload, meta, [&](const v1::Chunk& c) { return writer->Write(c); });
   writer->WritesDone();

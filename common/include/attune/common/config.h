@@ -100,6 +100,31 @@ struct AuditConfig {
   int histogram_bins = 200;   // score histogram resolution for AUC
 };
 
+// Secure aggregation of each round's updates (common/secagg.h): the
+// coordinator learns only the sum over the round's sites.
+struct SecAggConfig {
+  int threshold = 0;       // t sites needed to finish; 0: max(min_sites, n/2 + 1)
+  int neighbours = 0;      // SecAgg+ graph degree; 0: every pair masks (Bonawitz)
+  double value_clip = 1.0; // each weighted update value is clipped to [-clip, clip]
+                           // (counted, never silent) before fixed-point encoding
+};
+
+// Client-level differential privacy (common/privacy.h): each site's update
+// is clipped to L2 norm clip_norm and Gaussian noise of standard deviation
+// noise_multiplier · clip_norm is added -- to the sum under secure
+// aggregation ("central": each site adds its share of it) or to each
+// site's own update ("local"). A round that would take ε past the budget
+// is not run.
+struct PrivacyConfig {
+  std::string mode = "off";      // off, central, local
+  double clip_norm = 1.0;
+  double noise_multiplier = 1.0;
+  double epsilon = 10.0;         // the study's budget
+  double delta = 1e-5;
+
+  bool enabled() const { return mode != "off"; }
+};
+
 // Certificate CNs that are not sites: the operator's bundle (`attune status`)
 // carries kOperatorName; site names may not start with kReservedPrefix.
 inline constexpr char kReservedPrefix[] = "attune-";
@@ -122,7 +147,9 @@ struct StudyConfig {
   std::string straggler_policy = "wait";
   double heartbeat_timeout_s = 30;   // a site silent this long is taken as gone
   double max_update_norm = 1000;     // L2 bound on a site's update (delta)
-  bool secure_aggregation = false;   // not available yet; refused when true
+  bool secure_aggregation = false;   // sites send masked updates (SecAggConfig)
+  SecAggConfig secagg;
+  PrivacyConfig privacy;
   StrategyConfig strategy;
   TrainConfig train;
   ModelConfig model;

@@ -20,6 +20,16 @@
 
 namespace attune::privacy {
 
+// Scales `v` down to L2 norm ≤ clip_norm (unchanged when already within);
+// returns the norm before clipping.
+double ClipToNorm(std::span<float> v, double clip_norm);
+
+// v[i] += N(0, stddev²), drawn from the AES-256-CTR keystream of the 32-byte
+// `seed` (Box-Muller on 53-bit uniforms): the same seed gives the same noise,
+// so a retried round releases the same value, not a fresh sample.
+// InvalidArgument for a seed that is not 32 bytes.
+Status AddGaussianNoise(std::span<const uint8_t> seed, double stddev, std::span<float> v);
+
 // The Rényi orders tracked.
 const std::vector<int>& Orders();
 

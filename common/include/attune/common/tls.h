@@ -37,6 +37,8 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target, const TlsB
 
 // The verified client certificate's subject CN, or Unauthenticated.
 StatusOr<std::string> PeerCommonName(const grpc::ServerContextBase& ctx);
+// The peer's verified client certificate, PEM.
+StatusOr<std::string> PeerCertificatePem(const grpc::ServerContextBase& ctx);
 
 grpc::Status ToGrpcStatus(const Status& s);
 Status FromGrpcStatus(const grpc::Status& s);

@@ -25,6 +25,23 @@
 //      phase and takes part from the next one. Then the Strategy folds the
 //      spooled updates, in site-name order, range by range, into candidate
 //      v_r (aggregate.h): bitwise reproducible whatever the arrival order.
+//      With secure_aggregation the TRAIN phase runs secagg.h's four steps
+//      instead (secure_round.cc): each selected site gets TRAIN with a
+//      SecAggSetup and advertises its keys, trains, and is sent the others'
+//      advertisements (SECAGG_SHARE), then the shares sealed to it
+//      (SECAGG_MASK); its masked input is folded into one running sum; the
+//      survivors are asked for their shares (SECAGG_UNMASK), and the sum over
+//      the survivors, divided by their weight, is the one update the Strategy
+//      sees. Each step waits like a phase; fewer than t sites at any step
+//      aborts the round (retried like a missed quorum). Nothing of a
+//      secure round is persisted: a restarted coordinator runs it afresh
+//      with fresh keys, and since a site's noise is seeded by its key and
+//      the round, and a site refuses to unmask the same round for a
+//      different set of survivors, a rerun releases nothing new.
+//      With differential privacy, the round is first checked against the
+//      privacy budget (a round that would exceed it is not run: the study
+//      ends there) and charged to the ledger when its sum is unmasked; the
+//      ledger is committed with the round.
 //   3. EVALUATE phase (every round, round 0 too): live sites fetch the
 //      candidate and report sums only (loss, score histograms, confusion
 //      counts, subgroup sums) on their validation split, and on the test
@@ -55,21 +72,27 @@
 
 #include "attune/common/config.h"
 #include "attune/common/eval_stats.h"
+#include "attune/common/privacy.h"
+#include "attune/common/secagg.h"
 #include "attune/common/status.h"
 #include "attune/common/store.h"
 #include "attune/common/tensor_codec.h"
 #include "attune/coordinator/strategy.h"
 #include "attune/coordinator/update_intake.h"
+#include "attune/v1/federation.pb.h"
 
 namespace attune::coordinator {
 
 struct Task {
-  enum class Kind { kInit, kTrain, kEvaluate, kFinish };
+  enum class Kind { kInit, kTrain, kEvaluate, kFinish, kSecAggShare, kSecAggMask, kSecAggUnmask };
   Kind kind = Kind::kTrain;
   int64_t round = 0;
   int64_t model_version = -1;
   std::vector<std::string> splits;  // EVALUATE only
   std::string task_id;
+  // Secure aggregation and DP fields of the task message (setup, relayed
+  // advertisements, sealed shares, survivors), merged into it as they are.
+  std::shared_ptr<const v1::RoundTask> secure;
 };
 const char* KindName(Task::Kind k);
 
@@ -90,8 +113,16 @@ struct RoundView {
   double train_loss = 0, val_loss = 0, val_auc = 0, seconds = 0;  // NaN when absent
 };
 
+struct PrivacyView {
+  std::string mode;  // empty: no DP
+  double epsilon_spent = 0, epsilon_budget = 0, delta = 0, noise_multiplier = 0;
+  int releases = 0, audit_releases = 0;
+};
+
 struct StatusView {
   int64_t committed_round = -1;
+  bool secure_aggregation = false;
+  PrivacyView privacy;
   std::string phase;
   std::vector<SiteView> sites;
   std::vector<RoundView> rounds;
@@ -144,6 +175,15 @@ class RoundDriver {
   Status FinishUpdate(const std::string& site, std::unique_ptr<UpdateIntake> intake);
   Status SubmitEval(const std::string& site, const std::string& task_id, int64_t round,
                     EvalSums sums);
+  // Secure aggregation steps of the site's open TRAIN task. The
+  // advertisement is relayed with `certificate_pem`, the certificate the
+  // site authenticated with.
+  Status SecAggAdvertise(const std::string& site, const std::string& task_id, int64_t round,
+                         secagg::Advertisement ad, std::string certificate_pem);
+  Status SecAggShares(const std::string& site, const std::string& task_id, int64_t round,
+                      const std::vector<secagg::SealedShares>& shares);
+  Status SecAggUnmask(const std::string& site, const std::string& task_id, int64_t round,
+                      secagg::UnmaskResponse response);
   StatusView GetStatus();
   // Logs a refused request and appends it to the audit log.
   void RecordRefusal(const std::string& who, const char* rpc, const Status& status);
@@ -177,6 +217,16 @@ class RoundDriver {
     int64_t num_examples = 0;
     double train_loss = 0;
   };
+  // A secure TRAIN phase's protocol state (secure_round.cc).
+  struct Secure {
+    std::optional<secagg::Server> server;
+    int step = 1;                              // 1 advertise .. 4 unmask
+    std::vector<std::string> sites;            // index -> site
+    std::map<std::string, int> index;
+    std::map<int, std::string> certificates;   // relayed with the advertisements
+    std::map<std::string, std::string> masked_sha256;
+    int64_t length = 0;
+  };
   struct Phase {
     Task::Kind kind = Task::Kind::kTrain;
     int64_t round = 0;
@@ -190,6 +240,8 @@ class RoundDriver {
     // EVALUATE
     std::map<std::string, EvalSums> eval;                 // split -> sums
     std::map<std::string, std::set<std::string>> got;     // site -> splits
+    // Secure TRAIN
+    std::optional<Secure> secure;
   };
 
   RoundDriver(StudyConfig study, StateStore* store, DriverOptions options,
@@ -215,6 +267,27 @@ class RoundDriver {
   Status RunPhase(std::unique_lock<std::mutex>& lock, Phase* phase,
                   const std::vector<std::string>& selected, int64_t model_version,
                   int quorum);
+  // The parts of RunPhase: queue the tasks (with `secure` fields per site
+  // when given) and open the phase; wait until each of `expected` is done
+  // or gone (OK with at least `quorum` done); close it.
+  void OpenPhase(Phase* p, const std::vector<std::string>& selected, int64_t model_version,
+                 const std::map<std::string, std::shared_ptr<const v1::RoundTask>>& secure = {});
+  Status AwaitReports(std::unique_lock<std::mutex>& lock, Phase* p,
+                      const std::vector<std::string>& expected, int quorum,
+                      std::chrono::steady_clock::time_point deadline);
+  void ClosePhase(Phase* p);
+  // The secure TRAIN phase (secure_round.cc): on success, the survivors'
+  // weighted mean update spooled at `spool_path`, and the weighted train loss.
+  Status RunSecureTrainPhase(std::unique_lock<std::mutex>& lock, Phase* p,
+                             const std::vector<std::string>& selected, const std::string& spool_path,
+                             double* train_loss);
+  // Secure step bookkeeping: the open phase must be a secure TRAIN phase at
+  // `step` with this task open for the site.
+  StatusOr<Phase*> SecureStepLocked(const std::string& site, const std::string& task_id,
+                                    int64_t round, int step);
+  // DP: the noise per site, and whether one more round fits the budget.
+  double DpNoiseStddev(int threshold) const;
+  PrivacyView PrivacyLocked() const;
   // Evaluates `model` (served as candidate `round`), then commits it.
   Status EvaluateAndCommit(std::unique_lock<std::mutex>& lock, int64_t round,
                            std::shared_ptr<const std::string> model, std::string server_state,
@@ -260,6 +333,11 @@ class RoundDriver {
   std::shared_ptr<const std::string> global_blob_;
   ModelView global_;
   std::string server_state_;  // strategy state committed with v_{committed}
+  // The privacy ledger (committed with each round's record) and the audit
+  // releases counted beside it.
+  std::optional<privacy::Accountant> ledger_;
+  int audit_releases_ = 0;
+  std::string stop_reason_;  // why the study ended before its last round
   int64_t candidate_version_ = -1;
   std::shared_ptr<const std::string> candidate_blob_;
 };

@@ -45,6 +45,8 @@ class FederationService final : public v1::Federation::Service {
                       v1::StudyStatus* reply) override;
   grpc::Status Heartbeat(grpc::ServerContext* ctx, const v1::HeartbeatRequest* req,
                          v1::HeartbeatReply* reply) override;
+  grpc::Status SecAgg(grpc::ServerContext* ctx, const v1::SecAggMessage* req,
+                      v1::Receipt* receipt) override;
 
  private:
   // The caller's site id, if its certificate is valid, the site admitted

@@ -31,6 +31,7 @@ struct UpdateHeader {
   int64_t round = 0;
   int64_t num_examples = 0;
   bool full_weights = false;
+  bool masked = false;       // a secure aggregation's masked input
   std::map<std::string, double> metrics;
   uint64_t total_bytes = 0;
   std::string total_sha256;  // 32 raw bytes
@@ -49,6 +50,11 @@ class UpdateIntake {
   static StatusOr<std::unique_ptr<UpdateIntake>> ForInitialModel(UpdateHeader header,
                                                                  uint64_t max_bytes);
 
+  // A secure aggregation's masked input: exactly `words` little-endian
+  // 32-bit words, kept in memory (uniformly random to us: nothing to check
+  // but size and digests).
+  static StatusOr<std::unique_ptr<UpdateIntake>> ForMasked(UpdateHeader header, int64_t words);
+
   // InvalidArgument (order, size, shape/dtype, NaN/Inf, norm) or DataLoss
   // (digest); the intake is dead after an error.
   Status AddChunk(uint64_t seq, std::string_view data, std::string_view sha256);
@@ -60,6 +66,8 @@ class UpdateIntake {
   double norm() const { return spool_ ? spool_->norm() : 0; }
   // INIT only, after Finish(): the canonical encoding of the initial model.
   std::shared_ptr<const std::string> initial_model() const { return initial_; }
+  // Masked only, after Finish(): the words.
+  const std::vector<uint32_t>& masked_words() const { return words_; }
 
  private:
   UpdateIntake(UpdateHeader header, uint64_t max_bytes);
@@ -75,6 +83,8 @@ class UpdateIntake {
   std::optional<SpoolWriter> spool_;        // TRAIN
   std::string payload_;                     // INIT
   bool init_ = false;
+  bool masked_ = false;
+  std::vector<uint32_t> words_;
   std::shared_ptr<const std::string> initial_;
   Status dead_;
 };

@@ -17,6 +17,7 @@
 
 #include <chrono>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <stop_token>
@@ -24,6 +25,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "attune/common/secure_update.h"
 #include "attune/common/status.h"
 #include "attune/common/tls.h"
 #include "attune/v1/federation.grpc.pb.h"
@@ -36,6 +38,11 @@ struct ClientOptions {
   std::string study_id;
   std::chrono::milliseconds reconnect_timeout{60000};
   std::chrono::milliseconds rpc_timeout{600000};  // per model transfer
+  // This site's TLS key and the study CA: secure aggregation signs its
+  // keys with the one and checks peers' certificates against the other;
+  // differential privacy seeds the site's noise from the key.
+  std::string key_pem;
+  std::string ca_pem;
 };
 
 using LearnerFactory = std::function<StatusOr<std::unique_ptr<Learner>>(const ModelConfig&)>;
@@ -54,6 +61,14 @@ class FederationClient {
   StatusOr<FlatModel> FetchModel(int64_t version);
   Status SubmitUpdate(const v1::RoundTask& task, const FlatModel& payload, int64_t num_examples,
                       double train_loss, bool full_weights);
+  // Streams `payload` in chunks with `meta` (task fields filled in here).
+  Status SubmitPayload(const v1::RoundTask& task, const std::string& payload, v1::UpdateMeta meta);
+  Status SendSecAgg(const v1::RoundTask& task, v1::SecAggMessage msg);
+  // Secure aggregation steps after TRAIN (SECAGG_SHARE, _MASK, _UNMASK).
+  Status HandleSecureStep(const v1::RoundTask& task);
+  // DP: clips the update and adds this site's noise (seeded by its key and
+  // the round: a rerun of the round adds the same noise).
+  Status Privatize(const v1::RoundTask& task, FlatModel* delta);
   // Progress, shared between the task loop and the heartbeat thread.
   void SetStage(const char* stage, int64_t round);
   void OnTrainProgress(const TrainProgress& p);
@@ -65,6 +80,11 @@ class FederationClient {
   std::unique_ptr<Learner> learner_;
   EvalOptions eval_options_;
   std::string site_id_;
+  // The open secure TRAIN task, and per round the survivors we unmasked
+  // for: we never unmask the same round for another set of survivors (the
+  // difference of two sums would be one site's update).
+  std::unique_ptr<secagg::SecureSite> secure_;
+  std::map<int64_t, std::vector<std::string>> unmasked_;
 
   std::mutex progress_mu_;
   v1::HeartbeatRequest progress_;          // guarded by progress_mu_

@@ -1,0 +1,290 @@
+// The secure TRAIN phase of a round: NOTE [Round lifecycle] in
+// round_driver.h, steps 1-4 of common/secagg.h, and the service-facing
+// methods that feed it.
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "attune/common/crypto.h"
+#include "attune/common/secure_update.h"
+#include "attune/coordinator/round_driver.h"
+#include "attune/coordinator/update_spool.h"
+
+namespace attune::coordinator {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+const char* StepName(int step) {
+  switch (step) {
+    case 1: return "advertise keys";
+    case 2: return "share keys";
+    case 3: return "masked input";
+    case 4: return "unmask";
+  }
+  return "?";
+}
+
+// Secure aggregation aborts (too few sites for the threshold) are retried
+// like a missed quorum.
+Status Retryable(const Status& s) {
+  if (absl::IsFailedPrecondition(s)) {
+    return absl::UnavailableError(absl::StrCat("secure aggregation aborted: ", s.message()));
+  }
+  return s;
+}
+
+}  // namespace
+
+double RoundDriver::DpNoiseStddev(int threshold) const {
+  const PrivacyConfig& p = study_.privacy;
+  if (!p.enabled()) return 0;
+  const double total = p.noise_multiplier * p.clip_norm;
+  // Central: each site adds its share, so that any t survivors together add
+  // at least the whole noise.
+  return p.mode == "central" ? total / std::sqrt(static_cast<double>(threshold)) : total;
+}
+
+StatusOr<RoundDriver::Phase*> RoundDriver::SecureStepLocked(const std::string& site,
+                                                            const std::string& task_id,
+                                                            int64_t round, int step) {
+  ATTUNE_RETURN_IF_ERROR(CheckOpenTaskLocked(site, task_id, round));
+  if (!phase_->secure) {
+    return absl::FailedPreconditionError("this study's rounds do not use secure aggregation");
+  }
+  if (phase_->secure->step != step) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "secure aggregation is at step ", phase_->secure->step, " (",
+        StepName(phase_->secure->step), "), not ", step, " (", StepName(step), ")"));
+  }
+  return phase_;
+}
+
+Status RoundDriver::SecAggAdvertise(const std::string& site, const std::string& task_id,
+                                    int64_t round, secagg::Advertisement ad,
+                                    std::string certificate_pem) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ATTUNE_ASSIGN_OR_RETURN(Phase * p, SecureStepLocked(site, task_id, round, 1));
+  Secure& sec = *p->secure;
+  const int index = sec.index.at(site);
+  if (ad.site != index) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("advertisement for index ", ad.site, " from site ", site, " (index ", index,
+                     ")"));
+  }
+  ATTUNE_RETURN_IF_ERROR(sec.server->AddAdvertisement(ad));
+  sec.certificates[index] = std::move(certificate_pem);
+  p->done.insert(site);
+  TouchLocked(site);
+  cv_.notify_all();
+  return absl::OkStatus();
+}
+
+Status RoundDriver::SecAggShares(const std::string& site, const std::string& task_id,
+                                 int64_t round, const std::vector<secagg::SealedShares>& shares) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ATTUNE_ASSIGN_OR_RETURN(Phase * p, SecureStepLocked(site, task_id, round, 2));
+  ATTUNE_RETURN_IF_ERROR(p->secure->server->AddSealedShares(p->secure->index.at(site), shares));
+  p->done.insert(site);
+  TouchLocked(site);
+  cv_.notify_all();
+  return absl::OkStatus();
+}
+
+Status RoundDriver::SecAggUnmask(const std::string& site, const std::string& task_id,
+                                 int64_t round, secagg::UnmaskResponse response) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ATTUNE_ASSIGN_OR_RETURN(Phase * p, SecureStepLocked(site, task_id, round, 4));
+  response.site = p->secure->index.at(site);
+  ATTUNE_RETURN_IF_ERROR(p->secure->server->AddUnmaskResponse(response));
+  p->done.insert(site);
+  TouchLocked(site);
+  cv_.notify_all();
+  return absl::OkStatus();
+}
+
+Status RoundDriver::RunSecureTrainPhase(std::unique_lock<std::mutex>& lock, Phase* p,
+                                        const std::vector<std::string>& selected,
+                                        const std::string& spool_path, double* train_loss) {
+  const int n = static_cast<int>(selected.size());
+  const int64_t params = static_cast<int64_t>(global_.values.size());
+  const SecAggConfig& cfg = study_.secagg;
+  // The threshold: enough survivors that the sum hides any one site, never
+  // fewer than the quorum, never more than a site's share holders.
+  int degree = cfg.neighbours >= n - 1 ? 0 : cfg.neighbours;
+  if (degree % 2) ++degree;  // Harary graphs here have even degree
+  if (degree >= n - 1) degree = 0;
+  const int holders = degree == 0 ? n : degree + 1;
+  int t = cfg.threshold > 0 ? cfg.threshold : std::max(study_.min_sites, n / 2 + 1);
+  t = std::min(t, holders);
+  if (n < 2 || t < 2) {
+    return absl::UnavailableError(absl::StrCat(
+        "round ", p->round, ": secure aggregation needs at least 2 sites (have ", n, ")"));
+  }
+  ATTUNE_ASSIGN_OR_RETURN(crypto::SecretBytes graph_seed, crypto::RandomBytes(32));
+  secagg::Options options;
+  options.context = absl::StrCat("attune-secagg-v1|", study_.study_id, "|round ", p->round, "|",
+                                 run_nonce_, "|update");
+  options.sites = n;
+  options.threshold = t;
+  options.degree = degree;
+  options.graph_seed.assign(graph_seed.begin(), graph_seed.end());
+  options.length = secagg::InputLength(params);
+  ATTUNE_ASSIGN_OR_RETURN(secagg::Server server, secagg::Server::Make(options));
+
+  // FedAvg weights from the examples each site declared when it joined (DP:
+  // uniform, so that one site moves the sum by at most clip_norm).
+  std::vector<double> weight(n, 1.0);
+  if (!study_.privacy.enabled()) {
+    for (int i = 0; i < n; ++i) {
+      weight[i] = static_cast<double>(std::max<int64_t>(1, sites_[selected[i]].train_samples));
+    }
+  }
+  double total_weight = 0;
+  for (double w : weight) total_weight += w;
+
+  p->secure.emplace();
+  Secure& sec = *p->secure;
+  sec.server.emplace(std::move(server));
+  sec.sites = selected;
+  sec.length = options.length;
+  std::map<std::string, std::shared_ptr<const v1::RoundTask>> setups;
+  for (int i = 0; i < n; ++i) {
+    sec.index[selected[i]] = i;
+    auto task = std::make_shared<v1::RoundTask>();
+    v1::SecAggSetup* s = task->mutable_secagg();
+    s->set_context(options.context);
+    s->set_index(i);
+    for (const auto& name : selected) s->add_sites(name);
+    s->set_threshold(t);
+    s->set_degree(degree);
+    s->set_graph_seed(std::string(graph_seed.begin(), graph_seed.end()));
+    s->set_length(options.length);
+    s->set_value_clip(cfg.value_clip);
+    s->set_weight(weight[i] / total_weight);
+    if (study_.privacy.enabled()) {
+      task->mutable_dp()->set_clip_norm(study_.privacy.clip_norm);
+      task->mutable_dp()->set_noise_stddev(DpNoiseStddev(t));
+    }
+    setups[selected[i]] = std::move(task);
+  }
+  spdlog::info("round {}: secure aggregation among {} sites, threshold {}, {}", p->round, n, t,
+               degree == 0 ? std::string("every pair masks")
+                           : absl::StrCat(degree, " neighbours each"));
+
+  const auto deadline = Clock::now() + std::chrono::milliseconds(
+                                           static_cast<int64_t>(study_.round_deadline_s * 1000));
+  OpenPhase(p, selected, global_version_, setups);
+  // Each step: the sites that finished the last one are asked for the next.
+  auto step_sites = [&] { return std::vector<std::string>(p->done.begin(), p->done.end()); };
+  auto next_step = [&](int step, Task::Kind kind,
+                       const std::function<StatusOr<std::shared_ptr<v1::RoundTask>>(int)>& make)
+      -> Status {
+    const std::vector<std::string> sites = step_sites();
+    p->done.clear();
+    sec.step = step;
+    for (const auto& site : sites) {
+      ATTUNE_ASSIGN_OR_RETURN(std::shared_ptr<v1::RoundTask> msg, make(sec.index.at(site)));
+      Task task;
+      task.kind = kind;
+      task.round = p->round;
+      task.model_version = global_version_;
+      task.task_id = p->task_ids.at(site);
+      task.secure = std::move(msg);
+      sites_[site].queue.push_back(std::move(task));
+    }
+    cv_.notify_all();
+    return AwaitReports(lock, p, sites, t, deadline);
+  };
+
+  Status s = AwaitReports(lock, p, selected, t, deadline);
+  std::vector<secagg::Advertisement> ads;
+  if (s.ok()) {
+    auto relayed = sec.server->Advertisements();
+    s = Retryable(relayed.status());
+    if (s.ok()) ads = *std::move(relayed);
+  }
+  if (s.ok()) {
+    s = next_step(2, Task::Kind::kSecAggShare, [&](int) -> StatusOr<std::shared_ptr<v1::RoundTask>> {
+      auto msg = std::make_shared<v1::RoundTask>();
+      for (const auto& a : ads) {
+        *msg->add_advertisements() = secagg::ToProto(a, sec.certificates.at(a.site));
+      }
+      return msg;
+    });
+  }
+  if (s.ok()) {
+    s = next_step(3, Task::Kind::kSecAggMask, [&](int i) -> StatusOr<std::shared_ptr<v1::RoundTask>> {
+      auto inbox = sec.server->SharesFor(i);
+      if (!inbox.ok()) return Retryable(inbox.status());
+      auto msg = std::make_shared<v1::RoundTask>();
+      for (const auto& sh : *inbox) *msg->add_shares() = secagg::ToProto(sh);
+      return msg;
+    });
+  }
+  secagg::UnmaskRequest request;
+  if (s.ok()) {
+    auto r = sec.server->Request();
+    s = Retryable(r.status());
+    if (s.ok()) request = *std::move(r);
+  }
+  if (s.ok()) {
+    s = next_step(4, Task::Kind::kSecAggUnmask, [&](int) -> StatusOr<std::shared_ptr<v1::RoundTask>> {
+      auto msg = std::make_shared<v1::RoundTask>();
+      for (int v : request.survivors) msg->add_survivors(v);
+      for (int v : request.dropped) msg->add_dropped(v);
+      return msg;
+    });
+  }
+  std::vector<uint32_t> sum;
+  if (s.ok()) {
+    auto finished = sec.server->Finish();
+    s = Retryable(finished.status());
+    if (s.ok()) sum = *std::move(finished);
+  }
+  ClosePhase(p);
+  if (!s.ok()) return s;
+
+  // The survivors' weighted sum, rescaled to their own weight: FedAvg over
+  // the sites that made it (with DP: the mean of clipped, noised updates).
+  double survivor_weight = 0;
+  for (int v : request.survivors) survivor_weight += weight[v];
+  const int survivors = static_cast<int>(request.survivors.size());
+  if (study_.privacy.enabled() && study_.privacy.mode == "central") {
+    // Charged when the sum is revealed, committed with the round.
+    ATTUNE_RETURN_IF_ERROR(ledger_->Spend(1.0, study_.privacy.noise_multiplier,
+                                          absl::StrCat("round ", p->round, " update sum")));
+  }
+  // Rebuild the quantiser the sites used and decode off the lock: O(model).
+  ATTUNE_ASSIGN_OR_RETURN(secagg::Quantizer q, secagg::Quantizer::Make(cfg.value_clip, n));
+  p->done.clear();
+  for (int v : request.survivors) {
+    const std::string& site = sec.sites[v];
+    p->done.insert(site);
+    Accepted a;
+    a.num_examples = std::max<int64_t>(1, sites_[site].train_samples);
+    a.sha256 = sec.masked_sha256[site];
+    p->accepted[site] = std::move(a);
+  }
+  lock.unlock();
+  std::vector<float> mean(sum.size());
+  q.DecodeSum(sum, survivors, mean);
+  const double scale = total_weight / survivor_weight;
+  for (float& v : mean) v = static_cast<float>(v * scale);
+  *train_loss = mean.back() * secagg::kLossScale;
+  mean.pop_back();
+  Status written = [&]() -> Status {
+    ATTUNE_ASSIGN_OR_RETURN(SpoolWriter w, SpoolWriter::Create(spool_path, mean.size()));
+    ATTUNE_RETURN_IF_ERROR(w.Append(0, mean));
+    return w.Commit();
+  }();
+  lock.lock();
+  for (auto& [site, a] : p->accepted) a.train_loss = *train_loss;
+  spdlog::info("round {}: secure sum of {} of {} sites unmasked ({} dropped)", p->round, survivors,
+               n, request.dropped.size());
+  return written;
+}
+
+}  // namespace attune::coordinator
