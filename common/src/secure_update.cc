@@ -110,20 +110,6 @@ std::string EncodeWords(std::span<const uint32_t> words) {
   return out;
 }
 
-Status DecodeWords(std::string_view bytes, std::span<uint32_t> out) {
-  if (bytes.size() != out.size() * 4) {
-    return absl::InvalidArgumentError(absl::StrCat("a masked input of ", out.size(),
-                                                   " words is ", out.size() * 4,
-                                                   " bytes, not ", bytes.size()));
-  }
-  const auto* b = reinterpret_cast<const uint8_t*>(bytes.data());
-  for (size_t i = 0; i < out.size(); ++i) {
-    out[i] = uint32_t{b[4 * i]} | uint32_t{b[4 * i + 1]} << 8 | uint32_t{b[4 * i + 2]} << 16 |
-             uint32_t{b[4 * i + 3]} << 24;
-  }
-  return absl::OkStatus();
-}
-
 StatusOr<std::unique_ptr<SecureSite>> SecureSite::Start(const v1::RoundTask& train,
                                                         std::string key_pem, std::string ca_pem) {
   const v1::SecAggSetup& setup = train.secagg();

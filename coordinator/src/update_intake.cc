@@ -1,10 +1,11 @@
 #include "attune/coordinator/update_intake.h"
 
+#include <bit>
 #include <cmath>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "attune/common/secure_update.h"
 
 namespace attune::coordinator {
 namespace {
@@ -85,7 +86,6 @@ StatusOr<std::unique_ptr<UpdateIntake>> UpdateIntake::ForMasked(UpdateHeader hea
   std::unique_ptr<UpdateIntake> in(new UpdateIntake(std::move(header), bytes));
   in->masked_ = true;
   in->words_.resize(static_cast<size_t>(words));
-  in->payload_.reserve(bytes);
   return in;
 }
 
@@ -114,7 +114,14 @@ Status UpdateIntake::AddChunk(uint64_t seq, std::string_view data, std::string_v
   Status s = [&]() -> Status {
     ATTUNE_RETURN_IF_ERROR(verifier_.Add(seq, data, sha256));
     if (masked_) {
-      payload_.append(data);
+      // Little-endian words straight into place: no second copy of the input.
+      static_assert(std::endian::native == std::endian::little);
+      if (masked_bytes_ + data.size() > words_.size() * 4) {
+        return absl::InvalidArgumentError("a masked input longer than announced");
+      }
+      std::memcpy(reinterpret_cast<char*>(words_.data()) + masked_bytes_, data.data(),
+                  data.size());
+      masked_bytes_ += data.size();
       return absl::OkStatus();
     }
     if (init_) payload_.append(data);
@@ -144,10 +151,10 @@ Status UpdateIntake::Finish() {
   ATTUNE_RETURN_IF_ERROR(dead_);
   ATTUNE_RETURN_IF_ERROR(verifier_.Finish());
   if (masked_) {
-    Status s = secagg::DecodeWords(payload_, words_);
-    payload_.clear();
-    payload_.shrink_to_fit();
-    return s;
+    if (masked_bytes_ != words_.size() * 4) {
+      return absl::InvalidArgumentError("a masked input shorter than announced");
+    }
+    return absl::OkStatus();
   }
   ATTUNE_RETURN_IF_ERROR(parser_.Finish());
   if (init_) {

@@ -50,7 +50,37 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{R"({"study_id": "s", "roster": ["a"], "train": {"batchsize": 4}})", "train.batchsize: unknown field"},
         BadCase{R"({"study_id": "s", "roster": ["a", "b"], "model": {"d_model": 30, "heads": 4}})", "model.heads: must divide"},
         BadCase{R"({"study_id": "s", "roster": ["a", "a"]})", "listed twice"},
-        BadCase{R"({"study_id": "s", "roster": ["a"], "rouds": 3})", "rouds: unknown field"}));
+        BadCase{R"({"study_id": "s", "roster": ["a"], "rouds": 3})", "rouds: unknown field"},
+        BadCase{R"({"study_id": "s", "roster": ["a"], "secure_aggregation": true, "min_sites": 1})",
+                "at least 2 sites"},
+        BadCase{R"({"study_id": "s", "roster": ["a", "b"], "secure_aggregation": true,
+                    "strategy": {"name": "median"}})", "cannot run with secure_aggregation"},
+        BadCase{R"({"study_id": "s", "roster": ["a", "b"], "secure_aggregation": true,
+                    "secagg": {"threshold": 1}})", "secagg.threshold"},
+        BadCase{R"({"study_id": "s", "roster": ["a", "b"], "secagg": {"clip": 1}})",
+                "secagg.clip: unknown field"},
+        BadCase{R"({"study_id": "s", "roster": ["a", "b"], "privacy": {"mode": "central"}})",
+                "set secure_aggregation to true"},
+        BadCase{R"({"study_id": "s", "roster": ["a", "b"], "privacy": {"mode": "global"}})",
+                "privacy.mode"},
+        BadCase{R"({"study_id": "s", "roster": ["a", "b"],
+                    "privacy": {"mode": "local", "delta": 0.9}})", "privacy.delta"}));
+
+TEST(StudyConfig, SecureAggregationAndPrivacyParse) {
+  auto c = ParseStudyConfig(R"({"study_id": "s", "roster": ["a", "b", "c"],
+      "secure_aggregation": true, "secagg": {"threshold": 2, "neighbours": 2, "value_clip": 0.5},
+      "privacy": {"mode": "central", "clip_norm": 2, "noise_multiplier": 0.8, "epsilon": 8,
+                  "delta": 1e-6}})");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->secure_aggregation);
+  EXPECT_EQ(c->secagg.threshold, 2);
+  EXPECT_EQ(c->secagg.neighbours, 2);
+  EXPECT_DOUBLE_EQ(c->secagg.value_clip, 0.5);
+  EXPECT_EQ(c->privacy.mode, "central");
+  EXPECT_DOUBLE_EQ(c->privacy.noise_multiplier, 0.8);
+  EXPECT_DOUBLE_EQ(c->privacy.epsilon, 8);
+  EXPECT_DOUBLE_EQ(c->privacy.delta, 1e-6);
+}
 
 TEST(StudyConfig, MissingFileIsNotFound) {
   auto c = LoadStudyConfig("/nonexistent/study.json");

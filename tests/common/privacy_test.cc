@@ -85,5 +85,42 @@ TEST(PrivacyTest, TheLedgerRefusesAReleaseOverTheBudgetAndSurvivesARestart) {
   EXPECT_FALSE(Accountant::Make(0, 1e-5).ok());
 }
 
+TEST(Noise, ClipToNormScalesOnlyWhatIsOver) {
+  std::vector<float> v = {3, 4};
+  EXPECT_DOUBLE_EQ(ClipToNorm(v, 10), 5);
+  EXPECT_EQ(v, (std::vector<float>{3, 4}));
+  EXPECT_DOUBLE_EQ(ClipToNorm(v, 1), 5);
+  EXPECT_NEAR(v[0], 0.6, 1e-7);
+  EXPECT_NEAR(v[1], 0.8, 1e-7);
+}
+
+TEST(Noise, GaussianNoiseHasTheStatedMomentsAndIsSeeded) {
+  std::vector<uint8_t> seed(32, 7);
+  const size_t n = 200000;
+  std::vector<float> a(n, 1.0f), b(n, 1.0f), c(n, 1.0f);
+  ASSERT_TRUE(AddGaussianNoise(seed, 0.5, a).ok());
+  ASSERT_TRUE(AddGaussianNoise(seed, 0.5, b).ok());
+  EXPECT_EQ(a, b);  // same seed, same noise
+  seed[0] ^= 1;
+  ASSERT_TRUE(AddGaussianNoise(seed, 0.5, c).ok());
+  EXPECT_NE(a, c);
+  double sum = 0, sq = 0, fourth = 0;
+  size_t beyond_2sd = 0;
+  for (float x : a) {
+    const double z = x - 1.0;
+    sum += z;
+    sq += z * z;
+    fourth += z * z * z * z;
+    beyond_2sd += std::abs(z) > 1.0 ? 1 : 0;
+  }
+  const double mean = sum / n, var = sq / n;
+  // Standard errors at n = 200000: mean 0.0011, variance 0.0008.
+  EXPECT_NEAR(mean, 0.0, 0.006);
+  EXPECT_NEAR(var, 0.25, 0.004);
+  EXPECT_NEAR(fourth / n / (var * var), 3.0, 0.05);  // Gaussian kurtosis
+  EXPECT_NEAR(static_cast<double>(beyond_2sd) / n, 0.0455, 0.002);
+  EXPECT_FALSE(AddGaussianNoise(std::vector<uint8_t>(16), 1.0, a).ok());
+}
+
 }  // namespace
 }  // namespace attune::privacy

@@ -43,8 +43,6 @@ UnmaskResponse FromProto(int site, const v1::SecAggUnmask& r);
 
 // A masked input's payload: little-endian 32-bit words.
 std::string EncodeWords(std::span<const uint32_t> words);
-// InvalidArgument when the size is not 4 · `words`.
-Status DecodeWords(std::string_view bytes, std::span<uint32_t> out);
 
 // The site's side of one secure TRAIN task.
 class SecureSite {

@@ -85,6 +85,7 @@ class UpdateIntake {
   bool init_ = false;
   bool masked_ = false;
   std::vector<uint32_t> words_;
+  uint64_t masked_bytes_ = 0;
   std::shared_ptr<const std::string> initial_;
   Status dead_;
 };
