@@ -184,8 +184,84 @@ double RawTlsSeconds(const fs::path& pki, int sites, uint64_t model) {
 
 // --------------------------------------------------------------- the engine
 
-Result RunCase(const Case& c, const std::string& coordinator_bin, const fs::path& work,
-               bool secure, bool raw_tls) {
+// Starts coordinators on the bench's behalf. Linux carries a process's peak
+// RSS across exec from the address space it replaced, so a coordinator
+// spawned by this (by then large) process would report the bench's peak,
+// not its own. The launcher is forked at the start of main(), while the
+// bench is small: it reads a command line (NUL-separated arguments, then an
+// empty one) from a pipe, runs it with stdout and stderr to the log file
+// given first, and answers with the exit status and ru_maxrss in KiB.
+class Launcher {
+ public:
+  Launcher() {
+    int to[2], from[2];
+    if (pipe(to) != 0 || pipe(from) != 0) Die("launcher pipes");
+    pid_ = fork();
+    if (pid_ < 0) Die("fork launcher");
+    if (pid_ == 0) {
+      close(to[1]);
+      close(from[0]);
+      Serve(to[0], from[1]);
+      _exit(0);
+    }
+    close(to[0]);
+    close(from[1]);
+    out_ = to[1];
+    in_ = from[0];
+  }
+  ~Launcher() {
+    close(out_);
+    close(in_);
+    waitpid(pid_, nullptr, 0);
+  }
+  // Runs `args` (log file first) to completion: {exit status, peak RSS KiB}.
+  std::pair<int, long> Run(const std::vector<std::string>& args) {
+    std::string msg;
+    for (const auto& a : args) msg.append(a).push_back('\0');
+    msg.push_back('\0');
+    if (write(out_, msg.data(), msg.size()) != static_cast<ssize_t>(msg.size())) Die("launcher");
+    long reply[2];
+    if (read(in_, reply, sizeof(reply)) != sizeof(reply)) Die("launcher died");
+    return {static_cast<int>(reply[0]), reply[1]};
+  }
+
+ private:
+  static void Serve(int in, int out) {
+    std::string buf;
+    char c;
+    while (read(in, &c, 1) == 1) {
+      buf.push_back(c);
+      if (buf.size() < 2 || buf[buf.size() - 1] != '\0' || buf[buf.size() - 2] != '\0') continue;
+      std::vector<std::string> args;
+      for (size_t i = 0; i + 1 < buf.size(); i = buf.find('\0', i) + 1) args.push_back(buf.c_str() + i);
+      buf.clear();
+      std::vector<char*> argv;
+      for (size_t i = 1; i < args.size(); ++i) argv.push_back(args[i].data());
+      argv.push_back(nullptr);
+      posix_spawn_file_actions_t fa;
+      posix_spawn_file_actions_init(&fa);
+      posix_spawn_file_actions_addopen(&fa, 1, args[0].c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      posix_spawn_file_actions_adddup2(&fa, 1, 2);
+      pid_t pid = 0;
+      long reply[2] = {-1, 0};
+      if (posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), environ) == 0) {
+        int status = 0;
+        rusage usage{};
+        wait4(pid, &status, 0, &usage);
+        reply[0] = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        reply[1] = usage.ru_maxrss;
+      }
+      posix_spawn_file_actions_destroy(&fa);
+      if (write(out, reply, sizeof(reply)) != sizeof(reply)) return;
+    }
+  }
+
+  pid_t pid_ = -1;
+  int out_ = -1, in_ = -1;
+};
+
+Result RunCase(Launcher& launcher, const Case& c, const std::string& coordinator_bin,
+               const fs::path& work, bool secure, bool raw_tls) {
   Result r;
   r.c = c;
   const fs::path dir = work / absl::StrCat("s", c.sites, "-p", c.params, secure ? "-secure" : "");
@@ -206,21 +282,13 @@ Result RunCase(const Case& c, const std::string& coordinator_bin, const fs::path
 
   const int port = FreePort();
   const std::string addr = absl::StrCat("127.0.0.1:", port);
-  std::vector<std::string> args = {coordinator_bin, "--study", (dir / "pki/study.json").string(),
+  const std::string log = (dir / "coordinator.log").string();
+  std::vector<std::string> args = {log, coordinator_bin, "--study", (dir / "pki/study.json").string(),
                                    "--listen", addr, "--data-dir", (dir / "state").string(),
                                    "--tls-dir", (dir / "pki/coordinator").string(), "--out",
                                    (dir / "out").string(), "--log-level", "warn"};
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  const std::string log = (dir / "coordinator.log").string();
-  posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_adddup2(&fa, 1, 2);
-  pid_t pid = 0;
-  if (posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), environ) != 0) Die("spawn coordinator");
-  posix_spawn_file_actions_destroy(&fa);
+  std::pair<int, long> exit{-1, 0};
+  std::thread coordinator([&] { exit = launcher.Run(args); });
 
   attune::fedsim::FakeSiteOptions opts;
   opts.study_id = "bench";
@@ -237,16 +305,14 @@ Result RunCase(const Case& c, const std::string& coordinator_bin, const fs::path
   }
   std::vector<std::thread> threads;
   for (int i = 0; i < c.sites; ++i) threads.emplace_back([&, i] { results[i] = sites[i]->Run(); });
-  int status = 0;
-  rusage usage{};
-  wait4(pid, &status, 0, &usage);
+  coordinator.join();
   for (auto& t : threads) t.join();
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) Die("coordinator failed; see " + log);
+  if (exit.first != 0) Die("coordinator failed; see " + log);
   for (const auto& s : results) Check(s, "fake site");
 
   json summary = json::parse(std::ifstream(dir / "out/summary.json"));
   r.round_s = summary["history"][1]["seconds"].get<double>();
-  r.peak_rss_mib = usage.ru_maxrss / 1024.0;
+  r.peak_rss_mib = exit.second / 1024.0;
   const uint64_t model_bytes = static_cast<uint64_t>(c.params) * sizeof(float);
   r.model_mib = model_bytes / 1048576.0;
   for (const auto& s : sites) {
@@ -280,6 +346,7 @@ int main(int argc, char** argv) {
   app.add_option("--work-dir", work, "scratch directory (needs ~4x the largest model on disk)")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  Launcher launcher;  // before anything large is allocated
 
   std::vector<Case> cases;
   if (grid && secure) {
@@ -306,8 +373,8 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
     json all = json::array();
     for (const Case& c : cases) {
-      const Result p = RunCase(c, coordinator_bin, work, false, false);
-      const Result s = RunCase(c, coordinator_bin, work, true, false);
+      const Result p = RunCase(launcher, c, coordinator_bin, work, false, false);
+      const Result s = RunCase(launcher, c, coordinator_bin, work, true, false);
       std::printf("%6d %10lld | %8.2f %8.2f %6.2f | %9.1f %9.1f | %10.2f %10.2f | %9.3f %9.3f\n",
                   c.sites, static_cast<long long>(c.params), p.round_s, s.round_s,
                   s.round_s / p.round_s, p.peak_rss_mib, s.peak_rss_mib, p.site_up_mib,
@@ -327,7 +394,7 @@ int main(int argc, char** argv) {
   std::fflush(stdout);
   json all = json::array();
   for (const Case& c : cases) {
-    Result r = RunCase(c, coordinator_bin, work, false, true);
+    Result r = RunCase(launcher, c, coordinator_bin, work, false, true);
     std::printf("%6d %12lld %10.1f %14.1f %10.2f %9.2f %10.2f %9.2f\n", c.sites,
                 static_cast<long long>(c.params), r.model_mib, r.peak_rss_mib,
                 r.peak_rss_mib / r.model_mib, r.round_s, r.tls_s, r.round_s / r.tls_s);
