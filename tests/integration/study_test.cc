@@ -138,6 +138,34 @@ class StudyTest : public ::testing::Test {
     if (site_workers) *site_workers = std::move(workers);
   }
 
+  // Four workers on `study`; site-4 is SIGKILLed while it trains round 2
+  // and restarted on the same data. Returns the summary once all finished
+  // (and the coordinator's log).
+  json RunWithSite4KilledInRound2(const std::string& study, std::string* coordinator_log) {
+    auto coord = StartCoordinator(study, "127.0.0.1:0", "coordinator.log");
+    const int port = WaitForPort();
+    EXPECT_GT(port, 0) << coord->Log();
+    std::vector<std::unique_ptr<Process>> workers;
+    for (const char* s : {"site-1", "site-2", "site-3", "site-4"}) {
+      workers.push_back(StartWorker(s, port));
+    }
+    EXPECT_TRUE(LogSays(*workers[3], "round 2: training")) << workers[3]->Log();
+    workers[3]->Kill(SIGKILL);
+    EXPECT_TRUE(workers[3]->Wait(seconds(10)).has_value());
+    // The same site, restarted on the same data, comes back.
+    auto restarted = std::make_unique<Process>(
+        std::vector<std::string>{ATTUNE_WORKER_BIN, "--coordinator",
+                                 "127.0.0.1:" + std::to_string(port), "--study-id", kStudy,
+                                 "--site-dir", dir_ / "data/site-4", "--tls-dir",
+                                 dir_ / "pki/sites/site-4"},
+        dir_ / "worker-site-4-restarted.log");
+    EXPECT_EQ(coord->Wait(seconds(300)), 0) << coord->Log();
+    for (int i = 0; i < 3; ++i) EXPECT_EQ(workers[i]->Wait(seconds(30)), 0) << workers[i]->Log();
+    EXPECT_EQ(restarted->Wait(seconds(30)), 0) << restarted->Log();
+    *coordinator_log = coord->Log();
+    return ReadJson(dir_ / "out/summary.json");
+  }
+
   TempDir dir_;
   int studies_ = 0;
 };
@@ -310,37 +338,18 @@ TEST_F(StudyTest, CoordinatorKilledAtSeveralPointsGivesTheBitwiseSameFinalModel)
 }
 
 TEST_F(StudyTest, OneOfFourWorkersKilledMidTrainingTheRoundCompletesAndItRejoins) {
-  const std::string study = WriteStudy(
-      4, {{"roster", {"site-1", "site-2", "site-3", "site-4"}}, {"min_sites", 3},
-          {"heartbeat_timeout_s", 5}, {"train", {{"local_epochs", 3}}}});
-  auto coord = StartCoordinator(study, "127.0.0.1:0", "coordinator.log");
-  const int port = WaitForPort();
-  ASSERT_GT(port, 0) << coord->Log();
-  std::vector<std::unique_ptr<Process>> workers;
-  for (const char* s : {"site-1", "site-2", "site-3", "site-4"}) {
-    workers.push_back(StartWorker(s, port));
-  }
-  ASSERT_TRUE(LogSays(*workers[3], "round 2: training")) << workers[3]->Log();
-  workers[3]->Kill(SIGKILL);
-  ASSERT_TRUE(workers[3]->Wait(seconds(10)).has_value());
-  // The same site, restarted on the same data, comes back.
-  auto restarted = std::make_unique<Process>(
-      std::vector<std::string>{ATTUNE_WORKER_BIN, "--coordinator", "127.0.0.1:" + std::to_string(port),
-                               "--study-id", kStudy, "--site-dir", dir_ / "data/site-4",
-                               "--tls-dir", dir_ / "pki/sites/site-4"},
-      dir_ / "worker-site-4-restarted.log");
-  ASSERT_EQ(coord->Wait(seconds(300)), 0) << coord->Log();
-  for (int i = 0; i < 3; ++i) EXPECT_EQ(workers[i]->Wait(seconds(30)), 0) << workers[i]->Log();
-  EXPECT_EQ(restarted->Wait(seconds(30)), 0) << restarted->Log();
-
-  json summary = ReadJson(dir_ / "out/summary.json");
+  std::string log;
+  json summary = RunWithSite4KilledInRound2(
+      WriteStudy(4, {{"roster", {"site-1", "site-2", "site-3", "site-4"}}, {"min_sites", 3},
+                     {"heartbeat_timeout_s", 5}, {"train", {{"local_epochs", 3}}}}),
+      &log);
   ASSERT_TRUE(summary["finished"].get<bool>()) << summary.dump(2);
   const json& round2 = summary["history"][2];
   EXPECT_EQ(round2["sites_reported"], 3) << round2.dump(2);
   for (const auto& s : round2["sites"]) EXPECT_NE(s, "site-4") << round2.dump(2);
   const json& last = summary["history"][4];
   EXPECT_EQ(last["sites_reported"], 4) << last.dump(2);
-  EXPECT_NE(coord->Log().find("site site-4 is gone"), std::string::npos) << coord->Log();
+  EXPECT_NE(log.find("site site-4 is gone"), std::string::npos) << log;
 }
 
 // Secure aggregation and central DP on, 4 sites over mutual TLS, against
@@ -353,6 +362,7 @@ TEST_F(StudyTest, SecureAggregationWithCentralDpIsWithinTheMarginOfThePlainStudy
   const json four = {{"roster", {"site-1", "site-2", "site-3", "site-4"}}, {"min_sites", 3}};
   json secure = four;
   secure["secure_aggregation"] = true;
+  secure["secagg"] = {{"neighbours", 2}};  // SecAgg+: each site masks with 2 of the 3 others
   secure["privacy"] = {{"mode", "central"}, {"clip_norm", 5.0}, {"noise_multiplier", 0.002},
                        {"epsilon", 1e9}, {"delta", 1e-5}};
   std::map<std::string, json> summaries;
@@ -390,6 +400,25 @@ TEST_F(StudyTest, SecureAggregationWithCentralDpIsWithinTheMarginOfThePlainStudy
     EXPECT_TRUE(rec["train_loss"].is_number()) << rec.dump(2);
   }
   EXPECT_EQ(s["history"][3]["privacy"]["audit_releases"], 5);  // val in rounds 0-3, test in 3
+}
+
+// A site that dies while training in a secure round advertised its keys
+// but never shares them: the round goes on with the other three (t = 3),
+// and the site, restarted, takes part again.
+TEST_F(StudyTest, ASiteKilledDuringASecureRoundIsLeftOutAndRejoins) {
+  std::string log;
+  json summary = RunWithSite4KilledInRound2(
+      WriteStudy(3, {{"roster", {"site-1", "site-2", "site-3", "site-4"}}, {"min_sites", 3},
+                     {"heartbeat_timeout_s", 5}, {"secure_aggregation", true},
+                     {"train", {{"local_epochs", 3}}}}),
+      &log);
+  ASSERT_TRUE(summary["finished"].get<bool>()) << summary.dump(2);
+  const json& round2 = summary["history"][2];
+  EXPECT_EQ(round2["secure_aggregation"]["survivors"], 3) << round2.dump(2);
+  for (const auto& s : round2["sites"]) EXPECT_NE(s, "site-4") << round2.dump(2);
+  EXPECT_EQ(summary["history"][3]["secure_aggregation"]["survivors"], 4)
+      << summary["history"][3].dump(2);
+  EXPECT_LT(summary["val_loss"][2].get<double>(), summary["initial"]["val_loss"].get<double>());
 }
 
 // A round that would take epsilon past the budget is not run: the study
