@@ -1,7 +1,6 @@
 #include "attune/common/secure_update.h"
 
 #include <algorithm>
-#include <cstring>
 #include <map>
 
 #include "absl/strings/str_cat.h"
@@ -123,7 +122,6 @@ StatusOr<std::unique_ptr<SecureSite>> SecureSite::Start(const v1::RoundTask& tra
   }
   std::unique_ptr<SecureSite> s(new SecureSite());
   s->task_id_ = train.task_id();
-  s->round_ = train.round();
   s->ca_pem_ = std::move(ca_pem);
   s->sites_.assign(setup.sites().begin(), setup.sites().end());
   s->weight_ = setup.weight();

@@ -653,8 +653,9 @@ Status RoundDriver::WaitForQuorum(std::unique_lock<std::mutex>& lock, int64_t ro
 
 Status RoundDriver::RunPhase(std::unique_lock<std::mutex>& lock, Phase* p,
                              const std::vector<std::string>& selected, int64_t model_version,
-                             int quorum) {
-  OpenPhase(p, selected, model_version);
+                             int quorum,
+                             const std::map<std::string, std::shared_ptr<const v1::RoundTask>>& secure) {
+  OpenPhase(p, selected, model_version, secure);
   Status s = AwaitReports(lock, p, selected, quorum,
                           Clock::now() + Seconds(study_.round_deadline_s));
   ClosePhase(p);
@@ -797,10 +798,7 @@ Status RoundDriver::RunTrainRound(int64_t round) {
       task->mutable_dp()->set_noise_stddev(DpNoiseStddev(1));
       for (const auto& site : selected) dp[site] = task;
     }
-    OpenPhase(&train, selected, global_version_, dp);
-    phase = AwaitReports(lock, &train, selected, study_.min_sites,
-                         Clock::now() + Seconds(study_.round_deadline_s));
-    ClosePhase(&train);
+    phase = RunPhase(lock, &train, selected, global_version_, study_.min_sites, dp);
     if (phase.ok() && ledger_) {
       phase = ledger_->Spend(1.0, study_.privacy.noise_multiplier,
                              absl::StrCat("round ", round, " local updates"));

@@ -53,7 +53,6 @@ class SecureSite {
                                                      std::string key_pem, std::string ca_pem);
 
   const std::string& task_id() const { return task_id_; }
-  int64_t round() const { return round_; }
   // Step 1: what to send.
   v1::SecAggAdvertisement Advertisement() const;
   // Our input: weight · update and the loss word, quantised. Returns how
@@ -72,7 +71,6 @@ class SecureSite {
   Status CheckTask(const v1::RoundTask& task) const;
 
   std::string task_id_;
-  int64_t round_ = 0;
   std::string ca_pem_;
   std::vector<std::string> sites_;
   double weight_ = 0;

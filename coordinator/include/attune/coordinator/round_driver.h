@@ -263,10 +263,12 @@ class RoundDriver {
   Status WaitForQuorum(std::unique_lock<std::mutex>& lock, int64_t round);
   Status RunInitRound();
   Status RunTrainRound(int64_t round);
-  // Sends one task per selected site and waits for the phase to close.
+  // Sends one task per selected site (with its `secure` fields, when
+  // given) and waits for the phase to close.
   Status RunPhase(std::unique_lock<std::mutex>& lock, Phase* phase,
                   const std::vector<std::string>& selected, int64_t model_version,
-                  int quorum);
+                  int quorum,
+                  const std::map<std::string, std::shared_ptr<const v1::RoundTask>>& secure = {});
   // The parts of RunPhase: queue the tasks (with `secure` fields per site
   // when given) and open the phase; wait until each of `expected` is done
   // or gone (OK with at least `quorum` done); close it.
