@@ -60,6 +60,12 @@ Status Prefixed(const std::string& prefix, Status s) {
 
 }  // namespace
 
+const std::vector<std::string>& ModalityNames() {
+  static const std::vector<std::string> names = {"ehr_static", "ehr_events", "imaging",
+                                                 "genomics"};
+  return names;
+}
+
 std::vector<int64_t> ModelConfig::imaging_shape() const {
   if (raw_images()) return {image_channels, image_size, image_size};
   return {imaging_patches, imaging_dim};

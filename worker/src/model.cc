@@ -31,12 +31,6 @@ std::pair<torch::Tensor, torch::Tensor> Concat(const std::vector<torch::Tensor>&
 
 }  // namespace
 
-const std::vector<std::string>& ModalityNames() {
-  static const std::vector<std::string> names = {"ehr_static", "ehr_events", "imaging",
-                                                 "genomics"};
-  return names;
-}
-
 Batch SelectRows(const Batch& b, const torch::Tensor& idx) {
   auto rows = [&](const torch::Tensor& t) { return t.defined() ? t.index_select(0, idx) : t; };
   return {rows(b.static_x),  rows(b.event_bucket), rows(b.event_value),

@@ -21,6 +21,11 @@
 
 namespace attune {
 
+// The model's four modality slots, in order: ehr_static, ehr_events,
+// imaging, genomics (β, the weight fusion gives each modality, is reported
+// per slot, 0 for a modality the model does not have).
+const std::vector<std::string>& ModalityNames();
+
 // The multimodal attention model's shape. Sites and coordinator must agree;
 // the coordinator ships this section with every task.
 // The model a study trains (worker/models; DESIGN.md, "Models"). A modality

@@ -33,8 +33,7 @@
 
 namespace attune::worker {
 
-inline constexpr int kNumModalities = 4;
-const std::vector<std::string>& ModalityNames();  // ehr_static, ehr_events, imaging, genomics
+inline constexpr int kNumModalities = 4;  // the slots of attune::ModalityNames()
 
 // A batch of patients as tensors (B = batch size). Tensors of a modality
 // the model does not have may be undefined.
