@@ -105,11 +105,10 @@ Status RoundDriver::SecAggUnmask(const std::string& site, const std::string& tas
   return absl::OkStatus();
 }
 
-Status RoundDriver::RunSecureTrainPhase(std::unique_lock<std::mutex>& lock, Phase* p,
-                                        const std::vector<std::string>& selected,
-                                        const std::string& spool_path, double* train_loss) {
+StatusOr<RoundDriver::SecureSum> RoundDriver::RunSecureAggregation(
+    std::unique_lock<std::mutex>& lock, Phase* p, const std::vector<std::string>& selected,
+    const SecureSpec& spec) {
   const int n = static_cast<int>(selected.size());
-  const int64_t params = static_cast<int64_t>(global_.values.size());
   const SecAggConfig& cfg = study_.secagg;
   // The threshold: enough survivors that the sum hides any one site, never
   // fewer than the quorum, never more than a site's share holders.
@@ -126,24 +125,13 @@ Status RoundDriver::RunSecureTrainPhase(std::unique_lock<std::mutex>& lock, Phas
   ATTUNE_ASSIGN_OR_RETURN(crypto::SecretBytes graph_seed, crypto::RandomBytes(32));
   secagg::Options options;
   options.context = absl::StrCat("attune-secagg-v1|", study_.study_id, "|round ", p->round, "|",
-                                 run_nonce_, "|update");
+                                 run_nonce_, "|", spec.purpose);
   options.sites = n;
   options.threshold = t;
   options.degree = degree;
   options.graph_seed.assign(graph_seed.begin(), graph_seed.end());
-  options.length = secagg::InputLength(params);
+  options.length = spec.length;
   ATTUNE_ASSIGN_OR_RETURN(secagg::Server server, secagg::Server::Make(options));
-
-  // FedAvg weights from the examples each site declared when it joined (DP:
-  // uniform, so that one site moves the sum by at most clip_norm).
-  std::vector<double> weight(n, 1.0);
-  if (!study_.privacy.enabled()) {
-    for (int i = 0; i < n; ++i) {
-      weight[i] = static_cast<double>(std::max<int64_t>(1, sites_[selected[i]].train_samples));
-    }
-  }
-  double total_weight = 0;
-  for (double w : weight) total_weight += w;
 
   p->secure.emplace();
   Secure& sec = *p->secure;
@@ -163,20 +151,20 @@ Status RoundDriver::RunSecureTrainPhase(std::unique_lock<std::mutex>& lock, Phas
     s->set_graph_seed(std::string(graph_seed.begin(), graph_seed.end()));
     s->set_length(options.length);
     s->set_value_clip(cfg.value_clip);
-    s->set_weight(weight[i] / total_weight);
-    if (study_.privacy.enabled()) {
-      task->mutable_dp()->set_clip_norm(study_.privacy.clip_norm);
-      task->mutable_dp()->set_noise_stddev(DpNoiseStddev(t));
-    }
+    s->set_weight(spec.weight.empty() ? 1.0 : spec.weight[i]);
+    if (spec.fill) spec.fill(t, task.get());
     setups[selected[i]] = std::move(task);
   }
-  spdlog::info("round {}: secure aggregation among {} sites, threshold {}, {}", p->round, n, t,
+  spdlog::info("round {}: secure aggregation ({}) among {} sites, threshold {}, {}", p->round,
+               spec.purpose, n, t,
                degree == 0 ? std::string("every pair masks")
                            : absl::StrCat(degree, " neighbours each"));
 
   const auto deadline = Clock::now() + std::chrono::milliseconds(
                                            static_cast<int64_t>(study_.round_deadline_s * 1000));
-  OpenPhase(p, selected, global_version_, setups);
+  // TRAIN starts from the global model; EVALUATE scores the candidate.
+  const int64_t model_version = p->kind == Task::Kind::kEvaluate ? p->round : global_version_;
+  OpenPhase(p, selected, model_version, setups);
   // Each step: the sites that finished the last one are asked for the next.
   auto step_sites = [&] { return std::vector<std::string>(p->done.begin(), p->done.end()); };
   auto next_step = [&](int step, Task::Kind kind,
@@ -190,7 +178,7 @@ Status RoundDriver::RunSecureTrainPhase(std::unique_lock<std::mutex>& lock, Phas
       Task task;
       task.kind = kind;
       task.round = p->round;
-      task.model_version = global_version_;
+      task.model_version = model_version;
       task.task_id = p->task_ids.at(site);
       task.secure = std::move(msg);
       sites_[site].queue.push_back(std::move(task));
@@ -238,39 +226,72 @@ Status RoundDriver::RunSecureTrainPhase(std::unique_lock<std::mutex>& lock, Phas
       return msg;
     });
   }
-  std::vector<uint32_t> sum;
+  SecureSum sum;
   if (s.ok()) {
     auto finished = sec.server->Finish();
     s = Retryable(finished.status());
-    if (s.ok()) sum = *std::move(finished);
+    if (s.ok()) sum.words = *std::move(finished);
   }
   ClosePhase(p);
   if (!s.ok()) return s;
+  sum.sites = n;
+  sum.survivors = std::move(request.survivors);
+  sum.dropped = std::move(request.dropped);
+  // The phase's reporters are the survivors: the sites in the sum.
+  p->done.clear();
+  for (int v : sum.survivors) p->done.insert(sec.sites[v]);
+  spdlog::info("round {}: secure sum ({}) of {} of {} sites unmasked ({} dropped)", p->round,
+               spec.purpose, sum.survivors.size(), n, sum.dropped.size());
+  return sum;
+}
+
+Status RoundDriver::RunSecureTrainPhase(std::unique_lock<std::mutex>& lock, Phase* p,
+                                        const std::vector<std::string>& selected,
+                                        const std::string& spool_path, double* train_loss) {
+  const int n = static_cast<int>(selected.size());
+  const int64_t params = static_cast<int64_t>(global_.values.size());
+  // FedAvg weights from the examples each site declared when it joined (DP:
+  // uniform, so that one site moves the sum by at most clip_norm).
+  std::vector<double> weight(n, 1.0);
+  if (!study_.privacy.enabled()) {
+    for (int i = 0; i < n; ++i) {
+      weight[i] = static_cast<double>(std::max<int64_t>(1, sites_[selected[i]].train_samples));
+    }
+  }
+  double total_weight = 0;
+  for (double w : weight) total_weight += w;
+  SecureSpec spec;
+  spec.purpose = "update";
+  spec.length = secagg::InputLength(params);
+  for (double w : weight) spec.weight.push_back(w / total_weight);
+  spec.fill = [&](int threshold, v1::RoundTask* task) {
+    if (!study_.privacy.enabled()) return;
+    task->mutable_dp()->set_clip_norm(study_.privacy.clip_norm);
+    task->mutable_dp()->set_noise_stddev(DpNoiseStddev(threshold));
+  };
+  ATTUNE_ASSIGN_OR_RETURN(SecureSum sum, RunSecureAggregation(lock, p, selected, spec));
 
   // The survivors' weighted sum, rescaled to their own weight: FedAvg over
   // the sites that made it (with DP: the mean of clipped, noised updates).
   double survivor_weight = 0;
-  for (int v : request.survivors) survivor_weight += weight[v];
-  const int survivors = static_cast<int>(request.survivors.size());
+  for (int v : sum.survivors) survivor_weight += weight[v];
+  const int survivors = static_cast<int>(sum.survivors.size());
   if (study_.privacy.enabled() && study_.privacy.mode == "central") {
     // Charged when the sum is revealed, committed with the round.
     ATTUNE_RETURN_IF_ERROR(ledger_->Spend(1.0, study_.privacy.noise_multiplier,
                                           absl::StrCat("round ", p->round, " update sum")));
   }
   // Rebuild the quantiser the sites used and decode off the lock: O(model).
-  ATTUNE_ASSIGN_OR_RETURN(secagg::Quantizer q, secagg::Quantizer::Make(cfg.value_clip, n));
-  p->done.clear();
-  for (int v : request.survivors) {
-    const std::string& site = sec.sites[v];
-    p->done.insert(site);
+  ATTUNE_ASSIGN_OR_RETURN(secagg::Quantizer q, secagg::Quantizer::Make(study_.secagg.value_clip, n));
+  for (const auto& site : p->done) {
     Accepted a;
     a.num_examples = std::max<int64_t>(1, sites_[site].train_samples);
-    a.sha256 = sec.masked_sha256[site];
+    a.sha256 = p->secure->masked_sha256[site];
     p->accepted[site] = std::move(a);
   }
   lock.unlock();
-  std::vector<float> mean(sum.size());
-  q.DecodeSum(sum, survivors, mean);
+  std::vector<float> mean(sum.words.size());
+  q.DecodeSum(sum.words, survivors, mean);
   const double scale = total_weight / survivor_weight;
   for (float& v : mean) v = static_cast<float>(v * scale);
   *train_loss = mean.back() * secagg::kLossScale;
@@ -282,8 +303,6 @@ Status RoundDriver::RunSecureTrainPhase(std::unique_lock<std::mutex>& lock, Phas
   }();
   lock.lock();
   for (auto& [site, a] : p->accepted) a.train_loss = *train_loss;
-  spdlog::info("round {}: secure sum of {} of {} sites unmasked ({} dropped)", p->round, survivors,
-               n, request.dropped.size());
   return written;
 }
 

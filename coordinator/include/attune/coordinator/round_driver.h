@@ -62,6 +62,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -278,6 +279,24 @@ class RoundDriver {
                       const std::vector<std::string>& expected, int quorum,
                       std::chrono::steady_clock::time_point deadline);
   void ClosePhase(Phase* p);
+  // One secure aggregation over `selected` as the open phase `p` (TRAIN or
+  // EVALUATE; secure_round.cc): secagg.h's four steps, each waited for like
+  // a phase; fewer than t sites at any step aborts (Unavailable: retried).
+  struct SecureSpec {
+    std::string purpose;           // "update", "evaluation": bound into the keys' context
+    int64_t length = 0;            // 32-bit words per site's input
+    std::vector<double> weight;    // per selected site, sent in the setup (empty: 1)
+    // Adds the kind's fields to each site's first task, given the threshold.
+    std::function<void(int threshold, v1::RoundTask*)> fill;
+  };
+  struct SecureSum {
+    std::vector<uint32_t> words;       // the survivors' inputs summed mod 2^32
+    std::vector<int> survivors, dropped;  // indexes into `selected`
+    int sites = 0;
+  };
+  StatusOr<SecureSum> RunSecureAggregation(std::unique_lock<std::mutex>& lock, Phase* p,
+                                           const std::vector<std::string>& selected,
+                                           const SecureSpec& spec);
   // The secure TRAIN phase (secure_round.cc): on success, the survivors'
   // weighted mean update spooled at `spool_path`, and the weighted train loss.
   Status RunSecureTrainPhase(std::unique_lock<std::mutex>& lock, Phase* p,
