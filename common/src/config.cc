@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "json_fields.h"
 #include "nlohmann/json.hpp"
 
@@ -157,6 +158,40 @@ bool StudyConfig::Admits(const std::string& site) const {
          std::find(revoked.begin(), revoked.end(), site) == revoked.end();
 }
 
+Status AuditConfig::Validate(bool secure) const {
+  std::vector<std::string> missing;
+  for (const auto& c : columns) {
+    if (!values.count(c)) missing.push_back(c);
+  }
+  for (const auto& [column, listed] : values) {
+    const std::string field = absl::StrCat("audit.values.", column);
+    if (std::find(columns.begin(), columns.end(), column) == columns.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ": not one of audit.columns (", absl::StrJoin(columns, ", "), ")"));
+    }
+    if (listed.empty()) return absl::InvalidArgumentError(absl::StrCat(field, ": empty list"));
+    std::set<std::string> seen;
+    for (const auto& v : listed) {
+      if (v == "(other)") {
+        return absl::InvalidArgumentError(absl::StrCat(
+            field, ": \"(other)\" is the cell of the values not listed; do not list it"));
+      }
+      if (!seen.insert(v).second) {
+        return absl::InvalidArgumentError(absl::StrCat(field, ": \"", v, "\" listed twice"));
+      }
+    }
+  }
+  if (secure && !missing.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "audit.values: with secure_aggregation every audit column needs its list of values "
+        "(sites add their subgroup sums word by word, so all must lay out the same cells; "
+        "a value not listed is counted under \"(other)\"), e.g. \"values\": {\"sex\": "
+        "[\"F\", \"M\"]}; missing: ",
+        absl::StrJoin(missing, ", ")));
+  }
+  return absl::OkStatus();
+}
+
 static Status StrategyValidate(const StrategyConfig& st) {
   static const std::set<std::string> kNames = {"fedavg",  "fedavgm",    "fedprox",
                                                "fedadam", "fedyogi",    "fedadagrad",
@@ -277,6 +312,7 @@ Status StudyConfig::Validate() const {
   ATTUNE_RETURN_IF_ERROR(model.Validate());
   ATTUNE_RETURN_IF_ERROR(Range("audit.min_cell", audit.min_cell, 1, 1e9));
   ATTUNE_RETURN_IF_ERROR(Range("audit.histogram_bins", audit.histogram_bins, 2, 100000));
+  ATTUNE_RETURN_IF_ERROR(audit.Validate(secure_aggregation));
   return absl::OkStatus();
 }
 
@@ -345,6 +381,12 @@ StatusOr<StudyConfig> ParseStudyConfig(const std::string& text,
     ar.Get("columns", &c.audit.columns);
     ar.Get("min_cell", &c.audit.min_cell);
     ar.Get("histogram_bins", &c.audit.histogram_bins);
+    if (const json* v = ar.Object("values")) {
+      FieldReader vr(*v, prefix + "audit.values.", &s);
+      for (auto it = v->begin(); it != v->end(); ++it) {
+        vr.Get(it.key().c_str(), &c.audit.values[it.key()]);
+      }
+    }
     ar.RejectUnknown();
   }
   r.RejectUnknown();

@@ -122,6 +122,7 @@ StatusOr<std::unique_ptr<SecureSite>> SecureSite::Start(const v1::RoundTask& tra
   }
   std::unique_ptr<SecureSite> s(new SecureSite());
   s->task_id_ = train.task_id();
+  s->purpose_ = train.kind() == v1::RoundTask::EVALUATE ? "evaluation" : "update";
   s->ca_pem_ = std::move(ca_pem);
   s->sites_.assign(setup.sites().begin(), setup.sites().end());
   s->weight_ = setup.weight();
@@ -156,6 +157,16 @@ StatusOr<int64_t> SecureSite::SetInput(std::span<const float> update, double tra
   const int64_t clipped = quantizer_->Encode(x, input_);
   have_input_ = true;
   return clipped;
+}
+
+Status SecureSite::SetWords(std::vector<uint32_t> words) {
+  if (static_cast<int64_t>(words.size()) != length_) {
+    return absl::InvalidArgumentError(absl::StrCat("secure aggregation of ", length_,
+                                                   " words, but the input has ", words.size()));
+  }
+  input_ = std::move(words);
+  have_input_ = true;
+  return absl::OkStatus();
 }
 
 Status SecureSite::CheckTask(const v1::RoundTask& task) const {

@@ -52,6 +52,28 @@ StatusOr<EvalSums> FromProto(const v1::AuditReport& r) {
   return s;
 }
 
+v1::EvalLayout ToProto(const EvalLayout& l) {
+  v1::EvalLayout out;
+  out.set_bins(l.bins);
+  for (const auto& m : l.modalities) out.add_modalities(m);
+  for (const auto& [column, value] : l.cells) {
+    v1::AuditCell* c = out.add_cells();
+    c->set_column(column);
+    c->set_value(value);
+  }
+  return out;
+}
+
+EvalLayout LayoutFromProto(const v1::RoundTask& task) {
+  EvalLayout l;
+  l.splits.assign(task.splits().begin(), task.splits().end());
+  l.bins = task.eval_layout().bins();
+  l.modalities.assign(task.eval_layout().modalities().begin(),
+                      task.eval_layout().modalities().end());
+  for (const auto& c : task.eval_layout().cells()) l.cells.emplace_back(c.column(), c.value());
+  return l;
+}
+
 bool WriteChunks(std::string_view payload, v1::UpdateMeta meta,
                  const std::function<bool(const v1::Chunk&)>& write) {
   meta.set_total_bytes(payload.size());

@@ -379,12 +379,12 @@ StatusOr<std::unique_ptr<UpdateIntake>> RoundDriver::BeginUpdate(const std::stri
   if (phase_->kind == Task::Kind::kInit) {
     return UpdateIntake::ForInitialModel(h, uint64_t{4} << 30);
   }
-  if (phase_->kind != Task::Kind::kTrain) {
-    return absl::FailedPreconditionError("the open phase expects an evaluation, not an update");
-  }
-  if (phase_->secure) {
+  if (phase_->secure) {  // a secure TRAIN's or EVALUATE's masked input
     ATTUNE_RETURN_IF_ERROR(SecureStepLocked(site, h.task_id, h.round, 3).status());
     return UpdateIntake::ForMasked(h, phase_->secure->length);
+  }
+  if (phase_->kind != Task::Kind::kTrain) {
+    return absl::FailedPreconditionError("the open phase expects an evaluation, not an update");
   }
   if (h.masked) {
     return absl::InvalidArgumentError(
@@ -451,6 +451,10 @@ Status RoundDriver::SubmitEval(const std::string& site, const std::string& task_
   Phase& p = *phase_;
   if (p.kind != Task::Kind::kEvaluate) {
     return absl::FailedPreconditionError("the open phase expects an update, not an evaluation");
+  }
+  if (p.secure) {
+    return absl::FailedPreconditionError(
+        "this study's evaluations are securely aggregated: sums in the clear are refused");
   }
   if (std::find(p.splits.begin(), p.splits.end(), sums.split) == p.splits.end()) {
     return absl::InvalidArgumentError(absl::StrCat("split '", sums.split, "' was not asked for"));
@@ -844,7 +848,9 @@ Status RoundDriver::EvaluateAndCommit(std::unique_lock<std::mutex>& lock, int64_
   eval.splits = {"val"};
   if (round == study_.rounds) eval.splits.push_back("test");
   phase_name_ = absl::StrCat("round ", round, ": evaluate");
-  Status s = RunPhase(lock, &eval, LiveSitesLocked(), round, study_.min_sites);
+  Status s = study_.secure_aggregation
+                 ? RunSecureEvalPhase(lock, &eval, LiveSitesLocked())
+                 : RunPhase(lock, &eval, LiveSitesLocked(), round, study_.min_sites);
   if (!s.ok()) {
     candidate_version_ = -1;
     candidate_blob_.reset();
@@ -889,9 +895,14 @@ Status RoundDriver::CommitRound(int64_t round, std::shared_ptr<const std::string
     record[split] = json::parse(sums.MetricsJson());
     if (split == "val") audit = sums.AuditJson(study_.audit.min_cell);
   }
-  if (study_.secure_aggregation && train.kind == Task::Kind::kTrain) {
-    record["secure_aggregation"] = {{"survivors", train.done.size()},
-                                    {"selected", train.task_ids.size()}};
+  if (study_.secure_aggregation) {
+    json secure = json::object();
+    if (train.kind == Task::Kind::kTrain) {
+      secure["survivors"] = train.done.size();
+      secure["selected"] = train.task_ids.size();
+    }
+    secure["evaluation"] = {{"survivors", eval.done.size()}, {"selected", eval.task_ids.size()}};
+    record["secure_aggregation"] = secure;
   }
   if (ledger_) {
     std::lock_guard<std::mutex> lock(mu_);

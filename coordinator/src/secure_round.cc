@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "attune/common/crypto.h"
 #include "attune/common/secure_update.h"
+#include "attune/common/wire.h"
 #include "attune/coordinator/round_driver.h"
 #include "attune/coordinator/update_spool.h"
 
@@ -304,6 +305,21 @@ Status RoundDriver::RunSecureTrainPhase(std::unique_lock<std::mutex>& lock, Phas
   lock.lock();
   for (auto& [site, a] : p->accepted) a.train_loss = *train_loss;
   return written;
+}
+
+Status RoundDriver::RunSecureEvalPhase(std::unique_lock<std::mutex>& lock, Phase* p,
+                                       const std::vector<std::string>& selected) {
+  const EvalLayout layout = EvalLayout::Make(p->splits, study_.audit.histogram_bins,
+                                             ModalityNames(), study_.audit.values);
+  const v1::EvalLayout wire = ToProto(layout);
+  SecureSpec spec;
+  spec.purpose = "evaluation";
+  spec.length = layout.Words();
+  spec.fill = [&](int, v1::RoundTask* task) { *task->mutable_eval_layout() = wire; };
+  ATTUNE_ASSIGN_OR_RETURN(SecureSum sum, RunSecureAggregation(lock, p, selected, spec));
+  ATTUNE_ASSIGN_OR_RETURN(std::vector<EvalSums> splits, DecodeEvalWords(sum.words, layout));
+  for (auto& s : splits) p->eval[s.split] = std::move(s);
+  return absl::OkStatus();
 }
 
 }  // namespace attune::coordinator

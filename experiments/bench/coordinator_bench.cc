@@ -269,7 +269,8 @@ Result RunCase(Launcher& launcher, const Case& c, const std::string& coordinator
   fs::create_directories(dir);
   json base = {{"rounds", 1},          {"min_sites", c.sites}, {"join_timeout_s", 120},
                {"round_deadline_s", 1800}, {"heartbeat_timeout_s", 60},
-               {"max_update_norm", 1e12}, {"secure_aggregation", secure}};
+               {"max_update_norm", 1e12}, {"secure_aggregation", secure},
+               {"audit", {{"columns", json::array()}}}};  // fake sites report no subgroups
   {
     std::ofstream(dir / "base.json") << base.dump();
   }

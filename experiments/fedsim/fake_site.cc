@@ -139,7 +139,7 @@ StatusOr<FetchedModel> Fetch(v1::Federation::Stub* stub, const std::string& stud
   return out;
 }
 
-v1::AuditReport TrivialAuditReport(const std::string& split, int histogram_bins) {
+EvalSums TrivialEvalSums(const std::string& split, int histogram_bins) {
   EvalSums sums;
   sums.split = split;
   sums.n = 1;
@@ -148,8 +148,12 @@ v1::AuditReport TrivialAuditReport(const std::string& split, int histogram_bins)
   sums.neg_hist.assign(sums.pos_hist.size(), 0);
   sums.pos_hist.back() = 1;
   sums.confusion.tp = 1;
+  return sums;
+}
+
+v1::AuditReport TrivialAuditReport(const std::string& split, int histogram_bins) {
   v1::AuditReport report;
-  ToProto(sums, &report);
+  ToProto(TrivialEvalSums(split, histogram_bins), &report);
   return report;
 }
 
@@ -241,16 +245,7 @@ Status FakeSite::Handle(const v1::RoundTask& task, int histogram_bins) {
       return absl::OkStatus();
     }
     case v1::RoundTask::TRAIN: {
-      if (task.has_secagg()) {
-        v1::SecAggMessage msg;
-        {
-          Timed t{&update_us_};
-          ATTUNE_ASSIGN_OR_RETURN(secure_, secagg::SecureSite::Start(task, options_.key_pem,
-                                                                     options_.ca_pem));
-          *msg.mutable_advertisement() = secure_->Advertisement();
-        }
-        ATTUNE_RETURN_IF_ERROR(SendSecAgg(task, std::move(msg)));
-      }
+      ATTUNE_RETURN_IF_ERROR(StartSecure(task));
       ATTUNE_ASSIGN_OR_RETURN(FetchedModel global,
                               Fetch(stub_.get(), options_.study_id, task.model_version()));
       if (secure_) {
@@ -279,8 +274,21 @@ Status FakeSite::Handle(const v1::RoundTask& task, int histogram_bins) {
       return absl::OkStatus();
     }
     case v1::RoundTask::EVALUATE: {
+      ATTUNE_RETURN_IF_ERROR(StartSecure(task));
       ATTUNE_ASSIGN_OR_RETURN(FetchedModel model,
                               Fetch(stub_.get(), options_.study_id, task.model_version()));
+      if (secure_) {
+        Timed t{&update_us_};
+        const EvalLayout layout = LayoutFromProto(task);
+        std::vector<EvalSums> splits;
+        for (const auto& split : layout.splits) {
+          splits.push_back(TrivialEvalSums(split, layout.bins));
+          splits.back().modalities = layout.modalities;
+        }
+        ATTUNE_ASSIGN_OR_RETURN(std::vector<uint32_t> words,
+                                EncodeEvalWords(splits, layout, task.secagg().sites_size()));
+        return secure_->SetWords(std::move(words));
+      }
       for (const auto& split : task.splits()) {
         v1::AuditReport report = TrivialAuditReport(split, histogram_bins);
         report.set_study_id(options_.study_id);
@@ -330,6 +338,19 @@ Status FakeSite::Handle(const v1::RoundTask& task, int histogram_bins) {
     default:
       return absl::InvalidArgumentError(absl::StrCat("unexpected task kind ", task.kind()));
   }
+}
+
+Status FakeSite::StartSecure(const v1::RoundTask& task) {
+  secure_.reset();
+  if (!task.has_secagg()) return absl::OkStatus();
+  v1::SecAggMessage msg;
+  {
+    Timed t{&update_us_};
+    ATTUNE_ASSIGN_OR_RETURN(secure_,
+                            secagg::SecureSite::Start(task, options_.key_pem, options_.ca_pem));
+    *msg.mutable_advertisement() = secure_->Advertisement();
+  }
+  return SendSecAgg(task, std::move(msg));
 }
 
 Status FakeSite::SendSecAgg(const v1::RoundTask& task, v1::SecAggMessage msg) {

@@ -112,6 +112,9 @@ class FakeSite {
   std::atomic<int64_t> update_us_{0};
   std::unique_ptr<secagg::SecureSite> secure_;  // the open secure TRAIN task
   Status SendSecAgg(const v1::RoundTask& task, v1::SecAggMessage msg);
+  // A TRAIN or EVALUATE task with a SecAggSetup: starts our part and
+  // advertises our keys (otherwise: nothing).
+  Status StartSecure(const v1::RoundTask& task);
 };
 
 }  // namespace attune::fedsim

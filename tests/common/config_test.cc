@@ -64,13 +64,30 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{R"({"study_id": "s", "roster": ["a", "b"], "privacy": {"mode": "global"}})",
                 "privacy.mode"},
         BadCase{R"({"study_id": "s", "roster": ["a", "b"],
-                    "privacy": {"mode": "local", "delta": 0.9}})", "privacy.delta"}));
+                    "privacy": {"mode": "local", "delta": 0.9}})", "privacy.delta"},
+        BadCase{R"({"study_id": "s", "roster": ["a", "b"], "secure_aggregation": true,
+                    "audit": {"columns": ["sex", "race"], "values": {"sex": ["F", "M"]}}})",
+                "missing: race"},
+        BadCase{R"({"study_id": "s", "roster": ["a", "b"],
+                    "audit": {"columns": ["sex"], "values": {"age": ["<40"]}}})",
+                "audit.values.age: not one of audit.columns"},
+        BadCase{R"({"study_id": "s", "roster": ["a", "b"],
+                    "audit": {"columns": ["sex"], "values": {"sex": ["F", "F"]}}})",
+                "listed twice"},
+        BadCase{R"j({"study_id": "s", "roster": ["a", "b"],
+                    "audit": {"columns": ["sex"], "values": {"sex": ["F", "(other)"]}}})j",
+                "do not list it"},
+        BadCase{R"({"study_id": "s", "roster": ["a", "b"],
+                    "audit": {"columns": ["sex"], "values": {"sex": "F"}}})",
+                "audit.values.sex: must be an array of strings"}));
 
 TEST(StudyConfig, SecureAggregationAndPrivacyParse) {
   auto c = ParseStudyConfig(R"({"study_id": "s", "roster": ["a", "b", "c"],
       "secure_aggregation": true, "secagg": {"threshold": 2, "neighbours": 2, "value_clip": 0.5},
       "privacy": {"mode": "central", "clip_norm": 2, "noise_multiplier": 0.8, "epsilon": 8,
-                  "delta": 1e-6}})");
+                  "delta": 1e-6},
+      "audit": {"columns": ["sex", "age_band"],
+                "values": {"sex": ["F", "M"], "age_band": ["<40", "40-59", ">=60"]}}})");
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_TRUE(c->secure_aggregation);
   EXPECT_EQ(c->secagg.threshold, 2);
@@ -80,6 +97,7 @@ TEST(StudyConfig, SecureAggregationAndPrivacyParse) {
   EXPECT_DOUBLE_EQ(c->privacy.noise_multiplier, 0.8);
   EXPECT_DOUBLE_EQ(c->privacy.epsilon, 8);
   EXPECT_DOUBLE_EQ(c->privacy.delta, 1e-6);
+  EXPECT_EQ(c->audit.values.at("age_band"), (std::vector<std::string>{"<40", "40-59", ">=60"}));
 }
 
 TEST(StudyConfig, MissingFileIsNotFound) {

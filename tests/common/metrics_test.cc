@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <random>
 
 #include "attune/common/eval_stats.h"
 
@@ -80,6 +81,111 @@ TEST(EvalSums, RefusesInconsistentReports) {
   EvalSums neg = Site(1, 1, 1, 1, 0.5);
   neg.groups.begin()->second.beta_sum[0] = -1;
   EXPECT_EQ(total.Add(neg).code(), absl::StatusCode::kInvalidArgument);
+}
+
+// ---- Secure evaluation words ----
+
+// A random site's sums over `patients`, as a worker would count them:
+// groups of sex (F, M and an unlisted X), age (y, o) and a column the
+// layout does not audit.
+EvalSums RandomSite(std::mt19937_64& rng, const std::string& split, int patients) {
+  const int bins = 10;
+  EvalSums s;
+  s.split = split;
+  s.modalities = {"a", "b"};
+  s.pos_hist.assign(bins, 0);
+  s.neg_hist.assign(bins, 0);
+  std::uniform_real_distribution<double> u(0, 1);
+  for (int i = 0; i < patients; ++i) {
+    const bool label = u(rng) < 0.3;
+    const double score = u(rng);
+    const bool pred = score >= 0.5;
+    const double beta = u(rng);
+    s.n += 1;
+    s.loss_sum += -std::log(label ? score : 1 - score);
+    (label ? s.pos_hist : s.neg_hist)[ScoreBin(score, bins)] += 1;
+    auto count = [&](Confusion& c) {
+      if (label) (pred ? c.tp : c.fn) += 1;
+      else (pred ? c.fp : c.tn) += 1;
+    };
+    count(s.confusion);
+    const double r = u(rng);
+    for (const auto& key : {std::pair<std::string, std::string>{"sex", r < 0.45 ? "F" : r < 0.9 ? "M" : "X"},
+                            {"age", u(rng) < 0.5 ? "y" : "o"},
+                            {"site", "h1"}}) {
+      GroupSums& g = s.groups[key];
+      if (g.beta_sum.empty()) g.beta_sum.assign(2, 0.0);
+      g.n += 1;
+      g.beta_sum[0] += beta;
+      g.beta_sum[1] += 1 - beta;
+      count(g.confusion);
+    }
+  }
+  return s;
+}
+
+TEST(EvalWords, TheSumOfSitesWordsDecodesToTheSumOfTheirSums) {
+  const EvalLayout layout = EvalLayout::Make({"val", "test"}, 10, {"a", "b"},
+                                             {{"sex", {"F", "M"}}, {"age", {"y", "o"}}});
+  ASSERT_EQ(layout.cells.size(), 6u);  // F, M, (other); y, o, (other)
+  EXPECT_EQ(layout.Words(), 2 * 2 * (2 + 20 + 4 + 6 * (1 + 2 + 4)));
+  const int sites = 5;
+  std::mt19937_64 rng(11);
+  std::vector<uint32_t> sum(layout.Words(), 0);
+  std::map<std::string, EvalSums> plain;  // the oracle: sums added in the clear
+  for (int k = 0; k < sites; ++k) {
+    std::vector<EvalSums> site = {RandomSite(rng, "val", 40 + 13 * k),
+                                  RandomSite(rng, "test", 25 + 7 * k)};
+    auto words = EncodeEvalWords(site, layout, sites);
+    ASSERT_TRUE(words.ok()) << words.status();
+    ASSERT_EQ(static_cast<int64_t>(words->size()), layout.Words());
+    for (size_t i = 0; i < sum.size(); ++i) sum[i] += (*words)[i];  // mod 2^32
+    for (auto& s : site) ASSERT_TRUE(plain[s.split].Add(s).ok());
+  }
+  auto decoded = DecodeEvalWords(sum, layout);
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  ASSERT_EQ(decoded->size(), 2u);
+  const double real_bound = sites * 0.5 / 65536;
+  for (const EvalSums& got : *decoded) {
+    const EvalSums& want = plain.at(got.split);
+    EXPECT_EQ(got.n, want.n);
+    EXPECT_NEAR(got.loss_sum, want.loss_sum, real_bound);
+    EXPECT_EQ(got.pos_hist, want.pos_hist);
+    EXPECT_EQ(got.neg_hist, want.neg_hist);
+    EXPECT_EQ(got.confusion.tp, want.confusion.tp);
+    EXPECT_EQ(got.confusion.fn, want.confusion.fn);
+    EXPECT_EQ(got.Auc(), want.Auc());
+    // Listed values as they are; X under (other); the unaudited column gone.
+    for (const auto& [key, g] : got.groups) {
+      const auto& w = want.groups.at(key.second == kOtherValue ? std::pair<std::string, std::string>{key.first, "X"} : key);
+      EXPECT_EQ(g.n, w.n) << key.first << "=" << key.second;
+      EXPECT_EQ(g.confusion.tp, w.confusion.tp);
+      EXPECT_EQ(g.confusion.tn, w.confusion.tn);
+      for (int m = 0; m < 2; ++m) EXPECT_NEAR(g.beta_sum[m], w.beta_sum[m], real_bound);
+    }
+    EXPECT_EQ(got.groups.size(), 5u);  // sex F, M, (other); age y, o (its (other) is empty)
+    EXPECT_FALSE(got.groups.count({"site", "h1"}));
+  }
+}
+
+TEST(EvalWords, RefusesWhatCouldOverflowOrDoesNotMatchTheLayout) {
+  const EvalLayout layout = EvalLayout::Make({"val"}, 2, {"a", "b"}, {{"sex", {"F"}}});
+  EvalSums big = Site(1, 1, 1, 1, 0.5);
+  big.loss_sum = 3e9;  // a real sum: at most (2^32 - 1) / sites per site
+  EXPECT_TRUE(EncodeEvalWords({big}, layout, 1).ok());
+  auto over = EncodeEvalWords({big}, layout, 2);
+  EXPECT_EQ(over.status().code(), absl::StatusCode::kOutOfRange) << over.status();
+  EvalSums other_modalities = Site(1, 1, 1, 1, 0.5);
+  other_modalities.modalities = {"a", "c"};
+  EXPECT_EQ(EncodeEvalWords({other_modalities}, layout, 2).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(EncodeEvalWords({Site(1, 1, 1, 1, 0.5), Site(1, 1, 1, 1, 0.5)}, layout, 2)
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);  // two splits, one laid out
+  std::vector<uint32_t> short_sum(layout.Words() - 2, 0);
+  EXPECT_EQ(DecodeEvalWords(short_sum, layout).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

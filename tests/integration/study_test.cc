@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <sstream>
 
 #include "nlohmann/json.hpp"
 #include "support/process.h"
@@ -164,6 +165,53 @@ class StudyTest : public ::testing::Test {
     EXPECT_EQ(restarted->Wait(seconds(30)), 0) << restarted->Log();
     *coordinator_log = coord->Log();
     return ReadJson(dir_ / "out/summary.json");
+  }
+
+  // The oracle of a secure evaluation: every patient of `split` at each of
+  // `sites`, scored in the clear by `attune explain` on `model`, with the
+  // patient's sex from the site's cohort.csv.
+  struct Scored {
+    bool label = false;
+    double probability = 0;
+    std::vector<double> beta;  // per modality slot
+    std::string sex;
+  };
+  std::vector<Scored> ScoreInTheClear(const std::string& study, const std::string& model,
+                                      const std::vector<std::string>& sites,
+                                      const std::string& split) {
+    std::vector<Scored> out;
+    for (const auto& site : sites) {
+      std::map<std::string, std::string> sex;  // patient_id -> sex
+      std::istringstream cohort(ReadText(dir_ / ("data/" + site + "/cohort.csv")));
+      std::string line;
+      std::getline(cohort, line);
+      EXPECT_EQ(line, "patient_id,split,label,sex,age_band,ethnicity");
+      while (std::getline(cohort, line)) {
+        std::vector<std::string> f;
+        std::istringstream fields(line);
+        for (std::string v; std::getline(fields, v, ',');) f.push_back(v);
+        if (f.size() >= 4) sex[f[0]] = f[3];
+      }
+      const std::string dir = dir_ / ("explain-" + split + "-" + site);
+      Process explain({ATTUNE_TOOL_BIN, "explain", "--study", study, "--model", model,
+                       "--site-dir", dir_ / ("data/" + site), "--split", split, "--count",
+                       "100000", "--out", dir},
+                      dir_ / ("explain-" + split + "-" + site + ".log"));
+      EXPECT_EQ(explain.Wait(seconds(120)), 0) << explain.Log();
+      for (const auto& e : std::filesystem::directory_iterator(dir)) {
+        if (e.path().extension() != ".json") continue;
+        const json j = ReadJson(e.path());
+        Scored p;
+        p.label = j["label"].get<int>() != 0;
+        p.probability = j["probability"].get<double>();
+        for (const char* m : {"ehr_static", "ehr_events", "imaging", "genomics"}) {
+          p.beta.push_back(j["modalities"][m]["beta"].get<double>());
+        }
+        p.sex = sex.at(j["patient_id"].get<std::string>());
+        out.push_back(std::move(p));
+      }
+    }
+    return out;
   }
 
   TempDir dir_;
@@ -366,11 +414,13 @@ TEST_F(StudyTest, SecureAggregationWithCentralDpIsWithinTheMarginOfThePlainStudy
   secure["privacy"] = {{"mode", "central"}, {"clip_norm", 5.0}, {"noise_multiplier", 0.002},
                        {"epsilon", 1e9}, {"delta", 1e-5}};
   std::map<std::string, json> summaries;
+  std::map<std::string, std::string> studies;
   for (const auto& [name, changes] : {std::pair{std::string("plain"), four},
                                       std::pair{std::string("secure"), secure}}) {
     std::unique_ptr<Process> coord;
     std::vector<std::unique_ptr<Process>> workers;
-    RunToTheEnd(WriteStudy(3, changes), name, "state-" + name, "out-" + name,
+    studies[name] = WriteStudy(3, changes);
+    RunToTheEnd(studies[name], name, "state-" + name, "out-" + name,
                 {"site-1", "site-2", "site-3", "site-4"}, &coord, &workers);
     ASSERT_FALSE(HasFatalFailure());
     summaries[name] = ReadJson(dir_ / ("out-" + name + "/summary.json"));
@@ -400,6 +450,57 @@ TEST_F(StudyTest, SecureAggregationWithCentralDpIsWithinTheMarginOfThePlainStudy
     EXPECT_TRUE(rec["train_loss"].is_number()) << rec.dump(2);
   }
   EXPECT_EQ(s["history"][3]["privacy"]["audit_releases"], 5);  // val in rounds 0-3, test in 3
+
+  // The evaluations were securely aggregated too, over all four sites...
+  for (int r = 0; r <= 3; ++r) {
+    EXPECT_EQ(s["history"][r]["secure_aggregation"]["evaluation"]["survivors"], 4)
+        << s["history"][r].dump(2);
+  }
+  // ... and their unmasked sums are what the sites' patients, scored in the
+  // clear on the final model, add up to.
+  const std::string& study = studies["secure"];
+  const std::string model = dir_ / "out-secure/model.atnm";
+  const std::vector<std::string> sites = {"site-1", "site-2", "site-3", "site-4"};
+  const std::vector<Scored> test = ScoreInTheClear(study, model, sites, "test");
+  int64_t correct = 0, positives = 0;
+  double pairs = 0, concordant = 0;  // exact AUC (Mann-Whitney, ties 1/2)
+  for (const auto& a : test) {
+    correct += (a.probability >= 0.5) == a.label;
+    positives += a.label;
+    if (!a.label) continue;
+    for (const auto& b : test) {
+      if (b.label) continue;
+      pairs += 1;
+      concordant += a.probability > b.probability ? 1 : a.probability == b.probability ? 0.5 : 0;
+    }
+  }
+  const json& final = s["final"];
+  ASSERT_EQ(final["n"].get<int64_t>(), static_cast<int64_t>(test.size())) << final.dump(2);
+  const double n = static_cast<double>(test.size());
+  EXPECT_NEAR(final["accuracy"].get<double>(), correct / n, 1.01 / n);  // one score at 0.5 at most
+  EXPECT_NEAR(final["auc"].get<double>(), concordant / pairs, 0.005);   // 200-bin histograms
+  std::printf("secure test sums: n %d (%lld positive), AUC %.4f vs %.4f in the clear\n",
+              static_cast<int>(test.size()), static_cast<long long>(positives),
+              final["auc"].get<double>(), concordant / pairs);
+  // audit.json (the last round's validation split): per sex, the count and
+  // the mean attention weight of each modality.
+  const json audit = ReadJson(dir_ / "out-secure/audit.json");
+  const std::vector<Scored> val = ScoreInTheClear(study, model, sites, "val");
+  const std::vector<std::string> slots = {"ehr_static", "ehr_events", "imaging", "genomics"};
+  for (const char* sex : {"F", "M"}) {
+    int64_t count = 0;
+    std::vector<double> beta(4, 0.0);
+    for (const auto& p : val) {
+      if (p.sex != sex) continue;
+      ++count;
+      for (int m = 0; m < 4; ++m) beta[m] += p.beta[m];
+    }
+    const json& g = audit["groups"]["sex"][sex];
+    ASSERT_EQ(g["n"].get<int64_t>(), count) << audit.dump(2);
+    for (int m = 0; m < 4; ++m) {
+      EXPECT_NEAR(g["mean_beta"][slots[m]].get<double>(), beta[m] / count, 1e-4) << sex << slots[m];
+    }
+  }
 }
 
 // A site that dies while training in a secure round advertised its keys

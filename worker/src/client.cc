@@ -152,16 +152,7 @@ Status FederationClient::HandleTask(const v1::RoundTask& task) {
       return SubmitUpdate(task, init, learner_->NumExamples("train"), 0, /*full_weights=*/true);
     }
     case v1::RoundTask::TRAIN: {
-      if (task.has_secagg()) {
-        // Advertise first: the other steps wait on every site's keys, and
-        // training is the long part.
-        secure_.reset();
-        ATTUNE_ASSIGN_OR_RETURN(secure_, secagg::SecureSite::Start(task, options_.key_pem,
-                                                                   options_.ca_pem));
-        v1::SecAggMessage msg;
-        *msg.mutable_advertisement() = secure_->Advertisement();
-        ATTUNE_RETURN_IF_ERROR(SendSecAgg(task, std::move(msg)));
-      }
+      ATTUNE_RETURN_IF_ERROR(StartSecure(task));
       SetStage("fetching", task.round());
       ATTUNE_ASSIGN_OR_RETURN(FlatModel global, FetchModel(task.model_version()));
       SetStage("training", task.round());
@@ -199,8 +190,24 @@ Status FederationClient::HandleTask(const v1::RoundTask& task) {
     case v1::RoundTask::SECAGG_UNMASK:
       return HandleSecureStep(task);
     case v1::RoundTask::EVALUATE: {
+      ATTUNE_RETURN_IF_ERROR(StartSecure(task));
       SetStage("evaluating", task.round());
       ATTUNE_ASSIGN_OR_RETURN(FlatModel model, FetchModel(task.model_version()));
+      if (secure_) {
+        // The sums of every split as one input of words; only their sum
+        // over the sites leaves, after the SECAGG steps.
+        std::vector<EvalSums> splits;
+        for (const auto& split : task.splits()) {
+          ATTUNE_ASSIGN_OR_RETURN(EvalSums sums, learner_->Evaluate(model, split, eval_options_));
+          splits.push_back(std::move(sums));
+        }
+        ATTUNE_ASSIGN_OR_RETURN(
+            std::vector<uint32_t> words,
+            EncodeEvalWords(splits, LayoutFromProto(task), task.secagg().sites_size()));
+        ATTUNE_RETURN_IF_ERROR(secure_->SetWords(std::move(words)));
+        SetStage("idle", task.round());
+        return absl::OkStatus();
+      }
       for (const auto& split : task.splits()) {
         ATTUNE_ASSIGN_OR_RETURN(EvalSums sums, learner_->Evaluate(model, split, eval_options_));
         v1::AuditReport report;
@@ -218,6 +225,18 @@ Status FederationClient::HandleTask(const v1::RoundTask& task) {
     default:
       return absl::InvalidArgumentError(absl::StrCat("unknown task kind ", task.kind()));
   }
+}
+
+Status FederationClient::StartSecure(const v1::RoundTask& task) {
+  secure_.reset();
+  if (!task.has_secagg()) return absl::OkStatus();
+  // Advertise first: the other steps wait on every site's keys, and
+  // training (or evaluating) is the long part.
+  ATTUNE_ASSIGN_OR_RETURN(secure_,
+                          secagg::SecureSite::Start(task, options_.key_pem, options_.ca_pem));
+  v1::SecAggMessage msg;
+  *msg.mutable_advertisement() = secure_->Advertisement();
+  return SendSecAgg(task, std::move(msg));
 }
 
 Status FederationClient::Privatize(const v1::RoundTask& task, FlatModel* delta) {
@@ -268,16 +287,17 @@ Status FederationClient::HandleSecureStep(const v1::RoundTask& task) {
         }
       }
       std::sort(survivors.begin(), survivors.end());
-      auto seen = unmasked_.find(task.round());
+      const auto key = std::pair(task.round(), secure_->purpose());
+      auto seen = unmasked_.find(key);
       if (seen != unmasked_.end() && seen->second != survivors) {
         return absl::PermissionDeniedError(absl::StrCat(
-            "refusing to unmask round ", task.round(), " for survivors {",
+            "refusing to unmask round ", task.round(), "'s ", secure_->purpose(), " for survivors {",
             absl::StrJoin(survivors, ", "), "}: this site already unmasked it for {",
             absl::StrJoin(seen->second, ", "),
             "}, and two sums over different sites would reveal a site's update"));
       }
       ATTUNE_ASSIGN_OR_RETURN(*msg.mutable_unmask(), secure_->Unmask(task));
-      unmasked_[task.round()] = survivors;
+      unmasked_[key] = survivors;
       Status s = SendSecAgg(task, std::move(msg));
       secure_.reset();
       return s;

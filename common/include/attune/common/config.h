@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -101,8 +102,16 @@ struct StrategyConfig {
 
 struct AuditConfig {
   std::vector<std::string> columns = {"sex", "age_band", "ethnicity"};  // cohort.csv columns
+  // The values of each column, e.g. {"sex": ["F", "M"]}. Required with
+  // secure aggregation (every site must lay out the same subgroup cells;
+  // eval_stats.h): a value not listed is counted under "(other)".
+  std::map<std::string, std::vector<std::string>> values;
   int min_cell = 10;          // groups with fewer patients are suppressed
   int histogram_bins = 200;   // score histogram resolution for AUC
+
+  // Every `values` key is an audited column, each list non-empty without
+  // repeats (nor "(other)"); with `secure` every column has a list.
+  Status Validate(bool secure) const;
 };
 
 // Secure aggregation of each round's updates (common/secagg.h): the

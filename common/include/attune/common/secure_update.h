@@ -44,7 +44,8 @@ UnmaskResponse FromProto(int site, const v1::SecAggUnmask& r);
 // A masked input's payload: little-endian 32-bit words.
 std::string EncodeWords(std::span<const uint32_t> words);
 
-// The site's side of one secure TRAIN task.
+// The site's side of one secure TRAIN task (or EVALUATE: its input is the
+// words of eval_stats.h's layout, summed as they are).
 class SecureSite {
  public:
   // From the TRAIN task's setup; signs with `key_pem` (this site's mTLS
@@ -53,11 +54,15 @@ class SecureSite {
                                                      std::string key_pem, std::string ca_pem);
 
   const std::string& task_id() const { return task_id_; }
+  // What is summed: "update" (TRAIN) or "evaluation" (EVALUATE).
+  const std::string& purpose() const { return purpose_; }
   // Step 1: what to send.
   v1::SecAggAdvertisement Advertisement() const;
   // Our input: weight · update and the loss word, quantised. Returns how
   // many values were clipped to the quantiser's range.
   StatusOr<int64_t> SetInput(std::span<const float> update, double train_loss);
+  // Our input as words already (EncodeEvalWords): no weight, no quantiser.
+  Status SetWords(std::vector<uint32_t> words);
   // Step 2, from a SECAGG_SHARE task.
   StatusOr<v1::SecAggShares> ShareKeys(const v1::RoundTask& task);
   // Step 3, from a SECAGG_MASK task: the masked input's payload.
@@ -71,6 +76,7 @@ class SecureSite {
   Status CheckTask(const v1::RoundTask& task) const;
 
   std::string task_id_;
+  std::string purpose_;
   std::string ca_pem_;
   std::vector<std::string> sites_;
   double weight_ = 0;

@@ -14,6 +14,11 @@ void ToProto(const EvalSums& s, v1::AuditReport* out);
 // Validates as it converts; InvalidArgument for inconsistent reports.
 StatusOr<EvalSums> FromProto(const v1::AuditReport& r);
 
+// The layout of a secure EVALUATE task: its eval_layout (the splits travel
+// as the task's own splits).
+v1::EvalLayout ToProto(const EvalLayout& l);
+EvalLayout LayoutFromProto(const v1::RoundTask& task);
+
 // Cuts `payload` into chunks of at most kMaxChunkBytes, each with its
 // SHA-256; the first carries `meta` completed with the payload's size and
 // digest. Calls `write` for each in order and stops when it returns false

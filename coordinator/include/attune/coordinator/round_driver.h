@@ -45,7 +45,11 @@
 //   3. EVALUATE phase (every round, round 0 too): live sites fetch the
 //      candidate and report sums only (loss, score histograms, confusion
 //      counts, subgroup sums) on their validation split, and on the test
-//      split in the last round.
+//      split in the last round. With secure_aggregation these sums take the
+//      same four steps as the update (purpose "evaluation"): the EVALUATE
+//      task carries the layout of the study's audit cells (audit.values,
+//      eval_stats.h) and the coordinator learns only the sum over the
+//      survivors, decoded into the round's metrics and audit.
 //   4. Commit: model file, strategy state, round record, audit sums and the
 //      round's audit-log entry in one batch; summary.json and audit.json are
 //      rewritten. A round that misses its quorum is logged and tried again
@@ -302,7 +306,11 @@ class RoundDriver {
   Status RunSecureTrainPhase(std::unique_lock<std::mutex>& lock, Phase* p,
                              const std::vector<std::string>& selected, const std::string& spool_path,
                              double* train_loss);
-  // Secure step bookkeeping: the open phase must be a secure TRAIN phase at
+  // The secure EVALUATE phase: the sites' sums laid out as the study's
+  // audit cells (eval_stats.h), into p->eval.
+  Status RunSecureEvalPhase(std::unique_lock<std::mutex>& lock, Phase* p,
+                            const std::vector<std::string>& selected);
+  // Secure step bookkeeping: the open phase must be a secure phase at
   // `step` with this task open for the site.
   StatusOr<Phase*> SecureStepLocked(const std::string& site, const std::string& task_id,
                                     int64_t round, int step);

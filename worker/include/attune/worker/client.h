@@ -6,6 +6,8 @@
 //     INIT      build the initial model from the study seed, upload weights
 //     TRAIN     fetch v_{r-1}, train locally, upload Δ and the sample count
 //     EVALUATE  fetch v_r, upload sums (metrics + subgroup audit) per split
+//     (with secure aggregation, TRAIN and EVALUATE advertise keys first and
+//     hold their input for the SECAGG_SHARE / _MASK / _UNMASK steps)
 //     FINISH    return OK
 // While joined, a background thread sends a Heartbeat with the site's
 // progress (stage, round, epoch, batch) every JoinReply.heartbeat_interval_ms,
@@ -64,6 +66,9 @@ class FederationClient {
   // Streams `payload` in chunks with `meta` (task fields filled in here).
   Status SubmitPayload(const v1::RoundTask& task, const std::string& payload, v1::UpdateMeta meta);
   Status SendSecAgg(const v1::RoundTask& task, v1::SecAggMessage msg);
+  // A TRAIN or EVALUATE task with a SecAggSetup: starts this site's part
+  // and advertises its keys (otherwise: nothing).
+  Status StartSecure(const v1::RoundTask& task);
   // Secure aggregation steps after TRAIN (SECAGG_SHARE, _MASK, _UNMASK).
   Status HandleSecureStep(const v1::RoundTask& task);
   // DP: clips the update and adds this site's noise (seeded by its key and
@@ -80,11 +85,11 @@ class FederationClient {
   std::unique_ptr<Learner> learner_;
   EvalOptions eval_options_;
   std::string site_id_;
-  // The open secure TRAIN task, and per round the survivors we unmasked
-  // for: we never unmask the same round for another set of survivors (the
-  // difference of two sums would be one site's update).
+  // The open secure TRAIN or EVALUATE task, and per round and purpose the
+  // survivors we unmasked for: we never unmask the same sum for another set
+  // of survivors (the difference of two sums would be one site's input).
   std::unique_ptr<secagg::SecureSite> secure_;
-  std::map<int64_t, std::vector<std::string>> unmasked_;
+  std::map<std::pair<int64_t, std::string>, std::vector<std::string>> unmasked_;
 
   std::mutex progress_mu_;
   v1::HeartbeatRequest progress_;          // guarded by progress_mu_
