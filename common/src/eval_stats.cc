@@ -23,6 +23,12 @@ void AddConfusion(Confusion* into, const Confusion& c) {
   into->fn += c.fn;
 }
 
+void AddGroup(GroupSums* into, const GroupSums& g) {
+  into->n += g.n;
+  for (size_t m = 0; m < g.beta_sum.size(); ++m) into->beta_sum[m] += g.beta_sum[m];
+  AddConfusion(&into->confusion, g.confusion);
+}
+
 // JSON has no NaN: undefined metrics are written as null.
 json Num(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
 
@@ -129,14 +135,7 @@ StatusOr<std::vector<uint32_t>> EncodeEvalWords(const std::vector<EvalSums>& sum
     for (const auto& [key, g] : site.groups) {
       auto it = s.groups.find(key);
       if (it == s.groups.end()) it = s.groups.find({key.first, kOtherValue});
-      if (it == s.groups.end()) continue;  // not an audited column
-      GroupSums& into = it->second;
-      into.n += g.n;
-      for (size_t m = 0; m < g.beta_sum.size(); ++m) into.beta_sum[m] += g.beta_sum[m];
-      into.confusion.tp += g.confusion.tp;
-      into.confusion.fp += g.confusion.fp;
-      into.confusion.tn += g.confusion.tn;
-      into.confusion.fn += g.confusion.fn;
+      if (it != s.groups.end()) AddGroup(&it->second, g);  // else: not an audited column
     }
     Walk(layout, s, [&](int64_t& c) { put(static_cast<uint64_t>(c), "count", 1); },
          [&](double& x) {
@@ -229,9 +228,7 @@ Status EvalSums::Add(const EvalSums& o) {
   for (const auto& [key, g] : o.groups) {
     GroupSums& mine = groups[key];
     if (mine.beta_sum.empty()) mine.beta_sum.assign(modalities.size(), 0.0);
-    mine.n += g.n;
-    for (size_t m = 0; m < g.beta_sum.size(); ++m) mine.beta_sum[m] += g.beta_sum[m];
-    AddConfusion(&mine.confusion, g.confusion);
+    AddGroup(&mine, g);
   }
   return absl::OkStatus();
 }

@@ -37,6 +37,14 @@ Status Retryable(const Status& s) {
   return s;
 }
 
+// The server's answer into *out, or its refusal (too few sites) into `s`
+// as retryable.
+template <typename T>
+void Take(Status& s, StatusOr<T> answer, T* out) {
+  s = Retryable(answer.status());
+  if (s.ok()) *out = *std::move(answer);
+}
+
 }  // namespace
 
 double RoundDriver::DpNoiseStddev(int threshold) const {
@@ -190,11 +198,7 @@ StatusOr<RoundDriver::SecureSum> RoundDriver::RunSecureAggregation(
 
   Status s = AwaitReports(lock, p, selected, t, deadline);
   std::vector<secagg::Advertisement> ads;
-  if (s.ok()) {
-    auto relayed = sec.server->Advertisements();
-    s = Retryable(relayed.status());
-    if (s.ok()) ads = *std::move(relayed);
-  }
+  if (s.ok()) Take(s, sec.server->Advertisements(), &ads);
   if (s.ok()) {
     s = next_step(2, Task::Kind::kSecAggShare, [&](int) -> StatusOr<std::shared_ptr<v1::RoundTask>> {
       auto msg = std::make_shared<v1::RoundTask>();
@@ -214,11 +218,7 @@ StatusOr<RoundDriver::SecureSum> RoundDriver::RunSecureAggregation(
     });
   }
   secagg::UnmaskRequest request;
-  if (s.ok()) {
-    auto r = sec.server->Request();
-    s = Retryable(r.status());
-    if (s.ok()) request = *std::move(r);
-  }
+  if (s.ok()) Take(s, sec.server->Request(), &request);
   if (s.ok()) {
     s = next_step(4, Task::Kind::kSecAggUnmask, [&](int) -> StatusOr<std::shared_ptr<v1::RoundTask>> {
       auto msg = std::make_shared<v1::RoundTask>();
@@ -228,11 +228,7 @@ StatusOr<RoundDriver::SecureSum> RoundDriver::RunSecureAggregation(
     });
   }
   SecureSum sum;
-  if (s.ok()) {
-    auto finished = sec.server->Finish();
-    s = Retryable(finished.status());
-    if (s.ok()) sum.words = *std::move(finished);
-  }
+  if (s.ok()) Take(s, sec.server->Finish(), &sum.words);
   ClosePhase(p);
   if (!s.ok()) return s;
   sum.sites = n;

@@ -25,6 +25,9 @@ using nlohmann::json;
 using std::chrono::seconds;
 
 constexpr char kStudy[] = "itest";
+// The modalities β is reported for (attune explain's and audit.json's keys).
+const std::vector<std::string> kModalitySlots = {"ehr_static", "ehr_events", "imaging",
+                                                 "genomics"};
 
 int FreePort() {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -204,7 +207,7 @@ class StudyTest : public ::testing::Test {
         Scored p;
         p.label = j["label"].get<int>() != 0;
         p.probability = j["probability"].get<double>();
-        for (const char* m : {"ehr_static", "ehr_events", "imaging", "genomics"}) {
+        for (const auto& m : kModalitySlots) {
           p.beta.push_back(j["modalities"][m]["beta"].get<double>());
         }
         p.sex = sex.at(j["patient_id"].get<std::string>());
@@ -486,7 +489,7 @@ TEST_F(StudyTest, SecureAggregationWithCentralDpIsWithinTheMarginOfThePlainStudy
   // the mean attention weight of each modality.
   const json audit = ReadJson(dir_ / "out-secure/audit.json");
   const std::vector<Scored> val = ScoreInTheClear(study, model, sites, "val");
-  const std::vector<std::string> slots = {"ehr_static", "ehr_events", "imaging", "genomics"};
+  const auto& slots = kModalitySlots;
   for (const char* sex : {"F", "M"}) {
     int64_t count = 0;
     std::vector<double> beta(4, 0.0);

@@ -193,14 +193,14 @@ Status FederationClient::HandleTask(const v1::RoundTask& task) {
       ATTUNE_RETURN_IF_ERROR(StartSecure(task));
       SetStage("evaluating", task.round());
       ATTUNE_ASSIGN_OR_RETURN(FlatModel model, FetchModel(task.model_version()));
+      std::vector<EvalSums> splits;
+      for (const auto& split : task.splits()) {
+        ATTUNE_ASSIGN_OR_RETURN(EvalSums sums, learner_->Evaluate(model, split, eval_options_));
+        splits.push_back(std::move(sums));
+      }
       if (secure_) {
         // The sums of every split as one input of words; only their sum
         // over the sites leaves, after the SECAGG steps.
-        std::vector<EvalSums> splits;
-        for (const auto& split : task.splits()) {
-          ATTUNE_ASSIGN_OR_RETURN(EvalSums sums, learner_->Evaluate(model, split, eval_options_));
-          splits.push_back(std::move(sums));
-        }
         ATTUNE_ASSIGN_OR_RETURN(
             std::vector<uint32_t> words,
             EncodeEvalWords(splits, LayoutFromProto(task), task.secagg().sites_size()));
@@ -208,8 +208,7 @@ Status FederationClient::HandleTask(const v1::RoundTask& task) {
         SetStage("idle", task.round());
         return absl::OkStatus();
       }
-      for (const auto& split : task.splits()) {
-        ATTUNE_ASSIGN_OR_RETURN(EvalSums sums, learner_->Evaluate(model, split, eval_options_));
+      for (const EvalSums& sums : splits) {
         v1::AuditReport report;
         ToProto(sums, &report);
         report.set_study_id(options_.study_id);
