@@ -2,6 +2,9 @@
 // coordinator over mutual TLS, loads the site directory for the study's
 // model, and trains and evaluates on the coordinator's tasks until the study
 // finishes. See README.md ("Run a study across machines").
+//
+// `attune-worker train` trains without a coordinator (worker/central.h),
+// alone or as many ranks under mpirun (README, "Data-parallel training").
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -15,8 +18,36 @@
 #include "attune/common/pki.h"
 #include "attune/common/site_config.h"
 #include "attune/common/tls.h"
+#include "attune/worker/central.h"
 #include "attune/worker/client.h"
 #include "attune/worker/learner.h"
+
+namespace {
+
+int RunTrain(attune::worker::CentralOptions o) {
+  o.progress = [](const attune::worker::TrainProgress& p) {
+    if (p.batch == p.batches) {
+      spdlog::info("epoch {}/{}: {} steps, mean loss {:.4f}", p.epoch, p.epochs, p.batches,
+                   p.loss);
+    }
+  };
+  auto result = attune::worker::TrainCentral(o);
+  if (!result.ok()) {
+    std::fprintf(stderr, "attune-worker train: error: %s\n",
+                 std::string(result.status().message()).c_str());
+    return 1;
+  }
+  if (result->rank == 0) {
+    std::printf("trained on %lld patients with %d rank%s: final loss %.4f\nval  %s\ntest %s\n"
+                "model: %s\n",
+                static_cast<long long>(result->examples), result->world,
+                result->world == 1 ? "" : "s", result->train_loss, result->val_metrics.c_str(),
+                result->test_metrics.c_str(), result->model_path.c_str());
+  }
+  return 0;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   attune::worker::ClientOptions client;
@@ -33,8 +64,8 @@ int main(int argc, char** argv) {
                  "the coordinator's host:port (required without --config)");
   app.add_option("--study-id", client.study_id,
                  "the study to join, as the coordinator's (required without --config)");
-  app.add_option("--site-dir", learner.site_dir, "this site's data directory (cohort.csv, ehr/, ...)")
-      ->required();
+  app.add_option("--site-dir", learner.site_dir,
+                 "this site's data directory (cohort.csv, ehr/, ...; required)");
   app.add_option("--tls-dir", tls_dir,
                  "this site's bundle from `attune provision` (ca.crt, cert.crt, key.pem;\n"
                  "required without --config)");
@@ -43,7 +74,36 @@ int main(int argc, char** argv) {
                  "seconds to keep retrying an unreachable coordinator")
       ->capture_default_str();
   app.add_option("--log-level", log_level, "debug, info, warn or error")->capture_default_str();
+
+  attune::worker::CentralOptions central;
+  CLI::App* train = app.add_subcommand(
+      "train",
+      "train without a coordinator on this site's (or a pooled) data: the centralised\n"
+      "baseline; as many ranks under `mpirun -np N attune-worker train ...`");
+  train->add_option("--config", central.study_path, "the study file (model and train.*)")
+      ->required();
+  train->add_option("--site-dir", central.site_dir, "the data directory (every rank reads it)")
+      ->required();
+  train->add_option("--out", central.out_dir,
+                    "output directory: model.atnm, metrics.json, train.ckpt")
+      ->required();
+  train->add_option("--epochs", central.epochs,
+                    "passes over the training split (default: rounds x train.local_epochs)");
+  train->add_option("--checkpoint-every", central.checkpoint_every,
+                    "write <out>/train.ckpt every N steps and at the end (0 = never); a rerun\n"
+                    "resumes from it")
+      ->capture_default_str();
+  train->add_option("--threads", central.threads, "LibTorch intra-op threads per rank")
+      ->capture_default_str();
+  train->add_option("--log-level", log_level, "debug, info, warn or error")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  if (train->parsed()) {
+    if (auto s = attune::InitLogging("worker", log_level); !s.ok()) {
+      std::fprintf(stderr, "attune-worker: error: %s\n", std::string(s.message()).c_str());
+      return 1;
+    }
+    return RunTrain(central);
+  }
 
   auto fail = [](const attune::Status& s) {
     std::fprintf(stderr, "attune-worker: error: %s\n", std::string(s.message()).c_str());
@@ -64,6 +124,7 @@ int main(int argc, char** argv) {
     site_id = site->site_id;
   }
   std::vector<std::string> missing;
+  if (learner.site_dir.empty()) missing.push_back("--site-dir");
   if (client.coordinator.empty()) missing.push_back("--coordinator");
   if (client.study_id.empty()) missing.push_back("--study-id");
   if (tls_dir.empty()) missing.push_back("--tls-dir");

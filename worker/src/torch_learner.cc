@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "attune/common/metrics.h"
+#include "attune/parallel/trainer.h"
 #include "attune/worker/learner.h"
 #include "attune/worker/model.h"
 #include "attune/worker/model_state.h"
@@ -31,8 +32,12 @@ SplitTensors Tensorise(const SiteData& data, const std::string& split, const Mod
 
 class TorchLearner final : public Learner {
  public:
-  TorchLearner(ModelConfig config, SiteData data)
-      : config_(std::move(config)), data_(std::move(data)) {
+  TorchLearner(ModelConfig config, SiteData data, parallel::Communicator* ranks)
+      : config_(std::move(config)), data_(std::move(data)), ranks_(ranks) {
+    if (ranks_ == nullptr) {
+      local_ = parallel::MakeLocalCommunicator();
+      ranks_ = local_.get();
+    }
     for (const char* split : {"train", "val", "test"}) {
       splits_.emplace(split, Tensorise(data_, split, config_));
     }
@@ -49,7 +54,6 @@ class TorchLearner final : public Learner {
   StatusOr<TrainResult> Train(const FlatModel& global, const TrainConfig& hyper,
                               const TrainOptions& options) override {
     return TorchGuard("training", [&]() -> StatusOr<TrainResult> {
-      torch::manual_seed(hyper.seed);
       MultimodalAttentionNet net(config_);
       ATTUNE_RETURN_IF_ERROR(LoadFlatModel(global, *net));
       net->train();
@@ -58,35 +62,35 @@ class TorchLearner final : public Learner {
         for (const auto& p : net->parameters()) anchor.push_back(p.detach().clone());
       }
       torch::optim::Adam opt(net->parameters(), torch::optim::AdamOptions(hyper.learning_rate));
+      parallel::DataParallelOptions o;
+      o.batch_size = hyper.batch_size;
+      o.epochs = hyper.local_epochs;
+      o.seed = hyper.seed;
+      o.clip_grad_norm = 5.0;
+      o.checkpoint_path = options.checkpoint_path;
+      o.checkpoint_every = options.checkpoint_every;
+      parallel::DataParallelTrainer trainer(*net, opt, *ranks_, o);
+      trainer.BroadcastState();
       const SplitTensors& train = splits_.at("train");
       const int64_t n = train.patients.size();
-      const int64_t batches = (n + hyper.batch_size - 1) / hyper.batch_size;
-      double epoch_loss = 0;
-      for (int e = 0; e < hyper.local_epochs; ++e) {
-        torch::Tensor perm = torch::randperm(n, torch::kInt64);
-        double loss_sum = 0;
-        int64_t seen = 0, batch = 0;
-        for (int64_t off = 0; off < n; off += hyper.batch_size) {
-          torch::Tensor idx = perm.slice(0, off, std::min(n, off + hyper.batch_size));
-          Batch b = SelectRows(train.all, idx);
-          ModelOutput out = net->forward(b);
-          torch::Tensor loss = torch::binary_cross_entropy_with_logits(out.logits, b.label);
-          torch::Tensor objective = out.aux_loss.defined() ? loss + out.aux_loss : loss;
-          if (!anchor.empty()) {
-            objective = objective + ProximalTerm(net->parameters(), anchor, options.proximal_mu);
-          }
-          opt.zero_grad();
-          objective.backward();
-          torch::nn::utils::clip_grad_norm_(net->parameters(), 5.0);
-          opt.step();
-          loss_sum += loss.item<double>() * idx.size(0);
-          seen += idx.size(0);
-          if (options.progress) {
-            options.progress({e + 1, hyper.local_epochs, ++batch, batches, loss_sum / seen});
-          }
+      auto step_loss = [&](const torch::Tensor& idx) {
+        Batch b = SelectRows(train.all, idx);
+        ModelOutput out = net->forward(b);
+        torch::Tensor loss = torch::binary_cross_entropy_with_logits(out.logits, b.label);
+        torch::Tensor objective = out.aux_loss.defined() ? loss + out.aux_loss : loss;
+        if (!anchor.empty()) {
+          objective = objective + ProximalTerm(net->parameters(), anchor, options.proximal_mu);
         }
-        epoch_loss = loss_sum / std::max<int64_t>(n, 1);
+        return parallel::StepLoss{objective, loss.item<double>()};
+      };
+      parallel::StepFn on_step;
+      if (options.progress) {
+        on_step = [&](const parallel::StepInfo& s) {
+          options.progress({s.epoch, s.epochs, s.step, s.steps, s.loss});
+        };
       }
+      const parallel::TrainSummary summary = trainer.Train(n, step_loss, on_step);
+      const double epoch_loss = summary.loss;
       TrainResult r;
       r.delta = ToFlatModel(*net);
       for (size_t i = 0; i < r.delta.values.size(); ++i) r.delta.values[i] -= global.values[i];
@@ -158,6 +162,8 @@ class TorchLearner final : public Learner {
  private:
   ModelConfig config_;
   SiteData data_;
+  std::unique_ptr<parallel::Communicator> local_;  // when no ranks were given
+  parallel::Communicator* ranks_;
   std::map<std::string, SplitTensors> splits_;
 };
 
@@ -169,7 +175,7 @@ StatusOr<std::unique_ptr<Learner>> MakeTorchLearner(const ModelConfig& model,
   if (options.threads < 1) return absl::InvalidArgumentError("--threads: must be >= 1");
   torch::set_num_threads(options.threads);
   ATTUNE_ASSIGN_OR_RETURN(SiteData data, LoadSiteData(options.site_dir, model));
-  return std::unique_ptr<Learner>(new TorchLearner(model, std::move(data)));
+  return std::unique_ptr<Learner>(new TorchLearner(model, std::move(data), options.ranks));
 }
 
 }  // namespace attune::worker

@@ -16,6 +16,10 @@
 #include "attune/common/status.h"
 #include "attune/common/tensor_codec.h"
 
+namespace attune::parallel {
+class Communicator;
+}
+
 namespace attune::worker {
 
 struct TrainResult {
@@ -39,6 +43,11 @@ struct TrainOptions {
   // local training cannot drift far from the global model. 0 = off.
   double proximal_mu = 0;
   ProgressFn progress;  // may be empty
+  // Checkpoints of the training (model, optimizer, data position) every
+  // `checkpoint_every` steps and at the end; training resumes from the file
+  // when it exists. "" = none.
+  std::string checkpoint_path;
+  int64_t checkpoint_every = 0;
 };
 
 struct EvalOptions {
@@ -62,6 +71,11 @@ class Learner {
 struct LearnerOptions {
   std::string site_dir;
   int threads = 1;  // LibTorch intra-op threads
+  // The ranks that train together (data-parallel; worker/parallel). Null =
+  // this process alone. Every rank reads the same site directory and takes
+  // its own shard of each epoch; Train() is collective: every rank must call
+  // it with the same arguments. Must outlive the learner.
+  parallel::Communicator* ranks = nullptr;
 };
 
 // The LibTorch learner over a site directory: loads and validates the data
