@@ -21,6 +21,7 @@
 #include "attune/worker/central.h"
 #include "attune/worker/client.h"
 #include "attune/worker/learner.h"
+#include "attune/worker/site_ranks.h"
 
 namespace {
 
@@ -111,6 +112,18 @@ int main(int argc, char** argv) {
   };
   if (auto s = attune::InitLogging("worker", log_level); !s.ok()) return fail(s);
   if (reconnect_s < 0) return fail(absl::InvalidArgumentError("--reconnect-timeout: must be >= 0"));
+
+  // Under mpirun, rank 0 is the site's client and the other ranks train
+  // with it (site_ranks.h); they need only the site directory.
+  auto ranks = attune::worker::SiteRanks::Create();
+  if (!ranks.ok()) return fail(ranks.status());
+  if ((*ranks)->rank() != 0) {
+    if (learner.site_dir.empty()) return fail(absl::InvalidArgumentError("--site-dir: required"));
+    attune::Status s = (*ranks)->Serve(learner);
+    if (!s.ok()) return fail(s);
+    return 0;
+  }
+  client.ranks = (*ranks)->size();
   client.reconnect_timeout = std::chrono::milliseconds(static_cast<int64_t>(reconnect_s * 1000));
 
   // site.json gives what a flag does not.
@@ -149,15 +162,14 @@ int main(int argc, char** argv) {
   }
   client.key_pem = tls->key_pem;
   client.ca_pem = tls->ca_pem;
-  spdlog::info("connecting to {} for study '{}' (TLS bundle {})", client.coordinator,
-               client.study_id, tls_dir);
+  spdlog::info("connecting to {} for study '{}' (TLS bundle {}; {} rank{})", client.coordinator,
+               client.study_id, tls_dir, client.ranks, client.ranks == 1 ? "" : "s");
 
   attune::worker::FederationClient fc(
       client, attune::MakeChannel(client.coordinator, *tls),
-      [&](const attune::ModelConfig& model) {
-        return attune::worker::MakeTorchLearner(model, learner);
-      });
+      (*ranks)->Factory(learner));
   attune::Status s = fc.Run();
+  (*ranks)->Stop(s.ok());
   if (!s.ok()) return fail(s);
   return 0;
 }

@@ -82,7 +82,7 @@ Status FederationClient::Run() {
 Status FederationClient::Session(bool* joined) {
   v1::JoinRequest req;
   req.set_study_id(options_.study_id);
-  req.set_ranks(1);
+  req.set_ranks(options_.ranks);
   if (learner_) (*req.mutable_samples())["train"] = learner_->NumExamples("train");
   v1::JoinReply reply;
   {

@@ -45,6 +45,7 @@ struct ClientOptions {
   // differential privacy seeds the site's noise from the key.
   std::string key_pem;
   std::string ca_pem;
+  int ranks = 1;  // the processes training together at this site (declared at Join)
 };
 
 using LearnerFactory = std::function<StatusOr<std::unique_ptr<Learner>>(const ModelConfig&)>;
