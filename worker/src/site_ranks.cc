@@ -56,12 +56,9 @@ struct SiteRanks::Impl {
         absl::StrCat(what, " failed on rank ", rank, " of ", comm->size(), " (see its log)"));
   }
 
-  StatusOr<std::unique_ptr<Learner>> Load(const std::string& model_json,
-                                          LearnerOptions options) {
-    auto model = ModelConfig::FromJson(model_json);
-    if (!model.ok()) return model.status();
+  StatusOr<std::unique_ptr<Learner>> Load(const ModelConfig& model, LearnerOptions options) {
     options.ranks = comm.get();
-    return MakeTorchLearner(*model, options);
+    return MakeTorchLearner(model, options);
   }
 
   static std::string EncodeTrain(const FlatModel& global, const TrainConfig& hyper,
@@ -147,7 +144,7 @@ LearnerFactory SiteRanks::Factory(LearnerOptions options) {
     StatusOr<std::unique_ptr<Learner>> learner = absl::UnknownError("not loaded");
     ATTUNE_RETURN_IF_ERROR(TorchGuard("loading the site data on every rank", [&] {
       impl_->Exchange(kLoad, model.ToJson(), kCollective);
-      learner = impl_->Load(model.ToJson(), options);
+      learner = impl_->Load(model, options);
       return impl_->Agree(learner.status(), "loading the site data");
     }));
     return std::unique_ptr<Learner>(new RankZeroLearner(impl_.get(), *std::move(learner)));
@@ -161,8 +158,12 @@ Status SiteRanks::Serve(LearnerOptions options) {
       auto [cmd, payload] = impl_->Exchange(0, "", kIdle);
       switch (cmd) {
         case kLoad: {
-          auto loaded = impl_->Load(payload, options);
-          if (!loaded.ok()) spdlog::error("rank {}: {}", rank(), std::string(loaded.status().message()));
+          StatusOr<ModelConfig> model = ModelConfig::FromJson(payload);
+          StatusOr<std::unique_ptr<Learner>> loaded =
+              model.ok() ? impl_->Load(*model, options) : model.status();
+          if (!loaded.ok()) {
+            spdlog::error("rank {}: {}", rank(), std::string(loaded.status().message()));
+          }
           ATTUNE_RETURN_IF_ERROR(impl_->Agree(loaded.status(), "loading the site data"));
           learner = *std::move(loaded);
           spdlog::info("rank {}: site data loaded ({} train patients)", rank(),

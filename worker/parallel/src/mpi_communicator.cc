@@ -106,23 +106,22 @@ class MpiCommunicator final : public Communicator {
 
   std::unique_ptr<Work> AllReduce(torch::Tensor& t, ReduceOp op, std::string_view what) override {
     std::string name = Name("all-reduce", what, t);
-    Check(t, name);
+    const MPI_Datatype dtype = Check(t, name);
     return Launch(std::move(name), [&](MPI_Request* r) {
-      return MPI_Iallreduce(MPI_IN_PLACE, t.data_ptr(), static_cast<int>(t.numel()),
-                            ToMpi(t, what_), ToMpi(op), comm_, r);
+      return MPI_Iallreduce(MPI_IN_PLACE, t.data_ptr(), static_cast<int>(t.numel()), dtype,
+                            ToMpi(op), comm_, r);
     });
   }
 
   std::unique_ptr<Work> Broadcast(torch::Tensor& t, int root, std::string_view what) override {
     std::string name = Name("broadcast", what, t);
-    Check(t, name);
+    const MPI_Datatype dtype = Check(t, name);
     if (root < 0 || root >= size_) {
       throw CollectiveError(Kind::kInvalid, name + ": root " + std::to_string(root) +
                                                 " is not a rank of " + std::to_string(size_));
     }
     return Launch(std::move(name), [&](MPI_Request* r) {
-      return MPI_Ibcast(t.data_ptr(), static_cast<int>(t.numel()), ToMpi(t, what_), root, comm_,
-                        r);
+      return MPI_Ibcast(t.data_ptr(), static_cast<int>(t.numel()), dtype, root, comm_, r);
     });
   }
 
@@ -154,8 +153,8 @@ class MpiCommunicator final : public Communicator {
     return name + ")";
   }
 
-  void Check(const torch::Tensor& t, const std::string& name) {
-    what_ = name;
+  // The tensor's MPI type; throws for a tensor MPI cannot carry.
+  MPI_Datatype Check(const torch::Tensor& t, const std::string& name) {
     if (!t.defined() || t.is_cuda() || !t.is_contiguous()) {
       throw CollectiveError(Kind::kInvalid,
                             name + ": needs a defined, contiguous CPU tensor");
@@ -163,6 +162,7 @@ class MpiCommunicator final : public Communicator {
     if (t.numel() > INT_MAX) {
       throw CollectiveError(Kind::kInvalid, name + ": more than 2^31 elements");
     }
+    return ToMpi(t, name);
   }
 
   template <typename Start>
@@ -192,7 +192,6 @@ class MpiCommunicator final : public Communicator {
   int rank_ = 0, size_ = 1;
   bool owns_mpi_ = false;
   uint64_t sequence_ = 0;
-  std::string what_;  // the collective being started, for ToMpi's message
   std::string broken_;
   Kind broken_kind_ = Kind::kFailed;
 };

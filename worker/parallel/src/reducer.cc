@@ -36,7 +36,6 @@ std::vector<std::vector<size_t>> AssignBuckets(const std::vector<int64_t>& sizes
 struct GradientReducer::Bucket {
   torch::Tensor buffer;  // gradients, then one used count per parameter
   size_t waiting = 0;    // parameters whose gradient has not arrived
-  bool launched = false;
   std::unique_ptr<Work> work;
 };
 
@@ -87,7 +86,6 @@ void GradientReducer::Prepare() {
   if (buckets_.empty()) return;
   for (size_t b = 0; b < buckets_.size(); ++b) {
     buckets_[b]->waiting = layout_[b].size();
-    buckets_[b]->launched = false;
     buckets_[b]->work.reset();
   }
   for (Slot& s : slots_) s.seen = false;
@@ -130,7 +128,6 @@ void GradientReducer::LaunchReady() {
 }
 
 void GradientReducer::Launch(Bucket& b) {
-  b.launched = true;
   b.work = comm_.AllReduce(b.buffer, ReduceOp::kSum,
                            "gradient bucket " + std::to_string(&b - buckets_.front().get()));
 }

@@ -24,9 +24,10 @@ std::vector<torch::Tensor> State(torch::nn::Module& module) {
 
 }  // namespace
 
-// Where training stands: after `global_step` steps, `step` of them in
-// `epoch` (0-based), with the epoch's loss so far.
+// Where training stands over `examples` examples: after `global_step`
+// steps, `step` of them in `epoch` (0-based), with the epoch's loss so far.
 struct DataParallelTrainer::Position {
+  int64_t examples = 0;
   int epoch = 0;
   int64_t step = 0;
   int64_t global_step = 0;
@@ -92,9 +93,9 @@ TrainSummary DataParallelTrainer::Train(int64_t examples, const LossFn& loss,
                                         const StepFn& on_step) {
   const int world = comm_.size(), rank = comm_.rank();
   Position pos;
+  pos.examples = examples;
   TrainSummary summary;
-  examples_ = examples;
-  const bool resumed = !options_.checkpoint_path.empty() && LoadCheckpoint(examples, &pos);
+  const bool resumed = !options_.checkpoint_path.empty() && LoadCheckpoint(&pos);
   {
     // Every rank must see the same examples and resume at the same step.
     torch::Tensor t = torch::tensor(
@@ -171,14 +172,14 @@ void DataParallelTrainer::SaveCheckpoint(const Position& pos) {
                             static_cast<double>(pos.global_step), pos.loss_sum, pos.seen,
                             static_cast<double>(comm_.size()),
                             static_cast<double>(options_.batch_size),
-                            static_cast<double>(examples_)},
+                            static_cast<double>(pos.examples)},
                            torch::kDouble));
   const std::string tmp = options_.checkpoint_path + ".tmp";
   root.save_to(tmp);
   std::filesystem::rename(tmp, options_.checkpoint_path);
 }
 
-bool DataParallelTrainer::LoadCheckpoint(int64_t examples, Position* pos) {
+bool DataParallelTrainer::LoadCheckpoint(Position* pos) {
   if (!std::filesystem::exists(options_.checkpoint_path)) return false;
   torch::serialize::InputArchive root, model, optim;
   root.load_from(options_.checkpoint_path);
@@ -192,8 +193,8 @@ bool DataParallelTrainer::LoadCheckpoint(int64_t examples, Position* pos) {
               ": written by ", a[5], " ranks with batch size ", a[6], "; this run has ",
               comm_.size(), " with batch size ", options_.batch_size,
               " (the data position would differ: start afresh or use the same layout)");
-  TORCH_CHECK(a[7] == examples, options_.checkpoint_path, ": written for ", a[7],
-              " training examples; this run has ", examples);
+  TORCH_CHECK(a[7] == pos->examples, options_.checkpoint_path, ": written for ", a[7],
+              " training examples; this run has ", pos->examples);
   module_.load(model);
   optimizer_.load(optim);
   pos->epoch = static_cast<int>(a[0]);

@@ -86,7 +86,8 @@ class DataParallelTrainer {
 
  private:
   struct Position;
-  bool LoadCheckpoint(int64_t examples, Position* position);
+  // Fills `position` (its `examples` set) from the checkpoint, if there is one.
+  bool LoadCheckpoint(Position* position);
   void SaveCheckpoint(const Position& position);
   // Sum of `values` over ranks.
   std::vector<double> SumOverRanks(std::vector<double> values, const char* what);
@@ -96,7 +97,6 @@ class DataParallelTrainer {
   Communicator& comm_;
   DataParallelOptions options_;
   GradientReducer reducer_;
-  int64_t examples_ = 0;  // of the current Train()
 };
 
 }  // namespace attune::parallel
