@@ -67,6 +67,14 @@ class MpiCommunicator final : public Communicator {
     int initialised = 0;
     MPI_Initialized(&initialised);
     if (!initialised) {
+      // Open MPI's non-blocking all-reduce (coll/libnbc) picks a binomial
+      // tree (reduce to one rank, then broadcast) for fewer than 4 ranks or
+      // in-place buffers — every gradient bucket here — which moves 2-3x
+      // the time of the blocking all-reduce at 2 ranks. Reduce-scatter +
+      // all-gather (Rabenseifner's; a ring where a buffer has fewer
+      // elements than ranks) is on a par with it: measured by
+      // experiments/bench/parallel_bench.py. A value the user set wins.
+      setenv("OMPI_MCA_coll_libnbc_iallreduce_algorithm", "3", /*overwrite=*/0);
       int provided = 0;
       int rc = MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided);
       if (rc != MPI_SUCCESS) {

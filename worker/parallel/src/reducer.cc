@@ -43,6 +43,7 @@ GradientReducer::GradientReducer(std::vector<torch::Tensor> params, Communicator
                                  ReducerOptions options)
     : params_(std::move(params)), comm_(comm), options_(options), slots_(params_.size()) {
   if (comm_.size() == 1) return;
+  scale_ = torch::scalar_tensor(1.0 / comm_.size());
   std::vector<size_t> trained;  // indexes of parameters that require grad
   std::vector<int64_t> sizes;
   std::vector<int> keys;
@@ -103,12 +104,16 @@ void GradientReducer::OnGradient(size_t param, const torch::Tensor& grad) {
                           "data-parallel reducer: sparse gradients are not supported");
   }
   torch::NoGradGuard no_grad;
-  torch::Tensor slice = b.buffer.narrow(0, s.offset, params_[param].numel());
+  // The gradient goes in already divided by the world size (one pass, as
+  // DDP's), viewed in the parameter's shape so that an expanded or strided
+  // gradient is read where it lies rather than first made contiguous.
+  torch::Tensor slice =
+      b.buffer.narrow(0, s.offset, params_[param].numel()).view(params_[param].sizes());
   if (s.seen) {  // a second gradient for the same parameter: accumulate
-    slice.add_(grad.reshape({-1}));
+    slice.add_(grad, 1.0 / comm_.size());
     return;
   }
-  slice.copy_(grad.reshape({-1}));
+  torch::mul_out(slice, grad, scale_);
   b.buffer[s.flag].fill_(1);
   s.seen = true;
   if (--b.waiting == 0) {
@@ -147,7 +152,6 @@ void GradientReducer::Finish() {
     bucket.waiting = 0;
   }
   LaunchReady();
-  const double world = comm_.size();
   for (size_t b = 0; b < buckets_.size(); ++b) {
     Bucket& bucket = *buckets_[b];
     bucket.work->Wait(options_.timeout);
@@ -162,9 +166,9 @@ void GradientReducer::Finish() {
       torch::Tensor mean =
           bucket.buffer.narrow(0, slots_[layout_[b][j]].offset, p.numel()).view(p.sizes());
       if (p.grad().defined()) {
-        p.mutable_grad().copy_(mean).div_(world);
+        p.mutable_grad().copy_(mean);
       } else {
-        p.mutable_grad() = mean.div(world);
+        p.mutable_grad() = mean.clone();
       }
     }
   }

@@ -81,6 +81,7 @@ class GradientReducer {
     bool seen = false;
   };
   std::vector<Slot> slots_;  // one per parameter
+  torch::Tensor scale_;      // 1 / world size (a gradient's share of the mean)
   size_t next_launch_ = 0;
   bool armed_ = false;
   int launched_in_backward_ = 0;
