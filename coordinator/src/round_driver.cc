@@ -241,14 +241,15 @@ StatusOr<std::string> RoundDriver::Authorize(const std::string& cn, const std::s
   return cn;
 }
 
-Status RoundDriver::Join(const std::string& site, int64_t train_samples) {
+Status RoundDriver::Join(const std::string& site, int64_t train_samples, int ranks) {
   std::lock_guard<std::mutex> lock(mu_);
   SiteState& s = sites_.at(site);
   s.joined = true;
   s.train_samples = train_samples;
   TouchLocked(site);
-  spdlog::info("site {} joined ({} training samples)", site, train_samples);
-  LogLocked("site_joined", site, json{{"train_samples", train_samples}}.dump());
+  spdlog::info("site {} joined ({} training samples, {} rank{})", site, train_samples, ranks,
+               ranks == 1 ? "" : "s");
+  LogLocked("site_joined", site, json{{"train_samples", train_samples}, {"ranks", ranks}}.dump());
   return absl::OkStatus();
 }
 

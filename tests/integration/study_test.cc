@@ -251,6 +251,47 @@ TEST_F(StudyTest, TwoRoundsOverMutualTlsLowerValidationLoss) {
   EXPECT_TRUE(audit["groups"]["sex"]["F"]["mean_beta"].contains("imaging"));
 }
 
+#ifdef ATTUNE_MPIEXEC
+// A site of two ranks under mpirun (worker/site_ranks.h): rank 0 is the
+// site's client, rank 1 loads the same site data and trains each round with
+// it; the other sites are single processes.
+TEST_F(StudyTest, ASiteOfTwoRanksUnderMpirunTrainsEveryRoundWithTheOthers) {
+  auto coord = StartCoordinator(WriteStudy(2), "127.0.0.1:0", "coordinator.log");
+  const int port = WaitForPort();
+  ASSERT_GT(port, 0) << coord->Log();
+  std::vector<std::unique_ptr<Process>> workers;
+  workers.push_back(std::make_unique<Process>(
+      std::vector<std::string>{ATTUNE_MPIEXEC, "--allow-run-as-root", "--oversubscribe", "--mca",
+                               "btl", "self,vader", "-np", "2", ATTUNE_WORKER_BIN, "--config",
+                               dir_ / "pki/sites/site-1/site.json", "--coordinator",
+                               "127.0.0.1:" + std::to_string(port), "--site-dir",
+                               dir_ / "data/site-1", "--reconnect-timeout", "60"},
+      dir_ / "worker-site-1.log"));
+  for (const char* s : {"site-2", "site-3"}) workers.push_back(StartConfiguredWorker(s, port));
+  ASSERT_EQ(coord->Wait(seconds(300)), 0) << coord->Log();
+  for (auto& w : workers) EXPECT_EQ(w->Wait(seconds(60)), 0) << w->Log();
+
+  EXPECT_NE(coord->Log().find("site site-1 joined ("), std::string::npos) << coord->Log();
+  EXPECT_NE(coord->Log().find("training samples, 2 ranks)"), std::string::npos) << coord->Log();
+  const std::string site1 = workers[0]->Log();
+  EXPECT_NE(site1.find("rank 1: site data loaded"), std::string::npos) << site1;
+  // Rank 1 trained both rounds with rank 0.
+  size_t trained = 0;
+  for (size_t at = 0; (at = site1.find("rank 1: trained with rank 0", at)) != std::string::npos;
+       ++at) {
+    ++trained;
+  }
+  EXPECT_EQ(trained, 2u) << site1;
+
+  json summary = ReadJson(dir_ / "out/summary.json");
+  ASSERT_FALSE(summary.is_discarded());
+  EXPECT_TRUE(summary["finished"].get<bool>());
+  EXPECT_EQ(summary["history"][2]["sites_reported"], 3) << summary.dump(2);
+  EXPECT_LT(summary["val_loss"][1].get<double>(), summary["initial"]["val_loss"].get<double>())
+      << summary.dump(2);
+}
+#endif
+
 TEST_F(StudyTest, SiteNotOnTheRosterIsRefused) {
   auto coord = StartCoordinator(WriteStudy(1), "127.0.0.1:0", "coordinator.log");
   const int port = WaitForPort();

@@ -178,6 +178,8 @@ Status SiteRanks::Serve(LearnerOptions options) {
           ATTUNE_RETURN_IF_ERROR(Impl::DecodeTrain(payload, &global, &hyper, &to));
           auto r = learner->Train(global, hyper, to);
           if (!r.ok()) return r.status();
+          spdlog::info("rank {}: trained with rank 0 (mean loss of the last epoch {:.4f})", rank(),
+                       r->train_loss);
           break;
         }
         case kStop:

@@ -157,7 +157,8 @@ class RoundDriver {
   // the study file first.
   StatusOr<std::string> Authorize(const std::string& cn, const std::string& study_id,
                                   bool operator_ok);
-  Status Join(const std::string& site, int64_t train_samples);
+  // `ranks`: the processes that train at the site (logged and journalled).
+  Status Join(const std::string& site, int64_t train_samples, int ranks = 1);
   // Opens the site's task stream; returns its generation.
   StatusOr<uint64_t> Subscribe(const std::string& site);
   // The next task for the stream, waiting up to `wait`; nullopt on timeout.
