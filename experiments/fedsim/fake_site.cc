@@ -176,7 +176,12 @@ Status FakeSite::Run() {
   Status s;
   for (int i = 0; i < options_.max_sessions; ++i) {
     s = Session();
-    if (!absl::IsUnavailable(s) && !absl::IsCancelled(s)) return s;
+    // Another session for what the worker reconnects for (a coordinator
+    // killed mid-call can surface as any of these).
+    if (!absl::IsUnavailable(s) && !absl::IsCancelled(s) && !absl::IsDeadlineExceeded(s) &&
+        !absl::IsAborted(s)) {
+      return s;
+    }
     std::lock_guard<std::mutex> lock(mu_);
     if (stopped_) return s;
   }

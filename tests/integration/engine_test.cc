@@ -655,9 +655,11 @@ TEST_F(EngineTest, ServerOptimizerStateSurvivesACoordinatorCrash) {
   coordinator_->Kill(SIGKILL);
   ASSERT_TRUE(coordinator_->Wait(seconds(10)).has_value());
   StartCoordinator("state-2", "out-2", listen);
-  ASSERT_EQ(coordinator_->Wait(seconds(120)), 0) << coordinator_->Log();
+  const std::optional<int> rc = coordinator_->Wait(seconds(120));
+  if (!rc) coordinator_->Kill(SIGKILL);  // the sites' sessions then end
   sites.Join();
-  for (const auto& r : sites.results) EXPECT_TRUE(r.ok()) << r;
+  for (const auto& r : sites.results) EXPECT_TRUE(r.ok()) << r;  // why a site went, if one did
+  ASSERT_EQ(rc, 0) << coordinator_->Log();
   // Killed mid-study: the restart resumed before the last round.
   const std::string resumed = "resuming study 'engine' after committed round ";
   const size_t at = coordinator_->Log().find(resumed);
