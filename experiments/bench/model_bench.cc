@@ -32,7 +32,7 @@
 #include "attune/common/config.h"
 #include "attune/worker/model.h"
 #include "bench/model_variants.h"
-#include "bench/random_batch.h"
+#include "bench/study_model.h"
 #include "nlohmann/json.hpp"
 
 namespace {
@@ -113,16 +113,11 @@ int main(int argc, char** argv) {
 
   try {
     torch::set_num_threads(threads);
-    torch::manual_seed(7);
     // ModelConfig's defaults are the quickstart's sizes.
-    attune::ModelConfig m;
-    m.dropout = 0;
-    variant->apply(m);
-    if (auto s = m.Validate(); !s.ok()) throw std::runtime_error(std::string(s.message()));
-    attune::worker::MultimodalAttentionNet net(m);
-    net->train();
-    const attune::worker::Batch x = attune::bench::RandomBatch(
-        m, batch, {.pad_events = true, .no_imaging_patient = m.has_imaging() ? 1 : -1});
+    attune::bench::StudyModel study = attune::bench::MakeStudyModel(*variant, batch);
+    const attune::ModelConfig& m = study.config;
+    attune::worker::MultimodalAttentionNet& net = study.net;
+    const attune::worker::Batch& x = study.batch;
     if (!dump.empty()) {
       torch::NoGradGuard no_grad;
       Dump(dump, net, x, net->forward(x).logits, m);

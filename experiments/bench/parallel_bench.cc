@@ -8,13 +8,13 @@
 //   mpirun -np N attune-bench-parallel allreduce [--mib 1,4,16,64] [--iters 20]
 //                                                [--param-kib 256] [--json out.json]
 //
-// train: the quickstart's model (attune-bench-model's "model" variant,
-// dropout 0, seed 7: the very parameters and batch `attune-bench-model
-// --dump` writes) trained as DataParallelTrainer does a step: zero the
-// gradients, arm the bucketed reducer, forward, binary cross-entropy plus
-// the fusion's auxiliary loss, backward (buckets all-reduced from the
-// autograd hooks), wait for the buckets, Adam. Every rank trains on the same
-// batch (throughput is what is measured). Rank 0 prints the median step time
+// train: the quickstart's model (bench/study_model.h: the very parameters
+// and batch `attune-bench-model --dump` writes) trained by the
+// DataParallelTrainer itself (DDP's buckets, no clipping, Adam): each step
+// zeroes the gradients, arms the bucketed reducer, runs forward, binary
+// cross-entropy plus the fusion's auxiliary loss and backward (buckets
+// all-reduced from the autograd hooks), waits for the buckets and steps.
+// Every rank's batch is that same batch (throughput is what is measured). Rank 0 prints the median step time
 // and samples/s = ranks × batch / step; --json writes them with the first
 // step's loss (the driver checks it against Python's).
 //
@@ -41,12 +41,11 @@
 
 #include <CLI/CLI.hpp>
 
-#include "attune/common/config.h"
 #include "attune/parallel/communicator.h"
 #include "attune/parallel/mpi_communicator.h"
 #include "attune/parallel/reducer.h"
-#include "attune/worker/model.h"
-#include "bench/random_batch.h"
+#include "attune/parallel/trainer.h"
+#include "bench/study_model.h"
 #include "nlohmann/json.hpp"
 
 namespace {
@@ -69,30 +68,33 @@ struct TrainArgs {
 
 nlohmann::json Train(par::Communicator& comm, const TrainArgs& a) {
   torch::set_num_threads(a.threads);
-  torch::manual_seed(7);  // as attune-bench-model: the same parameters and batch
-  attune::ModelConfig m;
-  m.dropout = 0;
-  attune::worker::MultimodalAttentionNet net(m);
-  net->train();
-  const attune::worker::Batch x = attune::bench::RandomBatch(
-      m, a.batch, {.pad_events = true, .no_imaging_patient = m.has_imaging() ? 1 : -1});
+  attune::bench::StudyModel study =
+      attune::bench::MakeStudyModel(*attune::bench::FindModelVariant("model"), a.batch);
+  auto& net = study.net;
+  const attune::worker::Batch& x = study.batch;
   torch::optim::Adam opt(net->parameters(), torch::optim::AdamOptions(1e-3));
-  par::GradientReducer reducer(net->parameters(), comm, par::ReducerOptions{});
+  par::DataParallelOptions o;  // DDP's buckets, no clipping
+  o.batch_size = a.batch;
+  o.epochs = 1;
+  par::DataParallelTrainer trainer(*net, opt, comm, o);
+  trainer.BroadcastState();
+  // One epoch of warmup + steps batches per rank; every batch is `x`.
+  const int64_t steps = a.warmup + a.steps;
+  auto loss = [&](const torch::Tensor&) {
+    attune::worker::ModelOutput out = net->forward(x);
+    torch::Tensor l = torch::binary_cross_entropy_with_logits(out.logits, x.label);
+    if (out.aux_loss.defined()) l = l + out.aux_loss;
+    return par::StepLoss{l, l.item<double>()};
+  };
   double first_loss = 0;
   std::vector<double> ms;
-  for (int i = 0; i < a.warmup + a.steps; ++i) {
-    const auto t0 = Clock::now();
-    opt.zero_grad();
-    reducer.Prepare();
-    attune::worker::ModelOutput out = net->forward(x);
-    torch::Tensor loss = torch::binary_cross_entropy_with_logits(out.logits, x.label);
-    if (out.aux_loss.defined()) loss = loss + out.aux_loss;
-    loss.backward();
-    reducer.Finish();
-    opt.step();
-    if (i == 0) first_loss = loss.item<double>();
-    if (i >= a.warmup) ms.push_back(Ms(t0));
-  }
+  auto t0 = Clock::now();
+  const par::TrainSummary summary =
+      trainer.Train(steps * a.batch * comm.size(), loss, [&](const par::StepInfo& s) {
+        if (s.global_step == 1) first_loss = s.loss;
+        if (s.global_step > a.warmup) ms.push_back(Ms(t0));
+        t0 = Clock::now();
+      });
   int64_t params = 0;
   for (const auto& p : net->parameters()) params += p.numel();
   const double median = Median(ms);
@@ -100,7 +102,7 @@ nlohmann::json Train(par::Communicator& comm, const TrainArgs& a) {
           {"batch", a.batch},
           {"threads", a.threads},
           {"parameters", params},
-          {"buckets", reducer.buckets().size()},
+          {"steps", summary.steps},
           {"first_loss", first_loss},
           {"step_ms", median},
           {"steps_ms", ms},
@@ -191,10 +193,10 @@ nlohmann::json AllReduce(par::Communicator& comm, const AllReduceArgs& a) {
 }
 
 void PrintTrain(const nlohmann::json& j) {
-  std::printf("attune  %d rank(s): step %.3f ms (median of %zu), %.1f samples/s (batch %d per rank, %d thread(s), %lld parameters, %zu bucket(s))\n",
+  std::printf("attune  %d rank(s): step %.3f ms (median of %zu), %.1f samples/s (batch %d per rank, %d thread(s), %lld parameters)\n",
               j["ranks"].get<int>(), j["step_ms"].get<double>(), j["steps_ms"].size(),
               j["samples_per_s"].get<double>(), j["batch"].get<int>(), j["threads"].get<int>(),
-              static_cast<long long>(j["parameters"].get<int64_t>()), j["buckets"].get<size_t>());
+              static_cast<long long>(j["parameters"].get<int64_t>()));
 }
 
 void PrintAllReduce(const nlohmann::json& j) {
