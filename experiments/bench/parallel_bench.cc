@@ -3,7 +3,7 @@
 // experiments/bench/parallel_bench.py, which runs PyTorch DDP (Gloo) on the
 // same model and batch in the same run and prints the ratios.
 //
-//   mpirun -np N attune-bench-parallel train [--batch 32] [--threads 1]
+//   mpirun -np N attune-bench-parallel train [--batch 32] [--threads 1] [--independent]
 //                                            [--steps 30] [--warmup 5] [--json out.json]
 //   mpirun -np N attune-bench-parallel allreduce [--mib 1,4,16,64] [--iters 20]
 //                                                [--param-kib 256] [--json out.json]
@@ -64,6 +64,7 @@ double Median(std::vector<double> v) {
 
 struct TrainArgs {
   int batch = 32, threads = 1, steps = 30, warmup = 5;
+  bool independent = false;
 };
 
 nlohmann::json Train(par::Communicator& comm, const TrainArgs& a) {
@@ -99,6 +100,7 @@ nlohmann::json Train(par::Communicator& comm, const TrainArgs& a) {
   for (const auto& p : net->parameters()) params += p.numel();
   const double median = Median(ms);
   return {{"ranks", comm.size()},
+          {"independent", false},
           {"batch", a.batch},
           {"threads", a.threads},
           {"parameters", params},
@@ -107,6 +109,28 @@ nlohmann::json Train(par::Communicator& comm, const TrainArgs& a) {
           {"step_ms", median},
           {"steps_ms", ms},
           {"samples_per_s", comm.size() * a.batch * 1000.0 / median}};
+}
+
+// --independent: every process trains alone (a local communicator, no
+// collective), all at once, each on its own core: what N processes get on
+// this machine with no communication at all, the ceiling of N ranks'
+// throughput. Rank 0 reports the sum of the processes' samples/s, and as
+// step time the batch-weighted harmonic mean.
+nlohmann::json TrainIndependently(par::Communicator& world, const TrainArgs& a) {
+  std::unique_ptr<par::Communicator> alone = par::MakeLocalCommunicator();
+  world.Barrier("start")->Wait(std::chrono::minutes(1));
+  nlohmann::json j = Train(*alone, a);
+  double mine = j["samples_per_s"].get<double>();
+  std::vector<double> all(world.size());
+  if (MPI_Allgather(&mine, 1, MPI_DOUBLE, all.data(), 1, MPI_DOUBLE, MPI_COMM_WORLD) != MPI_SUCCESS)
+    throw std::runtime_error("MPI_Allgather failed");
+  double total = 0;
+  for (double v : all) total += v;
+  j["ranks"] = world.size();
+  j["independent"] = true;
+  j["samples_per_s"] = total;
+  j["step_ms"] = world.size() * a.batch * 1000.0 / total;
+  return j;
 }
 
 struct AllReduceArgs {
@@ -193,8 +217,9 @@ nlohmann::json AllReduce(par::Communicator& comm, const AllReduceArgs& a) {
 }
 
 void PrintTrain(const nlohmann::json& j) {
-  std::printf("attune  %d rank(s): step %.3f ms (median of %zu), %.1f samples/s (batch %d per rank, %d thread(s), %lld parameters)\n",
-              j["ranks"].get<int>(), j["step_ms"].get<double>(), j["steps_ms"].size(),
+  std::printf("attune  %d %s: step %.3f ms (median of %zu), %.1f samples/s (batch %d per rank, %d thread(s), %lld parameters)\n",
+              j["ranks"].get<int>(), j["independent"].get<bool>() ? "independent process(es)" : "rank(s)",
+              j["step_ms"].get<double>(), j["steps_ms"].size(),
               j["samples_per_s"].get<double>(), j["batch"].get<int>(), j["threads"].get<int>(),
               static_cast<long long>(j["parameters"].get<int64_t>()));
 }
@@ -229,6 +254,8 @@ int main(int argc, char** argv) {
   train->add_option("--steps", t.steps, "timed steps")->capture_default_str()->check(CLI::Range(1, 100000));
   train->add_option("--warmup", t.warmup, "untimed steps first")->capture_default_str()->check(CLI::Range(1, 1000));
   train->add_option("--json", json_path, "rank 0 writes the figures here");
+  train->add_flag("--independent", t.independent,
+                  "every process trains alone at the same time (no all-reduce): the machine's ceiling for N ranks");
   AllReduceArgs r;
   CLI::App* allreduce = app.add_subcommand("allreduce", "bucketed gradient all-reduce beside raw MPI_Allreduce");
   allreduce->add_option("--mib", r.mib, "sizes in MiB")->delimiter(',')->capture_default_str()->check(CLI::Range(1, 4096));
@@ -241,7 +268,9 @@ int main(int argc, char** argv) {
     // MakeMpiCommunicator initialises MPI (also for one process without
     // mpirun) and finalises it at exit.
     std::unique_ptr<par::Communicator> comm = par::MakeMpiCommunicator();
-    const nlohmann::json j = train->parsed() ? Train(*comm, t) : AllReduce(*comm, r);
+    const nlohmann::json j = !train->parsed() ? AllReduce(*comm, r)
+                             : t.independent  ? TrainIndependently(*comm, t)
+                                              : Train(*comm, t);
     if (comm->rank() == 0) {
       if (train->parsed()) PrintTrain(j);
       else PrintAllReduce(j);

@@ -19,7 +19,15 @@ core; os.sched_setaffinity for the Python ranks) and trains on the same
 batch. Attune runs as `mpirun -np N attune-bench-parallel train`; DDP's
 ranks are started by this script (a file store, no port).
 
-The four configurations (Attune and DDP at 1 and --ranks ranks) take turns,
+A fifth configuration, "alone", runs N Attune processes at once, each on
+its own core, each training alone with no communication at all: what this
+machine gives N processes, the ceiling of any N-rank trainer here. Printed
+beside the efficiency: the ceiling's own efficiency (N processes alone /
+N x 1 rank) and Attune's N ranks as a share of the ceiling, which separates
+what the trainer loses to communication and waiting from what the cores
+lose to each other.
+
+The five configurations (Attune and DDP at 1 and --ranks ranks, alone) take turns,
 --rounds times, so that whatever else the machine does falls on all alike;
 each run's first --warmup steps are not timed. Printed: the median step
 time, samples/s = ranks x batch / step, Attune / DDP, and the scaling
@@ -121,10 +129,12 @@ def ddp_rank(args):
 
 # ---- the driver --------------------------------------------------------------
 
-def run_attune(args, n, tmp):
+def run_attune(args, n, tmp, independent=False):
     out = os.path.join(tmp, "attune.json")
     cmd = mpirun(n) + [args.parallel_bin, "train", "--batch", str(args.batch), "--threads", "1",
                        "--steps", str(args.steps), "--warmup", str(args.warmup), "--json", out]
+    if independent:
+        cmd.append("--independent")
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit("parallel_bench.py: %s exited %d:\n%s" % (" ".join(cmd), r.returncode, r.stderr))
@@ -150,19 +160,26 @@ def throughput(args, tmp):
     dump = os.path.join(tmp, "model.pt")
     subprocess.run([args.model_bin, "--batch", str(args.batch), "--threads", "1", "--iters", "1",
                     "--warmup", "0", "--dump", dump], check=True, capture_output=True)
-    configs = [("attune", 1), ("ddp", 1), ("attune", args.ranks), ("ddp", args.ranks)]
+    configs = [("attune", 1), ("ddp", 1), ("attune", args.ranks), ("ddp", args.ranks), ("alone", args.ranks)]
     steps = {c: [] for c in configs}
     first = {}
     for k in range(args.rounds):
         for side, n in configs:
-            j = run_attune(args, n, tmp) if side == "attune" else run_ddp(args, n, dump, tmp)
-            steps[(side, n)] += j["steps_ms"]
+            if side == "ddp":
+                j = run_ddp(args, n, dump, tmp)
+            else:
+                j = run_attune(args, n, tmp, independent=side == "alone")
+            # "alone": samples/s is the sum over the processes; its step time
+            # the one that gives it (rank 0's own times are not the others').
+            steps[(side, n)] += j["steps_ms"] if side != "alone" else [j["step_ms"]]
             first[(side, n)] = j["first_loss"]
         print("round %d/%d done" % (k + 1, args.rounds), file=sys.stderr, flush=True)
     loss_diff = max(abs(first[c] - first[("ddp", 1)]) for c in configs)
     if loss_diff > 1e-4:
         sys.exit("parallel_bench.py: the first step's losses differ (%s): not the same model and batch" % first)
     sps = {}
+    print("alone: %d Attune processes training at once, each on its own core, with no communication "
+          "(this machine's ceiling for %d ranks)" % (args.ranks, args.ranks))
     print("batch %d per rank, 1 thread per rank, %d turns x %d steps per configuration; median step time"
           % (args.batch, args.rounds, args.steps))
     print("%-8s %6s %10s %12s" % ("side", "ranks", "step ms", "samples/s"))
@@ -176,12 +193,16 @@ def throughput(args, tmp):
         "attune_over_ddp_n": sps[("attune", n)] / sps[("ddp", n)],
         "attune_efficiency": sps[("attune", n)] / (n * sps[("attune", 1)]),
         "ddp_efficiency": sps[("ddp", n)] / (n * sps[("ddp", 1)]),
+        "ceiling_efficiency": sps[("alone", n)] / (n * sps[("attune", 1)]),
+        "attune_of_ceiling": sps[("attune", n)] / sps[("alone", n)],
         "samples_per_s": {"%s_%d" % c: v for c, v in sps.items()},
         "first_loss_diff": loss_diff,
     }
     print("Attune / DDP: %.3f at 1 rank, %.3f at %d ranks; scaling efficiency at %d ranks: Attune %.1f %%, DDP %.1f %%"
           % (result["attune_over_ddp_1"], result["attune_over_ddp_n"], n, n,
              100 * result["attune_efficiency"], 100 * result["ddp_efficiency"]))
+    print("%d processes alone (no communication) reach %.1f %% of %d x 1 rank; Attune's %d ranks reach %.1f %% of that"
+          % (n, 100 * result["ceiling_efficiency"], n, n, 100 * result["attune_of_ceiling"]))
     return result
 
 
