@@ -16,6 +16,8 @@ void ToProto(const EvalSums& s, v1::AuditReport* out) {
   out->set_tn(s.confusion.tn);
   out->set_fn(s.confusion.fn);
   for (const auto& m : s.modalities) out->add_modalities(m);
+  for (const auto& f : s.features) out->add_features(f);
+  out->set_calibration_bins(s.calibration_bins);
   for (const auto& [key, g] : s.groups) {
     v1::GroupStats* p = out->add_groups();
     p->set_column(key.first);
@@ -26,6 +28,14 @@ void ToProto(const EvalSums& s, v1::AuditReport* out) {
     p->set_fp(g.confusion.fp);
     p->set_tn(g.confusion.tn);
     p->set_fn(g.confusion.fn);
+    p->mutable_pos_hist()->Assign(g.pos_hist.begin(), g.pos_hist.end());
+    p->mutable_neg_hist()->Assign(g.neg_hist.begin(), g.neg_hist.end());
+    p->mutable_calib_sum()->Assign(g.calib_sum.begin(), g.calib_sum.end());
+    p->mutable_attention_sum()->Assign(g.attention_sum.begin(), g.attention_sum.end());
+    p->set_entropy_sum(g.entropy_sum);
+    p->mutable_value_pos_sum()->Assign(g.value_pos_sum.begin(), g.value_pos_sum.end());
+    p->mutable_value_neg_sum()->Assign(g.value_neg_sum.begin(), g.value_neg_sum.end());
+    p->mutable_value_sq_sum()->Assign(g.value_sq_sum.begin(), g.value_sq_sum.end());
   }
 }
 
@@ -38,6 +48,8 @@ StatusOr<EvalSums> FromProto(const v1::AuditReport& r) {
   s.neg_hist.assign(r.neg_hist().begin(), r.neg_hist().end());
   s.confusion = {r.tp(), r.fp(), r.tn(), r.fn()};
   s.modalities.assign(r.modalities().begin(), r.modalities().end());
+  s.features.assign(r.features().begin(), r.features().end());
+  s.calibration_bins = r.calibration_bins();
   for (const auto& g : r.groups()) {
     auto [it, inserted] = s.groups.try_emplace({g.column(), g.value()});
     if (!inserted) {
@@ -46,7 +58,16 @@ StatusOr<EvalSums> FromProto(const v1::AuditReport& r) {
     }
     it->second.n = g.n();
     it->second.beta_sum.assign(g.beta_sum().begin(), g.beta_sum().end());
-    it->second.confusion = {g.tp(), g.fp(), g.tn(), g.fn()};
+    GroupSums& c = it->second;
+    c.confusion = {g.tp(), g.fp(), g.tn(), g.fn()};
+    c.pos_hist.assign(g.pos_hist().begin(), g.pos_hist().end());
+    c.neg_hist.assign(g.neg_hist().begin(), g.neg_hist().end());
+    c.calib_sum.assign(g.calib_sum().begin(), g.calib_sum().end());
+    c.attention_sum.assign(g.attention_sum().begin(), g.attention_sum().end());
+    c.entropy_sum = g.entropy_sum();
+    c.value_pos_sum.assign(g.value_pos_sum().begin(), g.value_pos_sum().end());
+    c.value_neg_sum.assign(g.value_neg_sum().begin(), g.value_neg_sum().end());
+    c.value_sq_sum.assign(g.value_sq_sum().begin(), g.value_sq_sum().end());
   }
   ATTUNE_RETURN_IF_ERROR(s.Validate());
   return s;
@@ -55,7 +76,9 @@ StatusOr<EvalSums> FromProto(const v1::AuditReport& r) {
 v1::EvalLayout ToProto(const EvalLayout& l) {
   v1::EvalLayout out;
   out.set_bins(l.bins);
+  out.set_calibration_bins(l.calibration_bins);
   for (const auto& m : l.modalities) out.add_modalities(m);
+  for (const auto& f : l.features) out.add_features(f);
   for (const auto& [column, value] : l.cells) {
     v1::AuditCell* c = out.add_cells();
     c->set_column(column);
@@ -68,8 +91,10 @@ EvalLayout LayoutFromProto(const v1::RoundTask& task) {
   EvalLayout l;
   l.splits.assign(task.splits().begin(), task.splits().end());
   l.bins = task.eval_layout().bins();
+  l.calibration_bins = task.eval_layout().calibration_bins();
   l.modalities.assign(task.eval_layout().modalities().begin(),
                       task.eval_layout().modalities().end());
+  l.features.assign(task.eval_layout().features().begin(), task.eval_layout().features().end());
   for (const auto& c : task.eval_layout().cells()) l.cells.emplace_back(c.column(), c.value());
   return l;
 }

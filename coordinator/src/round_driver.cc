@@ -10,6 +10,7 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "attune/common/audit.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "attune/coordinator/aggregate.h"
@@ -241,11 +242,13 @@ StatusOr<std::string> RoundDriver::Authorize(const std::string& cn, const std::s
   return cn;
 }
 
-Status RoundDriver::Join(const std::string& site, int64_t train_samples, int ranks) {
+Status RoundDriver::Join(const std::string& site, int64_t train_samples, int ranks,
+                         std::vector<std::string> features) {
   std::lock_guard<std::mutex> lock(mu_);
   SiteState& s = sites_.at(site);
   s.joined = true;
   s.train_samples = train_samples;
+  s.features = std::move(features);
   TouchLocked(site);
   spdlog::info("site {} joined ({} training samples, {} rank{})", site, train_samples, ranks,
                ranks == 1 ? "" : "s");
@@ -894,7 +897,15 @@ Status RoundDriver::CommitRound(int64_t round, std::shared_ptr<const std::string
   std::string audit;
   for (const auto& [split, sums] : eval.eval) {
     record[split] = json::parse(sums.MetricsJson());
-    if (split == "val") audit = sums.AuditJson(study_.audit.min_cell);
+    if (split != "val") continue;
+    AuditOptions options;
+    options.min_cell = study_.audit.min_cell;
+    StatusOr<std::string> a = AuditJson(sums, options);
+    if (a.ok()) {
+      audit = *std::move(a);
+    } else {
+      spdlog::warn("round {}: no audit: {}", round, std::string(a.status().message()));
+    }
   }
   if (study_.secure_aggregation) {
     json secure = json::object();

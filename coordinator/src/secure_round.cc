@@ -305,8 +305,19 @@ Status RoundDriver::RunSecureTrainPhase(std::unique_lock<std::mutex>& lock, Phas
 
 Status RoundDriver::RunSecureEvalPhase(std::unique_lock<std::mutex>& lock, Phase* p,
                                        const std::vector<std::string>& selected) {
+  // The per-feature sums are laid out as the first selected site that
+  // named its features at Join names them; a site whose model has others
+  // refuses the layout.
+  std::vector<std::string> features;
+  for (const auto& site : selected) {
+    if (!sites_.at(site).features.empty()) {
+      features = sites_.at(site).features;
+      break;
+    }
+  }
   const EvalLayout layout = EvalLayout::Make(p->splits, study_.audit.histogram_bins,
-                                             ModalityNames(), study_.audit.values);
+                                             ModalityNames(), std::move(features),
+                                             study_.audit.values);
   const v1::EvalLayout wire = ToProto(layout);
   SecureSpec spec;
   spec.purpose = "evaluation";

@@ -81,7 +81,8 @@ grpc::Status FederationService::Join(grpc::ServerContext* ctx, const v1::JoinReq
   ATTUNE_AUTHORIZE_OR_REFUSE(site, "Join", req->study_id());
   auto samples = req->samples().find("train");
   attune::Status s = driver_->Join(*site, samples == req->samples().end() ? 0 : samples->second,
-                                   std::max(1, req->ranks()));
+                                   std::max(1, req->ranks()),
+                                   {req->audit_features().begin(), req->audit_features().end()});
   if (!s.ok()) return Refuse(ctx, *site, "Join", s);
   const StudyConfig& study = driver_->study();
   reply->set_site_id(*site);

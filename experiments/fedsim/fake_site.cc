@@ -140,12 +140,9 @@ StatusOr<FetchedModel> Fetch(v1::Federation::Stub* stub, const std::string& stud
 }
 
 EvalSums TrivialEvalSums(const std::string& split, int histogram_bins) {
-  EvalSums sums;
-  sums.split = split;
+  EvalSums sums = EvalSums::Make(split, histogram_bins > 1 ? histogram_bins : 2, {}, {});
   sums.n = 1;
   sums.loss_sum = 0.1;
-  sums.pos_hist.assign(histogram_bins > 1 ? histogram_bins : 2, 0);
-  sums.neg_hist.assign(sums.pos_hist.size(), 0);
   sums.pos_hist.back() = 1;
   sums.confusion.tp = 1;
   return sums;
@@ -289,6 +286,8 @@ Status FakeSite::Handle(const v1::RoundTask& task, int histogram_bins) {
         for (const auto& split : layout.splits) {
           splits.push_back(TrivialEvalSums(split, layout.bins));
           splits.back().modalities = layout.modalities;
+          splits.back().features = layout.features;
+          splits.back().calibration_bins = layout.calibration_bins;
         }
         ATTUNE_ASSIGN_OR_RETURN(std::vector<uint32_t> words,
                                 EncodeEvalWords(splits, layout, task.secagg().sites_size()));

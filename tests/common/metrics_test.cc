@@ -36,24 +36,24 @@ TEST(Confusion, Rates) {
   EXPECT_DOUBLE_EQ(c.Fpr(), 0.2);
 }
 
+// A site's sums of patients all in sex=F: tp true positives (score 0.75),
+// fn false negatives (0.25), tn true negatives (0.25), fp false positives
+// (0.75), each with β (beta0, 1 − beta0); two histogram bins.
 EvalSums Site(int64_t tp, int64_t fn, int64_t tn, int64_t fp, double beta0) {
-  EvalSums s;
-  s.split = "val";
-  s.modalities = {"a", "b"};
-  s.pos_hist = {fn, tp};  // two bins: below / above 0.5
-  s.neg_hist = {tn, fp};
-  s.confusion = {tp, fp, tn, fn};
-  s.n = tp + fn + tn + fp;
-  s.loss_sum = 0.5 * s.n;
-  GroupSums g;
-  g.n = s.n;
-  g.beta_sum = {beta0 * s.n, (1 - beta0) * s.n};
-  g.confusion = s.confusion;
-  s.groups[{"sex", "F"}] = g;
+  EvalSums s = EvalSums::Make("val", 2, {"a", "b"}, {});
+  const double beta[] = {beta0, 1 - beta0};
+  const std::vector<CellKey> cells = {{"sex", "F"}};
+  auto add = [&](int64_t k, bool label, double p) {
+    for (int64_t i = 0; i < k; ++i) s.AddPatient({label, p, 0.5, beta, {}, {}}, cells);
+  };
+  add(tp, true, 0.75);
+  add(fn, true, 0.25);
+  add(tn, false, 0.25);
+  add(fp, false, 0.75);
   return s;
 }
 
-TEST(EvalSums, AddsAcrossSitesAndSuppressesSmallCells) {
+TEST(EvalSums, AddsAcrossSites) {
   EvalSums total;
   ASSERT_TRUE(total.Add(Site(4, 1, 3, 2, 0.25)).ok());   // n = 10
   ASSERT_TRUE(total.Add(Site(1, 1, 1, 1, 0.75)).ok());   // n = 4
@@ -64,8 +64,8 @@ TEST(EvalSums, AddsAcrossSitesAndSuppressesSmallCells) {
   EXPECT_EQ(g.n, 14);
   // Mean β of modality a: (0.25*10 + 0.75*4) / 14.
   EXPECT_NEAR(g.beta_sum[0] / g.n, 5.5 / 14, 1e-12);
-  EXPECT_NE(total.AuditJson(10).find("\"n\": 14"), std::string::npos);
-  EXPECT_NE(total.AuditJson(15).find("\"suppressed\": true"), std::string::npos);
+  EXPECT_EQ(g.pos_hist, (std::vector<int64_t>{2, 5}));
+  EXPECT_EQ(g.neg_hist, (std::vector<int64_t>{4, 3}));
 }
 
 TEST(EvalSums, RefusesInconsistentReports) {
@@ -85,50 +85,36 @@ TEST(EvalSums, RefusesInconsistentReports) {
 
 // ---- Secure evaluation words ----
 
-// A random site's sums over `patients`, as a worker would count them:
-// groups of sex (F, M and an unlisted X), age (y, o) and a column the
-// layout does not audit.
+// A random site's sums over `patients`, as a worker counts them: cells of
+// sex (F, M and an unlisted X), age (y, o), a column the layout does not
+// audit, and their intersections; two features.
 EvalSums RandomSite(std::mt19937_64& rng, const std::string& split, int patients) {
-  const int bins = 10;
-  EvalSums s;
-  s.split = split;
-  s.modalities = {"a", "b"};
-  s.pos_hist.assign(bins, 0);
-  s.neg_hist.assign(bins, 0);
+  EvalSums s = EvalSums::Make(split, 10, {"a", "b"}, {"f1", "f2"});
   std::uniform_real_distribution<double> u(0, 1);
+  const std::vector<std::string> columns = {"sex", "age", "site"};
   for (int i = 0; i < patients; ++i) {
     const bool label = u(rng) < 0.3;
     const double score = u(rng);
-    const bool pred = score >= 0.5;
-    const double beta = u(rng);
-    s.n += 1;
-    s.loss_sum += -std::log(label ? score : 1 - score);
-    (label ? s.pos_hist : s.neg_hist)[ScoreBin(score, bins)] += 1;
-    auto count = [&](Confusion& c) {
-      if (label) (pred ? c.tp : c.fn) += 1;
-      else (pred ? c.fp : c.tn) += 1;
-    };
-    count(s.confusion);
+    const double b = u(rng), a = u(rng);
+    const double beta[] = {b, 1 - b}, attention[] = {a, 1 - a}, values[] = {u(rng) - 0.5, 3 * u(rng)};
     const double r = u(rng);
-    for (const auto& key : {std::pair<std::string, std::string>{"sex", r < 0.45 ? "F" : r < 0.9 ? "M" : "X"},
-                            {"age", u(rng) < 0.5 ? "y" : "o"},
-                            {"site", "h1"}}) {
-      GroupSums& g = s.groups[key];
-      if (g.beta_sum.empty()) g.beta_sum.assign(2, 0.0);
-      g.n += 1;
-      g.beta_sum[0] += beta;
-      g.beta_sum[1] += 1 - beta;
-      count(g.confusion);
-    }
+    const std::vector<std::string> of = {r < 0.45 ? "F" : r < 0.9 ? "M" : "X", u(rng) < 0.5 ? "y" : "o", "h1"};
+    s.AddPatient({label, score, -std::log(label ? score : 1 - score), beta, attention, values},
+                 SubgroupCells(columns, of));
   }
   return s;
 }
 
 TEST(EvalWords, TheSumOfSitesWordsDecodesToTheSumOfTheirSums) {
-  const EvalLayout layout = EvalLayout::Make({"val", "test"}, 10, {"a", "b"},
+  const EvalLayout layout = EvalLayout::Make({"val", "test"}, 10, {"a", "b"}, {"f1", "f2"},
                                              {{"sex", {"F", "M"}}, {"age", {"y", "o"}}});
-  ASSERT_EQ(layout.cells.size(), 6u);  // F, M, (other); y, o, (other)
-  EXPECT_EQ(layout.Words(), 2 * 2 * (2 + 20 + 4 + 6 * (1 + 2 + 4)));
+  // y, o, (other); F, M, (other); and the 3 x 3 of "age & sex".
+  ASSERT_EQ(layout.cells.size(), 15u);
+  EXPECT_EQ(layout.cells[6], (CellKey{"age & sex", "y & F"}));
+  EXPECT_EQ(layout.calibration_bins, 10);
+  // Per cell: n, 2 β, 4 confusion, 20 histogram bins, 10 calibration sums,
+  // 2 attention sums, the entropy sum and 3 x 2 value sums.
+  EXPECT_EQ(layout.Words(), 2 * 2 * (2 + 20 + 4 + 15 * (1 + 2 + 4 + 20 + 10 + 2 + 1 + 6)));
   const int sites = 5;
   std::mt19937_64 rng(11);
   std::vector<uint32_t> sum(layout.Words(), 0);
@@ -155,21 +141,39 @@ TEST(EvalWords, TheSumOfSitesWordsDecodesToTheSumOfTheirSums) {
     EXPECT_EQ(got.confusion.tp, want.confusion.tp);
     EXPECT_EQ(got.confusion.fn, want.confusion.fn);
     EXPECT_EQ(got.Auc(), want.Auc());
-    // Listed values as they are; X under (other); the unaudited column gone.
+    // Listed values as they are; X under (other), also in an intersection;
+    // the unaudited column gone.
     for (const auto& [key, g] : got.groups) {
-      const auto& w = want.groups.at(key.second == kOtherValue ? std::pair<std::string, std::string>{key.first, "X"} : key);
+      CellKey site_key = key;
+      if (key.second == kOtherValue) site_key.second = "X";
+      if (key.second.find("& (other)") != std::string::npos) {
+        site_key.second = key.second.substr(0, key.second.size() - 7) + "X";
+      }
+      const GroupSums& w = want.groups.at(site_key);
       EXPECT_EQ(g.n, w.n) << key.first << "=" << key.second;
       EXPECT_EQ(g.confusion.tp, w.confusion.tp);
       EXPECT_EQ(g.confusion.tn, w.confusion.tn);
+      EXPECT_EQ(g.pos_hist, w.pos_hist);
+      EXPECT_EQ(g.neg_hist, w.neg_hist);
       for (int m = 0; m < 2; ++m) EXPECT_NEAR(g.beta_sum[m], w.beta_sum[m], real_bound);
+      for (int c = 0; c < 10; ++c) EXPECT_NEAR(g.calib_sum[c], w.calib_sum[c], real_bound);
+      EXPECT_NEAR(g.entropy_sum, w.entropy_sum, real_bound);
+      for (int f = 0; f < 2; ++f) {
+        EXPECT_NEAR(g.attention_sum[f], w.attention_sum[f], real_bound);
+        EXPECT_NEAR(g.value_pos_sum[f], w.value_pos_sum[f], real_bound);
+        EXPECT_NEAR(g.value_neg_sum[f], w.value_neg_sum[f], real_bound);
+        EXPECT_NEAR(g.value_sq_sum[f], w.value_sq_sum[f], real_bound);
+      }
     }
-    EXPECT_EQ(got.groups.size(), 5u);  // sex F, M, (other); age y, o (its (other) is empty)
+    // sex F, M, (other); age y, o (its (other) is empty); 2 x 3 of age & sex.
+    EXPECT_EQ(got.groups.size(), 11u);
     EXPECT_FALSE(got.groups.count({"site", "h1"}));
+    EXPECT_FALSE(got.groups.count({"age & site", "y & h1"}));
   }
 }
 
 TEST(EvalWords, RefusesWhatCouldOverflowOrDoesNotMatchTheLayout) {
-  const EvalLayout layout = EvalLayout::Make({"val"}, 2, {"a", "b"}, {{"sex", {"F"}}});
+  const EvalLayout layout = EvalLayout::Make({"val"}, 2, {"a", "b"}, {}, {{"sex", {"F"}}});
   EvalSums big = Site(1, 1, 1, 1, 0.5);
   big.loss_sum = 3e9;  // a real sum: at most (2^32 - 1) / sites per site
   EXPECT_TRUE(EncodeEvalWords({big}, layout, 1).ok());

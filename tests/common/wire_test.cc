@@ -34,21 +34,28 @@ TEST(WriteChunks, MetadataFirstAndReassembles) {
 }
 
 TEST(AuditReport, RoundTripsThroughProto) {
-  EvalSums s;
-  s.split = "val";
-  s.n = 3;
-  s.loss_sum = 1.5;
-  s.pos_hist = {0, 1};
-  s.neg_hist = {2, 0};
-  s.confusion = {1, 0, 2, 0};
-  s.modalities = {"a", "b"};
-  s.groups[{"sex", "F"}] = GroupSums{3, {1.0, 2.0}, {1, 0, 2, 0}};
+  EvalSums s = EvalSums::Make("val", 2, {"a", "b"}, {"f1", "f2"});
+  const std::vector<CellKey> cells = {{"sex", "F"}};
+  const double beta[] = {0.25, 0.75}, attention[] = {0.5, 0.5}, values[] = {-1.5, 2};
+  s.AddPatient({true, 0.9, 0.1, beta, attention, values}, cells);
+  s.AddPatient({false, 0.2, 0.2, beta, attention, values}, cells);
+  s.AddPatient({false, 0.3, 0.3, beta, attention, values}, cells);
   v1::AuditReport r;
   ToProto(s, &r);
   auto back = FromProto(r);
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_EQ(back->n, 3);
-  EXPECT_EQ(back->groups.at({"sex", "F"}).beta_sum, (std::vector<double>{1.0, 2.0}));
+  EXPECT_EQ(back->features, s.features);
+  EXPECT_EQ(back->calibration_bins, 2);
+  const GroupSums& g = back->groups.at({"sex", "F"});
+  EXPECT_EQ(g.beta_sum, (std::vector<double>{0.75, 2.25}));
+  EXPECT_EQ(g.pos_hist, (std::vector<int64_t>{0, 1}));
+  EXPECT_EQ(g.neg_hist, (std::vector<int64_t>{2, 0}));
+  EXPECT_EQ(g.calib_sum, (std::vector<double>{0.5, 0.9}));
+  EXPECT_EQ(g.value_neg_sum, (std::vector<double>{4.5, 0}));
+  EXPECT_EQ(g.value_pos_sum, (std::vector<double>{0, 6}));
+  EXPECT_EQ(g.value_sq_sum, (std::vector<double>{6.75, 12}));
+  EXPECT_DOUBLE_EQ(g.entropy_sum, 3.0);  // 1 bit each
   // The same group twice is refused.
   *r.add_groups() = r.groups(0);
   EXPECT_EQ(FromProto(r).status().code(), absl::StatusCode::kInvalidArgument);

@@ -83,7 +83,10 @@ Status FederationClient::Session(bool* joined) {
   v1::JoinRequest req;
   req.set_study_id(options_.study_id);
   req.set_ranks(options_.ranks);
-  if (learner_) (*req.mutable_samples())["train"] = learner_->NumExamples("train");
+  if (learner_) {
+    (*req.mutable_samples())["train"] = learner_->NumExamples("train");
+    for (const auto& f : learner_->AuditFeatures()) req.add_audit_features(f);
+  }
   v1::JoinReply reply;
   {
     grpc::ClientContext ctx;

@@ -8,6 +8,7 @@
 #include "attune/common/metrics.h"
 #include "attune/parallel/trainer.h"
 #include "attune/worker/learner.h"
+#include "attune/worker/audit_features.h"
 #include "attune/worker/model.h"
 #include "attune/worker/model_state.h"
 #include "attune/worker/site_data.h"
@@ -111,50 +112,51 @@ class TorchLearner final : public Learner {
       auto pos = std::find(data_.subgroup_columns.begin(), data_.subgroup_columns.end(), c);
       if (pos != data_.subgroup_columns.end()) columns.push_back(pos - data_.subgroup_columns.begin());
     }
+    std::vector<std::string> column_names;
+    for (int c : columns) column_names.push_back(data_.subgroup_columns[c]);
     return TorchGuard("evaluation", [&]() -> StatusOr<EvalSums> {
-      MultimodalAttentionNet net(config_);
+      // full_attention: linear attention's weights too, for the audit's
+      // attention sums (the same parameters and outputs).
+      MultimodalAttentionNet net(config_, /*full_attention=*/true);
       ATTUNE_RETURN_IF_ERROR(LoadFlatModel(model, *net));
       net->eval();
       torch::NoGradGuard no_grad;
       const SplitTensors& s = it->second;
-      EvalSums sums;
-      sums.split = split;
-      sums.modalities = ModalityNames();
-      sums.pos_hist.assign(o.histogram_bins, 0);
-      sums.neg_hist.assign(o.histogram_bins, 0);
+      EvalSums sums = EvalSums::Make(split, o.histogram_bins, ModalityNames(), AuditFeatures());
       const int64_t n = s.patients.size();
+      std::vector<std::string> values(columns.size());
       for (int64_t off = 0; off < n; off += 256) {
         torch::Tensor idx = torch::arange(off, std::min(n, off + 256), torch::kInt64);
         Batch b = SelectRows(s.all, idx);
         ModelOutput out = net->forward(b);
-        torch::Tensor prob = torch::sigmoid(out.logits);
+        torch::Tensor prob = torch::sigmoid(out.logits).to(torch::kFloat64);
         torch::Tensor loss = torch::binary_cross_entropy_with_logits(
-            out.logits, b.label, {}, {}, torch::Reduction::None);
-        auto pa = prob.accessor<float, 1>();
-        auto la = loss.accessor<float, 1>();
-        auto ba = out.beta.accessor<float, 2>();
+            out.logits, b.label, {}, {}, torch::Reduction::None).to(torch::kFloat64);
+        torch::Tensor beta = out.beta.to(torch::kFloat64).contiguous();
+        FeatureTensors f = AuditFeatureValues(config_, b, out);
+        torch::Tensor attention = f.attention.contiguous(), value = f.values.contiguous();
+        const int64_t nf = attention.size(1);
+        auto pa = prob.accessor<double, 1>();
+        auto la = loss.accessor<double, 1>();
         for (int64_t i = 0; i < idx.size(0); ++i) {
           const Patient& p = *s.patients[off + i];
-          const bool pred = pa[i] >= 0.5f;
-          sums.n += 1;
-          sums.loss_sum += la[i];
-          (p.label ? sums.pos_hist : sums.neg_hist)[ScoreBin(pa[i], o.histogram_bins)] += 1;
-          auto count = [&](Confusion& c) {
-            if (p.label) (pred ? c.tp : c.fn) += 1;
-            else (pred ? c.fp : c.tn) += 1;
-          };
-          count(sums.confusion);
-          for (int c : columns) {
-            GroupSums& g = sums.groups[{data_.subgroup_columns[c], p.groups[c]}];
-            if (g.beta_sum.empty()) g.beta_sum.assign(kNumModalities, 0.0);
-            g.n += 1;
-            for (int m = 0; m < kNumModalities; ++m) g.beta_sum[m] += ba[i][m];
-            count(g.confusion);
-          }
+          for (size_t c = 0; c < columns.size(); ++c) values[c] = p.groups[columns[c]];
+          PatientEval e;
+          e.label = p.label;
+          e.probability = pa[i];
+          e.loss = la[i];
+          e.beta = {beta[i].data_ptr<double>(), static_cast<size_t>(kNumModalities)};
+          e.attention = {attention[i].data_ptr<double>(), static_cast<size_t>(nf)};
+          e.values = {value[i].data_ptr<double>(), static_cast<size_t>(nf)};
+          sums.AddPatient(e, SubgroupCells(column_names, values));
         }
       }
       return sums;
     });
+  }
+
+  std::vector<std::string> AuditFeatures() const override {
+    return AuditFeatureNames(config_, data_);
   }
 
   int64_t NumExamples(const std::string& split) const override { return data_.Count(split); }

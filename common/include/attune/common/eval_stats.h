@@ -1,8 +1,12 @@
 // Evaluation and audit statistics as sums, so that they add up across sites
-// (and can later be securely aggregated): counts, Σ loss, score histograms,
-// confusion counts, and per subgroup the count, Σ modality attention β and
-// confusion counts. The coordinator turns summed EvalSums into metrics and
-// the audit report; no per-patient value ever leaves a site.
+// (and can be securely aggregated): counts, Σ loss, score histograms,
+// confusion counts, and per subgroup cell -- each value of each audited
+// column and each pairwise intersection -- the count, Σ modality attention
+// β, the cell's own score histograms, confusion counts and calibration
+// sums, Σ attention share per input feature, Σ attention entropy and the
+// features' value sums. The coordinator turns summed EvalSums into metrics
+// and the audit report (common/audit.h); no per-patient value ever leaves
+// a site.
 #pragma once
 
 #include <cstdint>
@@ -17,10 +21,44 @@
 
 namespace attune {
 
+// A subgroup cell: (column, value). An intersection of two columns a < b is
+// the cell (a + kCellJoin + b, value_a + kCellJoin + value_b).
+using CellKey = std::pair<std::string, std::string>;
+inline constexpr char kCellJoin[] = " & ";
+
+// The cells a patient with `values` (one per column, in the order of
+// `columns`) belongs to: one per column, then one per pair of columns.
+std::vector<CellKey> SubgroupCells(std::span<const std::string> columns,
+                                   std::span<const std::string> values);
+
+// The calibration bins for `histogram_bins` score bins: the largest divisor
+// of it up to 10 (each calibration bin is whole histogram bins).
+int CalibrationBins(int histogram_bins);
+
+// The operating threshold of the confusion counts.
+inline constexpr double kOperatingThreshold = 0.5;
+
 struct GroupSums {
   int64_t n = 0;
-  std::vector<double> beta_sum;  // one per modality
-  Confusion confusion;
+  std::vector<double> beta_sum;              // one per modality
+  Confusion confusion;                       // at kOperatingThreshold
+  std::vector<int64_t> pos_hist, neg_hist;   // the cell's score histograms (the split's bins)
+  std::vector<double> calib_sum;             // Σ predicted probability per calibration bin
+  std::vector<double> attention_sum;         // Σ attention share per feature
+  double entropy_sum = 0;                    // Σ entropy (bits) of the attention distributions
+  // Σ x⁺, Σ x⁻ (both >= 0, so that secure words can carry them) and Σ x²
+  // of each feature's input value x.
+  std::vector<double> value_pos_sum, value_neg_sum, value_sq_sum;
+};
+
+// One patient's evaluation, as the worker computes it.
+struct PatientEval {
+  bool label = false;
+  double probability = 0;                // predicted
+  double loss = 0;                       // binary cross-entropy
+  std::span<const double> beta;          // one per modality
+  std::span<const double> attention;     // one per feature, summing to 1 (or all 0)
+  std::span<const double> values;        // one per feature: the input value
 };
 
 struct EvalSums {
@@ -28,12 +66,24 @@ struct EvalSums {
   int64_t n = 0;
   double loss_sum = 0;                     // Σ binary cross-entropy
   std::vector<int64_t> pos_hist, neg_hist; // score histograms, equal bins on [0,1]
-  Confusion confusion;                     // at threshold 0.5
+  Confusion confusion;                     // at kOperatingThreshold
   std::vector<std::string> modalities;     // names of GroupSums::beta_sum entries
-  std::map<std::pair<std::string, std::string>, GroupSums> groups;  // (column, value)
+  std::vector<std::string> features;       // names of the per-feature sums
+  int calibration_bins = 10;               // divides the histogram bins
+  std::map<CellKey, GroupSums> groups;
 
-  // Adds `other` into this. InvalidArgument if splits, histogram sizes or
-  // modality lists differ, or any count is negative or any sum not finite.
+  // Empty sums shaped for `bins` histogram bins, the modalities and
+  // features; calibration_bins 0: CalibrationBins(bins).
+  static EvalSums Make(std::string split, int bins, std::vector<std::string> modalities,
+                       std::vector<std::string> features, int calibration_bins = 0);
+  // A zero cell of this shape.
+  GroupSums EmptyGroup() const;
+  // Counts one patient in the totals and in each of `cells`.
+  void AddPatient(const PatientEval& p, std::span<const CellKey> cells);
+
+  // Adds `other` into this. InvalidArgument if splits, histogram sizes,
+  // modality or feature lists differ, or any count is negative, any sum not
+  // finite or any cell inconsistent.
   Status Add(const EvalSums& other);
   // Checks internal consistency of one site's report (same rules as Add).
   Status Validate() const;
@@ -43,19 +93,19 @@ struct EvalSums {
 
   // {"n", "loss", "auc", "accuracy", "tpr", "fpr"}
   std::string MetricsJson() const;
-  // Per column and group: n, mean β per modality, accuracy, TPR, FPR;
-  // groups with n < min_cell are written as {"suppressed": true}.
-  std::string AuditJson(int min_cell) const;
 };
+
+// Adds cell `g` into `into` (same shape).
+void AddGroup(GroupSums* into, const GroupSums& g);
 
 // ---- Secure evaluation: the sums as words ----------------------------------
 //
 // Under secure aggregation each site's sums are one vector of 32-bit words,
 // added mod 2^32, so every site must lay them out the same way. The layout
 // fixes it: for each split, n, Σ loss, the two histograms and the confusion
-// counts; then for each (column, value) cell -- the study's audit.values,
-// plus (column, kOtherValue) for values a site has that are not listed --
-// n, Σ β per modality and the cell's confusion counts. Every statistic is a
+// counts; then for each cell -- the study's audit.values, plus (column,
+// kOtherValue) for values a site has that are not listed, and every pair of
+// two columns' cells -- every statistic of GroupSums in its order. Every statistic is a
 // non-negative fixed-point number (counts at scale 1, sums of reals at scale
 // 2^16) carried in two words, its low 16 bits and the rest, so that adding
 // the words of up to `sites` sites can never carry out of a word: a site
@@ -66,20 +116,25 @@ inline constexpr char kOtherValue[] = "(other)";
 struct EvalLayout {
   std::vector<std::string> splits;
   int bins = 0;
+  int calibration_bins = 10;
   std::vector<std::string> modalities;
-  std::vector<std::pair<std::string, std::string>> cells;  // (column, value)
+  std::vector<std::string> features;
+  std::vector<CellKey> cells;
 
-  // The cells of `values` (column -> listed values), each column followed
-  // by its kOtherValue cell.
+  // The cells of `values` (column -> listed values): each column's listed
+  // values and its kOtherValue cell, then for each pair of columns a < b
+  // every pair of their cells.
   static EvalLayout Make(std::vector<std::string> splits, int bins,
-                         std::vector<std::string> modalities,
-                         const std::map<std::string, std::vector<std::string>>& values);
+                         std::vector<std::string> modalities, std::vector<std::string> features,
+                         const std::map<std::string, std::vector<std::string>>& values,
+                         int calibration_bins = 0);  // 0: CalibrationBins(bins)
   int64_t Words() const;
 };
 
 // One site's words: `sums` has one entry per layout split, in order. A
 // group whose value is not a cell is counted in its column's kOtherValue
-// cell; a column the layout does not have is left out.
+// cell (in an intersection, each unlisted side is kOtherValue); a column
+// the layout does not have is left out.
 StatusOr<std::vector<uint32_t>> EncodeEvalWords(const std::vector<EvalSums>& sums,
                                                 const EvalLayout& layout, int sites);
 // The sums of the summed words, one per split; cells with n = 0 are left

@@ -158,7 +158,10 @@ class RoundDriver {
   StatusOr<std::string> Authorize(const std::string& cn, const std::string& study_id,
                                   bool operator_ok);
   // `ranks`: the processes that train at the site (logged and journalled).
-  Status Join(const std::string& site, int64_t train_samples, int ranks = 1);
+  // `features`: the names of the site's model input features, which its
+  // evaluation sums have per-feature entries for (eval_stats.h).
+  Status Join(const std::string& site, int64_t train_samples, int ranks = 1,
+              std::vector<std::string> features = {});
   // Opens the site's task stream; returns its generation.
   StatusOr<uint64_t> Subscribe(const std::string& site);
   // The next task for the stream, waiting up to `wait`; nullopt on timeout.
@@ -212,6 +215,7 @@ class RoundDriver {
     bool revoked = false;
     uint64_t generation = 0;
     int64_t train_samples = 0;
+    std::vector<std::string> features;  // audit features, from Join
     int64_t rounds_contributed = 0;
     std::optional<std::chrono::steady_clock::time_point> last_seen;
     std::string progress;

@@ -66,6 +66,8 @@ class Learner {
   virtual StatusOr<EvalSums> Evaluate(const FlatModel& model, const std::string& split,
                                       const EvalOptions& options) = 0;
   virtual int64_t NumExamples(const std::string& split) const = 0;
+  // Names of the input features Evaluate's sums have per-feature entries for.
+  virtual std::vector<std::string> AuditFeatures() const { return {}; }
 };
 
 struct LearnerOptions {

@@ -1,0 +1,56 @@
+// The subgroup bias audit: from one split's summed EvalSums (every site's
+// sums added, in the clear or securely), per subgroup cell the metrics a
+// reader needs -- prevalence, AUC, accuracy, TPR, FPR, ECE, mean β per
+// modality, the attention distribution over input features and its top-k
+// -- and between the cells of each column the gaps (AUC gap,
+// demographic-parity and equalized-odds differences) and each cell's
+// Jensen–Shannon divergence of attention from the rest of its column. Cells
+// of fewer than min_cell patients are suppressed, and then enough others
+// that no suppressed cell can be recovered by subtraction from the
+// published ones and the totals (SuppressedCells).
+//
+// A shortcut flag names a feature whose attention share differs strongly
+// between a cell and the rest of its column (its term in their JSD is at
+// least flag_jsd bits) and whose input value itself tells the cell from
+// the rest (the value's standardised mean difference d gives, for two
+// normal classes of equal variance, a membership AUC Φ(|d|/√2) of at least
+// flag_membership_auc): the model may be using it as a proxy for the group.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <set>
+#include <string>
+
+#include "attune/common/eval_stats.h"
+#include "attune/common/status.h"
+
+namespace attune {
+
+inline constexpr char kAuditSchema[] = "attune.audit/2";
+
+struct AuditOptions {
+  int min_cell = 10;                  // k: smaller cells are suppressed
+  int top_k = 5;                      // features listed per cell
+  double flag_jsd = 0.02;             // bits: a feature's term in JSD(cell, rest)
+  double flag_membership_auc = 0.75;  // the feature's value tells the cell from the rest
+};
+
+// The cells to suppress among `counts` (every marginal cell (column, value)
+// and intersection cell of EvalSums::groups, with its patient count; a cell
+// not listed has none) when the split has `total` patients: every cell with
+// 0 < n < min_cell (all of them when total < min_cell), and then, for each
+// published total -- the split's, for a column's cells, and a marginal
+// cell's, for its row or column of an intersection table -- more cells,
+// smallest first, until the suppressed cells under it are none, or at
+// least two of at least min_cell patients together; and until no
+// suppressed count is determined by the published counts through those
+// sums (checked by linear algebra over all of them at once).
+std::set<CellKey> SuppressedCells(const std::map<CellKey, int64_t>& counts, int64_t total,
+                                  int min_cell);
+
+// The audit document (kAuditSchema) of `sums`, as JSON text.
+// InvalidArgument if the sums are inconsistent.
+StatusOr<std::string> AuditJson(const EvalSums& sums, const AuditOptions& options);
+
+}  // namespace attune

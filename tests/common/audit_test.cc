@@ -1,0 +1,140 @@
+#include "attune/common/audit.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "nlohmann/json.hpp"
+
+namespace attune {
+namespace {
+
+using nlohmann::json;
+
+const json& Cell(const json& doc, const std::string& column, const std::string& value) {
+  for (const auto& c : doc["columns"]) {
+    if (c["column"] != column) continue;
+    for (const auto& cell : c["cells"]) {
+      if (cell["value"] == value) return cell;
+    }
+  }
+  static const json none;
+  ADD_FAILURE() << "no cell " << column << "=" << value;
+  return none;
+}
+
+// Four women who attend 0.8 to f0 (value 1) and are scored 0.85 (positives)
+// or 0.15, and four men who attend 0.2 to f0 (value 0) and are scored 0.65
+// or 0.55. Every figure below is worked out by hand.
+EvalSums HandStudy() {
+  EvalSums s = EvalSums::Make("val", 10, {"a", "b"}, {"f0", "f1"});
+  const double beta[] = {0.5, 0.5};
+  const double att_f[] = {0.8, 0.2}, att_m[] = {0.2, 0.8};
+  const double val_f[] = {1, 0}, val_m[] = {0, 0};
+  const std::vector<CellKey> f = {{"sex", "F"}}, m = {{"sex", "M"}};
+  for (int i = 0; i < 2; ++i) {
+    s.AddPatient({true, 0.85, 0.1, beta, att_f, val_f}, f);
+    s.AddPatient({false, 0.15, 0.1, beta, att_f, val_f}, f);
+    s.AddPatient({true, 0.65, 0.1, beta, att_m, val_m}, m);
+    s.AddPatient({false, 0.55, 0.1, beta, att_m, val_m}, m);
+  }
+  return s;
+}
+
+TEST(Audit, PerCellMetricsGapsAndDivergenceAreTheHandComputedOnes) {
+  AuditOptions o;
+  o.min_cell = 1;
+  auto text = AuditJson(HandStudy(), o);
+  ASSERT_TRUE(text.ok()) << text.status();
+  const json doc = json::parse(*text);
+  EXPECT_EQ(doc["schema"], kAuditSchema);
+  const json& f = Cell(doc, "sex", "F");
+  const json& m = Cell(doc, "sex", "M");
+  EXPECT_EQ(f["n"], 4);
+  EXPECT_DOUBLE_EQ(f["prevalence"].get<double>(), 0.5);
+  EXPECT_DOUBLE_EQ(f["auc"].get<double>(), 1.0);
+  EXPECT_DOUBLE_EQ(f["tpr"].get<double>(), 1.0);
+  EXPECT_DOUBLE_EQ(f["fpr"].get<double>(), 0.0);
+  EXPECT_DOUBLE_EQ(m["fpr"].get<double>(), 1.0);
+  EXPECT_DOUBLE_EQ(m["accuracy"].get<double>(), 0.5);
+  // ECE: F |1.7 − 2| + |0.3 − 0| over 4; M |1.3 − 2| + |1.1 − 0| over 4.
+  EXPECT_NEAR(f["ece"].get<double>(), 0.15, 1e-12);
+  EXPECT_NEAR(m["ece"].get<double>(), 0.45, 1e-12);
+  EXPECT_NEAR(f["mean_attention_entropy_bits"].get<double>(), 0.7219280948873623, 1e-12);
+  EXPECT_NEAR(f["attention"][0].get<double>(), 0.8, 1e-12);
+  EXPECT_EQ(f["top_features"][0]["feature"], "f0");
+  EXPECT_NEAR(f["mean_beta"]["a"].get<double>(), 0.5, 1e-12);
+  // JSD([.8 .2], [.2 .8]) = 2 (0.4 log2 1.6 + 0.1 log2 0.4) bits.
+  const double term = 0.4 * std::log2(1.6) + 0.1 * std::log2(0.4);
+  EXPECT_NEAR(f["jsd_vs_rest_bits"].get<double>(), 2 * term, 1e-12);
+  EXPECT_NEAR(f["jsd_top_features"][0]["contribution"].get<double>(), term, 1e-12);
+  const json& gaps = doc["columns"][0]["between_cells"];
+  EXPECT_DOUBLE_EQ(gaps["auc_gap"]["value"].get<double>(), 0.0);
+  EXPECT_DOUBLE_EQ(gaps["demographic_parity_difference"]["value"].get<double>(), 0.5);
+  EXPECT_EQ(gaps["demographic_parity_difference"]["highest"], "M");
+  EXPECT_DOUBLE_EQ(gaps["equalized_odds_difference"]["value"].get<double>(), 1.0);
+  // f0 is attended differently and its value tells the groups apart; f1's
+  // value does not (0 for everyone).
+  ASSERT_EQ(doc["flags"].size(), 2u);
+  for (const auto& flag : doc["flags"]) {
+    EXPECT_EQ(flag["feature"], "f0");
+    EXPECT_DOUBLE_EQ(flag["membership_auc"].get<double>(), 1.0);
+  }
+}
+
+TEST(Audit, NoFlagWithoutAValueThatTellsTheGroupsApart) {
+  EvalSums s = HandStudy();
+  for (auto& [key, g] : s.groups) {  // everyone's f0 value the same
+    g.value_pos_sum[0] = static_cast<double>(g.n);
+    g.value_sq_sum[0] = static_cast<double>(g.n);
+  }
+  AuditOptions o;
+  o.min_cell = 1;
+  auto text = AuditJson(s, o);
+  ASSERT_TRUE(text.ok()) << text.status();
+  EXPECT_TRUE(json::parse(*text)["flags"].empty());
+}
+
+TEST(Suppression, ASmallCellTakesTheNextSmallestWithIt) {
+  // X alone would be the total less F and M.
+  const std::set<CellKey> got =
+      SuppressedCells({{{"sex", "F"}, 30}, {{"sex", "M"}, 25}, {{"sex", "X"}, 3}}, 58, 10);
+  EXPECT_EQ(got, (std::set<CellKey>{{"sex", "X"}, {"sex", "M"}}));
+  // Nothing below k: nothing suppressed.
+  EXPECT_TRUE(SuppressedCells({{{"sex", "F"}, 30}, {{"sex", "M"}, 28}}, 58, 10).empty());
+  // A study below k: every cell.
+  EXPECT_EQ(SuppressedCells({{{"sex", "F"}, 5}, {{"sex", "M"}, 4}}, 9, 10).size(), 2u);
+}
+
+TEST(Suppression, IntersectionsAreProtectedInTheirRowsAndColumns) {
+  // F = 30, M = 28; y = 29, o = 29. F&o = 4 and M&y = 3 are small: each row
+  // and column of the 2 x 2 table then needs a second cell, and with all
+  // four hidden no count follows from the margins (rank 3, 4 unknowns).
+  const std::map<CellKey, int64_t> counts = {
+      {{"sex", "F"}, 30},           {{"sex", "M"}, 28},           {{"age", "y"}, 29},
+      {{"age", "o"}, 29},           {{"age & sex", "y & F"}, 26}, {{"age & sex", "o & F"}, 4},
+      {{"age & sex", "y & M"}, 3},  {{"age & sex", "o & M"}, 25}};
+  const std::set<CellKey> got = SuppressedCells(counts, 58, 10);
+  EXPECT_EQ(got, (std::set<CellKey>{{"age & sex", "y & F"},
+                                    {"age & sex", "o & F"},
+                                    {"age & sex", "y & M"},
+                                    {"age & sex", "o & M"}}));
+}
+
+TEST(Suppression, ASmallMarginHidesItsRowToo) {
+  // X = 6 is small; its intersections (X&y = 3, X&o = 3) are too; X would
+  // otherwise be the total less F and M.
+  const std::map<CellKey, int64_t> counts = {
+      {{"sex", "F"}, 30},          {{"sex", "M"}, 24},          {{"sex", "X"}, 6},
+      {{"age", "y"}, 30},          {{"age", "o"}, 30},          {{"age & sex", "y & F"}, 15},
+      {{"age & sex", "o & F"}, 15}, {{"age & sex", "y & M"}, 12}, {{"age & sex", "o & M"}, 12},
+      {{"age & sex", "y & X"}, 3},  {{"age & sex", "o & X"}, 3}};
+  const std::set<CellKey> got = SuppressedCells(counts, 60, 10);
+  EXPECT_TRUE(got.count({"sex", "X"}));
+  EXPECT_TRUE(got.count({"age & sex", "y & X"}));
+  EXPECT_TRUE(got.count({"age & sex", "o & X"}));
+  EXPECT_GE(got.size(), 5u);  // a second sex cell and more in the table
+}
+
+}  // namespace
+}  // namespace attune

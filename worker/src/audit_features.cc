@@ -1,0 +1,171 @@
+#include "attune/worker/audit_features.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+
+namespace attune::worker {
+namespace {
+
+constexpr int kMaxPatchBins = 16;
+constexpr int kMaxRegionSide = 4;
+
+// The imaging grid's side (vit, cnn), or 0 for a sequence of patches.
+int64_t GridSide(const ModelConfig& m) {
+  if (m.imaging_encoder == "vit") return m.image_size / m.patch_size;
+  if (m.imaging_encoder == "cnn") return m.image_size / 4;
+  return 0;
+}
+
+int64_t ImagingTokens(const ModelConfig& m) {
+  const int64_t side = GridSide(m);
+  return side > 0 ? side * side : m.imaging_patches;
+}
+
+int64_t ImagingFeatures(const ModelConfig& m) {
+  const int64_t side = GridSide(m);
+  if (side > 0) {
+    const int64_t r = std::min<int64_t>(side, kMaxRegionSide);
+    return r * r;
+  }
+  return std::min<int64_t>(m.imaging_patches, kMaxPatchBins);
+}
+
+// The imaging feature of token k (0-based, without the class token).
+int64_t ImagingBin(const ModelConfig& m, int64_t k) {
+  const int64_t side = GridSide(m);
+  if (side > 0) {
+    const int64_t r = std::min<int64_t>(side, kMaxRegionSide);
+    return ((k / side) * r / side) * r + (k % side) * r / side;
+  }
+  return k * ImagingFeatures(m) / m.imaging_patches;
+}
+
+// The class token's attention over a modality's other tokens [B, L] (last
+// layer, mean over heads), undefined when the model has no such trace.
+torch::Tensor ClassRow(const ModelOutput& out, const std::string& modality) {
+  torch::Tensor last;
+  const std::string prefix = modality + "/layer";
+  for (const auto& t : out.traces) {
+    if (t.name.rfind(prefix, 0) == 0 && t.weights.defined() && t.weights.dim() == 4 &&
+        t.weights.size(2) == t.weights.size(3)) {
+      last = t.weights;
+    }
+  }
+  if (!last.defined()) return {};
+  return last.select(2, 0).mean(1).narrow(1, 1, last.size(3) - 1);
+}
+
+// Rows scaled to sum to 1 (rows of zeros stay zero).
+torch::Tensor Normalise(const torch::Tensor& t) {
+  return t / t.sum(1, true).clamp_min(1e-12);
+}
+
+}  // namespace
+
+std::vector<std::string> AuditFeatureNames(const ModelConfig& m, const SiteData& data) {
+  std::vector<std::string> out;
+  if (m.has_static()) {
+    for (int j = 0; j < m.static_features; ++j) {
+      out.push_back(absl::StrCat("ehr_static/", j < static_cast<int>(data.static_columns.size())
+                                                    ? data.static_columns[j]
+                                                    : absl::StrCat("feature ", j)));
+    }
+  }
+  if (m.has_events()) {
+    for (int k = 0; k < m.event_buckets; ++k) out.push_back(absl::StrCat("ehr_events/bucket ", k));
+  }
+  if (m.has_imaging()) {
+    const int64_t side = GridSide(m), n = ImagingFeatures(m);
+    for (int64_t k = 0; k < n; ++k) {
+      if (side > 0) {
+        const int64_t r = std::min<int64_t>(side, kMaxRegionSide);
+        out.push_back(absl::StrCat("imaging/region row ", k / r, " col ", k % r));
+      } else if (n == m.imaging_patches) {
+        out.push_back(absl::StrCat("imaging/patch ", k));
+      } else {
+        const int64_t lo = k * m.imaging_patches / n, hi = (k + 1) * m.imaging_patches / n - 1;
+        out.push_back(absl::StrCat("imaging/patches ", lo, "-", hi));
+      }
+    }
+  }
+  if (m.has_genomics()) {
+    for (int j = 0; j < m.genes; ++j) {
+      out.push_back(absl::StrCat("genomics/", j < static_cast<int>(data.gene_columns.size())
+                                                  ? data.gene_columns[j]
+                                                  : absl::StrCat("gene ", j)));
+    }
+  }
+  return out;
+}
+
+FeatureTensors AuditFeatureValues(const ModelConfig& m, const Batch& x, const ModelOutput& out) {
+  torch::NoGradGuard no_grad;
+  const int64_t b = x.present.size(0);
+  const auto opts = torch::TensorOptions().dtype(torch::kFloat64);
+  const torch::Tensor beta = out.beta.to(torch::kFloat64);
+  std::vector<torch::Tensor> attention, values;
+  // Appends one modality's [B, F] attention (normalised, times β) and values.
+  auto add = [&](int modality, const torch::Tensor& a, const torch::Tensor& v) {
+    torch::Tensor share = a.defined() ? Normalise(a.to(torch::kFloat64)) : torch::zeros_like(v);
+    attention.push_back(share * beta.select(1, modality).unsqueeze(1));
+    values.push_back(v.to(torch::kFloat64));
+  };
+  if (m.has_static()) {
+    add(0, ClassRow(out, "ehr_static"), x.static_x);
+  }
+  if (m.has_events()) {
+    torch::Tensor valid = x.event_pad.logical_not().to(torch::kFloat64);
+    torch::Tensor counts = torch::zeros({b, m.event_buckets}, opts);
+    counts.scatter_add_(1, x.event_bucket, valid);
+    torch::Tensor row = ClassRow(out, "ehr_events");
+    torch::Tensor mass;
+    if (row.defined()) {
+      mass = torch::zeros({b, m.event_buckets}, opts);
+      mass.scatter_add_(1, x.event_bucket, row.to(torch::kFloat64) * valid);
+    }
+    add(1, mass, counts);
+  }
+  if (m.has_imaging()) {
+    const int64_t tokens = ImagingTokens(m), bins = ImagingFeatures(m);
+    torch::Tensor bin_of = torch::empty({tokens}, torch::kInt64);
+    for (int64_t k = 0; k < tokens; ++k) bin_of[k] = ImagingBin(m, k);
+    torch::Tensor index = bin_of.unsqueeze(0).expand({b, tokens});
+    // Each token's mean input: a patch's features, or its block of pixels.
+    torch::Tensor token_value;
+    if (m.raw_images()) {
+      const int64_t side = GridSide(m), block = m.image_size / side;
+      token_value = torch::nn::functional::avg_pool2d(
+                        x.imaging.to(torch::kFloat64),
+                        torch::nn::functional::AvgPool2dFuncOptions(block))
+                        .mean(1)
+                        .reshape({b, tokens});
+    } else {
+      token_value = x.imaging.to(torch::kFloat64).mean(2);
+    }
+    torch::Tensor per_bin = torch::zeros({bins}, opts).scatter_add_(
+        0, bin_of, torch::ones({tokens}, opts));
+    torch::Tensor v = torch::zeros({b, bins}, opts).scatter_add_(1, index, token_value) / per_bin;
+    torch::Tensor row;
+    if (m.imaging_encoder == "mil") {
+      for (const auto& t : out.traces) {
+        if (t.name == "imaging/mil") row = t.weights.reshape({b, -1});
+      }
+    } else {
+      row = ClassRow(out, "imaging");
+    }
+    torch::Tensor mass;
+    if (row.defined() && row.size(1) == tokens) {
+      mass = torch::zeros({b, bins}, opts).scatter_add_(1, index, row.to(torch::kFloat64));
+    }
+    add(2, mass, v);
+  }
+  if (m.has_genomics()) {
+    add(3, ClassRow(out, "genomics"), x.genomics);
+  }
+  if (attention.empty()) return {torch::zeros({b, 0}, opts), torch::zeros({b, 0}, opts)};
+  return {torch::cat(attention, 1), torch::cat(values, 1)};
+}
+
+}  // namespace attune::worker
