@@ -202,6 +202,19 @@ Status FederationClient::HandleTask(const v1::RoundTask& task) {
         splits.push_back(std::move(sums));
       }
       if (secure_) {
+        // A layout without features (the coordinator did not learn this
+        // site's at Join: the learner is made after it) carries none.
+        if (task.eval_layout().features().empty()) {
+          for (EvalSums& s : splits) {
+            s.features.clear();
+            for (auto& [key, g] : s.groups) {
+              g.attention_sum.clear();
+              g.value_pos_sum.clear();
+              g.value_neg_sum.clear();
+              g.value_sq_sum.clear();
+            }
+          }
+        }
         // The sums of every split as one input of words; only their sum
         // over the sites leaves, after the SECAGG steps.
         ATTUNE_ASSIGN_OR_RETURN(

@@ -106,6 +106,7 @@ class RankZeroLearner final : public Learner {
   int64_t NumExamples(const std::string& split) const override {
     return inner_->NumExamples(split);
   }
+  std::vector<std::string> AuditFeatures() const override { return inner_->AuditFeatures(); }
 
  private:
   SiteRanks::Impl* ranks_;
