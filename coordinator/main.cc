@@ -31,6 +31,7 @@ struct Options {
   std::string port_file;
   std::string log_level = "info";
   int max_transfers = 4;
+  bool serve_audits = false;
 };
 
 int Fail(const attune::Status& s) {
@@ -56,8 +57,8 @@ int main(int argc, char** argv) {
       "attune-coordinator: runs a federated study. Sites connect over mutual TLS; the\n"
       "coordinator drives the rounds, aggregates updates with the study's strategy, commits\n"
       "each round to its data directory (RocksDB + model files, with a hash-chained audit\n"
-      "log) and writes summary.json, audit.json and, at the end, model.atnm. Changes to the\n"
-      "study file's roster and revoked lists take effect without a restart."};
+      "log) and writes summary.json, audit.json, audit.html and, at the end, model.atnm.\n"
+      "Changes to the study file's roster and revoked lists take effect without a restart."};
   app.add_option("--study", o.study_path, "study configuration (JSON)")->required();
   app.add_option("--listen", o.listen, "address to serve on, host:port (port 0: any free port)")
       ->capture_default_str();
@@ -71,14 +72,18 @@ int main(int argc, char** argv) {
                  "encrypt the models and audit sums in --data-dir with AES-256-GCM under this\n"
                  "key file (`attune provision init` writes D/coordinator/at_rest.key); a data\n"
                  "directory made with a key opens only with it");
-  app.add_option("--out", o.out_dir,
-                 "where summary.json, audit.json and model.atnm go (default: --data-dir)");
+  app.add_option(
+      "--out", o.out_dir,
+      "where summary.json, audit.json, audit.html and model.atnm go (default: --data-dir)");
   app.add_option("--port-file", o.port_file, "write the bound port to this file once serving");
   app.add_option("--log-level", o.log_level, "debug, info, warn or error")->capture_default_str();
   app.add_option("--max-transfers", o.max_transfers,
                  "model downloads and update uploads streamed at once (bounds memory)")
       ->check(CLI::Range(1, 1024))
       ->capture_default_str();
+  app.add_flag("--serve-audits", o.serve_audits,
+               "after the last round, keep the sites connected and serve audit-only rounds\n"
+               "(`attune audit`) until SIGINT/SIGTERM, which then ends the study normally");
   CLI11_PARSE(app, argc, argv);
   if (o.out_dir.empty()) o.out_dir = o.data_dir;
 
@@ -102,6 +107,7 @@ int main(int argc, char** argv) {
   dopt.out_dir = o.out_dir;
   dopt.spool_dir = (std::filesystem::path(o.data_dir) / "spool").string();
   dopt.study_path = o.study_path;
+  dopt.serve_audits = o.serve_audits;
   auto driver = attune::coordinator::RoundDriver::Create(*study, store->get(), dopt);
   if (!driver.ok()) return Fail(driver.status());
   auto server = attune::coordinator::StartServer(driver->get(), o.listen, *tls,
@@ -120,8 +126,8 @@ int main(int argc, char** argv) {
   std::thread watcher([&] {
     while (!done.load()) {
       if (g_signal != 0) {
-        spdlog::warn("signal {}: shutting down (committed rounds are kept)", int(g_signal));
-        (*driver)->Shutdown();
+        spdlog::warn("signal {}: stopping (committed rounds are kept)", int(g_signal));
+        (*driver)->Stop();  // a finished study serving audits ends normally
         return;
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(100));

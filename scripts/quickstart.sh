@@ -14,7 +14,9 @@
 #
 # Leaves in the work directory (default runs/quickstart, or runs/NAME):
 #   summary.json  rounds, per-round train_loss / val_loss / val_auc, final test metrics
-#   audit.json    per subgroup (sex, age band, ethnicity): n, mean modality attention, accuracy, TPR, FPR
+#   audit.json    per subgroup (sex, age band, ethnicity, their pairs): n, AUC, TPR, FPR, ECE,
+#                 mean modality weight, attention over features; gaps; shortcut flags
+#   audit.html    the same, drawn: open it in a browser
 #   logs/         the coordinator's and each site's log
 #   pki/ data/ state/  the study directory (PKI, site.json files, study.json), the sites' data
 #                      and the coordinator's RocksDB
@@ -73,7 +75,7 @@ if [[ -n "$(ls -A "$workdir")" && ! -f "$workdir/.attune-quickstart" ]]; then
   echo "quickstart.sh: $workdir is not empty and was not made by quickstart.sh; choose another --workdir" >&2
   exit 1
 fi
-rm -rf "${workdir:?}"/{pki,data,state,logs,summary.json,audit.json,study.json,port}
+rm -rf "${workdir:?}"/{pki,data,state,logs,summary.json,audit.json,audit.html,study.json,port}
 touch "$workdir/.attune-quickstart"
 mkdir -p "$workdir/logs"
 
@@ -139,4 +141,4 @@ if [[ $status -ne 0 ]]; then
   tail -5 "$workdir/logs/coordinator.log" >&2
   exit 1
 fi
-echo "== done in $(( $(date +%s) - start )) s: $workdir/summary.json and $workdir/audit.json"
+echo "== done in $(( $(date +%s) - start )) s: $workdir/summary.json, $workdir/audit.json and $workdir/audit.html"

@@ -3,7 +3,10 @@
 # Installs only the Debian packages that are missing (apt-get update first),
 # then configures with CMake + Ninja and builds incrementally.
 #
-#   scripts/setup.sh [--build-dir DIR]
+#   scripts/setup.sh [--build-dir DIR] [--test-tools]
+#
+# --test-tools also installs what only the tests use: Chromium (audit.html
+# is looked at headless), scikit-learn and Pillow (oracles and screenshots).
 #
 # Why OpenBLAS: Debian's LibTorch calls libblas.so.3, which defaults to the
 # reference BLAS; libopenblas0-openmp makes LibTorch's matrix products about
@@ -12,10 +15,12 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build_dir="$here/build"
+test_tools=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --build-dir) build_dir="$2"; shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --test-tools) test_tools=1; shift ;;
+    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "setup.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -26,8 +31,11 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc protobuf-compiler libprotobuf-dev
   libssl-dev librocksdb-dev libopenmpi-dev openmpi-bin
   libgtest-dev libgmock-dev python3-numpy python3-torch python3-mpmath libpng-dev zlib1g-dev
-  libspdlog-dev libfmt-dev nlohmann-json3-dev libcli11-dev
+  libspdlog-dev libfmt-dev nlohmann-json3-dev libcli11-dev libjs-d3
 )
+if [[ $test_tools -eq 1 ]]; then
+  packages+=(chromium fonts-dejavu-core python3-sklearn python3-pil)
+fi
 
 missing=()
 for p in "${packages[@]}"; do

@@ -5,7 +5,7 @@
 #   scripts/test.sh -R StudyTest     only the end-to-end tests
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-"$here/scripts/setup.sh"
+"$here/scripts/setup.sh" --test-tools
 echo "== running tests"
 # Integration tests are RUN_SERIAL: they start four processes each.
 exec ctest --test-dir "$here/build" --output-on-failure -j "$(nproc)" "$@"

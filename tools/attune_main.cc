@@ -3,6 +3,8 @@
 //   attune provision add-site  issue a bundle for a new site, add it to the roster
 //   attune provision revoke    refuse a site's certificate from now on
 //   attune status              a running study: rounds, sites (alive, last seen), metrics
+//   attune audit               an audit-only round: audit.json + audit.html
+//   attune audit render        audit.html again from an audit.json
 //   attune log verify|show     the coordinator's hash-chained audit log
 //   attune synth               generate a synthetic multi-site cohort
 //   attune explain             what a model attended to, for chosen patients
@@ -196,6 +198,44 @@ int main(int argc, char** argv) {
       "Example:\n"
       "  attune status --study-dir pki --coordinator 127.0.0.1:7443");
 
+  attune::tools::AuditCommand audit_cmd;
+  CLI::App* audit = app.add_subcommand(
+      "audit",
+      "run an audit-only round on a running coordinator: every live site evaluates a\n"
+      "committed model with its subgroup sums (no training), and the subgroup bias audit\n"
+      "of their sum is written as audit.json and audit.html");
+  audit->add_option("--study-dir", audit_cmd.connect.study_dir,
+                    "the study directory from `attune provision init` (gives the address,\n"
+                    "the study id and the operator's bundle)");
+  audit->add_option("--coordinator", audit_cmd.connect.coordinator, "HOST:PORT (overrides)");
+  audit->add_option("--study-id", audit_cmd.connect.study_id, "the study (overrides)");
+  audit->add_option("--tls-dir", audit_cmd.connect.tls_dir,
+                    "the operator's bundle (overrides; sites may not run audits)");
+  audit->add_option("--model", audit_cmd.model_version,
+                    "the model version (a committed round) to audit; -1: the latest")
+      ->capture_default_str();
+  audit->add_option("--split", audit_cmd.split, "the split the sites evaluate")
+      ->check(CLI::IsMember({"val", "test"}))
+      ->capture_default_str();
+  audit->add_option("--out", audit_cmd.out_dir, "where audit.json and audit.html go")
+      ->capture_default_str();
+  audit->add_option("--timeout", audit_cmd.timeout_s,
+                    "seconds to wait (an audit waits for the running round to end)")
+      ->check(CLI::Range(1, 86400 * 7))
+      ->capture_default_str();
+  std::string render_in, render_out;
+  CLI::App* render = audit->add_subcommand(
+      "render", "draw audit.html again from an audit.json (no coordinator needed)");
+  render->add_option("--in", render_in, "an audit.json")->required()->check(CLI::ExistingFile);
+  render->add_option("--out", render_out, "the page to write (default: audit.html beside --in)");
+  audit->footer(
+      "The coordinator runs the round between training rounds, or after the study's last\n"
+      "round when it was started with --serve-audits. Each audit counts as an audit release\n"
+      "in the study's privacy ledger and the audit log.\n"
+      "Examples:\n"
+      "  attune audit --study-dir pki --coordinator 127.0.0.1:7443 --model 5 --out audit-5\n"
+      "  attune audit render --in audit.json");
+
   CLI::App* log = app.add_subcommand("log", "the coordinator's hash-chained audit log");
   log->require_subcommand(1);
   std::string log_dir;
@@ -260,6 +300,12 @@ int main(int argc, char** argv) {
   if (add->parsed()) return RunAddSite(add_dir, add_site, add_days);
   if (revoke->parsed()) return RunRevoke(revoke_dir, revoke_site);
   if (status->parsed()) return attune::tools::RunStatus(status_options);
+  if (render->parsed()) {
+    if (render_out.empty())
+      render_out = (fs::path(render_in).parent_path() / "audit.html").string();
+    return attune::tools::RunAuditRender(render_in, render_out);
+  }
+  if (audit->parsed()) return attune::tools::RunAudit(audit_cmd);
   if (verify->parsed()) return attune::tools::RunLogVerify(log_dir);
   if (show->parsed()) return attune::tools::RunLogShow(log_dir, log_last);
   if (synth->parsed()) {

@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "absl/strings/str_format.h"
+#include "attune/common/audit_html.h"
 #include "attune/common/config.h"
 #include "attune/common/provision.h"
 #include "attune/common/store.h"
@@ -154,6 +155,65 @@ int RunStatus(StatusOptions o) {
   } else {
     PrintTable(st);
   }
+  return 0;
+}
+
+int RunAudit(AuditCommand o) {
+  if (Status s = Complete(&o.connect); !s.ok()) return Fail(s);
+  auto tls = LoadTlsBundle(o.connect.tls_dir);
+  if (!tls.ok()) return Fail(tls.status());
+  auto stub = v1::Federation::NewStub(MakeChannel(o.connect.coordinator, *tls));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(o.timeout_s));
+  v1::AuditRequest req;
+  req.set_study_id(o.connect.study_id);
+  req.set_model_version(o.model_version);
+  req.set_split(o.split);
+  const std::string which = o.model_version < 0 ? std::string("the latest model")
+                                                : absl::StrFormat("model %d", o.model_version);
+  std::printf(
+      "audit of %s on the %s split: waiting for the sites (an audit-only round runs\n"
+      "between training rounds; at most %d s)...\n",
+      which.c_str(), o.split.c_str(), o.timeout_s);
+  std::fflush(stdout);
+  v1::AuditReply reply;
+  Status s = FromGrpcStatus(stub->Audit(&ctx, req, &reply));
+  if (!s.ok()) {
+    return Fail(absl::Status(
+        s.code(),
+        absl::StrFormat("coordinator at %s: %s", o.connect.coordinator, std::string(s.message()))));
+  }
+  std::error_code ec;
+  fs::create_directories(o.out_dir, ec);
+  if (Status w = WriteAuditFiles(o.out_dir, reply.audit_json()); !w.ok()) return Fail(w);
+  const json doc = json::parse(reply.audit_json(), nullptr, false);
+  const json& overall = doc["overall"];
+  std::printf(
+      "model %s, %s split: %s patients from %zu sites; AUC %s; %s cells suppressed\n",
+      doc["model_version"].dump().c_str(), doc["split"].get<std::string>().c_str(),
+      overall["n"].dump().c_str(), doc["sites"].size(),
+      overall["auc"].is_number() ? Num(overall["auc"].get<double>(), "%.3f").c_str() : "n/a",
+      doc["suppressed_cells"].dump().c_str());
+  for (const json& f : doc["flags"]) {
+    std::printf("FLAG %s for %s = %s: JSD term %.4f bits, membership AUC %.3f\n",
+                f["feature"].get<std::string>().c_str(), f["column"].get<std::string>().c_str(),
+                f["value"].get<std::string>().c_str(), f["jsd_contribution_bits"].get<double>(),
+                f["membership_auc"].get<double>());
+  }
+  if (doc["flags"].empty()) std::printf("no shortcut flags\n");
+  std::printf("wrote %s and %s\n", (fs::path(o.out_dir) / "audit.json").c_str(),
+              (fs::path(o.out_dir) / "audit.html").c_str());
+  return 0;
+}
+
+int RunAuditRender(const std::string& json_path, const std::string& html_path) {
+  StatusOr<std::string> text = ReadFile(json_path);
+  if (!text.ok()) return Fail(text.status());
+  StatusOr<std::string> html = AuditHtml(*text);
+  if (!html.ok()) return Fail(absl::InvalidArgumentError(
+      absl::StrCat(json_path, ": ", std::string(html.status().message()))));
+  if (Status s = WriteFileAtomic(html_path, *html); !s.ok()) return Fail(s);
+  std::printf("wrote %s\n", html_path.c_str());
   return 0;
 }
 

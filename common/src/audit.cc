@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "nlohmann/json.hpp"
 
 namespace attune {
@@ -160,22 +161,41 @@ std::set<CellKey> SuppressedCells(const std::map<CellKey, int64_t>& counts, int6
       if (add >= 0) hidden[add] = changed = true;
     }
     if (changed) continue;
-    for (int s : Determined(t, hidden)) {
-      std::vector<int> around;
-      for (const auto& sum : t.sums) {
-        const bool in = sum.parent == s ||
-                        std::find(sum.children.begin(), sum.children.end(), s) != sum.children.end();
-        if (!in) continue;
-        around.push_back(sum.parent);
-        around.insert(around.end(), sum.children.begin(), sum.children.end());
-      }
-      const int add = smallest(around);
-      if (add >= 0) {
-        hidden[add] = changed = true;
-        break;  // one at a time: each may settle the others
-      }
+    const std::vector<int> determined = Determined(t, hidden);
+    if (determined.empty()) break;
+    const int s = determined.front();
+    std::vector<int> around;
+    for (const auto& sum : t.sums) {
+      const bool in = sum.parent == s ||
+                      std::find(sum.children.begin(), sum.children.end(), s) != sum.children.end();
+      if (!in) continue;
+      around.push_back(sum.parent);
+      around.insert(around.end(), sum.children.begin(), sum.children.end());
     }
-    if (!changed) break;
+    int add = smallest(around);
+    if (add < 0) {
+      // Everything in its sums is hidden already: s follows through a
+      // longer chain of sums. Hide the smallest published cell anywhere
+      // that breaks the chain (or, failing that, the smallest of all).
+      std::vector<int> published;
+      for (size_t i = 1; i < t.cells.size(); ++i) {
+        if (!hidden[i]) published.push_back(static_cast<int>(i));
+      }
+      std::sort(published.begin(), published.end(),
+                [&](int a, int b) { return t.n[a] < t.n[b]; });
+      for (int c : published) {
+        hidden[c] = true;
+        const std::vector<int> still = Determined(t, hidden);
+        hidden[c] = false;
+        if (std::find(still.begin(), still.end(), s) == still.end()) {
+          add = c;
+          break;
+        }
+      }
+      if (add < 0 && !published.empty()) add = published.front();
+    }
+    if (add < 0) break;  // everything is hidden
+    hidden[add] = true;  // one at a time: each may settle the others
   }
   std::set<CellKey> out;
   for (size_t i = 1; i < t.cells.size(); ++i) {
@@ -292,11 +312,19 @@ json Gap(const std::vector<std::pair<std::string, double>>& v) {
 
 }  // namespace
 
+Status AuditOptions::Validate() const {
+  if (min_cell < 1) return absl::InvalidArgumentError("min_cell: must be >= 1");
+  if (top_k < 0) return absl::InvalidArgumentError("top_k: must be >= 0");
+  if (!(flag_jsd > 0) || !(flag_membership_auc >= 0.5 && flag_membership_auc <= 1)) {
+    return absl::InvalidArgumentError(
+        "flag_jsd_bits must be > 0 and flag_membership_auc in [0.5, 1]");
+  }
+  return absl::OkStatus();
+}
+
 StatusOr<std::string> AuditJson(const EvalSums& sums, const AuditOptions& o) {
   ATTUNE_RETURN_IF_ERROR(sums.Validate());
-  if (o.min_cell < 1 || o.top_k < 0) {
-    return absl::InvalidArgumentError("audit: min_cell must be >= 1 and top_k >= 0");
-  }
+  ATTUNE_RETURN_IF_ERROR(o.Validate());
   std::map<CellKey, int64_t> counts;
   for (const auto& [key, g] : sums.groups) counts[key] = g.n;
   const std::set<CellKey> hidden = SuppressedCells(counts, sums.n, o.min_cell);
@@ -317,6 +345,13 @@ StatusOr<std::string> AuditJson(const EvalSums& sums, const AuditOptions& o) {
   json overall_attention;
   for (const std::string& column : order) {
     const auto& cells = columns[column];
+    // Features that define this column's groups (or either side's, for an
+    // intersection) are not flagged for it.
+    std::set<std::string> defining;
+    for (absl::string_view part : absl::StrSplit(column, kCellJoin)) {
+      auto it = o.defining_features.find(std::string(part));
+      if (it != o.defining_features.end()) defining.insert(it->second.begin(), it->second.end());
+    }
     GroupSums all = sums.EmptyGroup();
     for (const auto* kv : cells) AddGroup(&all, kv->second);
     if (overall_attention.is_null() && !IsIntersection(column)) {
@@ -368,6 +403,7 @@ StatusOr<std::string> AuditJson(const EvalSums& sums, const AuditOptions& o) {
         cell["jsd_top_features"] = top;
         for (const auto& [term, f] : terms) {
           if (term < o.flag_jsd) break;
+          if (defining.count(sums.features[f])) continue;
           const double membership = MembershipAuc(g, rest, f);
           if (membership < o.flag_membership_auc) continue;
           flags.push_back({{"column", column},
@@ -431,7 +467,8 @@ StatusOr<std::string> AuditJson(const EvalSums& sums, const AuditOptions& o) {
               {"columns", out_columns},
               {"flags", flags},
               {"flag_rule", {{"jsd_contribution_bits_at_least", o.flag_jsd},
-                             {"membership_auc_at_least", o.flag_membership_auc}}},
+                             {"membership_auc_at_least", o.flag_membership_auc},
+                             {"not_flagged_for_their_column", o.defining_features}}},
               {"suppressed_cells", hidden.size()}};
   return doc.dump(1);
 }

@@ -310,8 +310,9 @@ Status StudyConfig::Validate() const {
   ATTUNE_RETURN_IF_ERROR(Range("train.batch_size", train.batch_size, 1, 1 << 20));
   ATTUNE_RETURN_IF_ERROR(Range("train.learning_rate", train.learning_rate, 1e-9, 10));
   ATTUNE_RETURN_IF_ERROR(model.Validate());
-  ATTUNE_RETURN_IF_ERROR(Range("audit.min_cell", audit.min_cell, 1, 1e9));
   ATTUNE_RETURN_IF_ERROR(Range("audit.histogram_bins", audit.histogram_bins, 2, 100000));
+  ATTUNE_RETURN_IF_ERROR(Range("audit.every", audit.every, 1, 1e9));
+  ATTUNE_RETURN_IF_ERROR(Prefixed("audit.", audit.report.Validate()));
   ATTUNE_RETURN_IF_ERROR(audit.Validate(secure_aggregation));
   return absl::OkStatus();
 }
@@ -379,8 +380,18 @@ StatusOr<StudyConfig> ParseStudyConfig(const std::string& text,
   if (const json* a = r.Object("audit")) {
     FieldReader ar(*a, prefix + "audit.", &s);
     ar.Get("columns", &c.audit.columns);
-    ar.Get("min_cell", &c.audit.min_cell);
+    ar.Get("min_cell", &c.audit.report.min_cell);
     ar.Get("histogram_bins", &c.audit.histogram_bins);
+    ar.Get("every", &c.audit.every);
+    ar.Get("top_k", &c.audit.report.top_k);
+    ar.Get("flag_jsd_bits", &c.audit.report.flag_jsd);
+    ar.Get("flag_membership_auc", &c.audit.report.flag_membership_auc);
+    if (const json* d = ar.Object("defining_features")) {
+      FieldReader dr(*d, prefix + "audit.defining_features.", &s);
+      for (auto it = d->begin(); it != d->end(); ++it) {
+        dr.Get(it.key().c_str(), &c.audit.report.defining_features[it.key()]);
+      }
+    }
     if (const json* v = ar.Object("values")) {
       FieldReader vr(*v, prefix + "audit.values.", &s);
       for (auto it = v->begin(); it != v->end(); ++it) {

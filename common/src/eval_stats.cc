@@ -295,13 +295,25 @@ StatusOr<std::vector<uint32_t>> EncodeEvalWords(const std::vector<EvalSums>& sum
     const EvalSums& site = sums[k];
     ATTUNE_RETURN_IF_ERROR(site.Validate());
     if (site.split != layout.splits[k] || static_cast<int>(site.pos_hist.size()) != layout.bins ||
-        site.modalities != layout.modalities || site.features.size() != layout.features.size() ||
+        site.modalities != layout.modalities ||
         site.calibration_bins != layout.calibration_bins) {
       return absl::InvalidArgumentError(absl::StrCat(
           "secure evaluation: the sums of split '", site.split,
           "' do not match the layout (split '", layout.splits[k], "', ", layout.bins,
           " bins, ", layout.calibration_bins, " calibration bins, modalities ",
-          absl::StrJoin(layout.modalities, ","), ", ", layout.features.size(), " features)"));
+          absl::StrJoin(layout.modalities, ","), ")"));
+    }
+    if (site.features != layout.features) {
+      size_t i = 0;
+      while (i < site.features.size() && i < layout.features.size() &&
+             site.features[i] == layout.features[i]) {
+        ++i;
+      }
+      return absl::InvalidArgumentError(absl::StrCat(
+          "secure evaluation: this site's model has ", site.features.size(),
+          " audit features and the layout ", layout.features.size(), "; they differ at #", i,
+          " ('", i < site.features.size() ? site.features[i] : "", "' here, '",
+          i < layout.features.size() ? layout.features[i] : "", "' in the layout)"));
     }
     // Fold the site's groups into the layout's cells.
     EvalSums s = Shaped(layout, site.split);

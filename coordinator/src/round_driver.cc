@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "attune/common/audit.h"
+#include "attune/common/audit_html.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "attune/coordinator/aggregate.h"
@@ -103,8 +104,23 @@ StatusOr<std::unique_ptr<RoundDriver>> RoundDriver::Create(StudyConfig study, St
         ATTUNE_ASSIGN_OR_RETURN(privacy::Accountant a,
                                 privacy::Accountant::FromJson(rec["privacy"]["ledger"].dump()));
         d->ledger_.emplace(std::move(a));
-        d->audit_releases_ = rec["privacy"].value("audit_releases", 0);
       }
+    }
+    ATTUNE_ASSIGN_OR_RETURN(std::string text, store->LoadRecord(last));
+    json rec = json::parse(text, nullptr, false);
+    if (!rec.is_discarded()) d->audit_releases_ = rec.value("audit_releases", 0);
+    // Audit-only rounds after that commit are counted in the audit log.
+    for (uint64_t from = 0;;) {
+      ATTUNE_ASSIGN_OR_RETURN(std::vector<LogEntry> entries, store->ReadLog(from, 4096));
+      if (entries.empty()) break;
+      for (const LogEntry& e : entries) {
+        if (e.kind != "audit_released") continue;
+        json detail = json::parse(e.detail_json, nullptr, false);
+        if (!detail.is_discarded()) {
+          d->audit_releases_ = std::max(d->audit_releases_, detail.value("audit_releases", 0));
+        }
+      }
+      from = entries.back().seq + 1;
     }
     spdlog::info("resuming study '{}' after committed round {}", d->study_.study_id, last);
   }
@@ -218,8 +234,8 @@ StatusOr<std::string> RoundDriver::Authorize(const std::string& cn, const std::s
   ReloadRosterLocked();
   if (cn == kOperatorName) {
     if (!operator_ok) {
-      return absl::PermissionDeniedError(
-          absl::StrCat("the ", kOperatorName, " certificate may only read the study's status"));
+      return absl::PermissionDeniedError(absl::StrCat(
+          "the ", kOperatorName, " certificate may only read the study's status and run audits"));
     }
   } else {
     // sites_ holds every name the roster ever had; one taken off the
@@ -250,9 +266,17 @@ Status RoundDriver::Join(const std::string& site, int64_t train_samples, int ran
   s.train_samples = train_samples;
   s.features = std::move(features);
   TouchLocked(site);
-  spdlog::info("site {} joined ({} training samples, {} rank{})", site, train_samples, ranks,
-               ranks == 1 ? "" : "s");
-  LogLocked("site_joined", site, json{{"train_samples", train_samples}, {"ranks", ranks}}.dump());
+  if (train_samples == 0 && s.features.empty()) {
+    spdlog::info("site {} joined; it is loading its data", site);
+  } else {
+    spdlog::info("site {} joined ({} training samples, {} rank{}, {} audit features)", site,
+                 train_samples, ranks, ranks == 1 ? "" : "s", s.features.size());
+  }
+  LogLocked("site_joined", site,
+            json{{"train_samples", train_samples},
+                 {"ranks", ranks},
+                 {"audit_features", s.features.size()}}
+                .dump());
   return absl::OkStatus();
 }
 
@@ -320,6 +344,7 @@ double RoundDriver::proximal_mu() const {
 StatusOr<std::shared_ptr<const std::string>> RoundDriver::Model(int64_t version) {
   std::lock_guard<std::mutex> lock(mu_);
   if (version == candidate_version_ && candidate_blob_) return candidate_blob_;
+  if (version == audit_version_ && audit_blob_) return audit_blob_;
   if (version == global_version_ && global_blob_) return global_blob_;
   return absl::NotFoundError(absl::StrCat("model version ", version,
                                           " is not being served (current: ", global_version_, ")"));
@@ -581,6 +606,10 @@ Status RoundDriver::Run() {
   ATTUNE_RETURN_IF_ERROR(WaitForSites());
   for (int64_t r = store_->LastCommittedRound() + 1; r <= study_.rounds; ++r) {
     for (int attempt = 1;; ++attempt) {
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        RunPendingAudits(lock);  // between rounds: the operator's audit-only rounds
+      }
       Status s = r == 0 ? RunInitRound() : RunTrainRound(r);
       if (s.ok()) break;
       if (absl::IsResourceExhausted(s)) {  // the privacy budget: end the study here
@@ -602,13 +631,135 @@ Status RoundDriver::Run() {
     }
   }
   ATTUNE_RETURN_IF_ERROR(WriteOutputs(/*final_model=*/true));
-  std::lock_guard<std::mutex> lock(mu_);
+  std::unique_lock<std::mutex> lock(mu_);
+  spdlog::info("study '{}' finished after round {}", study_.study_id, study_.rounds);
+  if (options_.serve_audits) {
+    // The sites stay connected and idle; each `attune audit` is an
+    // audit-only round, until Stop().
+    spdlog::info("serving audit-only rounds (attune audit) until stopped");
+    while (!stop_serving_ && !shutdown_) {
+      phase_name_ = "finished; serving audits";
+      RunPendingAudits(lock);
+      cv_.wait(lock, [&] { return stop_serving_ || shutdown_ || !audit_jobs_.empty(); });
+    }
+    if (shutdown_) return absl::CancelledError("shutting down");
+  }
   phase_name_ = "finished";
   finished_ = true;
   for (auto& [name, s] : sites_) s.queue.push_back(FinishTask(name));
   cv_.notify_all();
-  spdlog::info("study '{}' finished after round {}", study_.study_id, study_.rounds);
   return absl::OkStatus();
+}
+
+void RoundDriver::Stop() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (options_.serve_audits && global_version_ == study_.rounds && !shutdown_) {
+    stop_serving_ = true;
+    cv_.notify_all();
+    return;
+  }
+  shutdown_ = true;
+  cv_.notify_all();
+}
+
+StatusOr<std::string> RoundDriver::Audit(int64_t version, std::string split,
+                                         Clock::time_point deadline) {
+  if (split.empty()) split = "val";
+  if (split != "val" && split != "test") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("audit: split must be \"val\" or \"test\" (got \"", split, "\")"));
+  }
+  std::unique_lock<std::mutex> lock(mu_);
+  if (global_version_ < 0) {
+    return absl::FailedPreconditionError("audit: no model is committed yet");
+  }
+  if (version < 0) version = global_version_;
+  if (version > global_version_) {
+    return absl::NotFoundError(absl::StrCat("audit: model version ", version,
+                                            " is not committed (the latest is ",
+                                            global_version_, ")"));
+  }
+  if (finished_ || stop_serving_) {
+    return absl::FailedPreconditionError(
+        "audit: the study has finished and its sites were released; start the coordinator "
+        "with --serve-audits to keep them for audit-only rounds");
+  }
+  auto job = std::make_shared<AuditJob>();
+  job->version = version;
+  job->split = split;
+  audit_jobs_.push_back(job);
+  spdlog::info("audit of model {} on the {} split requested ({} queued)", version, split,
+               audit_jobs_.size());
+  cv_.notify_all();
+  cv_.wait_until(lock, deadline, [&] { return job->done || shutdown_; });
+  if (job->done) return job->result;
+  std::erase(audit_jobs_, job);  // not run yet: never run
+  if (shutdown_) return absl::CancelledError("audit: the coordinator is shutting down");
+  return absl::DeadlineExceededError(
+      "audit: it did not finish before the deadline (audits run between training rounds)");
+}
+
+void RoundDriver::RunPendingAudits(std::unique_lock<std::mutex>& lock) {
+  while (!audit_jobs_.empty() && !shutdown_) {
+    std::shared_ptr<AuditJob> job = audit_jobs_.front();
+    audit_jobs_.pop_front();
+    const std::string before = phase_name_;
+    job->result = RunAuditRound(lock, *job);
+    phase_name_ = before;
+    if (!job->result.ok()) {
+      spdlog::warn("audit of model {} failed: {}", job->version,
+                   std::string(job->result.status().message()));
+    }
+    job->done = true;
+    cv_.notify_all();
+  }
+}
+
+StatusOr<std::string> RoundDriver::RunAuditRound(std::unique_lock<std::mutex>& lock,
+                                                 const AuditJob& job) {
+  std::shared_ptr<const std::string> blob = global_blob_;
+  if (job.version != global_version_) {
+    lock.unlock();
+    StatusOr<std::string> m = store_->LoadModel(job.version);
+    lock.lock();
+    ATTUNE_RETURN_IF_ERROR(m.status());
+    blob = std::make_shared<const std::string>(*std::move(m));
+  }
+  Phase eval;
+  eval.kind = Task::Kind::kEvaluate;
+  eval.round = global_version_ + 1;  // between rounds: the next one is not open yet
+  eval.splits = {job.split};
+  eval.audit = true;
+  eval.audit_id = ++audits_run_;
+  eval.audit_model = job.version;
+  phase_name_ = absl::StrCat("audit of model ", job.version);
+  ATTUNE_RETURN_IF_ERROR(WaitForQuorum(lock, eval.round));
+  audit_version_ = job.version;
+  audit_blob_ = std::move(blob);
+  Status s = study_.secure_aggregation
+                 ? RunSecureEvalPhase(lock, &eval, LiveSitesLocked())
+                 : RunPhase(lock, &eval, LiveSitesLocked(), job.version, study_.min_sites);
+  audit_version_ = -1;
+  audit_blob_.reset();
+  ATTUNE_RETURN_IF_ERROR(s);
+  auto sums = eval.eval.find(job.split);
+  if (sums == eval.eval.end()) return absl::InternalError("audit: no sums were reported");
+  ATTUNE_ASSIGN_OR_RETURN(std::string text, AuditJson(sums->second, study_.audit.report));
+  json doc = json::parse(text);
+  doc["study_id"] = study_.study_id;
+  doc["model_version"] = job.version;
+  doc["sites"] = std::vector<std::string>(eval.done.begin(), eval.done.end());
+  ++audit_releases_;  // committed with the next round's record, and logged now
+  LogLocked("audit_released", "",
+            json{{"model_version", job.version},
+                 {"split", job.split},
+                 {"sites", doc["sites"]},
+                 {"audit_releases", audit_releases_}}
+                .dump());
+  spdlog::info("audit of model {} on the {} split: {} patients from {} sites, {} flag{}",
+               job.version, job.split, sums->second.n, eval.done.size(), doc["flags"].size(),
+               doc["flags"].size() == 1 ? "" : "s");
+  return doc.dump(2) + "\n";
 }
 
 Status RoundDriver::WaitForSites() {
@@ -679,7 +830,9 @@ void RoundDriver::OpenPhase(
     t.round = p->round;
     t.model_version = model_version;
     t.splits = p->splits;
+    t.audit = p->audit;
     t.task_id = NewTaskId(p->kind, p->round, site);
+    if (p->audit_id > 0) absl::StrAppend(&t.task_id, "/audit-", p->audit_id);
     if (auto it = secure.find(site); it != secure.end()) t.secure = it->second;
     p->task_ids[site] = t.task_id;
     sites_[site].queue.push_back(t);
@@ -851,6 +1004,7 @@ Status RoundDriver::EvaluateAndCommit(std::unique_lock<std::mutex>& lock, int64_
   eval.round = round;
   eval.splits = {"val"};
   if (round == study_.rounds) eval.splits.push_back("test");
+  eval.audit = round % study_.audit.every == 0 || round == study_.rounds;
   phase_name_ = absl::StrCat("round ", round, ": evaluate");
   Status s = study_.secure_aggregation
                  ? RunSecureEvalPhase(lock, &eval, LiveSitesLocked())
@@ -897,10 +1051,8 @@ Status RoundDriver::CommitRound(int64_t round, std::shared_ptr<const std::string
   std::string audit;
   for (const auto& [split, sums] : eval.eval) {
     record[split] = json::parse(sums.MetricsJson());
-    if (split != "val") continue;
-    AuditOptions options;
-    options.min_cell = study_.audit.min_cell;
-    StatusOr<std::string> a = AuditJson(sums, options);
+    if (split != "val" || !eval.audit) continue;
+    StatusOr<std::string> a = AuditJson(sums, study_.audit.report);
     if (a.ok()) {
       audit = *std::move(a);
     } else {
@@ -916,11 +1068,16 @@ Status RoundDriver::CommitRound(int64_t round, std::shared_ptr<const std::string
     secure["evaluation"] = {{"survivors", eval.done.size()}, {"selected", eval.task_ids.size()}};
     record["secure_aggregation"] = secure;
   }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    // Every evaluation split released this round is counted (and the
+    // audit-only rounds since the last commit); as of this commit it is
+    // part of the round's record, beside the privacy ledger.
+    audit_releases_ += static_cast<int>(eval.eval.size());
+    record["audit_releases"] = audit_releases_;
+  }
   if (ledger_) {
     std::lock_guard<std::mutex> lock(mu_);
-    // Every evaluation split released this round is counted; the ledger
-    // as of this commit is part of the round's record.
-    audit_releases_ += static_cast<int>(eval.eval.size());
     record["privacy"] = {{"mode", study_.privacy.mode},
                          {"epsilon", ledger_->epsilon()},
                          {"delta", ledger_->delta()},
@@ -1015,15 +1172,17 @@ Status RoundDriver::WriteOutputs(bool final_model) {
   fs::create_directories(options_.out_dir, ec);
   ATTUNE_RETURN_IF_ERROR(
       WriteFileAtomic(options_.out_dir + "/summary.json", summary.dump(2) + "\n"));
-  if (last >= 0) {
-    ATTUNE_ASSIGN_OR_RETURN(std::string audit_text, store_->LoadAudit(last));
+  // The latest round that was audited (audit.every).
+  for (int64_t r = last; r >= 0; --r) {
+    ATTUNE_ASSIGN_OR_RETURN(std::string audit_text, store_->LoadAudit(r));
+    if (audit_text.empty()) continue;
     json audit = json::parse(audit_text, nullptr, false);
     if (!audit.is_discarded()) {
       audit["study_id"] = study_.study_id;
-      audit["round"] = last;
-      ATTUNE_RETURN_IF_ERROR(
-          WriteFileAtomic(options_.out_dir + "/audit.json", audit.dump(2) + "\n"));
+      audit["round"] = r;
+      ATTUNE_RETURN_IF_ERROR(WriteAuditFiles(options_.out_dir, audit.dump(2) + "\n"));
     }
+    break;
   }
   if (final_model && last >= 0) {
     std::shared_ptr<const std::string> blob;

@@ -172,7 +172,9 @@ StatusOr<RoundDriver::SecureSum> RoundDriver::RunSecureAggregation(
   const auto deadline = Clock::now() + std::chrono::milliseconds(
                                            static_cast<int64_t>(study_.round_deadline_s * 1000));
   // TRAIN starts from the global model; EVALUATE scores the candidate.
-  const int64_t model_version = p->kind == Task::Kind::kEvaluate ? p->round : global_version_;
+  const int64_t model_version = p->kind != Task::Kind::kEvaluate ? global_version_
+                                : p->audit_id > 0                ? p->audit_model
+                                                                 : p->round;
   OpenPhase(p, selected, model_version, setups);
   // Each step: the sites that finished the last one are asked for the next.
   auto step_sites = [&] { return std::vector<std::string>(p->done.begin(), p->done.end()); };
@@ -308,19 +310,24 @@ Status RoundDriver::RunSecureEvalPhase(std::unique_lock<std::mutex>& lock, Phase
   // The per-feature sums are laid out as the first selected site that
   // named its features at Join names them; a site whose model has others
   // refuses the layout.
+  // Without the audit (audit.every) there are no cells and no features.
   std::vector<std::string> features;
   for (const auto& site : selected) {
-    if (!sites_.at(site).features.empty()) {
+    if (p->audit && !sites_.at(site).features.empty()) {
       features = sites_.at(site).features;
       break;
     }
   }
-  const EvalLayout layout = EvalLayout::Make(p->splits, study_.audit.histogram_bins,
-                                             ModalityNames(), std::move(features),
-                                             study_.audit.values);
+  const EvalLayout layout = EvalLayout::Make(
+      p->splits, study_.audit.histogram_bins, ModalityNames(), std::move(features),
+      p->audit ? study_.audit.values : std::map<std::string, std::vector<std::string>>{});
   const v1::EvalLayout wire = ToProto(layout);
   SecureSpec spec;
-  spec.purpose = "evaluation";
+  // Each release has its own purpose: a site unmasks one purpose of a
+  // round for one set of survivors only.
+  spec.purpose = p->audit_id > 0 ? absl::StrCat("audit ", p->audit_id, " of model ",
+                                                p->audit_model)
+                                 : "evaluation";
   spec.length = layout.Words();
   spec.fill = [&](int, v1::RoundTask* task) { *task->mutable_eval_layout() = wire; };
   ATTUNE_ASSIGN_OR_RETURN(SecureSum sum, RunSecureAggregation(lock, p, selected, spec));

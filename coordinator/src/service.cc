@@ -118,6 +118,7 @@ grpc::Status FederationService::Subscribe(grpc::ServerContext* ctx, const v1::Si
     msg.set_model_version(t.model_version);
     msg.set_task_id(t.task_id);
     for (const auto& split : t.splits) msg.add_splits(split);
+    msg.set_audit(t.audit);
     v1::Hyper* h = msg.mutable_hyper();
     h->set_local_epochs(train.local_epochs);
     h->set_batch_size(train.batch_size);
@@ -254,6 +255,26 @@ grpc::Status FederationService::SecAgg(grpc::ServerContext* ctx, const v1::SecAg
   receipt->set_site_id(*site);
   receipt->set_round(req->round());
   receipt->set_accepted(true);
+  return grpc::Status::OK;
+}
+
+grpc::Status FederationService::Audit(grpc::ServerContext* ctx, const v1::AuditRequest* req,
+                                      v1::AuditReply* reply) {
+  ATTUNE_AUTHORIZE_OR_REFUSE(site, "Audit", req->study_id(), /*operator_ok=*/true);
+  if (*site != kOperatorName) {
+    // A site could otherwise ask for sums over chosen sets of sites.
+    return Refuse(ctx, *site, "Audit",
+                  absl::PermissionDeniedError(absl::StrCat(
+                      "only the ", kOperatorName, " certificate may run audit-only rounds")));
+  }
+  // The caller's deadline bounds the wait (audits run between rounds).
+  const auto left = ctx->deadline() - std::chrono::system_clock::now();
+  const auto deadline = std::chrono::steady_clock::now() +
+                        std::min<std::chrono::system_clock::duration>(left, std::chrono::hours(24));
+  attune::StatusOr<std::string> audit =
+      driver_->Audit(req->model_version(), req->split(), deadline);
+  if (!audit.ok()) return Refuse(ctx, *site, "Audit", audit.status());
+  reply->set_audit_json(*std::move(audit));
   return grpc::Status::OK;
 }
 

@@ -3,8 +3,14 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <fstream>
 
+#include "attune/common/audit_html.h"
+#include "attune/common/config.h"
+#include "attune/common/png.h"
 #include "nlohmann/json.hpp"
+#include "support/command.h"
+#include "support/temp_dir.h"
 
 namespace attune {
 namespace {
@@ -26,8 +32,8 @@ const json& Cell(const json& doc, const std::string& column, const std::string& 
 // Four women who attend 0.8 to f0 (value 1) and are scored 0.85 (positives)
 // or 0.15, and four men who attend 0.2 to f0 (value 0) and are scored 0.65
 // or 0.55. Every figure below is worked out by hand.
-EvalSums HandStudy() {
-  EvalSums s = EvalSums::Make("val", 10, {"a", "b"}, {"f0", "f1"});
+EvalSums HandStudy(std::vector<std::string> features = {"f0", "f1"}) {
+  EvalSums s = EvalSums::Make("val", 10, {"a", "b"}, std::move(features));
   const double beta[] = {0.5, 0.5};
   const double att_f[] = {0.8, 0.2}, att_m[] = {0.2, 0.8};
   const double val_f[] = {1, 0}, val_m[] = {0, 0};
@@ -134,6 +140,98 @@ TEST(Suppression, ASmallMarginHidesItsRowToo) {
   EXPECT_TRUE(got.count({"age & sex", "y & X"}));
   EXPECT_TRUE(got.count({"age & sex", "o & X"}));
   EXPECT_GE(got.size(), 5u);  // a second sex cell and more in the table
+}
+
+TEST(Audit, DefiningFeaturesAreNotFlaggedForTheirColumn) {
+  AuditOptions o;
+  o.min_cell = 1;
+  o.defining_features = {{"sex", {"f0"}}};
+  auto text = AuditJson(HandStudy(), o);
+  ASSERT_TRUE(text.ok()) << text.status();
+  EXPECT_TRUE(json::parse(*text)["flags"].empty());
+}
+
+TEST(AuditHtml, CarriesTheDocumentSafelyAndRefusesOtherJson) {
+  AuditOptions o;
+  o.min_cell = 1;
+  auto text = AuditJson(HandStudy({"f0</script><b>", "f1"}), o);
+  ASSERT_TRUE(text.ok()) << text.status();
+  auto html = AuditHtml(*text);
+  ASSERT_TRUE(html.ok()) << html.status();
+  // The feature name cannot end the script element that carries the JSON.
+  EXPECT_EQ(html->find("f0</script>"), std::string::npos);
+  EXPECT_NE(html->find("f0\\u003c/script>"), std::string::npos);
+  EXPECT_NE(html->find("d3"), std::string::npos);
+  EXPECT_FALSE(AuditHtml("{\"schema\": \"other\"}").ok());
+  EXPECT_FALSE(AuditHtml("not json").ok());
+}
+
+// The page as a browser draws it: headless Chromium (scripts/setup.sh
+// --test-tools installs it) takes a screenshot and dumps the DOM after the
+// scripts ran.
+TEST(AuditHtml, ChromiumDrawsThePlotsAndNamesTheFlaggedFeature) {
+  const std::string chromium = ATTUNE_CHROMIUM;
+  if (chromium.empty()) GTEST_SKIP() << "chromium not installed (scripts/setup.sh --test-tools)";
+  AuditOptions o;
+  o.min_cell = 1;
+  auto text = AuditJson(HandStudy({"ehr_static/room_number", "ehr_static/heart_rate"}), o);
+  ASSERT_TRUE(text.ok()) << text.status();
+  ASSERT_EQ(json::parse(*text)["flags"][0]["feature"], "ehr_static/room_number");
+  testing::TempDir dir;
+  ASSERT_TRUE(WriteAuditFiles(dir.path(), *text).ok());
+  const std::string page = "file://" + (dir / "audit.html");
+  const std::string common = ::testing::ShellQuote(chromium) +
+                             " --headless --no-sandbox --disable-gpu --no-first-run"
+                             " --hide-scrollbars --user-data-dir=" +
+                             ::testing::ShellQuote(dir / "profile") + " --window-size=1200,1600 ";
+  auto [rc, out] = ::testing::RunCommand(common + "--screenshot=" +
+                                         ::testing::ShellQuote(dir / "shot.png") + " " +
+                                         ::testing::ShellQuote(page));
+  ASSERT_EQ(rc, 0) << out;
+  auto shot = ReadPng(dir / "shot.png");
+  ASSERT_TRUE(shot.ok()) << shot.status() << "\n" << out;
+  // Not blank: many pixels are neither white nor one flat colour, and the
+  // bars' and the heatmap's colours are there.
+  int64_t inked = 0, blue = 0;
+  for (size_t i = 0; i + 2 < shot->pixels.size(); i += 3) {
+    const int r = shot->pixels[i], g = shot->pixels[i + 1], b = shot->pixels[i + 2];
+    inked += (r < 200 || g < 200 || b < 200) ? 1 : 0;
+    blue += (b > r + 40 && b > g + 20) ? 1 : 0;  // the AUC bars (#4c78a8), the heatmap
+  }
+  const int64_t total = static_cast<int64_t>(shot->pixels.size() / 3);
+  EXPECT_GT(inked, total / 100) << "the screenshot is (nearly) blank";
+  EXPECT_GT(blue, 2000) << "no bars drawn";
+  auto [rc2, dom] = ::testing::RunCommand(common + "--dump-dom " + ::testing::ShellQuote(page));
+  ASSERT_EQ(rc2, 0) << dom;
+  EXPECT_NE(dom.find("data-rendered=\"true\""), std::string::npos) << "the script did not finish";
+  // The flag table and the heatmap's axis name the feature.
+  EXPECT_NE(dom.find("<td>ehr_static/room_number</td>"), std::string::npos);
+  EXPECT_NE(dom.find("class=\"flagged\""), std::string::npos);
+  EXPECT_NE(dom.find("<svg"), std::string::npos);
+}
+
+TEST(AuditConfig, StudyFileSetsTheReportOptions) {
+  auto study = ParseStudyConfig(R"({
+    "study_id": "s", "rounds": 4, "min_sites": 1, "roster": ["a"],
+    "audit": {"min_cell": 5, "top_k": 3, "every": 2, "flag_jsd_bits": 0.05,
+              "flag_membership_auc": 0.8,
+              "defining_features": {"age_band": ["ehr_static/age"]}}})",
+                                "study.json");
+  ASSERT_TRUE(study.ok()) << study.status();
+  EXPECT_EQ(study->audit.report.min_cell, 5);
+  EXPECT_EQ(study->audit.report.top_k, 3);
+  EXPECT_EQ(study->audit.every, 2);
+  EXPECT_DOUBLE_EQ(study->audit.report.flag_jsd, 0.05);
+  EXPECT_DOUBLE_EQ(study->audit.report.flag_membership_auc, 0.8);
+  EXPECT_EQ(study->audit.report.defining_features.at("age_band"),
+            std::vector<std::string>{"ehr_static/age"});
+  auto bad = ParseStudyConfig(
+      R"({"study_id": "s", "rounds": 1, "min_sites": 1, "roster": ["a"],
+          "audit": {"flag_membership_auc": 0.3}})",
+      "study.json");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(std::string(bad.status().message()).find("audit."), std::string::npos)
+      << bad.status();
 }
 
 }  // namespace

@@ -17,7 +17,7 @@ TEST(StudyConfig, ParsesAndKeepsDefaults) {
   EXPECT_EQ(c->train.batch_size, 16);
   EXPECT_EQ(c->train.local_epochs, 2);  // default
   EXPECT_EQ(c->model.d_model, 16);
-  EXPECT_EQ(c->audit.min_cell, 10);
+  EXPECT_EQ(c->audit.report.min_cell, 10);
 }
 
 struct BadCase {

@@ -286,7 +286,7 @@ TEST_F(StudyTest, ASiteOfTwoRanksUnderMpirunTrainsEveryRoundWithTheOthers) {
   for (auto& w : workers) EXPECT_EQ(w->Wait(seconds(60)), 0) << w->Log();
 
   EXPECT_NE(coord->Log().find("site site-1 joined ("), std::string::npos) << coord->Log();
-  EXPECT_NE(coord->Log().find("training samples, 2 ranks)"), std::string::npos) << coord->Log();
+  EXPECT_NE(coord->Log().find("training samples, 2 ranks,"), std::string::npos) << coord->Log();
   const std::string site1 = workers[0]->Log();
   EXPECT_NE(site1.find("rank 1: site data loaded"), std::string::npos) << site1;
   // Rank 1 trained both rounds with rank 0.
@@ -555,6 +555,13 @@ TEST_F(StudyTest, SecureAggregationWithCentralDpIsWithinTheMarginOfThePlainStudy
     }
     const json g = AuditCell(audit, "sex", sex);
     ASSERT_EQ(g["n"].get<int64_t>(), count) << audit.dump(2);
+    // The sites' audit features (named at Join) came through the secure
+    // sums: an attention share per feature, adding up to 1.
+    ASSERT_GT(audit["features"].size(), 10u);
+    ASSERT_EQ(g["attention"].size(), audit["features"].size());
+    double share = 0;
+    for (const auto& a : g["attention"]) share += a.get<double>();
+    EXPECT_NEAR(share, 1.0, 1e-9);
     for (int m = 0; m < 4; ++m) {
       EXPECT_NEAR(g["mean_beta"][slots[m]].get<double>(), beta[m] / count, 1e-4) << sex << slots[m];
     }
@@ -625,6 +632,74 @@ TEST_F(StudyTest, CoordinatorKilledDuringSecureAggregationGivesTheBitwiseSameFin
   const std::string reference = ReadText(dir_ / "out-ref/model.atnm");
   ASSERT_GT(reference.size(), 1000u);
   EXPECT_TRUE(reference == ReadText(dir_ / "out-kill/model.atnm")) << "the final models differ";
+}
+
+// audit.every and audit-only rounds: round 1 is evaluated without subgroup
+// sums, round 2 with them; the coordinator then keeps the sites for
+// `attune audit` of any committed model, refuses it to a site's certificate
+// and to a model that does not exist, logs each release, and ends the study
+// normally on SIGTERM.
+TEST_F(StudyTest, AuditOnlyRoundsRunOnAServingCoordinator) {
+  const std::string study = WriteStudy(2, {{"audit", {{"every", 2}, {"min_cell", 5}}}});
+  auto coord = StartCoordinator(study, "127.0.0.1:0", "coordinator.log", "state", "out",
+                                {"--serve-audits"});
+  const int port = WaitForPort();
+  ASSERT_GT(port, 0) << coord->Log();
+  std::vector<std::unique_ptr<Process>> workers;
+  for (const char* s : {"site-1", "site-2", "site-3"}) workers.push_back(StartWorker(s, port));
+  ASSERT_TRUE(LogSays(*coord, "serving audit-only rounds")) << coord->Log();
+
+  const json summary = ReadJson(dir_ / "out/summary.json");
+  const json first = ReadJson(dir_ / "out/audit.json");
+  EXPECT_EQ(first["round"], 2) << "round 1 is not audited (audit.every = 2)";
+  EXPECT_FALSE(ReadText(dir_ / "out/audit.html").empty());
+  EXPECT_EQ(summary["history"][1]["audit_releases"], 2) << "rounds 0 and 1: one val split each";
+  // Every site named its audit features: the sums carry attention per feature.
+  ASSERT_GT(first["features"].size(), 10u) << first.dump(1);
+  EXPECT_EQ(AuditCell(first, "sex", "F")["attention"].size(), first["features"].size());
+
+  const std::string address = "127.0.0.1:" + std::to_string(port);
+  Process audit({ATTUNE_TOOL_BIN, "audit", "--study-dir", dir_ / "pki", "--coordinator", address,
+                 "--model", "1", "--out", dir_ / "audit-1"},
+                dir_ / "audit-1.log");
+  ASSERT_EQ(audit.Wait(seconds(120)), 0) << audit.Log() << coord->Log();
+  const json one = ReadJson(dir_ / "audit-1/audit.json");
+  ASSERT_FALSE(one.is_discarded()) << audit.Log();
+  EXPECT_EQ(one["model_version"], 1);
+  EXPECT_EQ(one["split"], "val");
+  EXPECT_EQ(one["sites"].size(), 3u);
+  EXPECT_EQ(one["overall"]["n"], first["overall"]["n"]) << "the same val split";
+  EXPECT_NE(one["overall"]["auc"], first["overall"]["auc"]) << "another model";
+  EXPECT_NE(ReadText(dir_ / "audit-1/audit.html").find("attune.audit/2"), std::string::npos);
+  EXPECT_NE(audit.Log().find("wrote"), std::string::npos) << audit.Log();
+
+  // Only the operator may run audits, and only of committed models.
+  Process as_site({ATTUNE_TOOL_BIN, "audit", "--coordinator", address, "--study-id", kStudy,
+                   "--tls-dir", dir_ / "pki/sites/site-1", "--out", dir_ / "audit-x"},
+                  dir_ / "audit-site.log");
+  EXPECT_EQ(as_site.Wait(seconds(60)), 1);
+  EXPECT_NE(as_site.Log().find("only the attune-operator certificate"), std::string::npos)
+      << as_site.Log();
+  Process missing({ATTUNE_TOOL_BIN, "audit", "--study-dir", dir_ / "pki", "--coordinator", address,
+                   "--model", "7", "--out", dir_ / "audit-7"},
+                  dir_ / "audit-7.log");
+  EXPECT_EQ(missing.Wait(seconds(60)), 1);
+  EXPECT_NE(missing.Log().find("model version 7 is not committed"), std::string::npos)
+      << missing.Log();
+  EXPECT_FALSE(std::filesystem::exists(dir_ / "audit-7/audit.json"));
+
+  coord->Kill(SIGTERM);
+  ASSERT_EQ(coord->Wait(seconds(60)), 0) << coord->Log();
+  for (auto& w : workers) EXPECT_EQ(w->Wait(seconds(30)), 0) << w->Log();
+  Process log({ATTUNE_TOOL_BIN, "log", "show", "--data-dir", dir_ / "state", "--last", "0"},
+              dir_ / "log-show.log");
+  ASSERT_EQ(log.Wait(seconds(60)), 0) << log.Log();
+  EXPECT_NE(log.Log().find("audit_released"), std::string::npos) << log.Log();
+  Process rendered({ATTUNE_TOOL_BIN, "audit", "render", "--in", dir_ / "audit-1/audit.json",
+                    "--out", dir_ / "again.html"},
+                   dir_ / "render.log");
+  ASSERT_EQ(rendered.Wait(seconds(60)), 0) << rendered.Log();
+  EXPECT_EQ(ReadText(dir_ / "again.html"), ReadText(dir_ / "audit-1/audit.html"));
 }
 
 TEST_F(StudyTest, BadCommandLinesFailClearly) {

@@ -79,7 +79,7 @@ Status FederationClient::Run() {
   }
 }
 
-Status FederationClient::Session(bool* joined) {
+Status FederationClient::Join(v1::JoinReply* reply) {
   v1::JoinRequest req;
   req.set_study_id(options_.study_id);
   req.set_ranks(options_.ranks);
@@ -87,12 +87,17 @@ Status FederationClient::Session(bool* joined) {
     (*req.mutable_samples())["train"] = learner_->NumExamples("train");
     for (const auto& f : learner_->AuditFeatures()) req.add_audit_features(f);
   }
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, std::chrono::seconds(10));
+  return FromGrpcStatus(coordinator_->Join(&ctx, req, reply));
+}
+
+Status FederationClient::Session(bool* joined) {
+  // Join; a worker without its data yet learns the model from the reply,
+  // loads the data, then joins again so the coordinator records what the
+  // site has (its training samples and audit features). Join is idempotent.
   v1::JoinReply reply;
-  {
-    grpc::ClientContext ctx;
-    SetDeadline(&ctx, std::chrono::seconds(10));
-    ATTUNE_RETURN_IF_ERROR(FromGrpcStatus(coordinator_->Join(&ctx, req, &reply)));
-  }
+  ATTUNE_RETURN_IF_ERROR(Join(&reply));
   *joined = true;
   site_id_ = reply.site_id();
   if (!learner_) {
@@ -113,6 +118,7 @@ Status FederationClient::Session(bool* joined) {
     spdlog::info("site data loaded: {} train, {} val, {} test patients",
                  learner_->NumExamples("train"), learner_->NumExamples("val"),
                  learner_->NumExamples("test"));
+    ATTUNE_RETURN_IF_ERROR(Join(&reply));
   }
   eval_options_.audit_columns.assign(reply.audit_columns().begin(), reply.audit_columns().end());
   eval_options_.histogram_bins = reply.histogram_bins() > 1 ? reply.histogram_bins() : 200;
@@ -196,25 +202,14 @@ Status FederationClient::HandleTask(const v1::RoundTask& task) {
       ATTUNE_RETURN_IF_ERROR(StartSecure(task));
       SetStage("evaluating", task.round());
       ATTUNE_ASSIGN_OR_RETURN(FlatModel model, FetchModel(task.model_version()));
+      EvalOptions options = eval_options_;
+      if (!task.audit()) options.audit_columns.clear();  // the whole split only
       std::vector<EvalSums> splits;
       for (const auto& split : task.splits()) {
-        ATTUNE_ASSIGN_OR_RETURN(EvalSums sums, learner_->Evaluate(model, split, eval_options_));
+        ATTUNE_ASSIGN_OR_RETURN(EvalSums sums, learner_->Evaluate(model, split, options));
         splits.push_back(std::move(sums));
       }
       if (secure_) {
-        // A layout without features (the coordinator did not learn this
-        // site's at Join: the learner is made after it) carries none.
-        if (task.eval_layout().features().empty()) {
-          for (EvalSums& s : splits) {
-            s.features.clear();
-            for (auto& [key, g] : s.groups) {
-              g.attention_sum.clear();
-              g.value_pos_sum.clear();
-              g.value_neg_sum.clear();
-              g.value_sq_sum.clear();
-            }
-          }
-        }
         // The sums of every split as one input of words; only their sum
         // over the sites leaves, after the SECAGG steps.
         ATTUNE_ASSIGN_OR_RETURN(

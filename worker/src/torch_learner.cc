@@ -114,15 +114,18 @@ class TorchLearner final : public Learner {
     }
     std::vector<std::string> column_names;
     for (int c : columns) column_names.push_back(data_.subgroup_columns[c]);
+    // Without audit columns no subgroup is counted, so no feature sums.
+    const bool audit = !o.audit_columns.empty();
     return TorchGuard("evaluation", [&]() -> StatusOr<EvalSums> {
       // full_attention: linear attention's weights too, for the audit's
       // attention sums (the same parameters and outputs).
-      MultimodalAttentionNet net(config_, /*full_attention=*/true);
+      MultimodalAttentionNet net(config_, /*full_attention=*/audit);
       ATTUNE_RETURN_IF_ERROR(LoadFlatModel(model, *net));
       net->eval();
       torch::NoGradGuard no_grad;
       const SplitTensors& s = it->second;
-      EvalSums sums = EvalSums::Make(split, o.histogram_bins, ModalityNames(), AuditFeatures());
+      EvalSums sums = EvalSums::Make(split, o.histogram_bins, ModalityNames(),
+                                     audit ? AuditFeatures() : std::vector<std::string>{});
       const int64_t n = s.patients.size();
       std::vector<std::string> values(columns.size());
       for (int64_t off = 0; off < n; off += 256) {
@@ -133,9 +136,11 @@ class TorchLearner final : public Learner {
         torch::Tensor loss = torch::binary_cross_entropy_with_logits(
             out.logits, b.label, {}, {}, torch::Reduction::None).to(torch::kFloat64);
         torch::Tensor beta = out.beta.to(torch::kFloat64).contiguous();
-        FeatureTensors f = AuditFeatureValues(config_, b, out);
-        torch::Tensor attention = f.attention.contiguous(), value = f.values.contiguous();
-        const int64_t nf = attention.size(1);
+        FeatureTensors f;
+        if (audit) f = AuditFeatureValues(config_, b, out);
+        torch::Tensor attention = f.attention.defined() ? f.attention.contiguous() : f.attention;
+        torch::Tensor value = f.values.defined() ? f.values.contiguous() : f.values;
+        const int64_t nf = audit ? attention.size(1) : 0;
         auto pa = prob.accessor<double, 1>();
         auto la = loss.accessor<double, 1>();
         for (int64_t i = 0; i < idx.size(0); ++i) {
@@ -146,8 +151,10 @@ class TorchLearner final : public Learner {
           e.probability = pa[i];
           e.loss = la[i];
           e.beta = {beta[i].data_ptr<double>(), static_cast<size_t>(kNumModalities)};
-          e.attention = {attention[i].data_ptr<double>(), static_cast<size_t>(nf)};
-          e.values = {value[i].data_ptr<double>(), static_cast<size_t>(nf)};
+          if (audit) {
+            e.attention = {attention[i].data_ptr<double>(), static_cast<size_t>(nf)};
+            e.values = {value[i].data_ptr<double>(), static_cast<size_t>(nf)};
+          }
           sums.AddPatient(e, SubgroupCells(column_names, values));
         }
       }

@@ -21,6 +21,7 @@
 #include <map>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "attune/common/eval_stats.h"
 #include "attune/common/status.h"
@@ -34,6 +35,12 @@ struct AuditOptions {
   int top_k = 5;                      // features listed per cell
   double flag_jsd = 0.02;             // bits: a feature's term in JSD(cell, rest)
   double flag_membership_auc = 0.75;  // the feature's value tells the cell from the rest
+  // Features that define a column's groups (age for age bands): attending
+  // to them differently by group is expected, so they are never flagged for
+  // that column or an intersection with it.
+  std::map<std::string, std::vector<std::string>> defining_features;
+
+  Status Validate() const;
 };
 
 // The cells to suppress among `counts` (every marginal cell (column, value)

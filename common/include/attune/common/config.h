@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "attune/common/status.h"
+#include "attune/common/audit.h"
 
 namespace attune {
 
@@ -106,8 +107,12 @@ struct AuditConfig {
   // secure aggregation (every site must lay out the same subgroup cells;
   // eval_stats.h): a value not listed is counted under "(other)".
   std::map<std::string, std::vector<std::string>> values;
-  int min_cell = 10;          // groups with fewer patients are suppressed
   int histogram_bins = 200;   // score histogram resolution for AUC
+  // Subgroup sums are counted every `every` rounds and in the last; the
+  // other rounds evaluate the whole split only (smaller, cheaper).
+  int every = 1;
+  // min_cell (k), top_k, the flag thresholds and the defining features.
+  AuditOptions report;
 
   // Every `values` key is an audited column, each list non-empty without
   // repeats (nor "(other)"); with `secure` every column has a list.

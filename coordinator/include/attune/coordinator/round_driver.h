@@ -44,18 +44,25 @@
 //      ledger is committed with the round.
 //   3. EVALUATE phase (every round, round 0 too): live sites fetch the
 //      candidate and report sums only (loss, score histograms, confusion
-//      counts, subgroup sums) on their validation split, and on the test
+//      counts, and -- every audit.every rounds and in the last -- the
+//      subgroup audit sums) on their validation split, and on the test
 //      split in the last round. With secure_aggregation these sums take the
 //      same four steps as the update (purpose "evaluation"): the EVALUATE
 //      task carries the layout of the study's audit cells (audit.values,
 //      eval_stats.h) and the coordinator learns only the sum over the
 //      survivors, decoded into the round's metrics and audit.
 //   4. Commit: model file, strategy state, round record, audit sums and the
-//      round's audit-log entry in one batch; summary.json and audit.json are
-//      rewritten. A round that misses its quorum is logged and tried again
+//      round's audit-log entry in one batch; summary.json, audit.json and
+//      audit.html are rewritten. A round that misses its quorum is logged and tried again
 //      (up to kMaxRoundAttempts) once enough sites are live.
 //   5. After the last round the final model is written to <out>/model.atnm
-//      and every site gets FINISH.
+//      and every site gets FINISH (with serve_audits: only at Stop()).
+//   Audit-only rounds (Audit(), `attune audit`) run before a round starts
+//   (and, with serve_audits, after the last one): an EVALUATE phase with
+//   the subgroup sums on a committed model, numbered as the round to come
+//   with a task id of its own, securely summed under a purpose of its own
+//   ("audit N of model V"); nothing is committed, the release is counted
+//   and logged (audit_released) and the document goes back to the caller.
 // A restart on the same data directory reloads v_last and its strategy
 // state, clears the spool and starts round last + 1 afresh; tasks carry an id
 // unique to the coordinator's run, so a submission addressed to a previous
@@ -94,6 +101,7 @@ struct Task {
   int64_t round = 0;
   int64_t model_version = -1;
   std::vector<std::string> splits;  // EVALUATE only
+  bool audit = false;               // EVALUATE: also the subgroup audit sums
   std::string task_id;
   // Secure aggregation and DP fields of the task message (setup, relayed
   // advertisements, sealed shares, survivors), merged into it as they are.
@@ -138,6 +146,9 @@ struct DriverOptions {
   std::string out_dir;     // summary.json, audit.json, model.atnm
   std::string spool_dir;   // scratch for the open round's updates
   std::string study_path;  // re-read when it changes: roster and revocations
+  // After the last round, keep serving audit-only rounds (sites stay
+  // connected) until Stop(); otherwise the sites get FINISH at once.
+  bool serve_audits = false;
 };
 
 class RoundDriver {
@@ -200,9 +211,23 @@ class RoundDriver {
   // Proximal μ for FedProx (0 for other strategies), sent with every task.
   double proximal_mu() const;
 
+  // --- for the operator ---
+  // An audit-only round over every live site: model `version` (a committed
+  // round; -1 for the latest) evaluated on `split` ("val" or "test") with
+  // the subgroup sums, and the audit document (audit.h) of their sum.
+  // Queued and run by Run() between training rounds, or at once while a
+  // finished study serves audits; waits until `deadline` (DeadlineExceeded
+  // if it has not run by then). Counted as an audit release.
+  StatusOr<std::string> Audit(int64_t version, std::string split,
+                              std::chrono::steady_clock::time_point deadline);
+
   // --- the study ---
-  // Drives rounds until the study is done (OK) or cannot go on.
+  // Drives rounds until the study is done (OK) or cannot go on; with
+  // serve_audits, then serves audits until Stop().
   Status Run();
+  // Ends a finished study that serves audits (the sites get FINISH and Run
+  // returns OK); otherwise the same as Shutdown().
+  void Stop();
   // Makes Run() and every waiting stream return (Cancelled).
   void Shutdown();
 
@@ -244,6 +269,11 @@ class RoundDriver {
     std::set<std::string> done;
     std::set<std::string> dropped;  // gone (or re-subscribed): not waited for
     std::vector<std::string> splits;
+    // EVALUATE: also the subgroup audit sums; an audit-only round's number
+    // (0 for a round's own evaluation) and the model version it scores.
+    bool audit = false;
+    int audit_id = 0;
+    int64_t audit_model = -1;
     // TRAIN / INIT
     std::map<std::string, Accepted> accepted;     // by site name: aggregation order
     std::shared_ptr<const std::string> init_blob;
@@ -267,6 +297,16 @@ class RoundDriver {
   void TouchLocked(const std::string& site);
   void ReloadRosterLocked();
   void LogLocked(const std::string& kind, const std::string& site, const std::string& detail);
+
+  struct AuditJob {
+    int64_t version = -1;
+    std::string split;
+    bool done = false;
+    StatusOr<std::string> result = absl::UnknownError("not run");
+  };
+  // Runs the queued audit-only rounds (requires mu_, held through `lock`).
+  void RunPendingAudits(std::unique_lock<std::mutex>& lock);
+  StatusOr<std::string> RunAuditRound(std::unique_lock<std::mutex>& lock, const AuditJob& job);
 
   Status WaitForSites();
   // Waits up to the round deadline for `min_sites` live sites.
@@ -374,6 +414,13 @@ class RoundDriver {
   std::string stop_reason_;  // why the study ended before its last round
   int64_t candidate_version_ = -1;
   std::shared_ptr<const std::string> candidate_blob_;
+  // Audit-only rounds: the queue, how many ran, whether a finished study
+  // stops serving them, and the model being audited (served to the sites).
+  std::deque<std::shared_ptr<AuditJob>> audit_jobs_;
+  int audits_run_ = 0;
+  bool stop_serving_ = false;
+  int64_t audit_version_ = -1;
+  std::shared_ptr<const std::string> audit_blob_;
 };
 
 }  // namespace attune::coordinator

@@ -43,6 +43,8 @@ class FederationService final : public v1::Federation::Service {
                            v1::Receipt* receipt) override;
   grpc::Status Status(grpc::ServerContext* ctx, const v1::StatusRequest* req,
                       v1::StudyStatus* reply) override;
+  grpc::Status Audit(grpc::ServerContext* ctx, const v1::AuditRequest* req,
+                     v1::AuditReply* reply) override;
   grpc::Status Heartbeat(grpc::ServerContext* ctx, const v1::HeartbeatRequest* req,
                          v1::HeartbeatReply* reply) override;
   grpc::Status SecAgg(grpc::ServerContext* ctx, const v1::SecAggMessage* req,

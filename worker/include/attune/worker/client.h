@@ -59,6 +59,7 @@ class FederationClient {
   Status Run();
 
  private:
+  Status Join(v1::JoinReply* reply);
   Status Session(bool* joined);
   Status HandleTask(const v1::RoundTask& task);
   StatusOr<FlatModel> FetchModel(int64_t version);
