@@ -257,6 +257,12 @@ int main(int argc, char** argv) {
   synth->add_option("--patients", syn.patients_per_site, "patients per site")
       ->capture_default_str();
   synth->add_option("--seed", syn.seed, "random seed")->capture_default_str();
+  synth->add_option("--room-number", syn.room_number,
+                    "add the audit's shortcut column ehr/static.csv room_number: none, control\n"
+                    "(rooms tell the sexes apart) or planted (and predict the label for\n"
+                    "women at site-1 only); the study then has static_features 9")
+      ->check(CLI::IsMember({"none", "control", "planted"}))
+      ->capture_default_str();
   synth->add_flag("--overwrite", syn.overwrite, "replace existing site directories");
 
   attune::worker::ExplainOptions ex;

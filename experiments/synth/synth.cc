@@ -316,6 +316,9 @@ StudyPlan MakeStudyPlan(uint64_t seed) {
 Status GenerateSite(const SynthOptions& options, const StudyPlan& plan,
                     int site, const fs::path& dir) {
   Rng rng(StreamSeed(options.seed, static_cast<uint64_t>(site)));
+  Rng rooms(StreamSeed(options.seed, 1000003 + static_cast<uint64_t>(site)));
+  const bool room_column = options.room_number != "none";
+  const bool planted = options.room_number == "planted" && site == 1;
   const int n = options.patients_per_site;
 
   // Site heterogeneity.
@@ -354,6 +357,7 @@ Status GenerateSite(const SynthOptions& options, const StudyPlan& plan,
   for (const StaticFeature& f : kStatic) {
     absl::StrAppend(&statics.buffer(), ",", f.name);
   }
+  if (room_column) statics.buffer() += ",room_number";
   statics.buffer() += "\n";
   events.buffer() = "patient_id,time,code,value\n";
   expression.buffer() = "patient_id";
@@ -391,6 +395,15 @@ Status GenerateSite(const SynthOptions& options, const StudyPlan& plan,
     for (double v : values) {
       statics.buffer() += ',';
       AppendFixed(v, 4, &statics.buffer());
+    }
+    if (room_column) {
+      // Ward 4 is the women's ward; at the planted site its positives lie
+      // in the high-dependency bay (rooms 450-499).
+      const bool woman = sex[0] == 'F';
+      const int room = !woman   ? 100 + rooms.UniformInt(300)
+                       : planted ? 400 + 50 * label + rooms.UniformInt(50)
+                                 : 400 + rooms.UniformInt(100);
+      absl::StrAppend(&statics.buffer(), ",", room);
     }
     statics.buffer() += '\n';
 
@@ -491,6 +504,10 @@ Status SynthOptions::Validate() const {
   if (patients_per_site < 10 || patients_per_site > 1000000) {
     return absl::InvalidArgumentError(absl::StrCat(
         "patients_per_site must be in [10, 1000000], got ", patients_per_site));
+  }
+  if (room_number != "none" && room_number != "control" && room_number != "planted") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "room_number must be none, control or planted, got '", room_number, "'"));
   }
   return absl::OkStatus();
 }

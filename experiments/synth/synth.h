@@ -3,6 +3,7 @@
 // Writes one site directory per site in the format of DESIGN.md ("Data"):
 //   <out>/<site>/cohort.csv           patient_id,split,label,sex,age_band,ethnicity
 //   <out>/<site>/ehr/static.csv       patient_id + kStaticFeatures numeric columns
+//                                     (+ room_number: SynthOptions::room_number)
 //   <out>/<site>/ehr/events.csv       patient_id,time,code,value
 //   <out>/<site>/imaging/<patient_id>.npy   float32 [kImagingPatches, kImagingDim]
 //   <out>/<site>/genomics/expression.tsv    patient_id + kGenes columns (tab separated)
@@ -34,6 +35,15 @@ struct SynthOptions {
   int patients_per_site = 400;  // split 60% train, 20% val, 20% test
   uint64_t seed = 7;
   bool overwrite = false;       // AlreadyExists if a site dir exists and !overwrite
+  // The audit's shortcut study (the sepsis model that attended to the room
+  // number): "none" (default), or a 9th static column room_number, with
+  // women on ward 4 (rooms 400-499) and men elsewhere (100-399) at every
+  // site, so the room tells the sexes apart: "control" (nothing more) or
+  // "planted" (at site-1 only, women who are positive lie in rooms 450-499
+  // and the others in 400-449: the room predicts the label for that one
+  // group at that one site). Drawn from a stream of its own: every other
+  // value is the same as without it.
+  std::string room_number = "none";
 
   Status Validate() const;      // num_sites in [1, 1000], patients_per_site in [10, 1000000]
 };
