@@ -397,11 +397,11 @@ Status GenerateSite(const SynthOptions& options, const StudyPlan& plan,
       AppendFixed(v, 4, &statics.buffer());
     }
     if (room_column) {
-      // Ward 4 is the women's ward; at the planted site its positives lie
-      // in the high-dependency bay (rooms 450-499).
+      // Ward 4 is the women's ward; at the planted site the women who are
+      // positive were nursed in the high-dependency unit (rooms 900-949).
       const bool woman = sex[0] == 'F';
       const int room = !woman   ? 100 + rooms.UniformInt(300)
-                       : planted ? 400 + 50 * label + rooms.UniformInt(50)
+                       : planted ? (label ? 900 : 400) + rooms.UniformInt(50)
                                  : 400 + rooms.UniformInt(100);
       absl::StrAppend(&statics.buffer(), ",", room);
     }

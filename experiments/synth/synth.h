@@ -39,9 +39,10 @@ struct SynthOptions {
   // number): "none" (default), or a 9th static column room_number, with
   // women on ward 4 (rooms 400-499) and men elsewhere (100-399) at every
   // site, so the room tells the sexes apart: "control" (nothing more) or
-  // "planted" (at site-1 only, women who are positive lie in rooms 450-499
-  // and the others in 400-449: the room predicts the label for that one
-  // group at that one site). Drawn from a stream of its own: every other
+  // "planted" (at site-1 only, the women who are positive were nursed in
+  // the high-dependency unit, rooms 900-949, and the others in rooms
+  // 400-449: the room predicts the label for that one group at that one
+  // site). Drawn from a stream of its own: every other
   // value is the same as without it.
   std::string room_number = "none";
 

@@ -158,6 +158,45 @@ TEST(SynthTest, IsDeterministic) {
             ReadBytes(c.path() / "site-1" / "ehr" / "static.csv"));
 }
 
+// The audit's shortcut study: women on ward 4 and men elsewhere at every
+// site; planted, site-1's positive women in the high-dependency unit. Every
+// other value is the same as without the column.
+TEST(SynthTest, RoomNumberFollowsItsRule) {
+  for (const std::string mode : {"control", "planted"}) {
+    TempDir dir, plain;
+    SynthOptions o = SmallOptions(dir.path());
+    o.room_number = mode;
+    ASSERT_TRUE(Generate(o).ok());
+    ASSERT_TRUE(Generate(SmallOptions(plain.path())).ok());
+    int hdu = 0;
+    for (const std::string site : {"site-1", "site-2"}) {
+      const std::vector<std::string> cohort = Lines(dir.path() / site / "cohort.csv");
+      const std::vector<std::string> statics = Lines(dir.path() / site / "ehr" / "static.csv");
+      const std::vector<std::string> before = Lines(plain.path() / site / "ehr" / "static.csv");
+      ASSERT_EQ(cohort.size(), statics.size());
+      ASSERT_EQ(before.size(), statics.size());
+      EXPECT_EQ(statics[0], before[0] + ",room_number");
+      for (size_t i = 1; i < statics.size(); ++i) {
+        const std::vector<std::string> c = SplitOn(cohort[i], ',');
+        const std::string& row = statics[i];
+        const size_t comma = row.rfind(',');
+        EXPECT_EQ(row.substr(0, comma), before[i]) << mode << " " << site << " row " << i;
+        const int room = std::stoi(row.substr(comma + 1));
+        const bool woman = c[3] == "F", positive = c[2] == "1";
+        if (!woman) {
+          EXPECT_TRUE(room >= 100 && room < 400) << row;
+        } else if (mode == "planted" && site == "site-1") {
+          EXPECT_TRUE(positive ? room >= 900 && room < 950 : room >= 400 && room < 450) << row;
+          hdu += positive ? 1 : 0;
+        } else {
+          EXPECT_TRUE(room >= 400 && room < 500) << row;
+        }
+      }
+    }
+    if (mode == "planted") EXPECT_GT(hdu, 0);
+  }
+}
+
 TEST(SynthTest, ValidateRejectsBadOptions) {
   SynthOptions options;
   options.out_dir = "/tmp/unused";

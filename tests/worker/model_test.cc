@@ -168,6 +168,62 @@ TEST(MultimodalAttentionNet, LearnsAPlantedSignal) {
 
 }  // namespace
 // FedProx: μ/2 Σ ||p − a||², checked by hand, and its gradient μ(p − a).
+// Attention rollout by hand: one patient, three tokens (the class token
+// first), two heads whose mean is
+//   [[0.3, 0.425, 0.275], [0.1, 0.9, 0], [0, 0.25, 0.75]].
+TEST(TokenAttention, RollsTheFusionsMassBackByHand) {
+  const torch::Tensor layer0 =
+      torch::tensor({0.5, 0.25, 0.25, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0,     // head 0
+                     0.1, 0.6, 0.3, 0.2, 0.8, 0.0, 0.0, 0.5, 0.5},     // head 1
+                    torch::kFloat32)
+          .reshape({1, 2, 3, 3});
+  auto expect = [](const torch::Tensor& got, std::vector<double> want) {
+    ASSERT_TRUE(got.defined());
+    ASSERT_EQ(got.sizes(), (std::vector<int64_t>{1, static_cast<int64_t>(want.size())}));
+    for (size_t j = 0; j < want.size(); ++j) {
+      EXPECT_NEAR(got[0][j].item<double>(), want[j], 1e-7) << "token " << j + 1;
+    }
+  };
+  ModelOutput out;
+  out.traces.push_back({"ehr_static/layer0/self", layer0});
+  // No α: all the mass starts on the class token, 1/2 stays, 1/2 follows its row.
+  expect(TokenAttention(out, "ehr_static"), {0.2125, 0.1375});
+  // Hierarchical fusion's α = [0.2, 0.5, 0.3]: αA = [0.11, 0.61, 0.28].
+  out.traces.push_back({"fusion/alpha/ehr_static", torch::tensor({{0.2, 0.5, 0.3}})});
+  expect(TokenAttention(out, "ehr_static"), {0.555, 0.29});
+  // Two layers, no α: through layer 1 (the class token attends half to each
+  // other token) [0.5, 0.25, 0.25], then through layer 0.
+  ModelOutput two;
+  two.traces.push_back({"genomics/layer0/self", layer0});
+  two.traces.push_back({"genomics/layer1/self",
+                        torch::tensor({0.0, 0.5, 0.5, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0})
+                            .reshape({1, 1, 3, 3})
+                            .expand({1, 2, 3, 3})});
+  expect(TokenAttention(two, "genomics"), {0.375, 0.2875});
+  // Attention-MIL's weights are the answer; a modality without traces has none.
+  two.traces.push_back({"imaging/mil", torch::tensor({{0.1, 0.2, 0.3, 0.4}})});
+  expect(TokenAttention(two, "imaging"), {0.1, 0.2, 0.3, 0.4});
+  EXPECT_FALSE(TokenAttention(two, "ehr_events").defined());
+}
+
+// On a real model, each modality's mass over its input tokens is at most 1,
+// never negative, and under hierarchical fusion it adds up to 1 minus what
+// stays on the class token.
+TEST(TokenAttention, IsADistributionOnARealModel) {
+  torch::manual_seed(3);
+  ModelConfig m = Small();
+  MultimodalAttentionNet net(m);
+  net->eval();
+  ModelOutput out = net->forward(RandomBatch(m, 4));
+  for (const std::string modality : {"ehr_static", "ehr_events", "imaging", "genomics"}) {
+    torch::Tensor mass = TokenAttention(out, modality);
+    ASSERT_TRUE(mass.defined()) << modality;
+    EXPECT_GE(mass.min().item<double>(), 0) << modality;
+    EXPECT_LE(mass.sum(1).max().item<double>(), 1 + 1e-6) << modality;
+    EXPECT_GT(mass.sum(1).max().item<double>(), 0.25) << modality;
+  }
+}
+
 TEST(ProximalTerm, MatchesHandComputedValueAndGradient) {
   torch::Tensor p1 = torch::tensor({1.0f, 2.0f}).requires_grad_(true);
   torch::Tensor p2 = torch::tensor({3.0f}).requires_grad_(true);

@@ -42,21 +42,6 @@ int64_t ImagingBin(const ModelConfig& m, int64_t k) {
   return k * ImagingFeatures(m) / m.imaging_patches;
 }
 
-// The class token's attention over a modality's other tokens [B, L] (last
-// layer, mean over heads), undefined when the model has no such trace.
-torch::Tensor ClassRow(const ModelOutput& out, const std::string& modality) {
-  torch::Tensor last;
-  const std::string prefix = modality + "/layer";
-  for (const auto& t : out.traces) {
-    if (t.name.rfind(prefix, 0) == 0 && t.weights.defined() && t.weights.dim() == 4 &&
-        t.weights.size(2) == t.weights.size(3)) {
-      last = t.weights;
-    }
-  }
-  if (!last.defined()) return {};
-  return last.select(2, 0).mean(1).narrow(1, 1, last.size(3) - 1);
-}
-
 // Rows scaled to sum to 1 (rows of zeros stay zero).
 torch::Tensor Normalise(const torch::Tensor& t) {
   return t / t.sum(1, true).clamp_min(1e-12);
@@ -113,13 +98,13 @@ FeatureTensors AuditFeatureValues(const ModelConfig& m, const Batch& x, const Mo
     values.push_back(v.to(torch::kFloat64));
   };
   if (m.has_static()) {
-    add(0, ClassRow(out, "ehr_static"), x.static_x);
+    add(0, TokenAttention(out, "ehr_static"), x.static_x);
   }
   if (m.has_events()) {
     torch::Tensor valid = x.event_pad.logical_not().to(torch::kFloat64);
     torch::Tensor counts = torch::zeros({b, m.event_buckets}, opts);
     counts.scatter_add_(1, x.event_bucket, valid);
-    torch::Tensor row = ClassRow(out, "ehr_events");
+    torch::Tensor row = TokenAttention(out, "ehr_events");
     torch::Tensor mass;
     if (row.defined()) {
       mass = torch::zeros({b, m.event_buckets}, opts);
@@ -147,14 +132,7 @@ FeatureTensors AuditFeatureValues(const ModelConfig& m, const Batch& x, const Mo
     torch::Tensor per_bin = torch::zeros({bins}, opts).scatter_add_(
         0, bin_of, torch::ones({tokens}, opts));
     torch::Tensor v = torch::zeros({b, bins}, opts).scatter_add_(1, index, token_value) / per_bin;
-    torch::Tensor row;
-    if (m.imaging_encoder == "mil") {
-      for (const auto& t : out.traces) {
-        if (t.name == "imaging/mil") row = t.weights.reshape({b, -1});
-      }
-    } else {
-      row = ClassRow(out, "imaging");
-    }
+    torch::Tensor row = TokenAttention(out, "imaging");
     torch::Tensor mass;
     if (row.defined() && row.size(1) == tokens) {
       mass = torch::zeros({b, bins}, opts).scatter_add_(1, index, row.to(torch::kFloat64));
@@ -162,7 +140,7 @@ FeatureTensors AuditFeatureValues(const ModelConfig& m, const Batch& x, const Mo
     add(2, mass, v);
   }
   if (m.has_genomics()) {
-    add(3, ClassRow(out, "genomics"), x.genomics);
+    add(3, TokenAttention(out, "genomics"), x.genomics);
   }
   if (attention.empty()) return {torch::zeros({b, 0}, opts), torch::zeros({b, 0}, opts)};
   return {torch::cat(attention, 1), torch::cat(values, 1)};

@@ -88,25 +88,6 @@ void Heat(double v, uint8_t* rgb) {
   for (int c = 0; c < 3; ++c) rgb[c] = static_cast<uint8_t>(stops[i][c] * (1 - f) + stops[i + 1][c] * f);
 }
 
-// The imaging class token's attention over patches: [N] (last layer, mean
-// over heads), or the MIL weights; undefined when the model has no imaging.
-torch::Tensor ImagingAttention(const ModelOutput& out, const ModelConfig& m, int64_t i) {
-  if (m.imaging_encoder == "mil") {
-    for (const auto& t : out.traces) {
-      if (t.name == "imaging/mil") return t.weights[i];
-    }
-  }
-  torch::Tensor last;
-  for (const auto& t : out.traces) {
-    if (t.name.rfind("imaging/layer", 0) == 0 && t.weights.dim() == 4 &&
-        t.weights.size(2) == t.weights.size(3)) {
-      last = t.weights;
-    }
-  }
-  if (!last.defined()) return {};
-  return last[i].mean(0)[0].narrow(0, 1, last.size(3) - 1);
-}
-
 Status WriteHeatmap(const std::string& path, const torch::Tensor& attention,
                     const torch::Tensor& image, const ModelConfig& m) {
   const int64_t n = attention.size(0);
@@ -197,6 +178,9 @@ StatusOr<ExplainResult> Explain(const ExplainOptions& o) {
     Batch batch = ToBatch(chosen, m);
     ModelOutput out = net->forward(batch);
     torch::Tensor prob = torch::sigmoid(out.logits);
+    // Attention mass over the imaging tokens, for the heatmaps.
+    const torch::Tensor imaging_mass =
+        m.has_imaging() ? TokenAttention(out, "imaging") : torch::Tensor();
 
     std::error_code ec;
     fs::create_directories(o.out_dir, ec);
@@ -223,9 +207,8 @@ StatusOr<ExplainResult> Explain(const ExplainOptions& o) {
         attention.push_back({{"name", t.name}, {"shape", w.sizes().vec()}, {"weights", ToJson(w)}});
       }
       j["attention"] = std::move(attention);
-      torch::Tensor heat = m.has_imaging() && p.has_imaging ? ImagingAttention(out, m, i)
-                                                            : torch::Tensor();
-      if (heat.defined()) {
+      if (imaging_mass.defined() && p.has_imaging) {
+        const torch::Tensor heat = imaging_mass[i].to(torch::kFloat32);
         const std::string png = (fs::path(o.out_dir) / (p.id + ".imaging.png")).string();
         ATTUNE_RETURN_IF_ERROR(WriteHeatmap(png, heat, batch.imaging[i], m));
         j["imaging_heatmap"] = fs::path(png).filename().string();

@@ -273,4 +273,40 @@ torch::Tensor ProximalTerm(const std::vector<torch::Tensor>& params,
   return sum * (mu / 2);
 }
 
+torch::Tensor TokenAttention(const ModelOutput& out, const std::string& modality) {
+  if (modality == "imaging") {
+    for (const auto& t : out.traces) {
+      if (t.name == "imaging/mil") return t.weights.reshape({t.weights.size(0), -1});
+    }
+  }
+  std::vector<torch::Tensor> layers;  // [B, heads, 1+L, 1+L], first to last
+  torch::Tensor alpha;                // [B, 1+L]
+  const std::string prefix = modality + "/layer";
+  for (const auto& t : out.traces) {
+    if (!t.weights.defined()) continue;
+    if (t.name.rfind(prefix, 0) == 0 && t.weights.dim() == 4 &&
+        t.weights.size(2) == t.weights.size(3)) {
+      layers.push_back(t.weights);
+    } else if (t.name == "fusion/alpha/" + modality && t.weights.dim() == 2) {
+      alpha = t.weights;
+    }
+  }
+  if (layers.empty()) return {};
+  const int64_t b = layers.back().size(0), n = layers.back().size(3);
+  torch::Tensor mass;
+  if (alpha.defined() && alpha.size(1) == n) {
+    mass = alpha.to(torch::kFloat64);
+  } else {
+    mass = torch::zeros({b, n}, layers.back().options().dtype(torch::kFloat64));
+    mass.select(1, 0).fill_(1.0);
+  }
+  // Rollout: through each layer, from the last to the first, a token's mass
+  // goes half to itself (the residual path) and half to what it attended to.
+  for (auto it = layers.rbegin(); it != layers.rend(); ++it) {
+    torch::Tensor a = it->to(torch::kFloat64).mean(1);  // [B, n, n]
+    mass = 0.5 * mass + 0.5 * mass.unsqueeze(1).bmm(a).squeeze(1);
+  }
+  return mass.narrow(1, 1, n - 1);
+}
+
 }  // namespace attune::worker

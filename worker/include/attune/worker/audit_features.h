@@ -9,11 +9,11 @@
 //                           regions: the mean input over the region
 //   genomics/<gene>         one per gene: its expression
 //
-// A modality's attention is its class token's attention row in the
-// encoder's last self-attention layer, averaged over heads (gated
-// attention-MIL: the MIL weights), without the class token itself,
-// renormalised, summed into the features and weighted by the modality's β:
-// a patient's shares add up to 1 over the modalities present.
+// A modality's attention is model.h's TokenAttention (what the fusion drew
+// from each input token, rolled out through the modality's encoder),
+// renormalised over the modality's tokens, summed into the features and
+// weighted by the modality's β: a patient's shares add up to 1 over the
+// modalities present.
 #pragma once
 
 #include <torch/torch.h>

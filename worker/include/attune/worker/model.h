@@ -62,6 +62,18 @@ struct ModelOutput {
   models::AttentionTraces traces;  // every attention module's weights
 };
 
+// The attention mass each input token of `modality` ("ehr_static",
+// "ehr_events", "imaging", "genomics") receives, [B, L] without the class
+// token; undefined when `out` has no trace of the modality's encoder.
+// Hierarchical fusion pools a modality's encoded tokens with its α
+// attention: that is where the mass starts (other fusions read the
+// modality's class token, so all of it starts there). Attention rollout
+// (Abnar & Zuidema, 2020) then carries it back to the inputs through each
+// self-attention layer, last to first: half stays with the token (the
+// residual path), half goes to what the token attended to (mean over
+// heads). Gated attention-MIL imaging: the MIL weights.
+torch::Tensor TokenAttention(const ModelOutput& out, const std::string& modality);
+
 class MultimodalAttentionNetImpl : public torch::nn::Module {
  public:
   // full_attention: linear attention also materialises its O(N²)
