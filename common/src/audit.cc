@@ -259,13 +259,29 @@ std::pair<double, double> ValueMoments(const GroupSums& g, size_t f) {
 
 // Φ(|d|/√2): the AUC of a feature's value for telling two normal classes
 // of equal variance apart when their means are d standard deviations apart.
-double MembershipAuc(const GroupSums& a, const GroupSums& b, size_t f) {
+// How well feature f's value alone tells cell a from the rest b: the AUC
+// Φ(d/√2) of two normals d pooled standard deviations apart, and the same at
+// the lower end of d's 95 % confidence interval, d − 1.96·SE(d) with
+// SE(d)² = 1/n_a + 1/n_b + d²/(2(n_a + n_b)) (Hedges & Olkin): a small cell's
+// means are too noisy to call a feature a proxy for it.
+struct Membership {
+  double auc;
+  double lower;
+};
+
+Membership MembershipAuc(const GroupSums& a, const GroupSums& b, size_t f) {
   const auto [ma, va] = ValueMoments(a, f);
   const auto [mb, vb] = ValueMoments(b, f);
-  const double pooled = (a.n * va + b.n * vb) / static_cast<double>(a.n + b.n);
-  if (!(pooled > 1e-12)) return ma == mb ? 0.5 : 1.0;
+  const double na = static_cast<double>(a.n), nb = static_cast<double>(b.n);
+  const double pooled = (na * va + nb * vb) / (na + nb);
+  if (!(pooled > 1e-12)) {
+    const double auc = ma == mb ? 0.5 : 1.0;
+    return {auc, auc};
+  }
   const double d = std::abs(ma - mb) / std::sqrt(pooled);
-  return 0.5 * std::erfc(-d / 2.0);  // Φ(d/√2) = ½ erfc(−d/2)
+  const double se = std::sqrt(1 / na + 1 / nb + d * d / (2 * (na + nb)));
+  auto phi = [](double x) { return 0.5 * std::erfc(-x / 2.0); };  // Φ(x/√2)
+  return {phi(d), phi(std::max(0.0, d - 1.96 * se))};
 }
 
 json MetricsJson(const CellMetrics& m, const EvalSums& s, int top_k) {
@@ -404,8 +420,8 @@ StatusOr<std::string> AuditJson(const EvalSums& sums, const AuditOptions& o) {
         for (const auto& [term, f] : terms) {
           if (term < o.flag_jsd) break;
           if (defining.count(sums.features[f])) continue;
-          const double membership = MembershipAuc(g, rest, f);
-          if (membership < o.flag_membership_auc) continue;
+          const Membership membership = MembershipAuc(g, rest, f);
+          if (membership.lower < o.flag_membership_auc) continue;
           flags.push_back({{"column", column},
                            {"value", key.second},
                            {"feature", sums.features[f]},
@@ -413,7 +429,8 @@ StatusOr<std::string> AuditJson(const EvalSums& sums, const AuditOptions& o) {
                            {"jsd_vs_rest_bits", jsd},
                            {"attention_share", m.attention[f]},
                            {"attention_share_rest", r.attention[f]},
-                           {"membership_auc", membership},
+                           {"membership_auc", membership.auc},
+                           {"membership_auc_lower_95", membership.lower},
                            {"mean_value", Num(ValueMoments(g, f).first)},
                            {"mean_value_rest", Num(ValueMoments(rest, f).first)},
                            {"n", g.n},
@@ -467,7 +484,7 @@ StatusOr<std::string> AuditJson(const EvalSums& sums, const AuditOptions& o) {
               {"columns", out_columns},
               {"flags", flags},
               {"flag_rule", {{"jsd_contribution_bits_at_least", o.flag_jsd},
-                             {"membership_auc_at_least", o.flag_membership_auc},
+                             {"membership_auc_lower_95_at_least", o.flag_membership_auc},
                              {"not_flagged_for_their_column", o.defining_features}}},
               {"suppressed_cells", hidden.size()}};
   return doc.dump(1);

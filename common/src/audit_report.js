@@ -1,5 +1,5 @@
 // Draws audit.html from the audit document (common/audit.h, schema
-// attune.audit/2) embedded in the page as JSON, with d3 (v3, inlined beside
+// attune.audit/3) embedded in the page as JSON, with d3 (v3, inlined beside
 // this script by common/audit_html.cc). Everything is drawn at load, with no
 // network: the page is one self-contained file.
 (function () {
@@ -51,7 +51,7 @@
     "A feature is flagged when its share of attention in a group differs from the rest of " +
     "its column by a Jensen\u2013Shannon term of at least " + rule.jsd_contribution_bits_at_least +
     " bits and its input value alone tells the group from the rest (membership AUC at least " +
-    rule.membership_auc_at_least + "): the model may use it as a proxy for the group.");
+    rule.membership_auc_lower_95_at_least + "): the model may use it as a proxy for the group.");
   flags.attr("id", "flags");
   if (!audit.flags.length) {
     flags.append("p").attr("class", "ok").text("No feature is flagged.");

@@ -157,13 +157,16 @@ def metrics(d, tol):
                 pooled = (len(a) * a.var() + len(b) * b.var()) / (len(a) + len(b))
                 dd = abs(a.mean() - b.mean()) / math.sqrt(pooled)
                 membership = 0.5 * math.erfc(-dd / 2)
+                # The lower end of d's 95 % interval (Hedges & Olkin's SE).
+                se = math.sqrt(1 / len(a) + 1 / len(b) + dd * dd / (2 * (len(a) + len(b))))
+                lower = 0.5 * math.erfc(-max(0.0, dd - 1.96 * se) / 2)
                 key = (name, cell["value"], audit["features"][f])
                 near = (abs(term - rule["jsd_contribution_bits_at_least"]) < 10 * TOL
-                        or abs(membership - rule["membership_auc_at_least"]) < 10 * TOL)
+                        or abs(lower - rule["membership_auc_lower_95_at_least"]) < 10 * TOL)
                 if near:
                     borderline.add(key)
                 elif (term >= rule["jsd_contribution_bits_at_least"]
-                        and membership >= rule["membership_auc_at_least"]):
+                        and lower >= rule["membership_auc_lower_95_at_least"]):
                     want[key] = membership
     got = {(f["column"], f["value"], f["feature"]): f["membership_auc"] for f in audit["flags"]}
     if set(got) - borderline != set(want):

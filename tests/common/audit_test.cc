@@ -88,6 +88,42 @@ TEST(Audit, PerCellMetricsGapsAndDivergenceAreTheHandComputedOnes) {
   }
 }
 
+// Women's f0 values alternate 2, 0 (mean 1, variance 1), men's are all 0:
+// pooled variance 1/2, d = √2, membership AUC Φ(d/√2) = Φ(1) = 0.8413. With
+// 4 patients a side, SE(d) = √(1/4 + 1/4 + 2/16) = 0.7906 and d − 1.96·SE < 0:
+// the lower bound is 0.5 and nothing is flagged. With 200 a side, SE(d) =
+// √(2/200 + 2/800) = 0.1118, the bound Φ((√2 − 0.2191)/√2) = 0.8010: flagged.
+TEST(Audit, ASmallCellsNoisyMeansFlagNothing) {
+  for (const int copies : {2, 100}) {
+    EvalSums s = EvalSums::Make("val", 10, {"a", "b"}, {"f0", "f1"});
+    const double beta[] = {0.5, 0.5};
+    const double att_f[] = {0.8, 0.2}, att_m[] = {0.2, 0.8};
+    const double val_f2[] = {2, 0}, val_f0[] = {0, 0}, val_m[] = {0, 0};
+    const std::vector<CellKey> f = {{"sex", "F"}}, m = {{"sex", "M"}};
+    for (int i = 0; i < copies; ++i) {
+      s.AddPatient({true, 0.85, 0.1, beta, att_f, val_f2}, f);
+      s.AddPatient({false, 0.15, 0.1, beta, att_f, val_f0}, f);
+      s.AddPatient({true, 0.65, 0.1, beta, att_m, val_m}, m);
+      s.AddPatient({false, 0.55, 0.1, beta, att_m, val_m}, m);
+    }
+    AuditOptions o;
+    o.min_cell = 1;
+    auto text = AuditJson(s, o);
+    ASSERT_TRUE(text.ok()) << text.status();
+    const json flags = json::parse(*text)["flags"];
+    if (copies == 2) {
+      EXPECT_TRUE(flags.empty()) << flags.dump();
+      continue;
+    }
+    ASSERT_EQ(flags.size(), 2u) << flags.dump();
+    for (const auto& flag : flags) {
+      EXPECT_EQ(flag["feature"], "f0");
+      EXPECT_NEAR(flag["membership_auc"].get<double>(), 0.841345, 1e-6);
+      EXPECT_NEAR(flag["membership_auc_lower_95"].get<double>(), 0.8010, 1e-4);
+    }
+  }
+}
+
 TEST(Audit, NoFlagWithoutAValueThatTellsTheGroupsApart) {
   EvalSums s = HandStudy();
   for (auto& [key, g] : s.groups) {  // everyone's f0 value the same

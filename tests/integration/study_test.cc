@@ -671,7 +671,7 @@ TEST_F(StudyTest, AuditOnlyRoundsRunOnAServingCoordinator) {
   EXPECT_EQ(one["sites"].size(), 3u);
   EXPECT_EQ(one["overall"]["n"], first["overall"]["n"]) << "the same val split";
   EXPECT_NE(one["overall"]["auc"], first["overall"]["auc"]) << "another model";
-  EXPECT_NE(ReadText(dir_ / "audit-1/audit.html").find("attune.audit/2"), std::string::npos);
+  EXPECT_NE(ReadText(dir_ / "audit-1/audit.html").find("attune.audit/3"), std::string::npos);
   EXPECT_NE(audit.Log().find("wrote"), std::string::npos) << audit.Log();
 
   // Only the operator may run audits, and only of committed models.
@@ -714,9 +714,13 @@ TEST_F(StudyTest, AuditOnlyRoundsRunOnAServingCoordinator) {
 // 5 rounds the planted room's JSD term reaches only 0.001-0.01 bits (seed 2:
 // attention share F 0.065 against M 0.019) under the 0.02 threshold, so no
 // seed is flagged yet; run with --gtest_also_run_disabled_tests.
+// Measured with this study and the default flag rule (0.0015 bits, lower
+// membership bound 0.75): planted 8 of 10 seeds flagged (seeds 6 and 8: the
+// room's term 0.0005 and < 0.0003), control 0 of 10. Disabled until the
+// planted shortcut is found in at least 9.
 TEST_F(StudyTest, DISABLED_TheRoomNumberShortcutIsFlaggedAndItsControlIsNot) {
   constexpr int kSeeds = 10;
-  const int rounds = 5;
+  const int rounds = 10;
   int planted_flagged = 0, control_flagged = 0;
   std::string report;
   for (int seed = 1; seed <= kSeeds; ++seed) {
@@ -728,7 +732,7 @@ TEST_F(StudyTest, DISABLED_TheRoomNumberShortcutIsFlaggedAndItsControlIsNot) {
       ASSERT_EQ(syn.Wait(seconds(60)), 0) << syn.Log();
       const std::string study = WriteStudy(
           rounds, {{"model", {{"static_features", 9}}},
-                   {"train", {{"seed", seed}}},
+                   {"train", {{"seed", seed}, {"learning_rate", 0.003}, {"local_epochs", 3}}},
                    {"audit", {{"defining_features", {{"age_band", {"ehr_static/age"}}}}}}});
       auto coord = StartCoordinator(study, "127.0.0.1:0", data + "-coordinator.log",
                                     "state-" + data, "out-" + data);

@@ -13,8 +13,10 @@
 // between a cell and the rest of its column (its term in their JSD is at
 // least flag_jsd bits) and whose input value itself tells the cell from
 // the rest (the value's standardised mean difference d gives, for two
-// normal classes of equal variance, a membership AUC Φ(|d|/√2) of at least
-// flag_membership_auc): the model may be using it as a proxy for the group.
+// normal classes of equal variance, a membership AUC Φ(|d|/√2); at the
+// lower end of d's 95 % confidence interval it must still be at least
+// flag_membership_auc, so that a small cell's noisy means flag nothing):
+// the model may be using it as a proxy for the group.
 #pragma once
 
 #include <cstdint>
@@ -28,13 +30,14 @@
 
 namespace attune {
 
-inline constexpr char kAuditSchema[] = "attune.audit/2";
+inline constexpr char kAuditSchema[] = "attune.audit/3";
 
 struct AuditOptions {
   int min_cell = 10;                  // k: smaller cells are suppressed
   int top_k = 5;                      // features listed per cell
-  double flag_jsd = 0.02;             // bits: a feature's term in JSD(cell, rest)
+  double flag_jsd = 0.0015;           // bits: a feature's term in JSD(cell, rest)
   double flag_membership_auc = 0.75;  // the feature's value tells the cell from the rest
+                                      // (the lower end of its 95 % interval)
   // Features that define a column's groups (age for age bands): attending
   // to them differently by group is expected, so they are never flagged for
   // that column or an intersection with it.
