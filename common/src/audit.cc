@@ -257,8 +257,6 @@ std::pair<double, double> ValueMoments(const GroupSums& g, size_t f) {
   return {mean, std::max(0.0, g.value_sq_sum[f] / g.n - mean * mean)};
 }
 
-// Φ(|d|/√2): the AUC of a feature's value for telling two normal classes
-// of equal variance apart when their means are d standard deviations apart.
 // How well feature f's value alone tells cell a from the rest b: the AUC
 // Φ(d/√2) of two normals d pooled standard deviations apart, and the same at
 // the lower end of d's 95 % confidence interval, d − 1.96·SE(d) with

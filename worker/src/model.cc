@@ -281,13 +281,13 @@ torch::Tensor TokenAttention(const ModelOutput& out, const std::string& modality
   }
   std::vector<torch::Tensor> layers;  // [B, heads, 1+L, 1+L], first to last
   torch::Tensor alpha;                // [B, 1+L]
-  const std::string prefix = modality + "/layer";
+  const std::string prefix = modality + "/layer", alpha_name = "fusion/alpha/" + modality;
   for (const auto& t : out.traces) {
     if (!t.weights.defined()) continue;
     if (t.name.rfind(prefix, 0) == 0 && t.weights.dim() == 4 &&
         t.weights.size(2) == t.weights.size(3)) {
       layers.push_back(t.weights);
-    } else if (t.name == "fusion/alpha/" + modality && t.weights.dim() == 2) {
+    } else if (t.name == alpha_name && t.weights.dim() == 2) {
       alpha = t.weights;
     }
   }
