@@ -18,6 +18,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "attune/common/config.h"
@@ -256,6 +257,10 @@ int main(int argc, char** argv) {
   synth->add_option("--sites", syn.num_sites, "number of sites")->capture_default_str();
   synth->add_option("--patients", syn.patients_per_site, "patients per site")
       ->capture_default_str();
+  synth->add_option("--site-patients", syn.site_patients,
+                    "patients at each site, comma-separated (one count per site, in place of\n"
+                    "--patients), e.g. 600,300,300")
+      ->delimiter(',');
   synth->add_option("--seed", syn.seed, "random seed")->capture_default_str();
   synth->add_option("--room-number", syn.room_number,
                     "add the audit's shortcut column ehr/static.csv room_number: none, control\n"
@@ -316,9 +321,13 @@ int main(int argc, char** argv) {
   if (show->parsed()) return attune::tools::RunLogShow(log_dir, log_last);
   if (synth->parsed()) {
     if (auto s = attune::synth::Generate(syn); !s.ok()) return Fail(s);
-    std::printf("synthetic cohort written to %s (%d sites x %d patients, seed %llu)\n",
-                syn.out_dir.c_str(), syn.num_sites, syn.patients_per_site,
-                static_cast<unsigned long long>(syn.seed));
+    const std::string sizes =
+        syn.site_patients.empty()
+            ? absl::StrCat(syn.num_sites, " sites x ", syn.patients_per_site, " patients")
+            : absl::StrCat(syn.num_sites, " sites of ", absl::StrJoin(syn.site_patients, ", "),
+                           " patients");
+    std::printf("synthetic cohort written to %s (%s, seed %llu)\n", syn.out_dir.c_str(),
+                sizes.c_str(), static_cast<unsigned long long>(syn.seed));
     return 0;
   }
   if (import->parsed()) {

@@ -319,7 +319,7 @@ Status GenerateSite(const SynthOptions& options, const StudyPlan& plan,
   Rng rooms(StreamSeed(options.seed, 1000003 + static_cast<uint64_t>(site)));
   const bool room_column = options.room_number != "none";
   const bool planted = options.room_number == "planted" && site == 1;
-  const int n = options.patients_per_site;
+  const int n = options.Patients(site);
 
   // Site heterogeneity.
   std::array<double, kStaticFeatures> static_shift{};
@@ -501,15 +501,25 @@ Status SynthOptions::Validate() const {
     return absl::InvalidArgumentError(
         absl::StrCat("num_sites must be in [1, 1000], got ", num_sites));
   }
-  if (patients_per_site < 10 || patients_per_site > 1000000) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "patients_per_site must be in [10, 1000000], got ", patients_per_site));
+  if (!site_patients.empty() && static_cast<int>(site_patients.size()) != num_sites) {
+    return absl::InvalidArgumentError(absl::StrCat("site_patients has ", site_patients.size(),
+                                                   " counts for ", num_sites, " sites"));
+  }
+  for (int site = 1; site <= num_sites; ++site) {
+    if (Patients(site) < 10 || Patients(site) > 1000000) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "patients at site-", site, " must be in [10, 1000000], got ", Patients(site)));
+    }
   }
   if (room_number != "none" && room_number != "control" && room_number != "planted") {
     return absl::InvalidArgumentError(absl::StrCat(
         "room_number must be none, control or planted, got '", room_number, "'"));
   }
   return absl::OkStatus();
+}
+
+int SynthOptions::Patients(int site) const {
+  return site_patients.empty() ? patients_per_site : site_patients[site - 1];
 }
 
 Status Generate(const SynthOptions& options) {

@@ -19,6 +19,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "attune/common/status.h"
 
@@ -33,6 +34,9 @@ struct SynthOptions {
   std::string out_dir;
   int num_sites = 3;
   int patients_per_site = 400;  // split 60% train, 20% val, 20% test
+  // Sites of different sizes: when not empty, one count per site (its size
+  // is num_sites), in place of patients_per_site.
+  std::vector<int> site_patients;
   uint64_t seed = 7;
   bool overwrite = false;       // AlreadyExists if a site dir exists and !overwrite
   // The audit's shortcut study (the sepsis model that attended to the room
@@ -46,7 +50,9 @@ struct SynthOptions {
   // value is the same as without it.
   std::string room_number = "none";
 
-  Status Validate() const;      // num_sites in [1, 1000], patients_per_site in [10, 1000000]
+  // num_sites in [1, 1000]; every site's count in [10, 1000000].
+  Status Validate() const;
+  int Patients(int site) const;  // site is 1-based
 };
 
 // Writes the cohort; returns the first I/O error naming the path.

@@ -197,6 +197,22 @@ TEST(SynthTest, RoomNumberFollowsItsRule) {
   }
 }
 
+// Sites of different sizes: each site has its own count, and a site's
+// files depend only on its own count and the seed.
+TEST(SynthTest, SitesCanDifferInSize) {
+  TempDir mixed, even;
+  SynthOptions o = SmallOptions(mixed.path());
+  o.site_patients = {80, 50};
+  ASSERT_TRUE(Generate(o).ok());
+  ASSERT_TRUE(Generate(SmallOptions(even.path())).ok());
+  EXPECT_EQ(Lines(mixed.path() / "site-1" / "cohort.csv").size(), 81u);
+  EXPECT_EQ(Lines(mixed.path() / "site-1" / "ehr" / "static.csv").size(), 81u);
+  EXPECT_EQ(Lines(mixed.path() / "site-2" / "cohort.csv").size(), 51u);
+  EXPECT_EQ(Snapshot(mixed.path() / "site-2"), Snapshot(even.path() / "site-2"));
+  EXPECT_NE(ReadBytes(mixed.path() / "site-1" / "cohort.csv"),
+            ReadBytes(even.path() / "site-1" / "cohort.csv"));
+}
+
 TEST(SynthTest, ValidateRejectsBadOptions) {
   SynthOptions options;
   options.out_dir = "/tmp/unused";
@@ -211,9 +227,20 @@ TEST(SynthTest, ValidateRejectsBadOptions) {
   options.patients_per_site = 9;
   s = options.Validate();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(s.message().find("patients_per_site"), std::string::npos);
+  EXPECT_NE(s.message().find("patients at site-1"), std::string::npos);
 
   options.patients_per_site = 10;
+  options.site_patients = {20, 30};  // two counts, one site
+  s = options.Validate();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("2 counts for 1 sites"), std::string::npos);
+  options.num_sites = 2;
+  options.site_patients = {20, 9};
+  s = options.Validate();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("patients at site-2"), std::string::npos);
+  options.site_patients = {20, 10};
+  EXPECT_TRUE(options.Validate().ok());
   options.out_dir = "";
   EXPECT_EQ(options.Validate().code(), absl::StatusCode::kInvalidArgument);
 }
