@@ -224,6 +224,38 @@ TEST(TokenAttention, IsADistributionOnARealModel) {
   }
 }
 
+// Queries start at zero, so a fresh model attends uniformly: every
+// within-modality row spreads over the unpadded tokens, the fusion's α over
+// each modality's tokens and β over the modalities present. A group
+// difference in attention is then something training made.
+TEST(MultimodalAttentionNet, AttentionStartsUniform) {
+  torch::manual_seed(5);
+  ModelConfig m = Small();
+  MultimodalAttentionNet net(m);
+  net->eval();
+  Batch x = RandomBatch(m, 4);
+  ModelOutput out = net->forward(x);
+  const auto* events = FindTrace(out, "ehr_events/layer0/self");
+  ASSERT_NE(events, nullptr);
+  // Patient 0 has two events: the class token and those two share each row.
+  EXPECT_TRUE(torch::allclose(events->weights[0].slice(2, 0, 3),
+                              torch::full({m.heads, m.max_events + 1, 3}, 1.0 / 3), 1e-6, 1e-6));
+  const auto* statics = FindTrace(out, "ehr_static/layer0/self");
+  ASSERT_NE(statics, nullptr);
+  EXPECT_TRUE(torch::allclose(statics->weights, torch::full_like(statics->weights,
+                                                                1.0 / (m.static_features + 1)),
+                              1e-6, 1e-6));
+  const auto* alpha = FindTrace(out, "fusion/alpha/genomics");
+  ASSERT_NE(alpha, nullptr);
+  EXPECT_TRUE(torch::allclose(alpha->weights[0], torch::full({m.genes + 1}, 1.0 / (m.genes + 1)),
+                              1e-6, 1e-6));
+  // Patient 3 has every modality, patient 1 no imaging.
+  EXPECT_TRUE(torch::allclose(out.beta[3], torch::full({kNumModalities}, 0.25), 1e-6, 1e-6))
+      << out.beta;
+  EXPECT_NEAR(out.beta[1][0].item<double>(), 1.0 / 3, 1e-6);
+  EXPECT_NEAR(out.beta[1][2].item<double>(), 0.0, 1e-6);
+}
+
 TEST(ProximalTerm, MatchesHandComputedValueAndGradient) {
   torch::Tensor p1 = torch::tensor({1.0f, 2.0f}).requires_grad_(true);
   torch::Tensor p2 = torch::tensor({3.0f}).requires_grad_(true);

@@ -97,6 +97,10 @@ MultiHeadAttentionImpl::MultiHeadAttentionImpl(const MultiHeadOptions& o) : opti
     torch::nn::init::xavier_uniform_((*l)->weight);
     torch::nn::init::zeros_((*l)->bias);
   }
+  // The query projection starts at zero (as muP does, Yang et al. 2021,
+  // "Tensor Programs V"): every row starts uniform, so a difference in
+  // attention between patient groups is learned, not drawn at initialisation.
+  torch::nn::init::zeros_(q_proj_->weight);
   torch::nn::init::zeros_(out_proj_->bias);
 }
 

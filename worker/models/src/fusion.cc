@@ -27,7 +27,8 @@ torch::Tensor MeanOrOne(const torch::Tensor& x, const torch::Tensor& pad) {
 
 AttentionPoolImpl::AttentionPoolImpl(int64_t d) {
   proj_ = register_module("proj", Linear(d, d));
-  query_ = register_parameter("query", torch::randn({d}) / std::sqrt(double(d)));
+  // Zero, like the attention queries: α starts uniform over the tokens.
+  query_ = register_parameter("query", torch::zeros({d}));
 }
 
 Attended AttentionPoolImpl::forward(const torch::Tensor& x, const torch::Tensor& mask) {
