@@ -35,7 +35,7 @@ inline constexpr char kAuditSchema[] = "attune.audit/3";
 struct AuditOptions {
   int min_cell = 10;                  // k: smaller cells are suppressed
   int top_k = 5;                      // features listed per cell
-  double flag_jsd = 0.0015;           // bits: a feature's term in JSD(cell, rest)
+  double flag_jsd = 0.004;            // bits: a feature's term in JSD(cell, rest)
   double flag_membership_auc = 0.75;  // the feature's value tells the cell from the rest
                                       // (the lower end of its 95 % interval)
   // Features that define a column's groups (age for age bands): attending
