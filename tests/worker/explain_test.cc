@@ -21,7 +21,9 @@ namespace {
 
 using nlohmann::json;
 
-// A study file with `model` and the model file of its initial model.
+// A study file with `model` and the model file of its initial model after
+// one round of local training: a fresh model attends uniformly (its
+// queries start at zero), a trained one does not.
 void WriteStudyAndModel(const ModelConfig& m, const std::string& site_dir,
                         const std::string& study, const std::string& model) {
   json j = {{"study_id", "explain"},
@@ -33,6 +35,10 @@ void WriteStudyAndModel(const ModelConfig& m, const std::string& site_dir,
   ASSERT_TRUE(learner.ok()) << learner.status();
   auto flat = (*learner)->InitialModel(7);
   ASSERT_TRUE(flat.ok()) << flat.status();
+  auto trained = (*learner)->Train(*flat, TrainConfig{}, {});
+  ASSERT_TRUE(trained.ok()) << trained.status();
+  ASSERT_EQ(trained->delta.values.size(), flat->values.size());
+  for (size_t i = 0; i < flat->values.size(); ++i) flat->values[i] += trained->delta.values[i];
   ASSERT_TRUE(WriteFileAtomic(model, EncodeModel(*flat)).ok());
 }
 
