@@ -2,7 +2,6 @@
 
 #include <grpcpp/create_channel.h>
 
-#include "attune/common/tensor_codec.h"
 
 #include "absl/strings/str_cat.h"
 #include "attune/common/config.h"
@@ -78,8 +77,8 @@ Status FromGrpcStatus(const grpc::Status& s) {
 
 std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target, const TlsBundle& tls) {
   grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(static_cast<int>(kMaxChunkBytes + (64 << 10)));
-  args.SetMaxSendMessageSize(static_cast<int>(kMaxChunkBytes + (64 << 10)));
+  args.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  args.SetMaxSendMessageSize(kMaxMessageBytes);
   // Fail fast on a dead coordinator instead of waiting minutes between tries.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);

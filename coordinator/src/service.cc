@@ -332,8 +332,8 @@ StatusOr<RunningServer> StartServer(RoundDriver* driver, const std::string& list
   builder.AddListeningPort(listen, MakeServerCredentials(tls), &rs.port);
   builder.RegisterService(rs.service.get());
   // One chunk plus framing; anything larger is refused by gRPC itself.
-  builder.SetMaxReceiveMessageSize(static_cast<int>(kMaxChunkBytes + (64 << 10)));
-  builder.SetMaxSendMessageSize(static_cast<int>(kMaxChunkBytes + (64 << 10)));
+  builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  builder.SetMaxSendMessageSize(kMaxMessageBytes);
   // Per-connection read buffers grow up to 4 MiB by default; with one
   // connection per site that would make memory grow with the number of sites.
   builder.AddChannelArgument(GRPC_ARG_TCP_MAX_READ_CHUNK_SIZE, 256 << 10);

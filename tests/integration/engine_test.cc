@@ -342,7 +342,7 @@ TEST_F(EngineTest, EveryBadUpdateIsRefusedLoggedAndTheRoundGoesOn) {
             {"oversize chunk", grpc::StatusCode::INVALID_ARGUMENT, "bytes exceeds 1048576"});
   }
   {  // a message over gRPC's limit: refused by the transport
-    const std::string huge(2 * kMaxChunkBytes, 'x');
+    const std::string huge(kMaxMessageBytes + 16, 'x');
     ExpectRefused(fedsim::SendChunks(site.stub(), Chunks(huge, meta, huge.size()), &receipt),
                   {"oversize message", grpc::StatusCode::RESOURCE_EXHAUSTED, ""});
   }

@@ -225,6 +225,12 @@ Status FederationClient::HandleTask(const v1::RoundTask& task) {
         report.set_study_id(options_.study_id);
         report.set_round(task.round());
         report.set_task_id(task.task_id());
+        if (report.ByteSizeLong() > static_cast<size_t>(kMaxMessageBytes)) {
+          return absl::ResourceExhaustedError(absl::StrCat(
+              "the ", sums.split, " split's evaluation sums are ", report.ByteSizeLong(),
+              " bytes, over the ", kMaxMessageBytes,
+              "-byte message limit: audit fewer columns (audit.columns) or features"));
+        }
         grpc::ClientContext ctx;
         SetDeadline(&ctx, std::chrono::seconds(60));
         v1::Receipt receipt;
