@@ -2,7 +2,6 @@
 
 #include <grpcpp/create_channel.h>
 
-
 #include "absl/strings/str_cat.h"
 #include "attune/common/config.h"
 #include "attune/common/pki.h"

@@ -331,7 +331,8 @@ StatusOr<RunningServer> StartServer(RoundDriver* driver, const std::string& list
   grpc::ServerBuilder builder;
   builder.AddListeningPort(listen, MakeServerCredentials(tls), &rs.port);
   builder.RegisterService(rs.service.get());
-  // One chunk plus framing; anything larger is refused by gRPC itself.
+  // kMaxMessageBytes (an update chunk or a split's evaluation sums); anything
+  // larger is refused by gRPC itself.
   builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
   builder.SetMaxSendMessageSize(kMaxMessageBytes);
   // Per-connection read buffers grow up to 4 MiB by default; with one
