@@ -15,6 +15,7 @@
 #include "attune/common/config.h"
 #include "attune/common/logging.h"
 #include "attune/common/store.h"
+#include "attune/common/terms.h"
 #include "attune/common/tls.h"
 #include "attune/coordinator/round_driver.h"
 #include "attune/coordinator/service.h"
@@ -26,6 +27,7 @@ struct Options {
   std::string listen = "127.0.0.1:7443";
   std::string data_dir;
   std::string tls_dir;
+  std::string terms_path;
   std::string at_rest_key;
   std::string out_dir;
   std::string port_file;
@@ -68,6 +70,10 @@ int main(int argc, char** argv) {
   app.add_option("--tls-dir", o.tls_dir,
                  "the coordinator's bundle from `attune provision` (ca.crt, cert.crt, key.pem)")
       ->required();
+  app.add_option("--terms", o.terms_path,
+                 "the study's signed terms, forwarded to the sites with every task and checked\n"
+                 "against --study at start (default: study.terms in --tls-dir; re-read when the\n"
+                 "study's owner replaces it)");
   app.add_option("--at-rest-key", o.at_rest_key,
                  "encrypt the models and audit sums in --data-dir with AES-256-GCM under this\n"
                  "key file (`attune provision init` writes D/coordinator/at_rest.key); a data\n"
@@ -107,6 +113,10 @@ int main(int argc, char** argv) {
   dopt.out_dir = o.out_dir;
   dopt.spool_dir = (std::filesystem::path(o.data_dir) / "spool").string();
   dopt.study_path = o.study_path;
+  dopt.terms_path = o.terms_path.empty()
+                        ? (std::filesystem::path(o.tls_dir) / attune::kTermsFile).string()
+                        : o.terms_path;
+  dopt.ca_pem = tls->ca_pem;
   dopt.serve_audits = o.serve_audits;
   auto driver = attune::coordinator::RoundDriver::Create(*study, store->get(), dopt);
   if (!driver.ok()) return Fail(driver.status());

@@ -87,7 +87,11 @@ echo "== study PKI and ${dataset:-a synthetic} 3-site cohort in $workdir"
 "$bin/tools/attune" provision init --out "$workdir/pki" --study-id "$study_id" \
   --sites site-1,site-2,site-3 --study "$study_file" \
   > "$workdir/logs/provision.log"
-if [[ -n "$rounds" ]]; then sed -i -e "s/\"rounds\": [0-9]*/\"rounds\": $rounds/" "$workdir/pki/study.json"; fi
+if [[ -n "$rounds" ]]; then
+  sed -i -e "s/\"rounds\": [0-9]*/\"rounds\": $rounds/" "$workdir/pki/study.json"
+  # An edited study file is signed again: sites refuse terms not signed.
+  "$bin/tools/attune" provision sign --dir "$workdir/pki" >> "$workdir/logs/provision.log"
+fi
 if [[ -n "$dataset" ]]; then
   "$bin/tools/attune" import --dataset "$dataset" --source "$source" --out "$workdir/data" \
     --sites 3 --seed "$seed"

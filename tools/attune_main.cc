@@ -2,6 +2,7 @@
 //   attune provision init      make a study directory: CA, bundles, study.json
 //   attune provision add-site  issue a bundle for a new site, add it to the roster
 //   attune provision revoke    refuse a site's certificate from now on
+//   attune provision sign      re-sign the study's terms (terms.h)
 //   attune status              a running study: rounds, sites (alive, last seen), metrics
 //   attune audit               an audit-only round: audit.json + audit.html
 //   attune audit render        audit.html again from an audit.json
@@ -40,11 +41,16 @@ int Fail(const attune::Status& s) {
 
 std::string StudyPath(const std::string& dir) { return (fs::path(dir) / attune::kStudyFile).string(); }
 
-// add-site and revoke change study.json only; the coordinator re-reads it.
+// add-site, revoke and sign change study.json and re-sign the terms; the
+// coordinator re-reads both.
 void PrintReloadNote(const std::string& dir) {
   std::printf(
-      "A coordinator running with --study %s picks this up without a restart.\n",
-      StudyPath(dir).c_str());
+      "The study terms were re-signed and written to every bundle in %s. A coordinator\n"
+      "running with --study %s picks this up without a restart once its copy of\n"
+      "%s is replaced by the new one (on this machine it already is); sites get the\n"
+      "new terms with their next task.\n",
+      dir.c_str(), StudyPath(dir).c_str(),
+      (fs::path(dir) / "coordinator" / attune::kTermsFile).c_str());
 }
 
 int RunInit(const attune::InitOptions& options, bool coordinator_given) {
@@ -57,12 +63,14 @@ int RunInit(const attune::InitOptions& options, bool coordinator_given) {
       "  %-24s the study CA: keep ca.key offline (add-site needs it)\n"
       "  %-24s the coordinator's bundle, for the names %s\n"
       "  %-24s the operator's bundle (CN %s)\n"
-      "  %-24s one bundle per site, with site.json: send each site its own folder\n",
+      "  %-24s one bundle per site, with site.json: send each site its own folder\n"
+      "  %-24s the study's terms, signed with ca.key; a copy is in every bundle\n",
       options.study_id.c_str(), options.out_dir.c_str(), StudyPath(options.out_dir).c_str(),
       absl::StrJoin(result->study.roster, ", ").c_str(), result->study.coordinator.c_str(),
       (out / "ca/").c_str(), (out / "coordinator/").c_str(),
       absl::StrJoin(result->coordinator_hosts, ", ").c_str(), (out / "operator/").c_str(),
-      attune::kOperatorName, (out / "sites/<site>/").c_str());
+      attune::kOperatorName, (out / "sites/<site>/").c_str(),
+      (out / attune::kTermsFile).c_str());
   if (!coordinator_given) {
     std::printf(
         "No --coordinator given: the site files say %s; a worker's --coordinator flag "
@@ -85,6 +93,17 @@ int RunAddSite(const std::string& dir, const std::string& site, int days) {
       "  attune-worker --config %s/%s --site-dir DATA\n",
       site.c_str(), StudyPath(dir).c_str(), study->roster.size(),
       (fs::path(dir) / "sites" / site).c_str(), site.c_str(), attune::kSiteConfigFile);
+  PrintReloadNote(dir);
+  return 0;
+}
+
+int RunSign(const std::string& dir, const std::string& study_path) {
+  auto terms = attune::SignStudy(dir, study_path);
+  if (!terms.ok()) return Fail(terms.status());
+  std::printf("study '%s' terms version %lld signed (model digest %s, roster %s).\n",
+              terms->study_id.c_str(), static_cast<long long>(terms->version),
+              terms->ModelDigest().substr(0, 16).c_str(),
+              absl::StrJoin(terms->roster, ", ").c_str());
   PrintReloadNote(dir);
   return 0;
 }
@@ -145,6 +164,9 @@ int main(int argc, char** argv) {
       "  D/sites/<site>/  one bundle per site, plus site.json for `attune-worker --config`\n"
       "  D/study.json     the study file: --study's fields with study_id, coordinator,\n"
       "                   roster (the sites) and revoked ([]) set\n"
+      "  D/study.terms    the study's terms (roster, secure aggregation, privacy, audit,\n"
+      "                   model), signed with ca.key; a copy goes into every bundle, and\n"
+      "                   sites refuse any task they do not allow\n"
       "Key files are mode 0600. Nothing is written unless everything, study.json\n"
       "included, is valid; an existing D/ca is replaced only with --overwrite.\n"
       "\n"
@@ -173,7 +195,8 @@ int main(int argc, char** argv) {
   CLI::App* revoke = provision->add_subcommand(
       "revoke", "refuse a site's certificate from now on (adds it to study.json's revoked)");
   revoke->footer(
-      "Adds the site to D/study.json's \"revoked\" list (rewritten atomically). A\n"
+      "Needs D/ca/ca.key. Adds the site to D/study.json's \"revoked\" list (rewritten\n"
+      "atomically) and re-signs the terms, so sites refuse it as a peer too. A\n"
       "coordinator started with --study D/study.json refuses the site's certificate from\n"
       "then on, without a restart. The name stays on the roster and cannot be reused;\n"
       "a site not on the roster, or already revoked, is an error.\n"
@@ -183,6 +206,22 @@ int main(int argc, char** argv) {
   revoke->add_option("--dir", revoke_dir, "the study directory made by `attune provision init`")
       ->required();
   revoke->add_option("--site", revoke_site, "the site to revoke")->required();
+
+  std::string sign_dir, sign_study;
+  CLI::App* sign = provision->add_subcommand(
+      "sign", "re-sign the study's terms after an edit of study.json (or from another file)");
+  sign->footer(
+      "Needs D/ca/ca.key. Signs the terms of D/study.json -- or of --study FILE, which is\n"
+      "then copied to D/study.json -- at the next version, and writes them to D/study.terms\n"
+      "and every bundle. A coordinator starts only on a study file whose terms are signed;\n"
+      "copy D/coordinator/study.terms to its machine. Sites refuse older terms.\n"
+      "\n"
+      "Example:\n"
+      "  attune provision sign --dir pki --study experiments/studies/quickstart.json");
+  sign->add_option("--dir", sign_dir, "the study directory made by `attune provision init`")
+      ->required();
+  sign->add_option("--study", sign_study,
+                   "the study file to sign (same study_id; default D/study.json)");
 
   attune::tools::StatusOptions status_options;
   CLI::App* status = app.add_subcommand(
@@ -310,6 +349,7 @@ int main(int argc, char** argv) {
   if (init->parsed()) return RunInit(init_options, coordinator->count() > 0);
   if (add->parsed()) return RunAddSite(add_dir, add_site, add_days);
   if (revoke->parsed()) return RunRevoke(revoke_dir, revoke_site);
+  if (sign->parsed()) return RunSign(sign_dir, sign_study);
   if (status->parsed()) return attune::tools::RunStatus(status_options);
   if (render->parsed()) {
     if (render_out.empty())

@@ -6,6 +6,7 @@
 // `attune-worker train` trains without a coordinator (worker/central.h),
 // alone or as many ranks under mpirun (README, "Data-parallel training").
 #include <cstdio>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -17,6 +18,7 @@
 #include "attune/common/logging.h"
 #include "attune/common/pki.h"
 #include "attune/common/site_config.h"
+#include "attune/common/terms.h"
 #include "attune/common/tls.h"
 #include "attune/worker/central.h"
 #include "attune/worker/client.h"
@@ -70,6 +72,9 @@ int main(int argc, char** argv) {
   app.add_option("--tls-dir", tls_dir,
                  "this site's bundle from `attune provision` (ca.crt, cert.crt, key.pem;\n"
                  "required without --config)");
+  app.add_option("--terms", client.terms_path,
+                 "the study's signed terms, which every task is checked against (default:\n"
+                 "study.terms in --tls-dir; newer terms from the coordinator are kept there)");
   app.add_option("--threads", learner.threads, "LibTorch intra-op threads")->capture_default_str();
   app.add_option("--reconnect-timeout", reconnect_s,
                  "seconds to keep retrying an unreachable coordinator")
@@ -149,11 +154,11 @@ int main(int argc, char** argv) {
 
   auto tls = attune::LoadTlsBundle(tls_dir);
   if (!tls.ok()) return fail(tls.status());
+  auto cn = attune::CertificateCommonName(tls->cert_pem);
+  if (!cn.ok()) return fail(cn.status());
   if (!site_id.empty()) {
     // The coordinator knows a site by its certificate; a site.json beside
     // another site's bundle would join under the wrong name.
-    auto cn = attune::CertificateCommonName(tls->cert_pem);
-    if (!cn.ok()) return fail(cn.status());
     if (*cn != site_id) {
       return fail(absl::InvalidArgumentError(absl::StrCat(
           config_path, ": site_id: '", site_id, "' but the certificate in ", tls_dir,
@@ -162,6 +167,10 @@ int main(int argc, char** argv) {
   }
   client.key_pem = tls->key_pem;
   client.ca_pem = tls->ca_pem;
+  client.site_id = *cn;
+  if (client.terms_path.empty()) {
+    client.terms_path = (std::filesystem::path(tls_dir) / attune::kTermsFile).string();
+  }
   spdlog::info("connecting to {} for study '{}' (TLS bundle {}; {} rank{})", client.coordinator,
                client.study_id, tls_dir, client.ranks, client.ranks == 1 ? "" : "s");
 

@@ -347,6 +347,18 @@ StatusOr<std::string> CertificateCommonName(const std::string& cert_pem) {
   return cn;
 }
 
+Status CheckClientCertificate(const std::string& cert_pem) {
+  ERR_clear_error();
+  ATTUNE_ASSIGN_OR_RETURN(X509Ptr cert, ParseCert(cert_pem, "certificate"));
+  // X509_get_extension_flags caches the parsed extensions first.
+  const uint32_t flags = X509_get_extension_flags(cert.get());
+  if ((flags & EXFLAG_XKUSAGE) == 0 || (X509_get_extended_key_usage(cert.get()) & XKU_SSL_CLIENT) == 0) {
+    return absl::PermissionDeniedError(
+        "the certificate is not for client authentication (extendedKeyUsage lacks clientAuth)");
+  }
+  return absl::OkStatus();
+}
+
 bool IsIpAddress(const std::string& text) { return !ParseIp(text).empty(); }
 
 }  // namespace attune

@@ -172,7 +172,8 @@ StatusOr<KeyAndCert> ReadCa(const fs::path& dir) {
     if (!text.ok()) {
       return Status(text.status().code(),
                     absl::StrCat(text.status().message(),
-                                 " (issuing a certificate needs the study CA, ",
+                                 " (issuing a certificate or signing the study's terms needs the "
+                                 "study CA, ",
                                  ca_dir.string(), "/ca.crt and ca.key)"));
     }
     *part.out = *std::move(text);
@@ -214,6 +215,37 @@ StatusOr<RenderedStudy> InitialStudy(const InitOptions& options,
     study["min_sites"] = options.sites.size();
   }
   return RenderStudy(study, label);
+}
+
+// The version the next signing of <dir>'s terms takes: one past the
+// current file's, 1 when there is none yet.
+StatusOr<int64_t> NextTermsVersion(const fs::path& dir, const std::string& ca_cert_pem) {
+  const fs::path path = dir / kTermsFile;
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return int64_t{1};
+  ATTUNE_ASSIGN_OR_RETURN(StudyTerms current, LoadTerms(path.string(), ca_cert_pem));
+  return current.version + 1;
+}
+
+// Signs the terms of `study` at `version` and writes them to <dir> and to
+// every bundle folder in it (coordinator, operator, each site).
+StatusOr<StudyTerms> PublishTerms(const fs::path& dir, const KeyAndCert& ca,
+                                  const StudyConfig& study, int64_t version) {
+  StudyTerms terms = TermsOf(study, version);
+  ATTUNE_ASSIGN_OR_RETURN(std::string text, SignTerms(terms, ca.key_pem));
+  std::vector<fs::path> folders = {dir, dir / "coordinator", dir / "operator"};
+  std::error_code ec;
+  if (fs::is_directory(dir / "sites", ec)) {
+    for (const auto& entry : fs::directory_iterator(dir / "sites", ec)) {
+      if (entry.is_directory()) folders.push_back(entry.path());
+    }
+  }
+  if (ec) return IoError("cannot list", dir / "sites", ec);
+  for (const fs::path& folder : folders) {
+    if (!fs::is_directory(folder)) continue;
+    ATTUNE_RETURN_IF_ERROR(WriteFileAtomic((folder / kTermsFile).string(), text));
+  }
+  return terms;
 }
 
 }  // namespace
@@ -324,6 +356,10 @@ StatusOr<InitResult> InitStudy(const InitOptions& options) {
     ATTUNE_RETURN_IF_ERROR(WriteSiteBundle(out, ca.cert_pem, bundle));
   }
   ATTUNE_RETURN_IF_ERROR(WriteFileAtomic(study_path, study.text));
+  // The terms start again at version 1 with a new CA: older ones are not
+  // signed by it.
+  std::filesystem::remove(out / kTermsFile, ec);
+  ATTUNE_RETURN_IF_ERROR(PublishTerms(out, ca, study.config, 1).status());
   ATTUNE_RETURN_IF_ERROR(CreateDirectories(ca_dir));
   ATTUNE_RETURN_IF_ERROR(WriteFile(ca_dir / "ca.crt", ca.cert_pem, false));
   ATTUNE_RETURN_IF_ERROR(WriteFile(ca_dir / "ca.key", ca.key_pem, true));
@@ -350,9 +386,12 @@ StatusOr<StudyConfig> AddSite(const std::string& dir, const std::string& site,
   ATTUNE_ASSIGN_OR_RETURN(RenderedStudy next, RenderStudy(study.json, study.path));
   ATTUNE_ASSIGN_OR_RETURN(SiteBundle bundle,
                           MakeSiteBundle(ca, site, study.config, valid_days));
+  ATTUNE_ASSIGN_OR_RETURN(int64_t version, NextTermsVersion(root, ca.cert_pem));
   // The bundle first: the site is admitted only once study.json says so.
   ATTUNE_RETURN_IF_ERROR(WriteSiteBundle(root, ca.cert_pem, bundle));
-  return CommitStudy(study, std::move(next));
+  ATTUNE_ASSIGN_OR_RETURN(StudyConfig committed, CommitStudy(study, std::move(next)));
+  ATTUNE_RETURN_IF_ERROR(PublishTerms(root, ca, committed, version).status());
+  return committed;
 }
 
 StatusOr<StudyConfig> RevokeSite(const std::string& dir, const std::string& site) {
@@ -370,7 +409,31 @@ StatusOr<StudyConfig> RevokeSite(const std::string& dir, const std::string& site
   if (revoked.is_null()) revoked = Json::array();
   revoked.push_back(site);
   ATTUNE_ASSIGN_OR_RETURN(RenderedStudy next, RenderStudy(study.json, study.path));
-  return CommitStudy(study, std::move(next));
+  const fs::path root(dir);
+  ATTUNE_ASSIGN_OR_RETURN(KeyAndCert ca, ReadCa(root));
+  ATTUNE_ASSIGN_OR_RETURN(int64_t version, NextTermsVersion(root, ca.cert_pem));
+  ATTUNE_ASSIGN_OR_RETURN(StudyConfig committed, CommitStudy(study, std::move(next)));
+  ATTUNE_RETURN_IF_ERROR(PublishTerms(root, ca, committed, version).status());
+  return committed;
+}
+
+StatusOr<StudyTerms> SignStudy(const std::string& dir, const std::string& study_path) {
+  const fs::path root(dir);
+  ATTUNE_ASSIGN_OR_RETURN(StudyFile current, LoadStudyFile(root));
+  ATTUNE_ASSIGN_OR_RETURN(KeyAndCert ca, ReadCa(root));
+  StudyConfig study = current.config;
+  if (!study_path.empty()) {
+    ATTUNE_ASSIGN_OR_RETURN(std::string text, ReadFile(study_path));
+    ATTUNE_ASSIGN_OR_RETURN(study, ParseStudyConfig(text, study_path));
+    if (study.study_id != current.config.study_id) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          study_path, ": study_id: '", study.study_id, "', but ", dir, " is the CA of study '",
+          current.config.study_id, "'"));
+    }
+    ATTUNE_RETURN_IF_ERROR(WriteFileAtomic(current.path, text));
+  }
+  ATTUNE_ASSIGN_OR_RETURN(int64_t version, NextTermsVersion(root, ca.cert_pem));
+  return PublishTerms(root, ca, study, version);
 }
 
 }  // namespace attune

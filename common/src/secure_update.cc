@@ -193,6 +193,12 @@ StatusOr<v1::SecAggShares> SecureSite::ShareKeys(const v1::RoundTask& task) {
       return absl::PermissionDeniedError(absl::StrCat(
           "the certificate relayed for site ", name, " is not from the study CA: ", s.message()));
     }
+    // A site's: the coordinator's certificate (serverAuth) cannot stand in
+    // for a peer.
+    if (Status s = CheckClientCertificate(p.certificate_pem()); !s.ok()) {
+      return absl::PermissionDeniedError(
+          absl::StrCat("the certificate relayed for site ", name, ": ", s.message()));
+    }
     ATTUNE_ASSIGN_OR_RETURN(std::string cn, CertificateCommonName(p.certificate_pem()));
     if (cn != name) {
       return absl::PermissionDeniedError(absl::StrCat(

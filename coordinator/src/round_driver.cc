@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "attune/common/audit.h"
 #include "attune/common/audit_html.h"
+#include "attune/common/terms.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "attune/coordinator/aggregate.h"
@@ -89,6 +90,27 @@ StatusOr<std::unique_ptr<RoundDriver>> RoundDriver::Create(StudyConfig study, St
   ATTUNE_ASSIGN_OR_RETURN(std::unique_ptr<Strategy> strategy, MakeStrategy(study.strategy));
   std::unique_ptr<RoundDriver> d(
       new RoundDriver(std::move(study), store, std::move(options), std::move(strategy)));
+  if (!d->options_.terms_path.empty()) {
+    // Sites refuse what the study's owner did not sign: a coordinator whose
+    // study file says otherwise would only see its tasks refused.
+    const std::string& path = d->options_.terms_path;
+    ATTUNE_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+    StatusOr<StudyTerms> terms = VerifyTerms(text, d->options_.ca_pem);
+    if (!terms.ok()) {
+      return Status(terms.status().code(), absl::StrCat(path, ": ", terms.status().message()));
+    }
+    const std::string differs = TermsDifference(TermsOf(d->study_, terms->version), *terms);
+    if (!differs.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the study file and its signed terms (", path, ", version ", terms->version,
+          ") differ in ", differs, ": sites refuse what the study's owner did not sign. "
+          "The owner signs this study file with `attune provision sign --dir D --study FILE` "
+          "and the new D/coordinator/study.terms goes beside the coordinator's bundle"));
+    }
+    d->terms_version_ = terms->version;
+    d->signed_terms_ = std::make_shared<const std::string>(std::move(text));
+    d->terms_file_stamp_ = FileStamp(path);
+  }
   const int64_t last = store->LastCommittedRound();
   if (last >= 0) {
     ATTUNE_ASSIGN_OR_RETURN(std::string blob, store->LoadModel(last));
@@ -185,7 +207,39 @@ std::vector<std::string> RoundDriver::LiveSitesLocked() const {
   return out;
 }
 
+void RoundDriver::ReloadTermsLocked() {
+  if (options_.terms_path.empty()) return;
+  const std::string stamp = FileStamp(options_.terms_path);
+  if (stamp == terms_file_stamp_) return;
+  terms_file_stamp_ = stamp;
+  StatusOr<std::string> text = ReadFile(options_.terms_path);
+  StatusOr<StudyTerms> terms =
+      text.ok() ? VerifyTerms(*text, options_.ca_pem) : StatusOr<StudyTerms>(text.status());
+  if (!terms.ok()) {
+    spdlog::warn("the terms file changed but cannot be used (still forwarding version {}): {}",
+                 terms_version_, std::string(terms.status().message()));
+    return;
+  }
+  if (terms->study_id != study_.study_id || terms->version <= terms_version_) {
+    spdlog::warn("the terms file now holds study '{}' version {}; still forwarding version {}",
+                 terms->study_id, terms->version, terms_version_);
+    return;
+  }
+  spdlog::info("forwarding the study terms of version {} (was {})", terms->version,
+               terms_version_);
+  LogLocked("terms_updated", "", absl::StrCat("{\"version\": ", terms->version, "}"));
+  terms_version_ = terms->version;
+  signed_terms_ = std::make_shared<const std::string>(*std::move(text));
+}
+
+std::shared_ptr<const std::string> RoundDriver::SignedTerms() {
+  std::lock_guard<std::mutex> lock(mu_);
+  ReloadTermsLocked();
+  return signed_terms_;
+}
+
 void RoundDriver::ReloadRosterLocked() {
+  ReloadTermsLocked();
   if (options_.study_path.empty()) return;
   const std::string stamp = FileStamp(options_.study_path);
   if (stamp == study_file_stamp_) return;

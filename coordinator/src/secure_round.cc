@@ -293,7 +293,8 @@ Status RoundDriver::RunSecureTrainPhase(std::unique_lock<std::mutex>& lock, Phas
   q.DecodeSum(sum.words, survivors, mean);
   const double scale = total_weight / survivor_weight;
   for (float& v : mean) v = static_cast<float>(v * scale);
-  *train_loss = mean.back() * secagg::kLossScale;
+  // Under DP the sites leave the (un-noised) loss out: their word is 0.
+  *train_loss = study_.privacy.enabled() ? std::nan("") : mean.back() * secagg::kLossScale;
   mean.pop_back();
   Status written = [&]() -> Status {
     ATTUNE_ASSIGN_OR_RETURN(SpoolWriter w, SpoolWriter::Create(spool_path, mean.size()));

@@ -93,6 +93,7 @@ grpc::Status FederationService::Join(grpc::ServerContext* ctx, const v1::JoinReq
   for (const auto& c : study.audit.columns) reply->add_audit_columns(c);
   reply->set_histogram_bins(study.audit.histogram_bins);
   reply->set_heartbeat_interval_ms(driver_->heartbeat_interval_ms());
+  reply->set_terms(*driver_->SignedTerms());
   return grpc::Status::OK;
 }
 
@@ -126,6 +127,7 @@ grpc::Status FederationService::Subscribe(grpc::ServerContext* ctx, const v1::Si
     h->set_seed(train.seed);
     h->set_proximal_mu(static_cast<float>(driver_->proximal_mu()));
     if (t.secure) msg.MergeFrom(*t.secure);
+    msg.set_terms(*driver_->SignedTerms());
     if (!writer->Write(msg)) break;
     if (t.kind == Task::Kind::kFinish) break;
   }

@@ -332,8 +332,10 @@ TEST(ProvisionTest, RevokeAddsToRevokedOnce) {
 
 TEST(ProvisionTest, RevokeWorksOnAStudyFileWithoutRevoked) {
   TempDir tmp;
-  Write(tmp / kStudyFile, R"({"study_id": "s", "roster": ["a", "b"]})");
-  StatusOr<StudyConfig> study = RevokeSite(tmp.path(), "a");
+  const InitOptions options = Options(tmp, {"a", "b"});
+  ASSERT_TRUE(InitStudy(options).ok());
+  Write(fs::path(options.out_dir) / kStudyFile, R"({"study_id": "demo", "roster": ["a", "b"]})");
+  StatusOr<StudyConfig> study = RevokeSite(options.out_dir, "a");
   ASSERT_TRUE(study.ok()) << study.status();
   EXPECT_EQ(study->revoked, std::vector<std::string>{"a"});
 }

@@ -92,6 +92,10 @@ class StudyTest : public ::testing::Test {
                                             const std::string& state = "state",
                                             const std::string& out = "out",
                                             const std::vector<std::string>& extra = {}) {
+    // The study's owner signs the study's terms (sites refuse unsigned ones).
+    Process sign({ATTUNE_TOOL_BIN, "provision", "sign", "--dir", dir_ / "pki", "--study", study},
+                 dir_ / "sign.log");
+    EXPECT_EQ(sign.Wait(seconds(60)), 0) << sign.Log();
     std::filesystem::create_directories(dir_ / out);  // watched by WaitUntil
     std::filesystem::remove(dir_ / "port");
     std::vector<std::string> args{ATTUNE_COORDINATOR_BIN, "--study", study, "--listen", listen,
@@ -324,8 +328,10 @@ TEST_F(StudyTest, SiteNotOnTheRosterIsRefused) {
 }
 
 TEST_F(StudyTest, CertificateFromAnotherStudyIsRefused) {
+  // Another CA for a study of the same name: the worker's own terms pass,
+  // the coordinator's TLS refuses the certificate.
   Process other({ATTUNE_TOOL_BIN, "provision", "init", "--out", dir_ / "other-pki", "--study-id",
-                 "other", "--sites", "site-1"},
+                 kStudy, "--sites", "site-1"},
                 dir_ / "other.log");
   ASSERT_EQ(other.Wait(seconds(60)), 0);
   auto coord = StartCoordinator(WriteStudy(1), "127.0.0.1:0", "coordinator.log");
@@ -506,7 +512,8 @@ TEST_F(StudyTest, SecureAggregationWithCentralDpIsWithinTheMarginOfThePlainStudy
     EXPECT_EQ(rec["privacy"]["releases"], r) << rec.dump(2);
     EXPECT_GT(rec["privacy"]["epsilon"].get<double>(), last_epsilon);
     last_epsilon = rec["privacy"]["epsilon"].get<double>();
-    EXPECT_TRUE(rec["train_loss"].is_number()) << rec.dump(2);
+    // The loss is not noised, so a DP release leaves it out.
+    EXPECT_TRUE(rec["train_loss"].is_null()) << rec.dump(2);
   }
   EXPECT_EQ(s["history"][3]["privacy"]["audit_releases"], 5);  // val in rounds 0-3, test in 3
 
@@ -575,7 +582,7 @@ TEST_F(StudyTest, SecureAggregationWithCentralDpIsWithinTheMarginOfThePlainStudy
 TEST_F(StudyTest, ASiteKilledDuringASecureRoundIsLeftOutAndRejoins) {
   std::string log;
   json summary = RunWithSite4KilledInRound2(
-      WriteStudy(3, {{"roster", {"site-1", "site-2", "site-3", "site-4"}}, {"min_sites", 3},
+      WriteStudy(5, {{"roster", {"site-1", "site-2", "site-3", "site-4"}}, {"min_sites", 3},
                      {"heartbeat_timeout_s", 5}, {"secure_aggregation", true},
                      {"train", {{"local_epochs", 3}}}}),
       &log);
@@ -583,8 +590,13 @@ TEST_F(StudyTest, ASiteKilledDuringASecureRoundIsLeftOutAndRejoins) {
   const json& round2 = summary["history"][2];
   EXPECT_EQ(round2["secure_aggregation"]["survivors"], 3) << round2.dump(2);
   for (const auto& s : round2["sites"]) EXPECT_NE(s, "site-4") << round2.dump(2);
-  EXPECT_EQ(summary["history"][3]["secure_aggregation"]["survivors"], 4)
-      << summary["history"][3].dump(2);
+  // Restarted, it takes part again once it has rejoined (round 3 may open
+  // before its process is up; no round waits for it).
+  int rejoined = 0;
+  for (int r = 3; r <= 5; ++r) {
+    if (summary["history"][r]["secure_aggregation"]["survivors"] == 4) ++rejoined;
+  }
+  EXPECT_GE(rejoined, 2) << summary.dump(2) << "\n" << log;
   EXPECT_LT(summary["val_loss"][2].get<double>(), summary["initial"]["val_loss"].get<double>());
 }
 

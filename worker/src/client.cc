@@ -59,6 +59,16 @@ FederationClient::FederationClient(ClientOptions options, std::shared_ptr<grpc::
       make_learner_(std::move(make_learner)) {}
 
 Status FederationClient::Run() {
+  if (!guard_) {
+    StatusOr<SiteGuard> guard = SiteGuard::Load(options_.terms_path, options_.ca_pem,
+                                                options_.site_id, options_.study_id);
+    if (!guard.ok()) return guard.status();
+    guard_.emplace(*std::move(guard));
+    spdlog::info("study terms version {} (roster of {}, secure aggregation {}, privacy {})",
+                 guard_->terms().version, guard_->terms().roster.size(),
+                 guard_->terms().secure_aggregation ? "on" : "off",
+                 guard_->terms().privacy_mode);
+  }
   auto give_up = Clock::now() + options_.reconnect_timeout;
   auto backoff = std::chrono::milliseconds(250);
   while (true) {
@@ -100,11 +110,13 @@ Status FederationClient::Session(bool* joined) {
   ATTUNE_RETURN_IF_ERROR(Join(&reply));
   *joined = true;
   site_id_ = reply.site_id();
+  ATTUNE_RETURN_IF_ERROR(guard_->CheckJoin(reply));
   if (!learner_) {
-    auto model = ModelConfig::FromJson(reply.model_config_json());
+    // The model the terms sign (CheckJoin: the coordinator's is the same).
+    auto model = ModelConfig::FromJson(guard_->terms().model_config_json);
     if (!model.ok()) {
       return absl::FailedPreconditionError(absl::StrCat(
-          "the coordinator sent a model configuration this worker cannot use: ",
+          "the study terms' model configuration cannot be used by this worker: ",
           std::string(model.status().message())));
     }
     spdlog::info("joined study '{}' as {}; loading site data", reply.study_id(), site_id_);
@@ -119,6 +131,7 @@ Status FederationClient::Session(bool* joined) {
                  learner_->NumExamples("train"), learner_->NumExamples("val"),
                  learner_->NumExamples("test"));
     ATTUNE_RETURN_IF_ERROR(Join(&reply));
+    ATTUNE_RETURN_IF_ERROR(guard_->CheckJoin(reply));
   }
   eval_options_.audit_columns.assign(reply.audit_columns().begin(), reply.audit_columns().end());
   eval_options_.histogram_bins = reply.histogram_bins() > 1 ? reply.histogram_bins() : 200;
@@ -142,7 +155,8 @@ Status FederationClient::Session(bool* joined) {
     Status s = HandleTask(task);
     if (!s.ok()) {
       // The round goes on without us; the coordinator decides on quorum.
-      spdlog::error("round {} {}: {}", task.round(), v1::RoundTask::Kind_Name(task.kind()),
+      spdlog::error("round {} {} (task {}): {}", task.round(),
+                    v1::RoundTask::Kind_Name(task.kind()), task.task_id(),
                     std::string(s.message()));
     }
   }
@@ -153,17 +167,21 @@ Status FederationClient::Session(bool* joined) {
 
 Status FederationClient::HandleTask(const v1::RoundTask& task) {
   const auto start = Clock::now();
+  ATTUNE_RETURN_IF_ERROR(guard_->CheckTask(task));
   switch (task.kind()) {
     case v1::RoundTask::INIT: {
       SetStage("initialising", task.round());
-      ATTUNE_ASSIGN_OR_RETURN(FlatModel init, learner_->InitialModel(task.hyper().seed()));
+      // From the terms' seed, as every site checks (CheckInitialModel).
+      ATTUNE_ASSIGN_OR_RETURN(FlatModel init, learner_->InitialModel(guard_->terms().seed));
       spdlog::info("round 0: uploading the initial model ({} parameters)", init.values.size());
-      return SubmitUpdate(task, init, learner_->NumExamples("train"), 0, /*full_weights=*/true);
+      return SubmitUpdate(task, init, learner_->NumExamples("train"), std::nullopt,
+                          /*full_weights=*/true);
     }
     case v1::RoundTask::TRAIN: {
       ATTUNE_RETURN_IF_ERROR(StartSecure(task));
       SetStage("fetching", task.round());
       ATTUNE_ASSIGN_OR_RETURN(FlatModel global, FetchModel(task.model_version()));
+      ATTUNE_RETURN_IF_ERROR(CheckInitialModel(task.model_version(), global));
       SetStage("training", task.round());
       TrainConfig hyper;
       hyper.local_epochs = task.hyper().local_epochs();
@@ -179,9 +197,12 @@ Status FederationClient::HandleTask(const v1::RoundTask& task) {
       spdlog::info("round {}: train loss {:.4f} in {:.1f} s", task.round(), r.train_loss,
                    std::chrono::duration<double>(Clock::now() - start).count());
       ATTUNE_RETURN_IF_ERROR(Privatize(task, &r.delta));
+      // The loss is not noised: a DP release leaves it out.
+      const std::optional<double> loss =
+          guard_->terms().privacy_enabled() ? std::nullopt : std::optional(r.train_loss);
       if (secure_) {
         // Held until the SECAGG_MASK step; only the masked sum leaves.
-        ATTUNE_ASSIGN_OR_RETURN(int64_t clipped, secure_->SetInput(r.delta.values, r.train_loss));
+        ATTUNE_ASSIGN_OR_RETURN(int64_t clipped, secure_->SetInput(r.delta.values, loss.value_or(0)));
         if (clipped > 0) {
           spdlog::warn("round {}: {} update values were clipped to secagg.value_clip = {}",
                        task.round(), clipped, task.secagg().value_clip());
@@ -190,7 +211,7 @@ Status FederationClient::HandleTask(const v1::RoundTask& task) {
         return absl::OkStatus();
       }
       SetStage("uploading", task.round());
-      Status s = SubmitUpdate(task, r.delta, r.num_examples, r.train_loss, /*full_weights=*/false);
+      Status s = SubmitUpdate(task, r.delta, r.num_examples, loss, /*full_weights=*/false);
       SetStage("idle", task.round());
       return s;
     }
@@ -202,6 +223,7 @@ Status FederationClient::HandleTask(const v1::RoundTask& task) {
       ATTUNE_RETURN_IF_ERROR(StartSecure(task));
       SetStage("evaluating", task.round());
       ATTUNE_ASSIGN_OR_RETURN(FlatModel model, FetchModel(task.model_version()));
+      ATTUNE_RETURN_IF_ERROR(CheckInitialModel(task.model_version(), model));
       EvalOptions options = eval_options_;
       if (!task.audit()) options.audit_columns.clear();  // the whole split only
       std::vector<EvalSums> splits;
@@ -241,6 +263,22 @@ Status FederationClient::HandleTask(const v1::RoundTask& task) {
     default:
       return absl::InvalidArgumentError(absl::StrCat("unknown task kind ", task.kind()));
   }
+}
+
+Status FederationClient::CheckInitialModel(int64_t version, const FlatModel& model) {
+  if (version != 0) return absl::OkStatus();
+  if (!initial_model_) {
+    ATTUNE_ASSIGN_OR_RETURN(FlatModel mine, learner_->InitialModel(guard_->terms().seed));
+    initial_model_ = std::move(mine);
+  }
+  if (EncodeModelHeader(model.schema) != EncodeModelHeader(initial_model_->schema) ||
+      model.values != initial_model_->values) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "refused by the study terms (seed): the coordinator's initial model (version 0) is not "
+        "the one the study's model and seed ", guard_->terms().seed,
+        " give; this site trains and evaluates only models that start from it"));
+  }
+  return absl::OkStatus();
 }
 
 Status FederationClient::StartSecure(const v1::RoundTask& task) {
@@ -408,12 +446,12 @@ StatusOr<FlatModel> FederationClient::FetchModel(int64_t version) {
 }
 
 Status FederationClient::SubmitUpdate(const v1::RoundTask& task, const FlatModel& model,
-                                      int64_t num_examples, double train_loss,
+                                      int64_t num_examples, std::optional<double> train_loss,
                                       bool full_weights) {
   v1::UpdateMeta meta;
   meta.set_num_examples(num_examples);
   meta.set_full_weights(full_weights);
-  if (!full_weights) (*meta.mutable_metrics())["train_loss"] = train_loss;
+  if (train_loss) (*meta.mutable_metrics())["train_loss"] = *train_loss;
   return SubmitPayload(task, EncodeModel(model), std::move(meta));
 }
 

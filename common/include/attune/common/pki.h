@@ -48,6 +48,11 @@ StatusOr<KeyAndCert> IssueCertificate(const KeyAndCert& ca,
 Status VerifyCertificate(const std::string& ca_cert_pem,
                          const std::string& cert_pem);
 
+// OK when the certificate's extendedKeyUsage includes clientAuth (sites and
+// the operator); PermissionDenied otherwise (the coordinator's certificate
+// is serverAuth only).
+Status CheckClientCertificate(const std::string& cert_pem);
+
 // The subject CN of a PEM certificate.
 StatusOr<std::string> CertificateCommonName(const std::string& cert_pem);
 

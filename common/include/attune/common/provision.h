@@ -6,6 +6,14 @@
 //   <dir>/operator/{ca.crt,cert.crt,key.pem}     client bundle, CN kOperatorName
 //   <dir>/sites/<site>/{ca.crt,cert.crt,key.pem,site.json}  one per site
 //   <dir>/study.json                             the study file (roster, revoked)
+//   <dir>/study.terms, and a copy in every bundle  the study's terms, signed
+//                                                  with ca.key (terms.h)
+//
+// Every change of the roster (add-site, revoke) and every `sign` re-signs
+// the terms at the next version and writes them to every bundle folder, so
+// these need ca.key: the study's owner runs them, and copies the new
+// coordinator/study.terms to the coordinator's machine, which never holds
+// ca.key. Sites get newer terms from the coordinator with its tasks.
 //
 // Key files are mode 0600. study.json is always rewritten atomically and only
 // after the new text passes ParseStudyConfig, so a coordinator that re-reads
@@ -17,6 +25,7 @@
 
 #include "attune/common/config.h"
 #include "attune/common/status.h"
+#include "attune/common/terms.h"
 
 namespace attune {
 
@@ -66,8 +75,16 @@ StatusOr<StudyConfig> AddSite(const std::string& dir, const std::string& site,
                               int valid_days = 365);
 
 // Adds a site to "revoked" in <dir>/study.json: from then on a coordinator
-// refuses its certificate (StudyConfig::Admits). NotFound when the site is
-// not on the roster, AlreadyExists when it is already revoked.
+// refuses its certificate (StudyConfig::Admits) and sites refuse it as a
+// peer (the re-signed terms). NotFound when the site is not on the roster,
+// AlreadyExists when it is already revoked.
 StatusOr<StudyConfig> RevokeSite(const std::string& dir, const std::string& site);
+
+// Signs the terms of a study file at the next version and writes them to
+// every bundle of <dir>: after an edit of <dir>/study.json (`study_path`
+// empty), or to make `study_path` the study's file (it is copied to
+// <dir>/study.json first). InvalidArgument for a file that does not parse
+// or names another study; NotFound without <dir>/ca/ca.key.
+StatusOr<StudyTerms> SignStudy(const std::string& dir, const std::string& study_path = "");
 
 }  // namespace attune

@@ -146,6 +146,12 @@ struct DriverOptions {
   std::string out_dir;     // summary.json, audit.json, model.atnm
   std::string spool_dir;   // scratch for the open round's updates
   std::string study_path;  // re-read when it changes: roster and revocations
+  // The study's signed terms (common/terms.h), forwarded with every task and
+  // re-read when the file changes; checked against the study CA `ca_pem`
+  // and, at Create, against the study. Empty: no terms are forwarded (unit
+  // tests of the driver alone; attune-coordinator always has them).
+  std::string terms_path;
+  std::string ca_pem;
   // After the last round, keep serving audit-only rounds (sites stay
   // connected) until Stop(); otherwise the sites get FINISH at once.
   bool serve_audits = false;
@@ -208,6 +214,8 @@ class RoundDriver {
   // Logs a refused request and appends it to the audit log.
   void RecordRefusal(const std::string& who, const char* rpc, const Status& status);
   int64_t heartbeat_interval_ms() const;
+  // The current signed terms, as the owner signed them ("" without any).
+  std::shared_ptr<const std::string> SignedTerms();
   // Proximal μ for FedProx (0 for other strategies), sent with every task.
   double proximal_mu() const;
 
@@ -296,6 +304,8 @@ class RoundDriver {
   std::vector<std::string> LiveSitesLocked() const;
   void TouchLocked(const std::string& site);
   void ReloadRosterLocked();
+  // Picks up re-signed terms (a newer version that verifies).
+  void ReloadTermsLocked();
   void LogLocked(const std::string& kind, const std::string& site, const std::string& detail);
 
   struct AuditJob {
@@ -389,6 +399,9 @@ class RoundDriver {
   bool finished_ = false;  // FINISH is queued for every (re)subscribing site
   std::map<std::string, SiteState> sites_;
   std::string study_file_stamp_;     // inode/mtime/size of the study file last read
+  std::string terms_file_stamp_;     // the same, of the terms file
+  int64_t terms_version_ = 0;
+  std::shared_ptr<const std::string> signed_terms_ = std::make_shared<const std::string>();
   std::string phase_name_ = "waiting for sites";
   Phase* phase_ = nullptr;  // the open phase, owned by Run()'s stack
   struct AcceptedTask {

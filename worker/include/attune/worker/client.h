@@ -12,6 +12,10 @@
 // While joined, a background thread sends a Heartbeat with the site's
 // progress (stage, round, epoch, batch) every JoinReply.heartbeat_interval_ms,
 // so the coordinator knows the site is alive even during long local training.
+// Before any of it the site checks what it is asked against the study's
+// signed terms (common/site_guard.h): the Join reply's model and audit
+// settings (a refusal ends the worker) and each task (a refused task is
+// logged and not done; the round goes on without this site).
 // When the coordinator goes away (restart, network), the client reconnects
 // with exponential backoff for up to `reconnect_timeout`; a refusal
 // (certificate not on the roster, wrong study, TLS failure) ends it at once.
@@ -22,12 +26,14 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <stop_token>
 #include <string>
 
 #include <grpcpp/grpcpp.h>
 
 #include "attune/common/secure_update.h"
+#include "attune/common/site_guard.h"
 #include "attune/common/status.h"
 #include "attune/common/tls.h"
 #include "attune/v1/federation.grpc.pb.h"
@@ -46,6 +52,10 @@ struct ClientOptions {
   std::string key_pem;
   std::string ca_pem;
   int ranks = 1;  // the processes training together at this site (declared at Join)
+  // This site's certificate CN, and its bundle's signed study terms
+  // (common/terms.h): every task is checked against them (site_guard.h).
+  std::string site_id;
+  std::string terms_path;
 };
 
 using LearnerFactory = std::function<StatusOr<std::unique_ptr<Learner>>(const ModelConfig&)>;
@@ -63,14 +73,18 @@ class FederationClient {
   Status Session(bool* joined);
   Status HandleTask(const v1::RoundTask& task);
   StatusOr<FlatModel> FetchModel(int64_t version);
+  // `train_loss`: none for the initial model, and in a DP release.
   Status SubmitUpdate(const v1::RoundTask& task, const FlatModel& payload, int64_t num_examples,
-                      double train_loss, bool full_weights);
+                      std::optional<double> train_loss, bool full_weights);
   // Streams `payload` in chunks with `meta` (task fields filled in here).
   Status SubmitPayload(const v1::RoundTask& task, const std::string& payload, v1::UpdateMeta meta);
   Status SendSecAgg(const v1::RoundTask& task, v1::SecAggMessage msg);
   // A TRAIN or EVALUATE task with a SecAggSetup: starts this site's part
   // and advertises its keys (otherwise: nothing).
   Status StartSecure(const v1::RoundTask& task);
+  // Version 0 must be the initial model this site builds itself from the
+  // terms' model and seed: a coordinator cannot substitute its own start.
+  Status CheckInitialModel(int64_t version, const FlatModel& model);
   // Secure aggregation steps after TRAIN (SECAGG_SHARE, _MASK, _UNMASK).
   Status HandleSecureStep(const v1::RoundTask& task);
   // DP: clips the update and adds this site's noise (seeded by its key and
@@ -84,7 +98,9 @@ class FederationClient {
   ClientOptions options_;
   std::unique_ptr<v1::Federation::Stub> coordinator_;
   LearnerFactory make_learner_;
+  std::optional<SiteGuard> guard_;  // loaded by Run()
   std::unique_ptr<Learner> learner_;
+  std::optional<FlatModel> initial_model_;  // from the terms' seed, once asked for
   EvalOptions eval_options_;
   std::string site_id_;
   // The open secure TRAIN or EVALUATE task, and per round and purpose the
