@@ -75,6 +75,13 @@ int main(int argc, char** argv) {
   app.add_option("--terms", client.terms_path,
                  "the study's signed terms, which every task is checked against (default:\n"
                  "study.terms in --tls-dir; newer terms from the coordinator are kept there)");
+  app.add_option("--state-dir", client.state_dir,
+                 "where the site records what it has released, so that a restarted worker\n"
+                 "never releases one model's sums over other sites (default: state/ in\n"
+                 "--tls-dir)");
+  app.add_option("--min-cell", client.min_cell,
+                 "no audit cell of fewer patients leaves this site (the study's audit.min_cell\n"
+                 "if that is larger: a site may only tighten the study's terms)");
   app.add_option("--threads", learner.threads, "LibTorch intra-op threads")->capture_default_str();
   app.add_option("--reconnect-timeout", reconnect_s,
                  "seconds to keep retrying an unreachable coordinator")
@@ -170,6 +177,9 @@ int main(int argc, char** argv) {
   client.site_id = *cn;
   if (client.terms_path.empty()) {
     client.terms_path = (std::filesystem::path(tls_dir) / attune::kTermsFile).string();
+  }
+  if (client.state_dir.empty()) {
+    client.state_dir = (std::filesystem::path(tls_dir) / "state").string();
   }
   spdlog::info("connecting to {} for study '{}' (TLS bundle {}; {} rank{})", client.coordinator,
                client.study_id, tls_dir, client.ranks, client.ranks == 1 ? "" : "s");

@@ -339,6 +339,10 @@ Status AuditOptions::Validate() const {
 StatusOr<std::string> AuditJson(const EvalSums& sums, const AuditOptions& o) {
   ATTUNE_RETURN_IF_ERROR(sums.Validate());
   ATTUNE_RETURN_IF_ERROR(o.Validate());
+  // The published counts. A cell some site held back
+  // (eval_stats.h SuppressSmallCells) counts the other sites' patients only;
+  // what the sites held back is protected by their own suppression (the
+  // cells that would reveal it from a site's totals were held back too).
   std::map<CellKey, int64_t> counts;
   for (const auto& [key, g] : sums.groups) counts[key] = g.n;
   const std::set<CellKey> hidden = SuppressedCells(counts, sums.n, o.min_cell);
@@ -376,19 +380,24 @@ StatusOr<std::string> AuditJson(const EvalSums& sums, const AuditOptions& o) {
     for (const auto* kv : cells) {
       const CellKey& key = kv->first;
       const GroupSums& g = kv->second;
-      if (g.n == 0) continue;
-      if (hidden.count(key)) {
+      if (g.n == 0 && g.suppressed == 0) continue;
+      // Hidden here, or held back by every site that had it.
+      if (hidden.count(key) || g.n == 0) {
+        // One reason for every hidden cell: "fewer than k" and "protects a
+        // smaller cell" would each bound the hidden count, and with the
+        // published totals could pin it down.
         jcells.push_back({{"value", key.second},
                           {"suppressed", true},
-                          {"reason", g.n < o.min_cell || sums.n < o.min_cell
-                                         ? absl::StrCat("fewer than ", o.min_cell, " patients")
-                                         : std::string("protects a smaller suppressed cell")}});
+                          {"reason", absl::StrCat("suppressed (small-cell protection, k = ",
+                                                  o.min_cell, ")")}});
         continue;
       }
       const CellMetrics m = Metrics(g, sums.calibration_bins);
       json cell = MetricsJson(m, sums, o.top_k);
       cell["value"] = key.second;
       cell["n"] = g.n;
+      // Sites that held this cell back: the figures are the other sites'.
+      if (g.suppressed > 0) cell["sites_suppressed"] = g.suppressed;
       auc.emplace_back(key.second, m.auc);
       selection.emplace_back(key.second, m.selection);
       tpr.emplace_back(key.second, m.tpr);
@@ -467,6 +476,8 @@ StatusOr<std::string> AuditJson(const EvalSums& sums, const AuditOptions& o) {
              {"tpr", Num(om.tpr)},
              {"fpr", Num(om.fpr)},
              {"selection_rate", Num(om.selection)}};
+  // Sites whose split was smaller than their k sent none of it.
+  if (sums.suppressed > 0) jo["sites_suppressed"] = sums.suppressed;
   if (!overall_attention.is_null()) {
     for (const char* k : {"ece", "mean_beta", "mean_attention_entropy_bits", "top_features", "attention"}) {
       jo[k] = overall_attention[k];

@@ -312,6 +312,7 @@ Status StudyConfig::Validate() const {
   ATTUNE_RETURN_IF_ERROR(model.Validate());
   ATTUNE_RETURN_IF_ERROR(Range("audit.histogram_bins", audit.histogram_bins, 2, 100000));
   ATTUNE_RETURN_IF_ERROR(Range("audit.every", audit.every, 1, 1e9));
+  ATTUNE_RETURN_IF_ERROR(Range("audit.max_releases", audit.max_releases, 1, 1e6));
   ATTUNE_RETURN_IF_ERROR(Prefixed("audit.", audit.report.Validate()));
   ATTUNE_RETURN_IF_ERROR(audit.Validate(secure_aggregation));
   return absl::OkStatus();
@@ -383,6 +384,7 @@ StatusOr<StudyConfig> ParseStudyConfig(const std::string& text,
     ar.Get("min_cell", &c.audit.report.min_cell);
     ar.Get("histogram_bins", &c.audit.histogram_bins);
     ar.Get("every", &c.audit.every);
+    ar.Get("max_releases", &c.audit.max_releases);
     ar.Get("top_k", &c.audit.report.top_k);
     ar.Get("flag_jsd_bits", &c.audit.report.flag_jsd);
     ar.Get("flag_membership_auc", &c.audit.report.flag_membership_auc);

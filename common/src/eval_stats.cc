@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "attune/common/audit.h"
 #include "nlohmann/json.hpp"
 
 namespace attune {
@@ -116,6 +117,7 @@ void Walk(const EvalLayout& layout, EvalSums& s, Count&& count, Real&& real) {
     count(c.fn);
   };
   count(s.n);
+  count(s.suppressed);
   real(s.loss_sum);
   for (auto& v : s.pos_hist) count(v);
   for (auto& v : s.neg_hist) count(v);
@@ -123,6 +125,7 @@ void Walk(const EvalLayout& layout, EvalSums& s, Count&& count, Real&& real) {
   for (const auto& cell : layout.cells) {
     GroupSums& g = s.groups.at(cell);
     count(g.n);
+    count(g.suppressed);
     for (auto& b : g.beta_sum) real(b);
     confusion(g.confusion);
     for (auto& v : g.pos_hist) count(v);
@@ -138,8 +141,34 @@ void Walk(const EvalLayout& layout, EvalSums& s, Count&& count, Real&& real) {
 
 }  // namespace
 
+int64_t SuppressSmallCells(EvalSums* s, int min_cell) {
+  if (s->n > 0 && s->n < min_cell) {
+    // The whole split: nothing of it leaves.
+    EvalSums held = EvalSums::Make(s->split, static_cast<int>(s->pos_hist.size()),
+                                   s->modalities, s->features, s->calibration_bins);
+    held.suppressed = s->suppressed + 1;
+    for (const auto& [key, g] : s->groups) held.groups[key] = held.EmptyGroup();  // the shape
+    *s = std::move(held);
+    return 1;
+  }
+  // The small cells and, as at publication (audit.h SuppressedCells), the
+  // cells that keep them from being worked out from this site's totals.
+  std::map<CellKey, int64_t> counts;
+  for (const auto& [key, g] : s->groups) counts[key] = g.n;
+  int64_t held = 0;
+  for (const CellKey& key : SuppressedCells(counts, s->n, min_cell)) {
+    GroupSums& g = s->groups.at(key);
+    const int64_t before = g.suppressed;
+    g = s->EmptyGroup();
+    g.suppressed = before + 1;
+    ++held;
+  }
+  return held;
+}
+
 void AddGroup(GroupSums* into, const GroupSums& g) {
   into->n += g.n;
+  into->suppressed += g.suppressed;
   AddAll(into->beta_sum, g.beta_sum);
   AddConfusion(&into->confusion, g.confusion);
   AddAll(into->pos_hist, g.pos_hist);
@@ -263,14 +292,15 @@ EvalLayout EvalLayout::Make(std::vector<std::string> splits, int bins,
 
 int64_t EvalLayout::Words() const {
   const int64_t f = static_cast<int64_t>(features.size());
-  const int64_t per_cell = 1 + static_cast<int64_t>(modalities.size()) + 4 + 2 * int64_t{bins} +
+  const int64_t per_cell = 2 + static_cast<int64_t>(modalities.size()) + 4 + 2 * int64_t{bins} +
                            calibration_bins + f + 1 + 3 * f;
-  const int64_t per_split = 2 + 2 * int64_t{bins} + 4 + per_cell * static_cast<int64_t>(cells.size());
+  const int64_t per_split = 3 + 2 * int64_t{bins} + 4 + per_cell * static_cast<int64_t>(cells.size());
   return 2 * per_split * static_cast<int64_t>(splits.size());
 }
 
 StatusOr<std::vector<uint32_t>> EncodeEvalWords(const std::vector<EvalSums>& sums,
-                                                const EvalLayout& layout, int sites) {
+                                                const EvalLayout& layout, int sites,
+                                                int min_cell) {
   if (sums.size() != layout.splits.size() || sites < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
         "secure evaluation: ", sums.size(), " splits evaluated, ", layout.splits.size(),
@@ -322,9 +352,12 @@ StatusOr<std::vector<uint32_t>> EncodeEvalWords(const std::vector<EvalSums>& sum
     s.pos_hist = site.pos_hist;
     s.neg_hist = site.neg_hist;
     s.confusion = site.confusion;
+    s.suppressed = site.suppressed;
     for (const auto& [key, g] : site.groups) {
       if (GroupSums* cell = CellFor(s, layout, key)) AddGroup(cell, g);  // else: not audited
     }
+    // The cells as they leave the site: small ones held back.
+    SuppressSmallCells(&s, min_cell);
     Walk(layout, s, [&](int64_t& c) { put(static_cast<uint64_t>(c), "count", 1); },
          [&](double& x) {
            const double scaled = x * kRealScale;  // finite and >= 0 (Validate)
@@ -353,7 +386,8 @@ StatusOr<std::vector<EvalSums>> DecodeEvalWords(std::span<const uint32_t> sum,
     EvalSums s = Shaped(layout, split);
     Walk(layout, s, [&](int64_t& c) { c = static_cast<int64_t>(next()); },
          [&](double& x) { x = static_cast<double>(next()) / kRealScale; });
-    std::erase_if(s.groups, [](const auto& kv) { return kv.second.n == 0; });
+    std::erase_if(s.groups,
+                  [](const auto& kv) { return kv.second.n == 0 && kv.second.suppressed == 0; });
     ATTUNE_RETURN_IF_ERROR(s.Validate());
     out.push_back(std::move(s));
   }
@@ -361,7 +395,7 @@ StatusOr<std::vector<EvalSums>> DecodeEvalWords(std::span<const uint32_t> sum,
 }
 
 Status EvalSums::Validate() const {
-  if (n < 0 || !std::isfinite(loss_sum) || loss_sum < 0) {
+  if (n < 0 || suppressed < 0 || !std::isfinite(loss_sum) || loss_sum < 0) {
     return absl::InvalidArgumentError("evaluation: negative count or non-finite loss");
   }
   if (pos_hist.size() != neg_hist.size() || pos_hist.empty()) {
@@ -396,7 +430,8 @@ Status EvalSums::Validate() const {
       if (g.pos_hist[i] < 0 || g.neg_hist[i] < 0) shaped = false;
       group_hist += g.pos_hist[i] + g.neg_hist[i];
     }
-    if (!shaped || g.n < 0 || BadConfusion(g.confusion) || g.confusion.n() != g.n ||
+    if (!shaped || g.n < 0 || g.suppressed < 0 || BadConfusion(g.confusion) ||
+        g.confusion.n() != g.n ||
         group_hist != g.n) {
       return absl::InvalidArgumentError(
           absl::StrCat("evaluation: inconsistent group ", key.first, "=", key.second));
@@ -426,6 +461,7 @@ Status EvalSums::Add(const EvalSums& o) {
         "evaluation: report does not match the others (split, bins, modalities or features)");
   }
   n += o.n;
+  suppressed += o.suppressed;
   loss_sum += o.loss_sum;
   for (size_t i = 0; i < pos_hist.size(); ++i) {
     pos_hist[i] += o.pos_hist[i];

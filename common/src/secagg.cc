@@ -3,10 +3,14 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <numeric>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "attune/common/tensor_codec.h"
 
 namespace attune::secagg {
 namespace {
@@ -221,6 +225,44 @@ Bytes SignedBytes(const std::string& context, const Advertisement& a) {
   AppendU32(&out, static_cast<uint32_t>(a.site));
   AppendField(&out, a.cipher_public_key);
   AppendField(&out, a.mask_public_key);
+  AppendField(&out, a.seed_commitment);
+  return out;
+}
+
+Bytes SeedCommitment(const std::string& context, int site, ByteView seed) {
+  Bytes m;
+  AppendField(&m, crypto::View(std::string("attune/secagg/v1/seed-commitment")));
+  AppendField(&m, crypto::View(context));
+  AppendU32(&m, static_cast<uint32_t>(site));
+  AppendField(&m, seed);
+  const std::string digest = Sha256(std::string_view(reinterpret_cast<const char*>(m.data()), m.size()));
+  return Bytes(digest.begin(), digest.end());
+}
+
+Bytes GraphSeed(const std::string& context, const std::vector<Advertisement>& ads) {
+  std::vector<const Advertisement*> sorted;
+  for (const Advertisement& a : ads) sorted.push_back(&a);
+  std::sort(sorted.begin(), sorted.end(),
+            [](const Advertisement* a, const Advertisement* b) { return a->site < b->site; });
+  Bytes m;
+  AppendField(&m, crypto::View(std::string("attune/secagg/v1/graph-seed")));
+  AppendField(&m, crypto::View(context));
+  for (const Advertisement* a : sorted) {
+    AppendU32(&m, static_cast<uint32_t>(a->site));
+    AppendField(&m, a->cipher_public_key);
+    AppendField(&m, a->mask_public_key);
+    AppendField(&m, a->seed_commitment);
+  }
+  const std::string digest = Sha256(std::string_view(reinterpret_cast<const char*>(m.data()), m.size()));
+  return Bytes(digest.begin(), digest.end());
+}
+
+Bytes SurvivorBytes(const std::string& context, const std::vector<int>& survivors) {
+  Bytes out;
+  AppendField(&out, crypto::View(std::string("attune/secagg/v1/survivors")));
+  AppendField(&out, crypto::View(context));
+  AppendU32(&out, static_cast<uint32_t>(survivors.size()));
+  for (int v : survivors) AppendU32(&out, static_cast<uint32_t>(v));
   return out;
 }
 
@@ -232,7 +274,9 @@ StatusOr<Client> Client::Make(const Options& options, int site, Signer sign) {
   Client c;
   c.options_ = options;
   c.site_ = site;
-  ATTUNE_ASSIGN_OR_RETURN(c.graph_, Graph::Make(options.sites, options.degree, options.graph_seed));
+  // The graph's shape is known now (its permutation only at ShareKeys): a
+  // Harary graph is regular, so the threshold can be checked already.
+  ATTUNE_ASSIGN_OR_RETURN(c.graph_, Graph::Make(options.sites, options.degree, {}));
   ATTUNE_RETURN_IF_ERROR(ValidateThreshold(options, c.graph_));
   ATTUNE_ASSIGN_OR_RETURN(crypto::X25519KeyPair cipher, crypto::GenerateX25519());
   ATTUNE_ASSIGN_OR_RETURN(crypto::X25519KeyPair mask, crypto::GenerateX25519());
@@ -242,6 +286,7 @@ StatusOr<Client> Client::Make(const Options& options, int site, Signer sign) {
   c.advertisement_.site = site;
   c.advertisement_.cipher_public_key = cipher.public_key;
   c.advertisement_.mask_public_key = mask.public_key;
+  c.advertisement_.seed_commitment = SeedCommitment(options.context, site, c.self_seed_);
   ATTUNE_ASSIGN_OR_RETURN(c.advertisement_.signature,
                           sign(SignedBytes(options.context, c.advertisement_)));
   return c;
@@ -250,22 +295,26 @@ StatusOr<Client> Client::Make(const Options& options, int site, Signer sign) {
 StatusOr<std::vector<SealedShares>> Client::ShareKeys(const std::vector<Advertisement>& relayed,
                                                       const Verifier& verify) {
   if (!peers_.empty()) return absl::FailedPreconditionError("keys were already shared");
-  std::map<int, Advertisement> peers;
+  // Every relayed advertisement is checked, neighbour or not: together they
+  // seed the graph, so none may be the coordinator's invention.
+  std::map<int, Advertisement> all;
   for (const Advertisement& a : relayed) {
     ATTUNE_RETURN_IF_ERROR(CheckSite(a.site, options_.sites, "relayed advertisement"));
+    if (all.count(a.site)) {
+      return absl::PermissionDeniedError(absl::StrCat("two advertisements for site ", a.site));
+    }
     if (a.site == site_) {
       if (a.cipher_public_key != advertisement_.cipher_public_key ||
-          a.mask_public_key != advertisement_.mask_public_key) {
+          a.mask_public_key != advertisement_.mask_public_key ||
+          a.seed_commitment != advertisement_.seed_commitment) {
         return absl::PermissionDeniedError(
             "the coordinator relayed an advertisement for this site with other keys");
       }
+      all[a.site] = a;
       continue;
     }
-    if (!graph_.Adjacent(site_, a.site)) continue;
-    if (peers.count(a.site)) {
-      return absl::PermissionDeniedError(absl::StrCat("two advertisements for site ", a.site));
-    }
-    if (a.cipher_public_key.size() != kKey || a.mask_public_key.size() != kKey) {
+    if (a.cipher_public_key.size() != kKey || a.mask_public_key.size() != kKey ||
+        a.seed_commitment.size() != kKey) {
       return absl::PermissionDeniedError(absl::StrCat("site ", a.site, " advertised a bad key"));
     }
     if (Status s = verify(a.site, SignedBytes(options_.context, a), a.signature); !s.ok()) {
@@ -273,7 +322,18 @@ StatusOr<std::vector<SealedShares>> Client::ShareKeys(const std::vector<Advertis
           "the advertisement of site ", a.site,
           " does not carry that site's signature (keys swapped in transit?): ", s.message()));
     }
-    peers[a.site] = a;
+    all[a.site] = a;
+  }
+  if (!all.count(site_)) {
+    return absl::PermissionDeniedError("the relayed advertisements leave this site out");
+  }
+  std::vector<Advertisement> listed;
+  for (const auto& [v, a] : all) listed.push_back(a);
+  ATTUNE_ASSIGN_OR_RETURN(graph_, Graph::Make(options_.sites, options_.degree,
+                                              GraphSeed(options_.context, listed)));
+  std::map<int, Advertisement> peers;
+  for (const auto& [v, a] : all) {
+    if (v != site_ && graph_.Adjacent(site_, v)) peers[v] = a;
   }
   if (peers.size() + 1 < static_cast<size_t>(options_.threshold)) {
     return TooFew("ShareKeys", peers.size() + 1, options_.threshold);
@@ -388,7 +448,7 @@ StatusOr<Server> Server::Make(const Options& options) {
   ATTUNE_RETURN_IF_ERROR(ValidateOptions(options));
   Server s;
   s.options_ = options;
-  ATTUNE_ASSIGN_OR_RETURN(s.graph_, Graph::Make(options.sites, options.degree, options.graph_seed));
+  ATTUNE_ASSIGN_OR_RETURN(s.graph_, Graph::Make(options.sites, options.degree, {}));
   ATTUNE_RETURN_IF_ERROR(ValidateThreshold(options, s.graph_));
   s.sum_.assign(static_cast<size_t>(options.length), 0);
   return s;
@@ -400,7 +460,8 @@ Status Server::AddAdvertisement(const Advertisement& a) {
   if (ads_.count(a.site)) {
     return absl::AlreadyExistsError(absl::StrCat("site ", a.site, " already advertised"));
   }
-  if (a.cipher_public_key.size() != kKey || a.mask_public_key.size() != kKey) {
+  if (a.cipher_public_key.size() != kKey || a.mask_public_key.size() != kKey ||
+      a.seed_commitment.size() != kKey) {
     return absl::InvalidArgumentError(absl::StrCat("site ", a.site, " advertised a bad key"));
   }
   ads_[a.site] = a;
@@ -411,9 +472,13 @@ StatusOr<std::vector<Advertisement>> Server::Advertisements() {
   if (ads_.size() < static_cast<size_t>(options_.threshold)) {
     return TooFew("Advertise", ads_.size(), options_.threshold);
   }
-  if (step_ == Step::kAdvertise) step_ = Step::kShareKeys;
   std::vector<Advertisement> out;
   for (const auto& [site, a] : ads_) out.push_back(a);
+  if (step_ == Step::kAdvertise) {
+    ATTUNE_ASSIGN_OR_RETURN(graph_, Graph::Make(options_.sites, options_.degree,
+                                                GraphSeed(options_.context, out)));
+    step_ = Step::kShareKeys;
+  }
   return out;
 }
 
@@ -517,37 +582,84 @@ Status Server::AddUnmaskResponse(const UnmaskResponse& r) {
 
 StatusOr<std::vector<uint32_t>> Server::Finish() {
   if (step_ != Step::kUnmask) return absl::FailedPreconditionError("unmasking is not open");
-  // The shares of each secret, from the responses.
-  std::map<int, std::vector<shamir::Share>> seeds, keys;
+  // The shares of each secret, with who revealed them.
+  struct Held {
+    int holder;
+    shamir::Share share;
+  };
+  std::map<int, std::vector<Held>> seeds, keys;
   for (const auto& [site, r] : responses_) {
     for (const RevealedShare& s : r.self_mask_seeds)
-      if (inputs_.count(s.of)) seeds[s.of].push_back(s.share);
+      if (inputs_.count(s.of)) seeds[s.of].push_back({site, s.share});
     for (const RevealedShare& s : r.mask_keys)
-      if (shares_from_.count(s.of) && !inputs_.count(s.of)) keys[s.of].push_back(s.share);
+      if (shares_from_.count(s.of) && !inputs_.count(s.of)) keys[s.of].push_back({site, s.share});
   }
-  auto rebuild = [&](std::map<int, std::vector<shamir::Share>>& from, int site,
-                     const char* what) -> StatusOr<SecretBytes> {
-    std::vector<shamir::Share>& shares = from[site];
-    if (shares.size() < static_cast<size_t>(options_.threshold)) {
+  const int t = options_.threshold;
+  // Rebuilds site's secret from t of its shares such that `valid` holds; a
+  // share that does not lie on the same polynomial as t valid ones is wrong.
+  auto rebuild = [&](std::map<int, std::vector<Held>>& from, int site, const char* what,
+                     const std::function<bool(const SecretBytes&)>& valid) -> StatusOr<SecretBytes> {
+    std::vector<Held>& held = from[site];
+    if (held.size() < static_cast<size_t>(t)) {
       return absl::FailedPreconditionError(absl::StrCat(
-          "secure aggregation aborted: ", shares.size(), " shares of site ", site, "'s ", what,
-          ", fewer than the threshold ", options_.threshold));
+          "secure aggregation aborted: ", held.size(), " shares of site ", site, "'s ", what,
+          ", fewer than the threshold ", t));
     }
-    return shamir::Combine(shares, options_.threshold);
+    auto combine = [&](const std::vector<size_t>& pick) -> std::optional<SecretBytes> {
+      std::vector<shamir::Share> shares;
+      for (size_t i : pick) shares.push_back(held[i].share);
+      StatusOr<SecretBytes> secret = shamir::Combine(shares, t);
+      if (!secret.ok() || !valid(*secret)) return std::nullopt;
+      return *std::move(secret);
+    };
+    // The first t shares, else the first t without share `skip`.
+    std::vector<size_t> good;
+    std::optional<SecretBytes> secret;
+    for (size_t skip = held.size(); !secret; --skip) {
+      good.clear();
+      for (size_t i = 0; i < held.size() && good.size() < static_cast<size_t>(t); ++i) {
+        if (i != skip) good.push_back(i);
+      }
+      if (good.size() == static_cast<size_t>(t)) secret = combine(good);
+      if (skip == 0) break;
+    }
+    if (!secret) {
+      std::vector<std::string> holders;
+      for (const Held& h : held) holders.push_back(absl::StrCat(h.holder));
+      return absl::DataLossError(absl::StrCat(
+          "the ", what, " rebuilt for site ", site, " does not match its advertisement, and the "
+          "shares revealed by sites {", absl::StrJoin(holders, ", "),
+          "} cannot tell which of them is wrong"));
+    }
+    // Every other share, in place of one known-good one, must give it too.
+    for (size_t k = 0; k < held.size(); ++k) {
+      if (std::find(good.begin(), good.end(), k) != good.end()) continue;
+      std::vector<size_t> pick = good;
+      pick.back() = k;
+      if (!combine(pick)) {
+        faults_.push_back(absl::StrCat("site ", held[k].holder, "'s share of site ", site, "'s ",
+                                       what));
+      }
+    }
+    return *std::move(secret);
   };
   // Check every secret can be rebuilt before removing any mask.
   std::map<int, SecretBytes> self_seeds, mask_keys;
   for (int u : inputs_) {
-    ATTUNE_ASSIGN_OR_RETURN(self_seeds[u], rebuild(seeds, u, "self-mask seed"));
+    const Bytes& commitment = ads_.at(u).seed_commitment;
+    ATTUNE_ASSIGN_OR_RETURN(
+        self_seeds[u], rebuild(seeds, u, "self-mask seed", [&](const SecretBytes& b) {
+          return SeedCommitment(options_.context, u, b) == commitment;
+        }));
   }
   for (const auto& [v, unused] : shares_from_) {
     if (inputs_.count(v)) continue;
-    ATTUNE_ASSIGN_OR_RETURN(mask_keys[v], rebuild(keys, v, "mask key"));
-    ATTUNE_ASSIGN_OR_RETURN(Bytes pub, crypto::X25519PublicKey(mask_keys[v]));
-    if (pub != ads_.at(v).mask_public_key) {
-      return absl::DataLossError(absl::StrCat(
-          "the mask key rebuilt for dropped site ", v, " does not match its advertisement"));
-    }
+    const Bytes& pub = ads_.at(v).mask_public_key;
+    ATTUNE_ASSIGN_OR_RETURN(
+        mask_keys[v], rebuild(keys, v, "mask key", [&](const SecretBytes& key) {
+          StatusOr<Bytes> p = crypto::X25519PublicKey(key);
+          return p.ok() && *p == pub;
+        }));
   }
   std::vector<uint32_t> sum = sum_;
   for (const auto& [u, seed] : self_seeds) ATTUNE_RETURN_IF_ERROR(ApplyMask(seed, -1, sum));

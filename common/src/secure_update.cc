@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <map>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "attune/common/pki.h"
@@ -46,7 +47,6 @@ Options OptionsFromSetup(const v1::SecAggSetup& setup) {
   o.sites = setup.sites_size();
   o.threshold = setup.threshold();
   o.degree = setup.degree();
-  o.graph_seed = ToBytes(setup.graph_seed());
   o.length = setup.length();
   return o;
 }
@@ -56,6 +56,7 @@ v1::SecAggAdvertisement ToProto(const Advertisement& a, const std::string& certi
   p.set_site(a.site);
   p.set_cipher_public_key(ToString(a.cipher_public_key));
   p.set_mask_public_key(ToString(a.mask_public_key));
+  p.set_seed_commitment(ToString(a.seed_commitment));
   p.set_signature(ToString(a.signature));
   p.set_certificate_pem(certificate_pem);
   return p;
@@ -66,6 +67,7 @@ Advertisement FromProto(const v1::SecAggAdvertisement& p) {
   a.site = p.site();
   a.cipher_public_key = ToBytes(p.cipher_public_key());
   a.mask_public_key = ToBytes(p.mask_public_key());
+  a.seed_commitment = ToBytes(p.seed_commitment());
   a.signature = ToBytes(p.signature());
   return a;
 }
@@ -133,6 +135,10 @@ StatusOr<std::unique_ptr<SecureSite>> SecureSite::Start(const v1::RoundTask& tra
   // the CA. It is the public half of what signs.
   auto key = std::make_shared<const std::string>(std::move(key_pem));
   Signer sign = [key](crypto::ByteView message) { return crypto::SignWithKeyPem(*key, message); };
+  s->sign_ = sign;
+  s->context_ = setup.context();
+  s->threshold_ = setup.threshold();
+  s->index_ = setup.index();
   ATTUNE_ASSIGN_OR_RETURN(Client c, Client::Make(OptionsFromSetup(setup), setup.index(), sign));
   s->client_.emplace(std::move(c));
   return s;
@@ -214,6 +220,7 @@ StatusOr<v1::SecAggShares> SecureSite::ShareKeys(const v1::RoundTask& task) {
     return crypto::VerifyWithCertificatePem(it->second, message, sig);
   };
   ATTUNE_ASSIGN_OR_RETURN(std::vector<SealedShares> out, client_->ShareKeys(relayed, verify));
+  peer_certificates_ = std::move(certs);
   v1::SecAggShares msg;
   for (const auto& s : out) *msg.add_shares() = ToProto(s);
   return msg;
@@ -229,8 +236,63 @@ StatusOr<std::string> SecureSite::MaskedPayload(const v1::RoundTask& task) {
   return EncodeWords(y);
 }
 
+StatusOr<v1::SecAggConfirm> SecureSite::Confirm(const v1::RoundTask& task) {
+  ATTUNE_RETURN_IF_ERROR(CheckTask(task));
+  std::vector<int> survivors(task.survivors().begin(), task.survivors().end());
+  std::sort(survivors.begin(), survivors.end());
+  if (std::adjacent_find(survivors.begin(), survivors.end()) != survivors.end()) {
+    return absl::PermissionDeniedError("a survivor set that names a site twice");
+  }
+  if (!std::binary_search(survivors.begin(), survivors.end(), index_)) {
+    return absl::PermissionDeniedError("a survivor set without this site");
+  }
+  if (static_cast<int>(survivors.size()) < threshold_) {
+    return absl::PermissionDeniedError(absl::StrCat("a survivor set of ", survivors.size(),
+                                                    " sites, under the threshold ", threshold_));
+  }
+  for (int v : survivors) {
+    if (!peer_certificates_.count(v)) {
+      return absl::PermissionDeniedError(
+          absl::StrCat("survivor ", v, " did not take part in the share step"));
+    }
+  }
+  if (confirmed_ && *confirmed_ != survivors) {
+    return absl::PermissionDeniedError(
+        "this site already confirmed another survivor set of this aggregation (a split view)");
+  }
+  ATTUNE_ASSIGN_OR_RETURN(crypto::Bytes sig, sign_(SurvivorBytes(context_, survivors)));
+  confirmed_ = std::move(survivors);
+  v1::SecAggConfirm out;
+  out.set_signature(ToString(sig));
+  return out;
+}
+
 StatusOr<v1::SecAggUnmask> SecureSite::Unmask(const v1::RoundTask& task) {
   ATTUNE_RETURN_IF_ERROR(CheckTask(task));
+  std::vector<int> survivors(task.survivors().begin(), task.survivors().end());
+  std::sort(survivors.begin(), survivors.end());
+  if (!confirmed_ || *confirmed_ != survivors) {
+    return absl::PermissionDeniedError(
+        "an unmask request for a survivor set this site did not confirm");
+  }
+  // At least t of the survivors signed this very set: no two disjoint
+  // views of who survived can each be unmasked (t > n/2).
+  const crypto::Bytes signed_set = SurvivorBytes(context_, survivors);
+  std::set<int> confirmed_by;
+  for (const auto& c : task.confirmations()) {
+    if (!std::binary_search(survivors.begin(), survivors.end(), c.site())) continue;
+    auto cert = peer_certificates_.find(c.site());
+    if (cert == peer_certificates_.end()) continue;
+    if (crypto::VerifyWithCertificatePem(cert->second, signed_set, crypto::View(c.signature()))
+            .ok()) {
+      confirmed_by.insert(c.site());
+    }
+  }
+  if (static_cast<int>(confirmed_by.size()) < threshold_) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "the survivor set was confirmed by ", confirmed_by.size(), " of its sites; ",
+        threshold_, " must sign it before this site reveals anything"));
+  }
   UnmaskRequest req;
   req.survivors.assign(task.survivors().begin(), task.survivors().end());
   req.dropped.assign(task.dropped().begin(), task.dropped().end());

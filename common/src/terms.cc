@@ -67,7 +67,8 @@ std::string StudyTerms::ToJson() const {
             {"audit", {{"columns", audit_columns},
                        {"values", values},
                        {"max_histogram_bins", max_histogram_bins},
-                       {"min_cell", min_cell}}},
+                       {"min_cell", min_cell},
+                       {"max_releases", max_releases}}},
             {"model", Json::parse(model_config_json)},
             {"seed", seed}};
   return j.dump(2) + "\n";
@@ -105,6 +106,7 @@ StatusOr<StudyTerms> StudyTerms::FromJson(const std::string& text) {
     values = q.Object("values");
     q.Get("max_histogram_bins", &t.max_histogram_bins);
     q.Get("min_cell", &t.min_cell);
+    q.Get("max_releases", &t.max_releases);
     q.RejectUnknown();
   }
   const json* model = r.Object("model");
@@ -134,6 +136,7 @@ StatusOr<StudyTerms> StudyTerms::FromJson(const std::string& text) {
   }
   if (t.max_histogram_bins < 2) return Fail("audit.max_histogram_bins", "must be >= 2");
   if (t.min_cell < 1) return Fail("audit.min_cell", "must be >= 1");
+  if (t.max_releases < 1) return Fail("audit.max_releases", "must be >= 1");
   if (!model) return Fail("model", "missing");
   ATTUNE_ASSIGN_OR_RETURN(ModelConfig m, ModelConfig::FromJson(model->dump()));
   t.model_config_json = m.ToJson();  // the canonical text, whatever the file's spacing
@@ -160,6 +163,7 @@ StudyTerms TermsOf(const StudyConfig& study, int64_t version) {
   t.audit_values = study.audit.values;
   t.max_histogram_bins = study.audit.histogram_bins;
   t.min_cell = study.audit.report.min_cell;
+  t.max_releases = study.audit.max_releases;
   t.model_config_json = study.model.ToJson();
   t.seed = study.train.seed;
   return t;
@@ -181,6 +185,7 @@ std::string TermsDifference(const StudyTerms& a, const StudyTerms& b) {
   if (a.audit_values != b.audit_values) return "audit.values";
   if (a.max_histogram_bins != b.max_histogram_bins) return "audit.histogram_bins";
   if (a.min_cell != b.min_cell) return "audit.min_cell";
+  if (a.max_releases != b.max_releases) return "audit.max_releases";
   if (a.model_config_json != b.model_config_json) return "model";
   if (a.seed != b.seed) return "train.seed";
   return "";

@@ -8,6 +8,7 @@ namespace attune {
 void ToProto(const EvalSums& s, v1::AuditReport* out) {
   out->set_split(s.split);
   out->set_n(s.n);
+  out->set_suppressed_sites(s.suppressed);
   out->set_loss_sum(s.loss_sum);
   out->mutable_pos_hist()->Assign(s.pos_hist.begin(), s.pos_hist.end());
   out->mutable_neg_hist()->Assign(s.neg_hist.begin(), s.neg_hist.end());
@@ -23,6 +24,7 @@ void ToProto(const EvalSums& s, v1::AuditReport* out) {
     p->set_column(key.first);
     p->set_value(key.second);
     p->set_n(g.n);
+    p->set_suppressed_sites(g.suppressed);
     p->mutable_beta_sum()->Assign(g.beta_sum.begin(), g.beta_sum.end());
     p->set_tp(g.confusion.tp);
     p->set_fp(g.confusion.fp);
@@ -43,6 +45,11 @@ StatusOr<EvalSums> FromProto(const v1::AuditReport& r) {
   EvalSums s;
   s.split = r.split();
   s.n = r.n();
+  // One site's report: it held a cell (or the split) back, or it did not.
+  if (r.suppressed_sites() < 0 || r.suppressed_sites() > 1) {
+    return absl::InvalidArgumentError("evaluation: suppressed_sites of one site is 0 or 1");
+  }
+  s.suppressed = r.suppressed_sites();
   s.loss_sum = r.loss_sum();
   s.pos_hist.assign(r.pos_hist().begin(), r.pos_hist().end());
   s.neg_hist.assign(r.neg_hist().begin(), r.neg_hist().end());
@@ -57,6 +64,11 @@ StatusOr<EvalSums> FromProto(const v1::AuditReport& r) {
           absl::StrCat("evaluation: group ", g.column(), "=", g.value(), " listed twice"));
     }
     it->second.n = g.n();
+    if (g.suppressed_sites() < 0 || g.suppressed_sites() > 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "evaluation: group ", g.column(), "=", g.value(), ": suppressed_sites of one site is 0 or 1"));
+    }
+    it->second.suppressed = g.suppressed_sites();
     it->second.beta_sum.assign(g.beta_sum().begin(), g.beta_sum().end());
     GroupSums& c = it->second;
     c.confusion = {g.tp(), g.fp(), g.tn(), g.fn()};

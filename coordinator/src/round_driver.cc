@@ -69,6 +69,7 @@ const char* KindName(Task::Kind k) {
     case Task::Kind::kFinish: return "finish";
     case Task::Kind::kSecAggShare: return "secagg-share";
     case Task::Kind::kSecAggMask: return "secagg-mask";
+    case Task::Kind::kSecAggConfirm: return "secagg-confirm";
     case Task::Kind::kSecAggUnmask: return "secagg-unmask";
   }
   return "?";

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "attune/common/crypto.h"
 #include "attune/common/secure_update.h"
+#include "attune/common/site_guard.h"
 #include "attune/common/wire.h"
 #include "attune/coordinator/round_driver.h"
 #include "attune/coordinator/update_spool.h"
@@ -23,7 +24,8 @@ const char* StepName(int step) {
     case 1: return "advertise keys";
     case 2: return "share keys";
     case 3: return "masked input";
-    case 4: return "unmask";
+    case 4: return "confirm survivors";
+    case 5: return "unmask";
   }
   return "?";
 }
@@ -102,10 +104,35 @@ Status RoundDriver::SecAggShares(const std::string& site, const std::string& tas
   return absl::OkStatus();
 }
 
+Status RoundDriver::SecAggConfirm(const std::string& site, const std::string& task_id,
+                                  int64_t round, std::string signature) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ATTUNE_ASSIGN_OR_RETURN(Phase * p, SecureStepLocked(site, task_id, round, 4));
+  Secure& sec = *p->secure;
+  const int index = sec.index.at(site);
+  if (sec.confirmations.count(index)) {
+    return absl::AlreadyExistsError("this site already confirmed the survivor set");
+  }
+  auto cert = sec.certificates.find(index);
+  if (cert == sec.certificates.end() ||
+      !crypto::VerifyWithCertificatePem(cert->second,
+                                        secagg::SurvivorBytes(sec.context, sec.survivors),
+                                        crypto::View(signature))
+           .ok()) {
+    return absl::InvalidArgumentError(
+        "the signature does not sign this round's survivor set with the site's certificate");
+  }
+  sec.confirmations[index] = std::move(signature);
+  p->done.insert(site);
+  TouchLocked(site);
+  cv_.notify_all();
+  return absl::OkStatus();
+}
+
 Status RoundDriver::SecAggUnmask(const std::string& site, const std::string& task_id,
                                  int64_t round, secagg::UnmaskResponse response) {
   std::lock_guard<std::mutex> lock(mu_);
-  ATTUNE_ASSIGN_OR_RETURN(Phase * p, SecureStepLocked(site, task_id, round, 4));
+  ATTUNE_ASSIGN_OR_RETURN(Phase * p, SecureStepLocked(site, task_id, round, 5));
   response.site = p->secure->index.at(site);
   ATTUNE_RETURN_IF_ERROR(p->secure->server->AddUnmaskResponse(response));
   p->done.insert(site);
@@ -127,18 +154,20 @@ StatusOr<RoundDriver::SecureSum> RoundDriver::RunSecureAggregation(
   const int holders = degree == 0 ? n : degree + 1;
   int t = cfg.threshold > 0 ? cfg.threshold : std::max(study_.min_sites, n / 2 + 1);
   t = std::min(t, holders);
-  if (n < 2 || t < 2) {
-    return absl::UnavailableError(absl::StrCat(
-        "round ", p->round, ": secure aggregation needs at least 2 sites (have ", n, ")"));
+  // Never less than the sites themselves accept (site_guard.h): more than
+  // half of each secret's holders, among at least kMinSecureSites.
+  t = std::max(t, MinimumThreshold(n, degree));
+  if (n < kMinSecureSites) {
+    return absl::UnavailableError(absl::StrCat("round ", p->round,
+                                               ": secure aggregation needs at least ",
+                                               kMinSecureSites, " sites (have ", n, ")"));
   }
-  ATTUNE_ASSIGN_OR_RETURN(crypto::SecretBytes graph_seed, crypto::RandomBytes(32));
   secagg::Options options;
   options.context = absl::StrCat("attune-secagg-v1|", study_.study_id, "|round ", p->round, "|",
                                  run_nonce_, "|", spec.purpose);
   options.sites = n;
   options.threshold = t;
   options.degree = degree;
-  options.graph_seed.assign(graph_seed.begin(), graph_seed.end());
   options.length = spec.length;
   ATTUNE_ASSIGN_OR_RETURN(secagg::Server server, secagg::Server::Make(options));
 
@@ -147,6 +176,7 @@ StatusOr<RoundDriver::SecureSum> RoundDriver::RunSecureAggregation(
   sec.server.emplace(std::move(server));
   sec.sites = selected;
   sec.length = options.length;
+  sec.context = options.context;
   std::map<std::string, std::shared_ptr<const v1::RoundTask>> setups;
   for (int i = 0; i < n; ++i) {
     sec.index[selected[i]] = i;
@@ -157,7 +187,6 @@ StatusOr<RoundDriver::SecureSum> RoundDriver::RunSecureAggregation(
     for (const auto& name : selected) s->add_sites(name);
     s->set_threshold(t);
     s->set_degree(degree);
-    s->set_graph_seed(std::string(graph_seed.begin(), graph_seed.end()));
     s->set_length(options.length);
     s->set_value_clip(cfg.value_clip);
     s->set_weight(spec.weight.empty() ? 1.0 : spec.weight[i]);
@@ -222,15 +251,39 @@ StatusOr<RoundDriver::SecureSum> RoundDriver::RunSecureAggregation(
   secagg::UnmaskRequest request;
   if (s.ok()) Take(s, sec.server->Request(), &request);
   if (s.ok()) {
-    s = next_step(4, Task::Kind::kSecAggUnmask, [&](int) -> StatusOr<std::shared_ptr<v1::RoundTask>> {
+    // Consistency: every survivor signs the one survivor set; a site
+    // reveals shares only with t of those signatures.
+    sec.survivors = request.survivors;
+    std::sort(sec.survivors.begin(), sec.survivors.end());
+    s = next_step(4, Task::Kind::kSecAggConfirm, [&](int) -> StatusOr<std::shared_ptr<v1::RoundTask>> {
+      auto msg = std::make_shared<v1::RoundTask>();
+      for (int v : sec.survivors) msg->add_survivors(v);
+      return msg;
+    });
+  }
+  if (s.ok()) {
+    s = next_step(5, Task::Kind::kSecAggUnmask, [&](int) -> StatusOr<std::shared_ptr<v1::RoundTask>> {
       auto msg = std::make_shared<v1::RoundTask>();
       for (int v : request.survivors) msg->add_survivors(v);
       for (int v : request.dropped) msg->add_dropped(v);
+      for (const auto& [site, sig] : sec.confirmations) {
+        v1::SecAggConfirmation* c = msg->add_confirmations();
+        c->set_site(site);
+        c->set_signature(sig);
+      }
       return msg;
     });
   }
   SecureSum sum;
   if (s.ok()) Take(s, sec.server->Finish(), &sum.words);
+  // A site that revealed a wrong share (left out: the others rebuilt the
+  // secret, checked against its commitment) is named.
+  for (const std::string& fault : sec.server->faults()) {
+    spdlog::warn("round {}: secure aggregation ({}): {} was wrong and left out", p->round,
+                 spec.purpose, fault);
+    LogLocked("secagg_wrong_share", "",
+              absl::StrCat("{\"round\": ", p->round, ", \"fault\": \"", fault, "\"}"));
+  }
   ClosePhase(p);
   if (!s.ok()) return s;
   sum.sites = n;

@@ -22,6 +22,7 @@ v1::RoundTask::Kind ToProtoKind(Task::Kind k) {
     case Task::Kind::kFinish: return v1::RoundTask::FINISH;
     case Task::Kind::kSecAggShare: return v1::RoundTask::SECAGG_SHARE;
     case Task::Kind::kSecAggMask: return v1::RoundTask::SECAGG_MASK;
+    case Task::Kind::kSecAggConfirm: return v1::RoundTask::SECAGG_CONFIRM;
     case Task::Kind::kSecAggUnmask: return v1::RoundTask::SECAGG_UNMASK;
   }
   return v1::RoundTask::KIND_UNSPECIFIED;
@@ -246,6 +247,9 @@ grpc::Status FederationService::SecAgg(grpc::ServerContext* ctx, const v1::SecAg
       s = driver_->SecAggShares(*site, req->task_id(), req->round(), shares);
       break;
     }
+    case v1::SecAggMessage::kConfirm:
+      s = driver_->SecAggConfirm(*site, req->task_id(), req->round(), req->confirm().signature());
+      break;
     case v1::SecAggMessage::kUnmask:
       s = driver_->SecAggUnmask(*site, req->task_id(), req->round(),
                                 secagg::FromProto(-1, req->unmask()));

@@ -329,6 +329,14 @@ Status FakeSite::Handle(const v1::RoundTask& task, int histogram_bins) {
       ++updates_sent_;
       return absl::OkStatus();
     }
+    case v1::RoundTask::SECAGG_CONFIRM: {
+      v1::SecAggMessage msg;
+      {
+        Timed t{&update_us_};
+        ATTUNE_ASSIGN_OR_RETURN(*msg.mutable_confirm(), secure_->Confirm(task));
+      }
+      return SendSecAgg(task, std::move(msg));
+    }
     case v1::RoundTask::SECAGG_UNMASK: {
       v1::SecAggMessage msg;
       {

@@ -7,6 +7,7 @@
 
 #include "attune/common/audit_html.h"
 #include "attune/common/config.h"
+#include "attune/common/eval_stats.h"
 #include "attune/common/png.h"
 #include "nlohmann/json.hpp"
 #include "support/command.h"
@@ -176,6 +177,68 @@ TEST(Suppression, ASmallMarginHidesItsRowToo) {
   EXPECT_TRUE(got.count({"age & sex", "y & X"}));
   EXPECT_TRUE(got.count({"age & sex", "o & X"}));
   EXPECT_GE(got.size(), 5u);  // a second sex cell and more in the table
+}
+
+// A site's own suppression (eval_stats.h SuppressSmallCells): a cell under
+// the site's k, and the cell that protects it in its column, leave as zeros
+// with suppressed = 1; published, a cell counts the other sites' patients
+// and says how many sites held it back; a split under k leaves nothing but
+// its flag.
+TEST(SiteSuppression, NoCellUnderTheSitesKLeavesIt) {
+  EvalSums a = HandStudy();  // 4 F, 4 M
+  const std::vector<CellKey> one = {{"sex", "X"}};
+  const double beta[] = {0.5, 0.5}, att[] = {0.5, 0.5}, val[] = {3, 7};
+  a.AddPatient({true, 0.9, 0.1, beta, att, val}, one);  // a cell of one patient
+  EvalSums plain = a;
+  // X, and one of F and M: else X = 9 - F - M.
+  EXPECT_EQ(SuppressSmallCells(&a, 2), 2);
+  EXPECT_EQ(a.groups.at({"sex", "F"}).suppressed + a.groups.at({"sex", "M"}).suppressed, 1);
+  const GroupSums& x = a.groups.at({"sex", "X"});
+  EXPECT_EQ(x.n, 0);
+  EXPECT_EQ(x.suppressed, 1);
+  EXPECT_EQ(x.value_pos_sum, std::vector<double>(2, 0.0)) << "the patient's values stay home";
+  EXPECT_EQ(x.pos_hist, std::vector<int64_t>(10, 0));
+  EXPECT_EQ(a.n, 9) << "the split's totals still count the patient";
+  EXPECT_TRUE(a.Validate().ok()) << a.Validate();
+  // k = 5: the 4-patient cells go too.
+  EvalSums k5 = plain;
+  EXPECT_EQ(SuppressSmallCells(&k5, 5), 3);
+  // Two sites: the second has 5 women and 5 men; the first held every cell
+  // back, so F and M are the second's, and X is nobody's.
+  EvalSums b = EvalSums::Make("val", 10, {"a", "b"}, {"f0", "f1"});
+  const double att_f[] = {0.8, 0.2}, val_f[] = {1, 0};
+  for (int i = 0; i < 5; ++i) b.AddPatient({i % 2 == 0, 0.7, 0.1, beta, att_f, val_f}, {{{"sex", "F"}}});
+  for (int i = 0; i < 5; ++i) b.AddPatient({i % 2 == 1, 0.3, 0.1, beta, att_f, val_f}, {{{"sex", "M"}}});
+  EXPECT_EQ(SuppressSmallCells(&b, 5), 0);
+  ASSERT_TRUE(k5.Add(b).ok());
+  AuditOptions o;
+  o.min_cell = 5;
+  const json doc = json::parse(*AuditJson(k5, o));
+  EXPECT_EQ(Cell(doc, "sex", "F")["n"], 5);
+  EXPECT_EQ(Cell(doc, "sex", "F")["sites_suppressed"], 1);
+  EXPECT_EQ(Cell(doc, "sex", "M")["sites_suppressed"], 1);
+  EXPECT_EQ(Cell(doc, "sex", "X")["suppressed"], true);
+  EXPECT_NE(Cell(doc, "sex", "X")["reason"].get<std::string>().find("k = 5"), std::string::npos);
+  EXPECT_EQ(doc["overall"]["n"], 19);
+  // A split under k: nothing of it, not even its count.
+  EvalSums tiny = EvalSums::Make("val", 10, {"a", "b"}, {"f0", "f1"});
+  tiny.AddPatient({true, 0.9, 0.1, beta, att, val}, one);
+  EXPECT_EQ(SuppressSmallCells(&tiny, 10), 1);
+  EXPECT_EQ(tiny.n, 0);
+  EXPECT_EQ(tiny.suppressed, 1);
+  EXPECT_EQ(tiny.loss_sum, 0);
+  EXPECT_TRUE(tiny.Validate().ok());
+  // In the secure words, after the site's cells are laid out.
+  const EvalLayout layout = EvalLayout::Make({"val"}, 10, {"a", "b"}, {"f0", "f1"},
+                                             {{"sex", {"F", "M", "X"}}});
+  auto words = EncodeEvalWords({plain}, layout, 3, /*min_cell=*/2);
+  ASSERT_TRUE(words.ok()) << words.status();
+  auto decoded = DecodeEvalWords(*words, layout);
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ((*decoded)[0].groups.at({"sex", "X"}).suppressed, 1);
+  EXPECT_EQ((*decoded)[0].groups.at({"sex", "X"}).n, 0);
+  EXPECT_EQ((*decoded)[0].groups.at({"sex", "F"}).n + (*decoded)[0].groups.at({"sex", "M"}).n, 4)
+      << "one of F and M protects X";
 }
 
 TEST(Audit, DefiningFeaturesAreNotFlaggedForTheirColumn) {

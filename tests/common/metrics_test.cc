@@ -112,9 +112,12 @@ TEST(EvalWords, TheSumOfSitesWordsDecodesToTheSumOfTheirSums) {
   ASSERT_EQ(layout.cells.size(), 15u);
   EXPECT_EQ(layout.cells[6], (CellKey{"age & sex", "y & F"}));
   EXPECT_EQ(layout.calibration_bins, 10);
-  // Per cell: n, 2 β, 4 confusion, 20 histogram bins, 10 calibration sums,
-  // 2 attention sums, the entropy sum and 3 x 2 value sums.
-  EXPECT_EQ(layout.Words(), 2 * 2 * (2 + 20 + 4 + 15 * (1 + 2 + 4 + 20 + 10 + 2 + 1 + 6)));
+  // Per split: n, the sites that held it back, Σ loss, 20 histogram bins
+  // and 4 confusion counts; per cell: n, the sites that held it back, 2 β,
+  // 4 confusion, 20 histogram bins, 10 calibration sums, 2 attention sums,
+  // the entropy sum and 3 x 2 value sums; each statistic two words.
+  EXPECT_EQ(layout.Words(),
+            2 * 2 * (3 + 20 + 4 + 15 * (2 + 2 + 4 + 20 + 10 + 2 + 1 + 6)));
   const int sites = 5;
   std::mt19937_64 rng(11);
   std::vector<uint32_t> sum(layout.Words(), 0);

@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <random>
+#include <map>
 #include <set>
 
 #include "attune/common/pki.h"
@@ -49,12 +50,16 @@ struct Scenario {
   int64_t length = 1000;
   std::set<int> silent_after_keys;    // share keys, then never send input
   std::set<int> silent_after_input;   // send input, then never answer the unmask request
+  // responder -> the site whose revealed share it alters (a self-mask seed
+  // share of a survivor, or a mask key share of a dropped site).
+  std::map<int, int> wrong_share;
 };
 
 struct Outcome {
   Status status;                  // of the first step that failed, or OK
   std::vector<float> sum, plain;  // decoded secure sum, plain sum of the survivors' inputs
   double bound = 0;
+  std::vector<std::string> faults;  // Server::faults
 };
 
 Options MakeOptions(const Scenario& r) {
@@ -63,7 +68,6 @@ Options MakeOptions(const Scenario& r) {
   o.sites = r.sites;
   o.threshold = r.threshold;
   o.degree = r.degree;
-  o.graph_seed = Bytes{1, 2, 3};
   o.length = r.length;
   return o;
 }
@@ -111,10 +115,18 @@ Outcome Aggregate(const Scenario& r, const Pki& pki) {
     if (r.silent_after_input.count(u)) continue;
     StatusOr<UnmaskResponse> resp = clients[u].Unmask(*request);
     if (!resp.ok()) return {resp.status()};
+    if (auto w = r.wrong_share.find(u); w != r.wrong_share.end()) {
+      for (auto* list : {&resp->self_mask_seeds, &resp->mask_keys}) {
+        for (RevealedShare& s : *list) {
+          if (s.of == w->second) s.share.y[0] ^= 0x5a;
+        }
+      }
+    }
     if (Status s = server->AddUnmaskResponse(*resp); !s.ok()) return {s};
   }
   StatusOr<std::vector<uint32_t>> sum = server->Finish();
   if (!sum.ok()) return {sum.status()};
+  out.faults = server->faults();
   out.sum.assign(r.length, 0);
   q.DecodeSum(*sum, server->survivors(), out.sum);
   // Rounding of the quantiser, plus float32 rounding of sums of size ~n.
@@ -300,6 +312,48 @@ TEST(SecAggTest, QuantizerSumsWithoutWrapping) {
   EXPECT_FALSE(Quantizer::Make(0, 3).ok());
   EXPECT_FALSE(Quantizer::Make(1, 0).ok());
   EXPECT_FALSE(Quantizer::Make(1, 256).ok());
+}
+
+TEST(SecAggTest, AWrongShareIsLeftOutAndItsHolderNamedOrTheAggregationAborts) {
+  Pki pki(5);
+  // Site 4 alters its share of survivor 0's self-mask seed; five answers for
+  // t = 3: the others rebuild the seed (checked against 0's commitment).
+  Scenario seed;
+  seed.sites = 5;
+  seed.threshold = 3;
+  seed.wrong_share = {{4, 0}};
+  Outcome o = Aggregate(seed, pki);
+  ASSERT_TRUE(o.status.ok()) << o.status;
+  for (int64_t i = 0; i < seed.length; ++i) ASSERT_NEAR(o.sum[i], o.plain[i], o.bound) << i;
+  EXPECT_EQ(o.faults, std::vector<std::string>{"site 4's share of site 0's self-mask seed"});
+  // The same for a dropped site's mask key (checked against its public key).
+  Scenario key = seed;
+  key.silent_after_keys = {1};
+  key.wrong_share = {{2, 1}};
+  o = Aggregate(key, pki);
+  ASSERT_TRUE(o.status.ok()) << o.status;
+  for (int64_t i = 0; i < key.length; ++i) ASSERT_NEAR(o.sum[i], o.plain[i], o.bound) << i;
+  EXPECT_EQ(o.faults, std::vector<std::string>{"site 2's share of site 1's mask key"});
+  // With exactly t answers a wrong share is detected but cannot be outvoted:
+  // nothing is unmasked.
+  Scenario tight = seed;
+  tight.silent_after_input = {1, 2};
+  o = Aggregate(tight, pki);
+  EXPECT_EQ(o.status.code(), absl::StatusCode::kDataLoss) << o.status;
+  EXPECT_NE(o.status.message().find("self-mask seed rebuilt for site 0 does not match"),
+            std::string::npos)
+      << o.status;
+  // A commitment that is not the advertised one is refused by peers (it is signed).
+  const Options opts = MakeOptions(seed);
+  Client c = *Client::Make(opts, 0, pki.SignerFor(0));
+  Advertisement forged = c.advertisement();
+  forged.seed_commitment[0] ^= 1;
+  Client peer = *Client::Make(opts, 1, pki.SignerFor(1));
+  std::vector<Advertisement> relayed = {forged, peer.advertisement()};
+  Client third = *Client::Make(opts, 2, pki.SignerFor(2));
+  relayed.push_back(third.advertisement());
+  EXPECT_EQ(peer.ShareKeys(relayed, pki.Verify()).status().code(),
+            absl::StatusCode::kPermissionDenied);
 }
 
 }  // namespace

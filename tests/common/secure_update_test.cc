@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "attune/common/pki.h"
@@ -106,10 +107,49 @@ TEST_F(SecureUpdateTest, ThreeSitesOverTheWireGiveTheWeightedMeanAndTheLoss) {
   }
   auto request = server->Request();
   ASSERT_TRUE(request.ok());
+  // The consistency step: every survivor signs the survivor set.
+  std::vector<v1::SecAggConfirmation> confirmations;
+  for (int i = 0; i < kSites; ++i) {
+    v1::RoundTask confirm = TrainTask(i);
+    confirm.set_kind(v1::RoundTask::SECAGG_CONFIRM);
+    for (int v : request->survivors) confirm.add_survivors(v);
+    // Before confirming, no unmask: the set is not confirmed.
+    v1::RoundTask early = confirm;
+    early.set_kind(v1::RoundTask::SECAGG_UNMASK);
+    EXPECT_EQ(clients[i]->Unmask(early).status().code(), absl::StatusCode::kPermissionDenied);
+    auto c = clients[i]->Confirm(confirm);
+    ASSERT_TRUE(c.ok()) << c.status();
+    v1::SecAggConfirmation signed_set;
+    signed_set.set_site(i);
+    signed_set.set_signature(c->signature());
+    confirmations.push_back(signed_set);
+    // A split view: another survivor set for the same aggregation.
+    v1::RoundTask other = confirm;
+    other.clear_survivors();
+    for (int v : {0, 1, 2}) {
+      if (v != (i + 1) % kSites) other.add_survivors(v);
+    }
+    if (std::find(other.survivors().begin(), other.survivors().end(), i) !=
+        other.survivors().end()) {
+      Status split = clients[i]->Confirm(other).status();
+      EXPECT_NE(split.message().find("already confirmed another survivor set"), std::string::npos)
+          << split;
+    }
+  }
   for (int i = 0; i < kSites; ++i) {
     v1::RoundTask unmask = TrainTask(i);
     unmask.set_kind(v1::RoundTask::SECAGG_UNMASK);
     for (int v : request->survivors) unmask.add_survivors(v);
+    // With its own signature only (under t = 2), or a forged one, nothing.
+    *unmask.add_confirmations() = confirmations[i];
+    v1::SecAggConfirmation forged = confirmations[(i + 1) % kSites];
+    forged.set_signature(confirmations[i].signature());
+    *unmask.add_confirmations() = forged;
+    Status few = clients[i]->Unmask(unmask).status();
+    EXPECT_NE(few.message().find("confirmed by 1 of its sites; 2 must sign it"), std::string::npos)
+        << few;
+    unmask.clear_confirmations();
+    for (const auto& c : confirmations) *unmask.add_confirmations() = c;
     auto r = clients[i]->Unmask(unmask);
     ASSERT_TRUE(r.ok()) << r.status();
     ASSERT_TRUE(server->AddUnmaskResponse(FromProto(i, *r)).ok());

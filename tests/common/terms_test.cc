@@ -10,6 +10,7 @@
 #include "attune/common/pki.h"
 #include "attune/common/provision.h"
 #include "attune/common/site_guard.h"
+#include "attune/common/site_releases.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "support/temp_dir.h"
@@ -247,6 +248,48 @@ TEST_F(GuardTest, NewerTermsAreAdoptedAndKeptOlderOnesAreStale) {
   EXPECT_NE(st.message().find("stale: version 1, but this site holds version 2"),
             std::string::npos)
       << st;
+}
+
+Release Evaluation(const std::string& model, std::vector<std::string> splits,
+                   std::vector<std::string> survivors, const std::string& layout = "L") {
+  return Release{"evaluation", model, std::move(splits), layout, std::move(survivors), 3};
+}
+
+TEST(SiteReleasesTest, TheSameSumAgainIsFineOtherSurvivorsAndTooManyReleasesAreNot) {
+  TempDir tmp;
+  StatusOr<SiteReleases> r = SiteReleases::Open(tmp / "state");
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_TRUE(r->Record(Evaluation("m1", {"val"}, {"a", "b", "c"}), 2).ok());
+  // A retried round: the same sum over the same sites, not counted again.
+  ASSERT_TRUE(r->Record(Evaluation("m1", {"val"}, {"a", "b", "c"}), 2).ok());
+  EXPECT_EQ(r->size(), 1u);
+  // The same release over other survivors: the difference would be c's.
+  Status s = r->Check(Evaluation("m1", {"val"}, {"a", "b"}), 2);
+  EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_NE(s.message().find("already released it for {a, b, c}"), std::string::npos) << s;
+  // Another layout of the same model and split is a second release, a
+  // third is over the limit of 2; other splits and models count apart.
+  ASSERT_TRUE(r->Record(Evaluation("m1", {"val"}, {"a", "b"}, "audit"), 2).ok());
+  s = r->Check(Evaluation("m1", {"val", "test"}, {"a", "b"}, "audit2"), 2);
+  EXPECT_NE(s.message().find("(audit.max_releases)"), std::string::npos) << s;
+  EXPECT_TRUE(r->Check(Evaluation("m1", {"test"}, {"a"}, "x"), 2).ok());
+  EXPECT_TRUE(r->Check(Evaluation("m2", {"val"}, {"a"}), 2).ok());
+  // Updates: one model's update over one set of survivors only.
+  Release update{"update", "m1", {}, "", {"a", "b", "c"}, 2};
+  ASSERT_TRUE(r->Record(update, 2).ok());
+  update.survivors = {"a", "c"};
+  EXPECT_EQ(r->Check(update, 2).code(), absl::StatusCode::kPermissionDenied);
+
+  // A restarted site remembers all of it.
+  StatusOr<SiteReleases> again = SiteReleases::Open(tmp / "state");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->size(), 3u);
+  EXPECT_EQ(again->Check(Evaluation("m1", {"val"}, {"a", "b"}), 2).code(),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(again->Check(update, 2).code(), absl::StatusCode::kPermissionDenied);
+  // A damaged ledger is an error, not an empty one.
+  ASSERT_TRUE(WriteFileAtomic(tmp / "state/releases.json", "{\"releases\": [{}]}").ok());
+  EXPECT_EQ(SiteReleases::Open(tmp / "state").status().code(), absl::StatusCode::kDataLoss);
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <condition_variable>
 #include <deque>
@@ -16,8 +17,12 @@
 #include <fstream>
 #include <functional>
 #include <mutex>
+#include <signal.h>
 
+#include "attune/common/config.h"
+#include "attune/common/eval_stats.h"
 #include "attune/common/pki.h"
+#include "attune/common/secure_update.h"
 #include "attune/common/tensor_codec.h"
 #include "attune/common/terms.h"
 #include "attune/common/tls.h"
@@ -59,14 +64,19 @@ class HostileCoordinator final : public v1::Federation::Service {
     return cv_.wait_for(lock, timeout, done);
   }
   int subscribed() const { return subscribed_; }
+  // What the site sent (read under mu()).
+  const std::vector<std::string>& features() const { return features_; }
+  const std::vector<std::string>& payloads() const { return payloads_; }
+  const std::vector<v1::SecAggMessage>& secagg() const { return secagg_; }
   int secagg_messages() const { return static_cast<int>(secagg_.size()); }
   int uploads() const { return uploads_; }
   int audits() const { return audits_; }
   std::mutex& mu() { return mu_; }
 
-  grpc::Status Join(grpc::ServerContext* ctx, const v1::JoinRequest*,
+  grpc::Status Join(grpc::ServerContext* ctx, const v1::JoinRequest* req,
                     v1::JoinReply* reply) override {
     std::lock_guard<std::mutex> lock(mu_);
+    features_.assign(req->audit_features().begin(), req->audit_features().end());
     *reply = join;
     auto cn = PeerCommonName(*ctx);
     reply->set_site_id(cn.ok() ? *cn : "");
@@ -108,9 +118,10 @@ class HostileCoordinator final : public v1::Federation::Service {
   grpc::Status SubmitUpdate(grpc::ServerContext*, grpc::ServerReader<v1::Chunk>* reader,
                             v1::Receipt*) override {
     v1::Chunk c;
-    while (reader->Read(&c)) {
-    }
+    std::string payload;
+    while (reader->Read(&c)) payload += c.data();
     std::lock_guard<std::mutex> lock(mu_);
+    payloads_.push_back(std::move(payload));
     ++uploads_;
     cv_.notify_all();
     return grpc::Status::OK;
@@ -135,8 +146,9 @@ class HostileCoordinator final : public v1::Federation::Service {
   // The encoded model FetchModel serves ("": none).
   void SetModel(std::string blob) {
     std::lock_guard<std::mutex> lock(mu_);
-    model_ = std::move(blob);
+    SetModelLocked(std::move(blob));
   }
+  void SetModelLocked(std::string blob) { model_ = std::move(blob); }
   grpc::Status Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest*,
                          v1::HeartbeatReply*) override {
     return grpc::Status::OK;
@@ -148,6 +160,7 @@ class HostileCoordinator final : public v1::Federation::Service {
   std::deque<v1::RoundTask> tasks_;
   bool finish_ = false;
   std::string model_;
+  std::vector<std::string> features_, payloads_;
   int subscribed_ = 0, uploads_ = 0, audits_ = 0;
   std::vector<v1::SecAggMessage> secagg_;
 };
@@ -486,6 +499,196 @@ TEST_F(HostileCoordinatorTest, ASubstitutedInitialModelIsRefused) {
       << worker_->Log();
   std::lock_guard<std::mutex> lock(hostile_.mu());
   EXPECT_EQ(hostile_.uploads(), 0);
+}
+
+// The audit attack: two releases of one model's evaluation over
+// different survivors, the second after the worker restarted. The honest
+// peers (site-2 and site-3) are run in the test with their own bundles; the
+// coordinator drops site-3 the second time. The site remembers what it
+// released, on disk, and refuses to unmask the second. Then a split view:
+// the survivor set is signed by the site alone, and it reveals nothing.
+TEST_F(HostileCoordinatorTest, ASecondReleaseOrASplitViewOfTheSurvivorsIsNotUnmasked) {
+  StartWorker();
+  // The real initial model, as the site makes it (an INIT task).
+  v1::RoundTask init;
+  init.set_kind(v1::RoundTask::INIT);
+  init.set_study_id(kStudy);
+  init.set_model_version(-1);
+  init.set_task_id("init");
+  init.set_terms(terms_);
+  hostile_.Push(init);
+  ASSERT_TRUE(hostile_.WaitFor([&] { return hostile_.uploads() == 1; }, seconds(60)))
+      << worker_->Log();
+  std::vector<std::string> features;
+  {
+    std::lock_guard<std::mutex> lock(hostile_.mu());
+    hostile_.SetModelLocked(hostile_.payloads().at(0));
+    features = hostile_.features();
+  }
+  const EvalLayout layout =
+      EvalLayout::Make({"val"}, 50, ModalityNames(), features, {{"sex", {"F", "M"}}});
+  const std::vector<std::string> names = {"site-1", "site-2", "site-3"};
+
+  // One secure evaluation of model 0 up to the unmask step, with the
+  // survivors given; returns whether site-1 sent its unmask response (waits
+  // for it when it is expected, for site-1's log line otherwise).
+  auto release = [&](const std::string& id, std::vector<int> survivors, std::vector<int> dropped,
+                     bool expect_unmask, bool peers_sign = true) {
+    v1::RoundTask eval;
+    eval.set_kind(v1::RoundTask::EVALUATE);
+    eval.set_study_id(kStudy);
+    eval.set_round(1);
+    eval.set_model_version(0);
+    eval.set_task_id(id);
+    eval.add_splits("val");
+    eval.set_audit(true);
+    eval.set_terms(terms_);
+    *eval.mutable_eval_layout() = ToProto(layout);
+    v1::SecAggSetup* s = eval.mutable_secagg();
+    s->set_context(std::string(kStudy) + "|" + id);
+    for (const auto& n : names) s->add_sites(n);
+    s->set_threshold(2);
+    s->set_length(layout.Words());
+    s->set_value_clip(1.0);
+    s->set_weight(1.0);
+    // The honest peers.
+    std::vector<std::unique_ptr<secagg::SecureSite>> peers;
+    std::vector<v1::SecAggAdvertisement> ads(3);
+    for (int i = 1; i <= 2; ++i) {
+      auto tls = LoadTlsBundle(dir_ / ("pki/sites/" + names[i]));
+      EXPECT_TRUE(tls.ok()) << tls.status();
+      v1::RoundTask mine = eval;
+      mine.mutable_secagg()->set_index(i);
+      auto peer = secagg::SecureSite::Start(mine, tls->key_pem, tls->ca_pem);
+      EXPECT_TRUE(peer.ok()) << peer.status();
+      EXPECT_TRUE((*peer)->SetWords(std::vector<uint32_t>(layout.Words(), 0)).ok());
+      ads[i] = (*peer)->Advertisement();
+      ads[i].set_certificate_pem(tls->cert_pem);
+      peers.push_back(*std::move(peer));
+    }
+    // site-1's advertisement, relayed with its certificate.
+    auto sent = [&](const std::string& task, auto has) {
+      return hostile_.WaitFor(
+          [&] {
+            for (const auto& m : hostile_.secagg()) {
+              if (m.task_id() == task && has(m)) return true;
+            }
+            return false;
+          },
+          seconds(60));
+    };
+    auto find = [&](const std::string& task, auto has) {
+      std::lock_guard<std::mutex> lock(hostile_.mu());
+      for (const auto& m : hostile_.secagg()) {
+        if (m.task_id() == task && has(m)) return m;
+      }
+      return v1::SecAggMessage();
+    };
+    auto is_ad = [](const v1::SecAggMessage& m) { return m.has_advertisement(); };
+    auto is_shares = [](const v1::SecAggMessage& m) { return m.has_shares(); };
+    auto is_unmask = [](const v1::SecAggMessage& m) { return m.has_unmask(); };
+    hostile_.Push(eval);
+    EXPECT_TRUE(sent(id, is_ad)) << worker_->Log();
+    ads[0] = find(id, is_ad).advertisement();
+    ads[0].set_certificate_pem(ReadText(dir_ / "pki/sites/site-1/cert.crt"));
+
+    v1::RoundTask share;
+    share.set_kind(v1::RoundTask::SECAGG_SHARE);
+    share.set_study_id(kStudy);
+    share.set_round(1);
+    share.set_task_id(id);
+    share.set_terms(terms_);
+    for (const auto& a : ads) *share.add_advertisements() = a;
+    std::vector<v1::SecAggSealedShares> all;
+    for (auto& peer : peers) {
+      auto shares = peer->ShareKeys(share);
+      EXPECT_TRUE(shares.ok()) << shares.status();
+      if (shares.ok()) all.insert(all.end(), shares->shares().begin(), shares->shares().end());
+    }
+    hostile_.Push(share);
+    EXPECT_TRUE(sent(id, is_shares)) << worker_->Log();
+    const v1::SecAggMessage mine = find(id, is_shares);
+    all.insert(all.end(), mine.shares().shares().begin(), mine.shares().shares().end());
+
+    v1::RoundTask mask = share;
+    mask.set_kind(v1::RoundTask::SECAGG_MASK);
+    mask.clear_advertisements();
+    for (const auto& sealed : all) {
+      if (sealed.to() == 0) *mask.add_shares() = sealed;
+    }
+    int uploads;
+    {
+      std::lock_guard<std::mutex> lock(hostile_.mu());
+      uploads = hostile_.uploads();
+    }
+    hostile_.Push(mask);
+    EXPECT_TRUE(hostile_.WaitFor([&] { return hostile_.uploads() > uploads; }, seconds(60)))
+        << worker_->Log();
+
+    // The consistency step: each survivor signs the survivor set.
+    v1::RoundTask confirm = mask;
+    confirm.set_kind(v1::RoundTask::SECAGG_CONFIRM);
+    confirm.clear_shares();
+    for (int v : survivors) confirm.add_survivors(v);
+    std::vector<v1::SecAggConfirmation> signatures;
+    for (int i = 1; i <= 2 && peers_sign; ++i) {
+      if (std::find(survivors.begin(), survivors.end(), i) == survivors.end()) continue;
+      auto c = peers[i - 1]->Confirm(confirm);
+      EXPECT_TRUE(c.ok()) << c.status();
+      v1::SecAggConfirmation sig;
+      sig.set_site(i);
+      sig.set_signature(c.ok() ? c->signature() : "");
+      signatures.push_back(sig);
+    }
+    auto is_confirm = [](const v1::SecAggMessage& m) { return m.has_confirm(); };
+    hostile_.Push(confirm);
+    EXPECT_TRUE(sent(id, is_confirm)) << worker_->Log();
+    v1::SecAggConfirmation own;
+    own.set_site(0);
+    own.set_signature(find(id, is_confirm).confirm().signature());
+    signatures.push_back(own);
+
+    v1::RoundTask unmask = confirm;
+    unmask.set_kind(v1::RoundTask::SECAGG_UNMASK);
+    for (int v : dropped) unmask.add_dropped(v);
+    for (const auto& sig : signatures) *unmask.add_confirmations() = sig;
+    const size_t lines = TaskLines(id).size();
+    hostile_.Push(unmask);
+    if (expect_unmask) {
+      EXPECT_TRUE(sent(id, is_unmask)) << worker_->Log();
+    } else {
+      EXPECT_TRUE(WaitUntil(
+          dir_.path(), [&] { return TaskLines(id).size() > lines; }, seconds(60)))
+          << worker_->Log();
+    }
+    return find(id, is_unmask).has_unmask();
+  };
+
+  ASSERT_TRUE(release("audit-a", {0, 1, 2}, {}, true)) << worker_->Log();
+  EXPECT_TRUE(std::filesystem::exists(dir_ / "pki/sites/site-1/state/releases.json"));
+
+  // Restarted, on the same bundle: it remembers.
+  worker_->Kill(SIGKILL);
+  ASSERT_TRUE(worker_->Wait(seconds(10)).has_value());
+  const int before = hostile_.subscribed();
+  LaunchWorker();
+  ASSERT_TRUE(hostile_.WaitFor([&] { return hostile_.subscribed() > before; }, seconds(120)))
+      << worker_->Log();
+  EXPECT_FALSE(release("audit-b", {0, 1}, {2}, false));
+  ASSERT_FALSE(TaskLines("audit-b").empty()) << worker_->Log();
+  EXPECT_NE(TaskLines("audit-b").back().find(
+                "already released it for {site-1, site-2, site-3}"),
+            std::string::npos)
+      << worker_->Log();
+
+  // A split view: the other sites were shown another survivor set and did
+  // not sign this one, so the site's confirmation stands alone (1 < t = 2).
+  EXPECT_FALSE(release("split-view", {0, 1, 2}, {}, false, /*peers_sign=*/false));
+  ASSERT_FALSE(TaskLines("split-view").empty()) << worker_->Log();
+  EXPECT_NE(TaskLines("split-view").back().find(
+                "the survivor set was confirmed by 1 of its sites; 2 must sign it"),
+            std::string::npos)
+      << worker_->Log();
 }
 
 TEST_F(HostileCoordinatorTest, AModelTheTermsDoNotSignEndsTheWorker) {

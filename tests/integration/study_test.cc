@@ -16,6 +16,8 @@
 #include <set>
 #include <sstream>
 
+#include "attune/common/audit.h"
+#include "attune/common/eval_stats.h"
 #include "nlohmann/json.hpp"
 #include "support/process.h"
 #include "support/temp_dir.h"
@@ -195,13 +197,15 @@ class StudyTest : public ::testing::Test {
     double probability = 0;
     std::vector<double> beta;  // per modality slot
     std::string sex;
+    std::string site;
+    std::map<std::string, std::string> columns;  // cohort.csv's subgroup columns
   };
   std::vector<Scored> ScoreInTheClear(const std::string& study, const std::string& model,
                                       const std::vector<std::string>& sites,
                                       const std::string& split) {
     std::vector<Scored> out;
     for (const auto& site : sites) {
-      std::map<std::string, std::string> sex;  // patient_id -> sex
+      std::map<std::string, std::vector<std::string>> row;  // patient_id -> cohort.csv fields
       std::istringstream cohort(ReadText(dir_ / ("data/" + site + "/cohort.csv")));
       std::string line;
       std::getline(cohort, line);
@@ -210,7 +214,7 @@ class StudyTest : public ::testing::Test {
         std::vector<std::string> f;
         std::istringstream fields(line);
         for (std::string v; std::getline(fields, v, ',');) f.push_back(v);
-        if (f.size() >= 4) sex[f[0]] = f[3];
+        if (f.size() >= 6) row[f[0]] = f;
       }
       const std::string dir = dir_ / ("explain-" + split + "-" + site);
       Process explain({ATTUNE_TOOL_BIN, "explain", "--study", study, "--model", model,
@@ -227,7 +231,10 @@ class StudyTest : public ::testing::Test {
         for (const auto& m : kModalitySlots) {
           p.beta.push_back(j["modalities"][m]["beta"].get<double>());
         }
-        p.sex = sex.at(j["patient_id"].get<std::string>());
+        const auto& f = row.at(j["patient_id"].get<std::string>());
+        p.sex = f[3];
+        p.site = site;
+        p.columns = {{"sex", f[3]}, {"age_band", f[4]}, {"ethnicity", f[5]}};
         out.push_back(std::move(p));
       }
     }
@@ -553,16 +560,59 @@ TEST_F(StudyTest, SecureAggregationWithCentralDpIsWithinTheMarginOfThePlainStudy
   const json audit = ReadJson(dir_ / "out-secure/audit.json");
   const std::vector<Scored> val = ScoreInTheClear(study, model, sites, "val");
   const auto& slots = kModalitySlots;
-  for (const char* sex : {"F", "M"}) {
-    int64_t count = 0;
-    std::vector<double> beta(4, 0.0);
+  // Each site first held back its own small cells (and those protecting
+  // them): the oracle lays each site's patients out in the study's cells
+  // and applies the same rule to that site's counts.
+  const json study_json = ReadJson(study);
+  std::map<std::string, std::vector<std::string>> values;
+  for (const auto& [column, list] : study_json["audit"]["values"].items()) {
+    values[column] = list.get<std::vector<std::string>>();
+  }
+  const int k = study_json["audit"]["min_cell"].get<int>();
+  const EvalLayout layout = EvalLayout::Make({"val"}, 200, {}, {}, values);
+  std::map<std::string, std::set<CellKey>> held;  // site -> cells it held back
+  for (const auto& site : sites) {
+    std::map<CellKey, int64_t> counts;
+    for (const auto& cell : layout.cells) counts[cell] = 0;
+    int64_t n = 0;
     for (const auto& p : val) {
-      if (p.sex != sex) continue;
+      if (p.site != site) continue;
+      ++n;
+      std::map<std::string, std::string> v;
+      for (const auto& [column, listed] : values) {
+        const std::string& x = p.columns.at(column);
+        v[column] = std::find(listed.begin(), listed.end(), x) != listed.end() ? x : "(other)";
+      }
+      for (const auto& cell : layout.cells) {
+        const size_t join = cell.first.find(" & ");
+        const bool in = join == std::string::npos
+                            ? v[cell.first] == cell.second
+                            : v[cell.first.substr(0, join)] + " & " +
+                                      v[cell.first.substr(join + 3)] ==
+                                  cell.second;
+        counts[cell] += in ? 1 : 0;
+      }
+    }
+    held[site] = SuppressedCells(counts, n, k);
+  }
+  int checked = 0;
+  for (const char* sex : {"F", "M"}) {
+    int64_t count = 0, holding = 0;
+    std::vector<double> beta(4, 0.0);
+    for (const auto& site : sites) holding += held[site].count({"sex", sex});
+    for (const auto& p : val) {
+      if (p.sex != sex || held[p.site].count({"sex", sex})) continue;
       ++count;
       for (int m = 0; m < 4; ++m) beta[m] += p.beta[m];
     }
     const json g = AuditCell(audit, "sex", sex);
+    if (count == 0) {
+      EXPECT_TRUE(g["suppressed"].get<bool>()) << audit.dump(2);
+      continue;
+    }
+    ++checked;
     ASSERT_EQ(g["n"].get<int64_t>(), count) << audit.dump(2);
+    EXPECT_EQ(g.value("sites_suppressed", 0), holding) << audit.dump(2);
     // The sites' audit features (named at Join) came through the secure
     // sums: an attention share per feature, adding up to 1.
     ASSERT_GT(audit["features"].size(), 10u);
@@ -574,6 +624,7 @@ TEST_F(StudyTest, SecureAggregationWithCentralDpIsWithinTheMarginOfThePlainStudy
       EXPECT_NEAR(g["mean_beta"][slots[m]].get<double>(), beta[m] / count, 1e-4) << sex << slots[m];
     }
   }
+  EXPECT_GT(checked, 0) << "no sex cell was published to check";
 }
 
 // A site that dies while training in a secure round advertised its keys

@@ -50,6 +50,23 @@ std::string Explain(const Status& s, const std::string& coordinator) {
   return absl::StrCat("coordinator at ", coordinator, ": ", m);
 }
 
+// What a release is computed on: the model's bytes.
+std::string ModelDigest(const FlatModel& model) { return ToHex(Sha256(EncodeModel(model))); }
+
+// What an evaluation sums: whole split or audit, the columns, the bins and,
+// under secure aggregation, the task's cell layout.
+std::string LayoutDigest(const v1::RoundTask& task, const EvalOptions& options) {
+  std::string text = absl::StrCat(task.audit() ? "audit" : "whole split", "|bins ",
+                                  options.histogram_bins, "|",
+                                  absl::StrJoin(options.audit_columns, ","), "|");
+  if (task.has_eval_layout()) {
+    std::string layout;
+    task.eval_layout().SerializeToString(&layout);
+    text += layout;
+  }
+  return ToHex(Sha256(text));
+}
+
 }  // namespace
 
 FederationClient::FederationClient(ClientOptions options, std::shared_ptr<grpc::Channel> channel,
@@ -64,6 +81,9 @@ Status FederationClient::Run() {
                                                 options_.site_id, options_.study_id);
     if (!guard.ok()) return guard.status();
     guard_.emplace(*std::move(guard));
+    StatusOr<SiteReleases> releases = SiteReleases::Open(options_.state_dir);
+    if (!releases.ok()) return releases.status();
+    releases_.emplace(*std::move(releases));
     spdlog::info("study terms version {} (roster of {}, secure aggregation {}, privacy {})",
                  guard_->terms().version, guard_->terms().roster.size(),
                  guard_->terms().secure_aggregation ? "on" : "off",
@@ -182,6 +202,7 @@ Status FederationClient::HandleTask(const v1::RoundTask& task) {
       SetStage("fetching", task.round());
       ATTUNE_ASSIGN_OR_RETURN(FlatModel global, FetchModel(task.model_version()));
       ATTUNE_RETURN_IF_ERROR(CheckInitialModel(task.model_version(), global));
+      if (secure_) pending_ = Release{"update", ModelDigest(global), {}, "", {}, task.round()};
       SetStage("training", task.round());
       TrainConfig hyper;
       hyper.local_epochs = task.hyper().local_epochs();
@@ -217,6 +238,7 @@ Status FederationClient::HandleTask(const v1::RoundTask& task) {
     }
     case v1::RoundTask::SECAGG_SHARE:
     case v1::RoundTask::SECAGG_MASK:
+    case v1::RoundTask::SECAGG_CONFIRM:
     case v1::RoundTask::SECAGG_UNMASK:
       return HandleSecureStep(task);
     case v1::RoundTask::EVALUATE: {
@@ -226,6 +248,16 @@ Status FederationClient::HandleTask(const v1::RoundTask& task) {
       ATTUNE_RETURN_IF_ERROR(CheckInitialModel(task.model_version(), model));
       EvalOptions options = eval_options_;
       if (!task.audit()) options.audit_columns.clear();  // the whole split only
+      Release release{"evaluation", ModelDigest(model),
+                      {task.splits().begin(), task.splits().end()},
+                      LayoutDigest(task, options), {site_id_}, task.round()};
+      if (!secure_) {
+        // In the clear the sums are this site's alone.
+        ATTUNE_RETURN_IF_ERROR(releases_->Record(release, guard_->terms().max_releases));
+      } else {
+        release.survivors.clear();  // known at SECAGG_UNMASK
+        pending_ = std::move(release);
+      }
       std::vector<EvalSums> splits;
       for (const auto& split : task.splits()) {
         ATTUNE_ASSIGN_OR_RETURN(EvalSums sums, learner_->Evaluate(model, split, options));
@@ -236,12 +268,13 @@ Status FederationClient::HandleTask(const v1::RoundTask& task) {
         // over the sites leaves, after the SECAGG steps.
         ATTUNE_ASSIGN_OR_RETURN(
             std::vector<uint32_t> words,
-            EncodeEvalWords(splits, LayoutFromProto(task), task.secagg().sites_size()));
+            EncodeEvalWords(splits, LayoutFromProto(task), task.secagg().sites_size(), MinCell()));
         ATTUNE_RETURN_IF_ERROR(secure_->SetWords(std::move(words)));
         SetStage("idle", task.round());
         return absl::OkStatus();
       }
-      for (const EvalSums& sums : splits) {
+      for (EvalSums& sums : splits) {
+        SuppressSmallCells(&sums, MinCell());  // before anything leaves the site
         v1::AuditReport report;
         ToProto(sums, &report);
         report.set_study_id(options_.study_id);
@@ -265,6 +298,10 @@ Status FederationClient::HandleTask(const v1::RoundTask& task) {
   }
 }
 
+int FederationClient::MinCell() const {
+  return std::max(guard_->terms().min_cell, options_.min_cell);
+}
+
 Status FederationClient::CheckInitialModel(int64_t version, const FlatModel& model) {
   if (version != 0) return absl::OkStatus();
   if (!initial_model_) {
@@ -283,6 +320,7 @@ Status FederationClient::CheckInitialModel(int64_t version, const FlatModel& mod
 
 Status FederationClient::StartSecure(const v1::RoundTask& task) {
   secure_.reset();
+  pending_.reset();
   if (!task.has_secagg()) return absl::OkStatus();
   // Advertise first: the other steps wait on every site's keys, and
   // training (or evaluating) is the long part.
@@ -333,6 +371,10 @@ Status FederationClient::HandleSecureStep(const v1::RoundTask& task) {
       SetStage("idle", task.round());
       return s;
     }
+    case v1::RoundTask::SECAGG_CONFIRM: {
+      ATTUNE_ASSIGN_OR_RETURN(*msg.mutable_confirm(), secure_->Confirm(task));
+      return SendSecAgg(task, std::move(msg));
+    }
     default: {
       std::vector<std::string> survivors;
       for (int v : task.survivors()) {
@@ -341,17 +383,15 @@ Status FederationClient::HandleSecureStep(const v1::RoundTask& task) {
         }
       }
       std::sort(survivors.begin(), survivors.end());
-      const auto key = std::pair(task.round(), secure_->purpose());
-      auto seen = unmasked_.find(key);
-      if (seen != unmasked_.end() && seen->second != survivors) {
-        return absl::PermissionDeniedError(absl::StrCat(
-            "refusing to unmask round ", task.round(), "'s ", secure_->purpose(), " for survivors {",
-            absl::StrJoin(survivors, ", "), "}: this site already unmasked it for {",
-            absl::StrJoin(seen->second, ", "),
-            "}, and two sums over different sites would reveal a site's update"));
+      if (!pending_ || pending_->purpose != secure_->purpose()) {
+        return absl::FailedPreconditionError("an unmask step before this site had an input");
       }
+      // Recorded before anything is revealed (site_releases.h).
+      pending_->survivors = survivors;
+      pending_->round = task.round();
+      ATTUNE_RETURN_IF_ERROR(releases_->Record(*pending_, guard_->terms().max_releases));
       ATTUNE_ASSIGN_OR_RETURN(*msg.mutable_unmask(), secure_->Unmask(task));
-      unmasked_[key] = survivors;
+      pending_.reset();
       Status s = SendSecAgg(task, std::move(msg));
       secure_.reset();
       return s;

@@ -111,6 +111,11 @@ struct AuditConfig {
   // Subgroup sums are counted every `every` rounds and in the last; the
   // other rounds evaluate the whole split only (smaller, cheaper).
   int every = 1;
+  // How many times each site releases the evaluation sums of one model on
+  // one split (a round's evaluation and audit-only rounds alike; a repeat
+  // over the same survivors and layout, which sums the same values, is not
+  // another release). Part of the signed terms: sites enforce it.
+  int max_releases = 2;
   // min_cell (k), top_k, the flag thresholds and the defining features.
   AuditOptions report;
 

@@ -40,6 +40,7 @@ inline constexpr double kOperatingThreshold = 0.5;
 
 struct GroupSums {
   int64_t n = 0;
+  int64_t suppressed = 0;                    // sites that held this cell back (SuppressSmallCells)
   std::vector<double> beta_sum;              // one per modality
   Confusion confusion;                       // at kOperatingThreshold
   std::vector<int64_t> pos_hist, neg_hist;   // the cell's score histograms (the split's bins)
@@ -64,6 +65,7 @@ struct PatientEval {
 struct EvalSums {
   std::string split;                       // "val" or "test"
   int64_t n = 0;
+  int64_t suppressed = 0;                  // sites that held the whole split back
   double loss_sum = 0;                     // Σ binary cross-entropy
   std::vector<int64_t> pos_hist, neg_hist; // score histograms, equal bins on [0,1]
   Confusion confusion;                     // at kOperatingThreshold
@@ -97,6 +99,15 @@ struct EvalSums {
 
 // Adds cell `g` into `into` (same shape).
 void AddGroup(GroupSums* into, const GroupSums& g);
+
+// A site's own small-cell suppression, before anything leaves it: every
+// cell of 0 < n < min_cell patients, and the cells that would let it be
+// worked out from the site's totals (audit.h SuppressedCells), becomes
+// zero with `suppressed` = 1; a split of fewer than min_cell patients is
+// held back whole (all zero, `suppressed` = 1). Returns how many cells (the split counting as one)
+// were held back. A cell of one patient would otherwise carry that
+// patient's label, score and feature values.
+int64_t SuppressSmallCells(EvalSums* sums, int min_cell);
 
 // ---- Secure evaluation: the sums as words ----------------------------------
 //
@@ -134,9 +145,11 @@ struct EvalLayout {
 // One site's words: `sums` has one entry per layout split, in order. A
 // group whose value is not a cell is counted in its column's kOtherValue
 // cell (in an intersection, each unlisted side is kOtherValue); a column
-// the layout does not have is left out.
+// the layout does not have is left out. Then the laid-out cells under
+// `min_cell` are held back (SuppressSmallCells).
 StatusOr<std::vector<uint32_t>> EncodeEvalWords(const std::vector<EvalSums>& sums,
-                                                const EvalLayout& layout, int sites);
+                                                const EvalLayout& layout, int sites,
+                                                int min_cell = 1);
 // The sums of the summed words, one per split; cells with n = 0 are left
 // out. InvalidArgument if the words' length does not match, or if the
 // result is inconsistent (EvalSums::Validate).

@@ -26,7 +26,11 @@
 //                  HKDF(X25519(s_sk_u, s_pk_v)) and PRG is AES-256-CTR
 //                  (crypto.h ExpandSeed). The server adds the y_u into one
 //                  running sum: memory O(vector), whatever n.
-//   4. Unmask      the server names the survivors (sent y) and the dropped
+//   3½. Confirm    the server names the survivors (sent y); each survivor
+//                  signs (context, survivors) with its certificate key, once
+//                  per aggregation (secure_update.h SecureSite::Confirm).
+//   4. Unmask      only when t survivors signed the very survivor set it is
+//                  asked about does a site answer: the server names the survivors (sent y) and the dropped
 //                  (shared keys, sent no y). Each survivor opens the shares
 //                  it holds and reveals, per peer, b for a survivor and s_sk
 //                  for a dropped site — never both for one peer, and it
@@ -99,8 +103,8 @@ Status ApplyMask(crypto::ByteView seed, int sign, std::span<uint32_t> vec);
 
 // Who masks with whom. degree 0 (or ≥ n − 1): everyone (Bonawitz). Else
 // SecAgg+: a Harary graph of that (even, rounded up) degree over a
-// permutation of the sites drawn from `seed` (public, per aggregation), so
-// no one chooses their neighbours. Neighbours(u) excludes u.
+// permutation of the sites drawn from `seed` (GraphSeed: public, per
+// aggregation), so no one chooses their neighbours. Neighbours(u) excludes u.
 class Graph {
  public:
   static StatusOr<Graph> Make(int sites, int degree, crypto::ByteView seed);
@@ -120,11 +124,18 @@ struct Advertisement {
   int site = -1;
   crypto::Bytes cipher_public_key;  // c_pk, 32 bytes
   crypto::Bytes mask_public_key;    // s_pk, 32 bytes
+  crypto::Bytes seed_commitment;    // SeedCommitment of b, 32 bytes
   crypto::Bytes signature;          // by the site's certificate key over SignedBytes()
 };
 
-// What an advertisement's signature covers: the context, the index and both
-// keys, length-prefixed.
+// The commitment to a self-mask seed b that a site advertises (signed):
+// SHA-256 of the context, the site's index and b. A rebuilt b is checked
+// against it, so a wrong share is detected, and named when there are
+// shares to spare (Server::faults).
+crypto::Bytes SeedCommitment(const std::string& context, int site, crypto::ByteView seed);
+
+// What an advertisement's signature covers: the context, the index, both
+// keys and the seed commitment, length-prefixed.
 crypto::Bytes SignedBytes(const std::string& context, const Advertisement& a);
 
 // Shares of `from`'s two secrets for holder `to`, sealed so only `to` can
@@ -161,10 +172,20 @@ struct Options {
   std::string context;  // binds everything to one aggregation: study, round, purpose
   int sites = 0;        // n, at most shamir::kMaxShares
   int threshold = 0;    // t: 2 ≤ t ≤ the smallest |N(u) ∪ {u}|
-  int degree = 0;       // neighbour graph degree; 0 = everyone
-  crypto::Bytes graph_seed;  // public; any bytes (empty is fine for degree 0)
+  int degree = 0;       // neighbour graph degree; 0 = everyone; the graph's
+                        // permutation comes from GraphSeed of the advertisements
   int64_t length = 0;   // the vector's number of 32-bit words
 };
+
+// The neighbour graph's seed: SHA-256 of the context and every
+// advertisement (index, keys, commitment), in index order. Every site's keys
+// are fresh, so neither the coordinator nor a site picks the graph; sites
+// compute it from the relayed advertisements, whose signatures they check.
+crypto::Bytes GraphSeed(const std::string& context, const std::vector<Advertisement>& ads);
+
+// What a survivor signs in the consistency step: the context and the
+// survivors' indices, ascending, length-prefixed.
+crypto::Bytes SurvivorBytes(const std::string& context, const std::vector<int>& survivors);
 
 // ---- Site side ------------------------------------------------------------------
 
@@ -236,10 +257,18 @@ class Server {
 
   // The unmasked sum over the survivors. FailedPrecondition (abort: nothing
   // revealed beyond what was already sent) when some secret lacks t shares;
-  // DataLoss when a rebuilt mask key does not match its advertisement.
+  // each rebuilt secret is checked (a self-mask seed against its
+  // commitment, a mask key against the advertised public key): a wrong
+  // share is left out and its holder named in faults() when the other
+  // shares still rebuild it; DataLoss, naming the secret's holders, when
+  // they do not.
   StatusOr<std::vector<uint32_t>> Finish();
 
   int survivors() const { return static_cast<int>(inputs_.size()); }
+  // After Finish: the holders whose revealed shares were wrong (and left
+  // out of the rebuilt secrets), e.g. "site 2's share of site 0's
+  // self-mask seed".
+  const std::vector<std::string>& faults() const { return faults_; }
 
  private:
   enum class Step { kAdvertise, kShareKeys, kMaskedInput, kUnmask, kDone };
@@ -252,6 +281,7 @@ class Server {
   std::set<int> inputs_;
   std::vector<uint32_t> sum_;
   std::map<int, UnmaskResponse> responses_;
+  std::vector<std::string> faults_;
 };
 
 }  // namespace attune::secagg

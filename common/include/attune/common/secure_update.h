@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <span>
@@ -67,7 +68,14 @@ class SecureSite {
   StatusOr<v1::SecAggShares> ShareKeys(const v1::RoundTask& task);
   // Step 3, from a SECAGG_MASK task: the masked input's payload.
   StatusOr<std::string> MaskedPayload(const v1::RoundTask& task);
-  // Step 4, from a SECAGG_UNMASK task.
+  // The consistency step, from a SECAGG_CONFIRM task: our signature of the
+  // survivor set. Once per aggregation: a second, other set is refused.
+  // PermissionDenied for a set without us, with fewer than t sites, or
+  // naming a site that did not share keys with us.
+  StatusOr<v1::SecAggConfirm> Confirm(const v1::RoundTask& task);
+  // Step 4, from a SECAGG_UNMASK task: only for the set we confirmed, and
+  // only when at least t of its sites signed it (their certificates from
+  // the share step); PermissionDenied otherwise, before anything is opened.
   StatusOr<v1::SecAggUnmask> Unmask(const v1::RoundTask& task);
   const std::vector<std::string>& sites() const { return sites_; }
 
@@ -84,6 +92,12 @@ class SecureSite {
   std::optional<Quantizer> quantizer_;
   std::optional<Client> client_;
   std::string certificate_pem_;
+  std::string context_;
+  int threshold_ = 0;
+  int index_ = -1;
+  Signer sign_;
+  std::map<int, std::string> peer_certificates_;  // verified at the share step
+  std::optional<std::vector<int>> confirmed_;     // the survivor set we signed
   std::vector<uint32_t> input_;
   bool have_input_ = false;
 };

@@ -64,6 +64,7 @@ struct StudyTerms {
   std::map<std::string, std::vector<std::string>> audit_values;
   int max_histogram_bins = 0;
   int min_cell = 0;
+  int max_releases = 0;  // evaluation releases per model and split (site_releases.h)
 
   // The model every site trains: its configuration (ModelConfig::ToJson)
   // and the seed its initial weights are drawn from.

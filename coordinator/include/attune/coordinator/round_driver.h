@@ -30,7 +30,8 @@
 //      SecAggSetup and advertises its keys, trains, and is sent the others'
 //      advertisements (SECAGG_SHARE), then the shares sealed to it
 //      (SECAGG_MASK); its masked input is folded into one running sum; the
-//      survivors are asked for their shares (SECAGG_UNMASK), and the sum over
+//      survivors sign the survivor set (SECAGG_CONFIRM) and, once t have, are
+//      asked for their shares with those signatures (SECAGG_UNMASK), and the sum over
 //      the survivors, divided by their weight, is the one update the Strategy
 //      sees. Each step waits like a phase; fewer than t sites at any step
 //      aborts the round (retried like a missed quorum). Nothing of a
@@ -96,7 +97,9 @@
 namespace attune::coordinator {
 
 struct Task {
-  enum class Kind { kInit, kTrain, kEvaluate, kFinish, kSecAggShare, kSecAggMask, kSecAggUnmask };
+  enum class Kind {
+    kInit, kTrain, kEvaluate, kFinish, kSecAggShare, kSecAggMask, kSecAggConfirm, kSecAggUnmask
+  };
   Kind kind = Kind::kTrain;
   int64_t round = 0;
   int64_t model_version = -1;
@@ -208,6 +211,10 @@ class RoundDriver {
                          secagg::Advertisement ad, std::string certificate_pem);
   Status SecAggShares(const std::string& site, const std::string& task_id, int64_t round,
                       const std::vector<secagg::SealedShares>& shares);
+  // The consistency step: the site's signature of the survivor set
+  // (checked against the certificate it advertised with).
+  Status SecAggConfirm(const std::string& site, const std::string& task_id, int64_t round,
+                       std::string signature);
   Status SecAggUnmask(const std::string& site, const std::string& task_id, int64_t round,
                       secagg::UnmaskResponse response);
   StatusView GetStatus();
@@ -263,11 +270,14 @@ class RoundDriver {
   // A secure TRAIN phase's protocol state (secure_round.cc).
   struct Secure {
     std::optional<secagg::Server> server;
-    int step = 1;                              // 1 advertise .. 4 unmask
+    int step = 1;                              // 1 advertise .. 4 confirm, 5 unmask
     std::vector<std::string> sites;            // index -> site
     std::map<std::string, int> index;
     std::map<int, std::string> certificates;   // relayed with the advertisements
     std::map<std::string, std::string> masked_sha256;
+    std::string context;
+    std::vector<int> survivors;                // step 4: the set each survivor signs
+    std::map<int, std::string> confirmations;  // survivor -> its signature of it
     int64_t length = 0;
   };
   struct Phase {

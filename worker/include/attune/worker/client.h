@@ -34,6 +34,7 @@
 
 #include "attune/common/secure_update.h"
 #include "attune/common/site_guard.h"
+#include "attune/common/site_releases.h"
 #include "attune/common/status.h"
 #include "attune/common/tls.h"
 #include "attune/v1/federation.grpc.pb.h"
@@ -56,6 +57,11 @@ struct ClientOptions {
   // (common/terms.h): every task is checked against them (site_guard.h).
   std::string site_id;
   std::string terms_path;
+  // Where the site keeps what it has released (site_releases.h).
+  std::string state_dir;
+  // This site's k: no cell of fewer patients leaves it; the terms' min_cell
+  // if larger (a site may only tighten the study's terms).
+  int min_cell = 0;
 };
 
 using LearnerFactory = std::function<StatusOr<std::unique_ptr<Learner>>(const ModelConfig&)>;
@@ -85,6 +91,8 @@ class FederationClient {
   // Version 0 must be the initial model this site builds itself from the
   // terms' model and seed: a coordinator cannot substitute its own start.
   Status CheckInitialModel(int64_t version, const FlatModel& model);
+  // The k this site suppresses below: max(terms, --min-cell).
+  int MinCell() const;
   // Secure aggregation steps after TRAIN (SECAGG_SHARE, _MASK, _UNMASK).
   Status HandleSecureStep(const v1::RoundTask& task);
   // DP: clips the update and adds this site's noise (seeded by its key and
@@ -103,11 +111,12 @@ class FederationClient {
   std::optional<FlatModel> initial_model_;  // from the terms' seed, once asked for
   EvalOptions eval_options_;
   std::string site_id_;
-  // The open secure TRAIN or EVALUATE task, and per round and purpose the
-  // survivors we unmasked for: we never unmask the same sum for another set
-  // of survivors (the difference of two sums would be one site's input).
+  // The open secure TRAIN or EVALUATE task and the release it will be once
+  // unmasked; what was released, on disk (never the same sum for another
+  // set of survivors: the difference of two sums would be one site's input).
   std::unique_ptr<secagg::SecureSite> secure_;
-  std::map<std::pair<int64_t, std::string>, std::vector<std::string>> unmasked_;
+  std::optional<Release> pending_;
+  std::optional<SiteReleases> releases_;
 
   std::mutex progress_mu_;
   v1::HeartbeatRequest progress_;          // guarded by progress_mu_
