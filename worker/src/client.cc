@@ -217,7 +217,7 @@ Status FederationClient::HandleTask(const v1::RoundTask& task) {
       ATTUNE_ASSIGN_OR_RETURN(TrainResult r, learner_->Train(global, hyper, train_options));
       spdlog::info("round {}: train loss {:.4f} in {:.1f} s", task.round(), r.train_loss,
                    std::chrono::duration<double>(Clock::now() - start).count());
-      ATTUNE_RETURN_IF_ERROR(Privatize(task, &r.delta));
+      ATTUNE_RETURN_IF_ERROR(Privatize(task, ModelDigest(global), &r.delta));
       // The loss is not noised: a DP release leaves it out.
       const std::optional<double> loss =
           guard_->terms().privacy_enabled() ? std::nullopt : std::optional(r.train_loss);
@@ -331,17 +331,23 @@ Status FederationClient::StartSecure(const v1::RoundTask& task) {
   return SendSecAgg(task, std::move(msg));
 }
 
-Status FederationClient::Privatize(const v1::RoundTask& task, FlatModel* delta) {
+Status FederationClient::Privatize(const v1::RoundTask& task, const std::string& model_digest,
+                                   FlatModel* delta) {
   const v1::DpSetup& dp = task.dp();
   if (dp.clip_norm() <= 0) return absl::OkStatus();
   const double norm = privacy::ClipToNorm(delta->values, dp.clip_norm());
   if (dp.noise_stddev() > 0) {
-    // Seeded by this site's private key, the study and the round: secret
-    // to everyone else, and the same if the round is run again.
+    // Seeded by this site's private key, the study, the round and the model
+    // trained from: secret to everyone else, the same if the same round is
+    // run again on the same model (the same release), and fresh for any
+    // other model, so that two releases never share noise that their
+    // difference would cancel (a coordinator that replays a round number
+    // with another model after a restart learns nothing from it).
     ATTUNE_ASSIGN_OR_RETURN(
         crypto::SecretBytes seed,
-        crypto::HkdfSha256(crypto::View(options_.key_pem), crypto::View("attune-dp-noise-v1"),
-                           crypto::View(absl::StrCat(options_.study_id, "|round ", task.round())),
+        crypto::HkdfSha256(crypto::View(options_.key_pem), crypto::View("attune-dp-noise-v2"),
+                           crypto::View(absl::StrCat(options_.study_id, "|round ", task.round(),
+                                                     "|model ", model_digest)),
                            32));
     ATTUNE_RETURN_IF_ERROR(privacy::AddGaussianNoise(seed, dp.noise_stddev(), delta->values));
   }

@@ -95,9 +95,10 @@ class FederationClient {
   int MinCell() const;
   // Secure aggregation steps after TRAIN (SECAGG_SHARE, _MASK, _UNMASK).
   Status HandleSecureStep(const v1::RoundTask& task);
-  // DP: clips the update and adds this site's noise (seeded by its key and
-  // the round: a rerun of the round adds the same noise).
-  Status Privatize(const v1::RoundTask& task, FlatModel* delta);
+  // DP: clips the update and adds this site's noise, seeded by its key, the
+  // round and the digest of the model trained from: a rerun of the same
+  // round on the same model adds the same noise, any other release fresh noise.
+  Status Privatize(const v1::RoundTask& task, const std::string& model_digest, FlatModel* delta);
   // Progress, shared between the task loop and the heartbeat thread.
   void SetStage(const char* stage, int64_t round);
   void OnTrainProgress(const TrainProgress& p);
