@@ -229,14 +229,21 @@ Bytes SignedBytes(const std::string& context, const Advertisement& a) {
   return out;
 }
 
+namespace {
+// SHA-256 of `m`, as bytes.
+Bytes DigestOf(const Bytes& m) {
+  const std::string d = Sha256(std::string_view(reinterpret_cast<const char*>(m.data()), m.size()));
+  return Bytes(d.begin(), d.end());
+}
+}  // namespace
+
 Bytes SeedCommitment(const std::string& context, int site, ByteView seed) {
   Bytes m;
   AppendField(&m, crypto::View(std::string("attune/secagg/v1/seed-commitment")));
   AppendField(&m, crypto::View(context));
   AppendU32(&m, static_cast<uint32_t>(site));
   AppendField(&m, seed);
-  const std::string digest = Sha256(std::string_view(reinterpret_cast<const char*>(m.data()), m.size()));
-  return Bytes(digest.begin(), digest.end());
+  return DigestOf(m);
 }
 
 Bytes GraphSeed(const std::string& context, const std::vector<Advertisement>& ads) {
@@ -253,8 +260,7 @@ Bytes GraphSeed(const std::string& context, const std::vector<Advertisement>& ad
     AppendField(&m, a->mask_public_key);
     AppendField(&m, a->seed_commitment);
   }
-  const std::string digest = Sha256(std::string_view(reinterpret_cast<const char*>(m.data()), m.size()));
-  return Bytes(digest.begin(), digest.end());
+  return DigestOf(m);
 }
 
 Bytes SurvivorBytes(const std::string& context, const std::vector<int>& survivors) {
