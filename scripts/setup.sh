@@ -34,7 +34,7 @@ packages=(
   libspdlog-dev libfmt-dev nlohmann-json3-dev libcli11-dev libjs-d3
 )
 if [[ $test_tools -eq 1 ]]; then
-  packages+=(chromium fonts-dejavu-core python3-sklearn python3-pil)
+  packages+=(chromium fonts-dejavu-core python3-sklearn python3-scipy python3-pil)
 fi
 
 missing=()

@@ -82,6 +82,10 @@ int main(int argc, char** argv) {
   app.add_option("--min-cell", client.min_cell,
                  "no audit cell of fewer patients leaves this site (the study's audit.min_cell\n"
                  "if that is larger: a site may only tighten the study's terms)");
+  app.add_option("--epsilon", client.epsilon,
+                 "this site's own privacy budget: it sends no differentially private release\n"
+                 "that would take its epsilon past the smaller of this and the terms' budget")
+      ->check(CLI::PositiveNumber);
   app.add_option("--threads", learner.threads, "LibTorch intra-op threads")->capture_default_str();
   app.add_option("--reconnect-timeout", reconnect_s,
                  "seconds to keep retrying an unreachable coordinator")

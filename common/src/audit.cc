@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "nlohmann/json.hpp"
+#include "variable_ranges.h"
 
 namespace attune {
 namespace {
@@ -132,18 +133,81 @@ std::vector<int> Determined(const Tables& t, const std::vector<bool>& hidden) {
   return out;
 }
 
+// The protection-interval test of statistical disclosure control: for
+// every cell of 0 < n < min_cell that is hidden, the interval its count can
+// take given everything published -- the published counts (and `known`
+// ones: what earlier releases published), the sums of the tables and
+// non-negativity -- by linear programming. Returns the hidden small cells
+// whose interval is narrower than [1, min_cell] (width min_cell − 1).
+std::vector<int> Exposed(const Tables& t, const std::vector<bool>& hidden,
+                         const std::vector<bool>& known, int min_cell) {
+  std::vector<int> unknown, column(t.cells.size(), -1);
+  for (size_t i = 0; i < t.cells.size(); ++i) {
+    if (hidden[i] && !known[i]) {
+      column[i] = static_cast<int>(unknown.size());
+      unknown.push_back(static_cast<int>(i));
+    }
+  }
+  std::vector<std::vector<double>> a;
+  std::vector<double> b;
+  for (const auto& s : t.sums) {
+    std::vector<double> row(unknown.size(), 0.0);
+    double rhs = 0;  // Σ children − parent = 0, the known part moved right
+    bool any = false;
+    for (int c : s.children) {
+      if (column[c] >= 0) {
+        row[column[c]] += 1, any = true;
+      } else {
+        rhs -= static_cast<double>(t.n[c]);
+      }
+    }
+    if (column[s.parent] >= 0) {
+      row[column[s.parent]] -= 1, any = true;
+    } else {
+      rhs += static_cast<double>(t.n[s.parent]);
+    }
+    if (any) a.push_back(std::move(row)), b.push_back(rhs);
+  }
+  std::vector<int> out;
+  if (unknown.empty()) return out;
+  StatusOr<std::vector<std::pair<double, double>>> ranges = VariableRanges(a, b);
+  if (!ranges.ok()) return unknown;  // cannot happen (the true counts solve it): hide more
+  for (size_t u = 0; u < unknown.size(); ++u) {
+    const int c = unknown[u];
+    if (t.n[c] >= min_cell) continue;  // a complement: not itself protected
+    const auto [lo, hi] = (*ranges)[u];
+    if (hi - lo < min_cell - 1 - 1e-6) out.push_back(c);
+  }
+  return out;
+}
+
+// The hidden cells not yet protected: those the published counts determine
+// exactly (linear algebra, fast), else those with too narrow an interval.
+std::vector<int> Unprotected(const Tables& t, const std::vector<bool>& hidden,
+                             const std::vector<bool>& known, int min_cell) {
+  std::vector<bool> unknown = hidden;
+  for (size_t i = 0; i < unknown.size(); ++i) unknown[i] = hidden[i] && !known[i];
+  std::vector<int> out = Determined(t, unknown);
+  if (out.empty()) out = Exposed(t, hidden, known, min_cell);
+  return out;
+}
+
 }  // namespace
 
 std::set<CellKey> SuppressedCells(const std::map<CellKey, int64_t>& counts, int64_t total,
-                                  int min_cell) {
+                                  int min_cell, const std::set<CellKey>& published_before) {
   const Tables t = MakeTables(counts, total);
-  std::vector<bool> hidden(t.cells.size(), false);
-  for (size_t i = 1; i < t.cells.size(); ++i) hidden[i] = total < min_cell || t.n[i] < min_cell;
-  // The smallest published cell among `cells` (not the total), or -1.
+  std::vector<bool> hidden(t.cells.size(), false), known(t.cells.size(), false);
+  for (size_t i = 1; i < t.cells.size(); ++i) {
+    hidden[i] = total < min_cell || t.n[i] < min_cell;
+    known[i] = published_before.count(t.cells[i]) > 0;
+  }
+  // The smallest published cell among `cells` (not the total, nor one an
+  // earlier release published: hiding it protects nothing), or -1.
   auto smallest = [&](const std::vector<int>& cells) {
     int best = -1;
     for (int c : cells) {
-      if (c != 0 && !hidden[c] && (best < 0 || t.n[c] < t.n[best])) best = c;
+      if (c != 0 && !hidden[c] && !known[c] && (best < 0 || t.n[c] < t.n[best])) best = c;
     }
     return best;
   };
@@ -161,7 +225,8 @@ std::set<CellKey> SuppressedCells(const std::map<CellKey, int64_t>& counts, int6
       if (add >= 0) hidden[add] = changed = true;
     }
     if (changed) continue;
-    const std::vector<int> determined = Determined(t, hidden);
+    if (total < min_cell) break;  // everything is hidden
+    const std::vector<int> determined = Unprotected(t, hidden, known, min_cell);
     if (determined.empty()) break;
     const int s = determined.front();
     std::vector<int> around;
@@ -179,13 +244,13 @@ std::set<CellKey> SuppressedCells(const std::map<CellKey, int64_t>& counts, int6
       // that breaks the chain (or, failing that, the smallest of all).
       std::vector<int> published;
       for (size_t i = 1; i < t.cells.size(); ++i) {
-        if (!hidden[i]) published.push_back(static_cast<int>(i));
+        if (!hidden[i] && !known[i]) published.push_back(static_cast<int>(i));
       }
       std::sort(published.begin(), published.end(),
                 [&](int a, int b) { return t.n[a] < t.n[b]; });
       for (int c : published) {
         hidden[c] = true;
-        const std::vector<int> still = Determined(t, hidden);
+        const std::vector<int> still = Unprotected(t, hidden, known, min_cell);
         hidden[c] = false;
         if (std::find(still.begin(), still.end(), s) == still.end()) {
           add = c;
@@ -345,7 +410,8 @@ StatusOr<std::string> AuditJson(const EvalSums& sums, const AuditOptions& o) {
   // cells that would reveal it from a site's totals were held back too).
   std::map<CellKey, int64_t> counts;
   for (const auto& [key, g] : sums.groups) counts[key] = g.n;
-  const std::set<CellKey> hidden = SuppressedCells(counts, sums.n, o.min_cell);
+  const std::set<CellKey> hidden =
+      SuppressedCells(counts, sums.n, o.min_cell, o.published_before);
 
   // The columns, marginal ones first, each with its cells in value order.
   std::map<std::string, std::vector<const std::pair<const CellKey, GroupSums>*>> columns;

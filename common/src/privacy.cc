@@ -102,11 +102,9 @@ StatusOr<Accountant> Accountant::Make(double epsilon_budget, double delta) {
   if (!(delta > 0 && delta < 1)) {
     return absl::InvalidArgumentError(absl::StrCat("privacy delta must be in (0, 1), not ", delta));
   }
-  if (!(epsilon_budget > 0) || !std::isfinite(epsilon_budget)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("privacy epsilon budget must be > 0, not ", epsilon_budget));
-  }
-  return Accountant(epsilon_budget, delta);
+  Accountant a(1, delta);
+  ATTUNE_RETURN_IF_ERROR(a.SetBudget(epsilon_budget));
+  return a;
 }
 
 double Accountant::EpsilonAfter(double q, double sigma, int releases) const {
@@ -131,6 +129,15 @@ Status Accountant::Spend(double q, double sigma, const std::string& what) {
   }
   for (size_t i = 0; i < rdp_.size(); ++i) rdp_[i] += SampledGaussianRdp(q, sigma, Orders()[i]);
   ++releases_;
+  return absl::OkStatus();
+}
+
+Status Accountant::SetBudget(double epsilon_budget) {
+  if (!(epsilon_budget > 0) || !std::isfinite(epsilon_budget)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("privacy epsilon budget must be > 0, not ", epsilon_budget));
+  }
+  budget_ = epsilon_budget;
   return absl::OkStatus();
 }
 

@@ -4,6 +4,7 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "attune/common/config.h"
 #include "nlohmann/json.hpp"
@@ -66,10 +67,15 @@ StatusOr<SiteReleases> SiteReleases::Open(const std::string& state_dir) {
   } catch (const json::exception& e) {
     return bad(e.what());
   }
+  if (j.contains("privacy")) {
+    auto ledger = privacy::Accountant::FromJson(j["privacy"].dump());
+    if (!ledger.ok()) return bad(std::string(ledger.status().message()));
+    s.ledger_.emplace(std::move(*ledger));
+  }
   return s;
 }
 
-Status SiteReleases::Check(const Release& r, int max_releases) const {
+Status SiteReleases::Check(const Release& r, const ReleaseLimits& limits) const {
   int earlier_of_split = 0;
   for (const Release& e : releases_) {
     if (SameRelease(e, r)) {
@@ -90,22 +96,56 @@ Status SiteReleases::Check(const Release& r, int max_releases) const {
       }
     }
   }
-  if (r.purpose == "evaluation" && earlier_of_split >= max_releases) {
+  if (r.purpose == "evaluation" && earlier_of_split >= limits.max_releases) {
     return absl::PermissionDeniedError(absl::StrCat(
         "refused by the study terms (audit.max_releases): ", Describe(r), " was released ",
         earlier_of_split, " time(s) already, the most the terms allow"));
   }
+  if (limits.noise_multiplier > 0) {
+    ATTUNE_ASSIGN_OR_RETURN(privacy::Accountant ledger, Charged(limits));
+    const double after = ledger.EpsilonAfter(1.0, limits.noise_multiplier);
+    if (after > limits.epsilon) {
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "refused by this site's privacy budget: releasing %s would take the site's epsilon "
+          "from %.4g to %.4g, past its budget of %.4g (delta %.3g) after %d private "
+          "release(s)",
+          Describe(r), ledger.epsilon(), after, limits.epsilon, limits.delta,
+          ledger.releases()));
+    }
+  }
   return absl::OkStatus();
 }
 
-Status SiteReleases::Record(const Release& r, int max_releases) {
-  ATTUNE_RETURN_IF_ERROR(Check(r, max_releases));
+StatusOr<privacy::Accountant> SiteReleases::Charged(const ReleaseLimits& limits) const {
+  if (!ledger_) return privacy::Accountant::Make(limits.epsilon, limits.delta);
+  privacy::Accountant ledger = *ledger_;
+  if (ledger.delta() != limits.delta) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        path_, ": the site's privacy ledger is kept at delta = ", ledger.delta(),
+        ", the terms now say ", limits.delta, "; a ledger's delta cannot change"));
+  }
+  ATTUNE_RETURN_IF_ERROR(ledger.SetBudget(limits.epsilon));
+  return ledger;
+}
+
+Status SiteReleases::Record(const Release& r, const ReleaseLimits& limits) {
+  ATTUNE_RETURN_IF_ERROR(Check(r, limits));
   for (const Release& e : releases_) {
     if (SameRelease(e, r)) return absl::OkStatus();  // Check: the same survivors
   }
+  const std::optional<privacy::Accountant> before = ledger_;
+  if (limits.noise_multiplier > 0) {
+    ATTUNE_ASSIGN_OR_RETURN(privacy::Accountant ledger, Charged(limits));
+    ATTUNE_RETURN_IF_ERROR(
+        ledger.Spend(1.0, limits.noise_multiplier, absl::StrCat("round ", r.round)));
+    ledger_.emplace(std::move(ledger));
+  }
   releases_.push_back(r);
   Status s = Save();
-  if (!s.ok()) releases_.pop_back();
+  if (!s.ok()) {
+    releases_.pop_back();
+    ledger_ = before;
+  }
   return s;
 }
 
@@ -119,7 +159,9 @@ Status SiteReleases::Save() const {
                     {"survivors", r.survivors},
                     {"round", r.round}});
   }
-  return WriteFileAtomic(path_, json{{"releases", list}}.dump(1) + "\n");
+  json out{{"releases", list}};
+  if (ledger_) out["privacy"] = json::parse(ledger_->ToJson());
+  return WriteFileAtomic(path_, out.dump(1) + "\n");
 }
 
 }  // namespace attune

@@ -25,6 +25,12 @@ using Clock = std::chrono::steady_clock;
 using nlohmann::json;
 namespace fs = std::filesystem;
 
+// The patients a release sums: its split at these sites.
+std::string Population(const std::string& split, std::vector<std::string> sites) {
+  std::sort(sites.begin(), sites.end());
+  return absl::StrCat(split, "|", absl::StrJoin(sites, ","));
+}
+
 std::string RandomHex() {
   std::random_device rd;
   uint64_t v = (static_cast<uint64_t>(rd()) << 32) ^ rd();
@@ -137,10 +143,31 @@ StatusOr<std::unique_ptr<RoundDriver>> RoundDriver::Create(StudyConfig study, St
       ATTUNE_ASSIGN_OR_RETURN(std::vector<LogEntry> entries, store->ReadLog(from, 4096));
       if (entries.empty()) break;
       for (const LogEntry& e : entries) {
-        if (e.kind != "audit_released") continue;
+        if (e.kind != "audit_released" && e.kind != "privacy_spent" && e.kind != "audit_cells") {
+          continue;
+        }
         json detail = json::parse(e.detail_json, nullptr, false);
-        if (!detail.is_discarded()) {
+        if (detail.is_discarded()) continue;
+        if (e.kind == "audit_cells") {
+          // What the study published, for the disclosure check of the next.
+          try {
+            std::set<CellKey>& known = d->published_cells_[Population(
+                detail.at("split").get<std::string>(),
+                detail.at("sites").get<std::vector<std::string>>())];
+            for (const json& c : detail.at("published")) {
+              known.insert({c.at(0).get<std::string>(), c.at(1).get<std::string>()});
+            }
+          } catch (const json::exception& ex) {
+            return absl::DataLossError(
+                absl::StrCat("audit log entry ", e.seq, " (audit_cells): ", ex.what()));
+          }
+        } else if (e.kind == "audit_released") {
           d->audit_releases_ = std::max(d->audit_releases_, detail.value("audit_releases", 0));
+        } else if (d->study_.privacy.enabled() && detail.contains("ledger")) {
+          // Spent after the last commit (a failed or unfinished round).
+          ATTUNE_ASSIGN_OR_RETURN(privacy::Accountant a,
+                                  privacy::Accountant::FromJson(detail["ledger"].dump()));
+          if (!d->ledger_ || a.releases() > d->ledger_->releases()) d->ledger_.emplace(std::move(a));
         }
       }
       from = entries.back().seq + 1;
@@ -184,6 +211,36 @@ void RoundDriver::LogLocked(const std::string& kind, const std::string& site,
   if (Status s = store_->AppendLog(kind, site, detail); !s.ok()) {
     spdlog::error("audit log: {}", std::string(s.message()));
   }
+}
+
+StatusOr<std::string> RoundDriver::PublishAuditLocked(const EvalSums& sums,
+                                                      const std::vector<std::string>& sites) {
+  const std::string population = Population(sums.split, sites);
+  AuditOptions options = study_.audit.report;
+  options.published_before = published_cells_[population];
+  ATTUNE_ASSIGN_OR_RETURN(std::string text, AuditJson(sums, options));
+  const json doc = json::parse(text);
+  json cells = json::array();
+  for (const json& column : doc["columns"]) {
+    for (const json& cell : column["cells"]) {
+      if (cell.value("suppressed", false)) continue;
+      const CellKey key{column["column"].get<std::string>(), cell["value"].get<std::string>()};
+      if (published_cells_[population].insert(key).second) cells.push_back({key.first, key.second});
+    }
+  }
+  if (!cells.empty()) {
+    LogLocked("audit_cells", "",
+              json{{"split", sums.split}, {"sites", sites}, {"published", cells}}.dump());
+  }
+  return text;
+}
+
+Status RoundDriver::SpendLocked(const std::string& what) {
+  ATTUNE_RETURN_IF_ERROR(ledger_->Spend(1.0, study_.privacy.noise_multiplier, what));
+  return store_->AppendLog(
+      "privacy_spent", "",
+      json{{"what", what}, {"epsilon", ledger_->epsilon()}, {"ledger", json::parse(ledger_->ToJson())}}
+          .dump());
 }
 
 void RoundDriver::TouchLocked(const std::string& site) {
@@ -799,11 +856,12 @@ StatusOr<std::string> RoundDriver::RunAuditRound(std::unique_lock<std::mutex>& l
   ATTUNE_RETURN_IF_ERROR(s);
   auto sums = eval.eval.find(job.split);
   if (sums == eval.eval.end()) return absl::InternalError("audit: no sums were reported");
-  ATTUNE_ASSIGN_OR_RETURN(std::string text, AuditJson(sums->second, study_.audit.report));
+  const std::vector<std::string> sites(eval.done.begin(), eval.done.end());
+  ATTUNE_ASSIGN_OR_RETURN(std::string text, PublishAuditLocked(sums->second, sites));
   json doc = json::parse(text);
   doc["study_id"] = study_.study_id;
   doc["model_version"] = job.version;
-  doc["sites"] = std::vector<std::string>(eval.done.begin(), eval.done.end());
+  doc["sites"] = sites;
   ++audit_releases_;  // committed with the next round's record, and logged now
   LogLocked("audit_released", "",
             json{{"model_version", job.version},
@@ -1015,9 +1073,11 @@ Status RoundDriver::RunTrainRound(int64_t round) {
       for (const auto& site : selected) dp[site] = task;
     }
     phase = RunPhase(lock, &train, selected, global_version_, study_.min_sites, dp);
-    if (phase.ok() && ledger_) {
-      phase = ledger_->Spend(1.0, study_.privacy.noise_multiplier,
-                             absl::StrCat("round ", round, " local updates"));
+    if (ledger_ && !train.accepted.empty()) {
+      // Charged once any site's noised update has arrived, even when the
+      // round then fails: what the coordinator received was released.
+      Status spent = SpendLocked(absl::StrCat("round ", round, " local updates"));
+      if (phase.ok()) phase = spent;
     }
     for (const auto& [site, a] : train.accepted) {
       updates.push_back({site, a.path, a.num_examples});
@@ -1107,7 +1167,8 @@ Status RoundDriver::CommitRound(int64_t round, std::shared_ptr<const std::string
   for (const auto& [split, sums] : eval.eval) {
     record[split] = json::parse(sums.MetricsJson());
     if (split != "val" || !eval.audit) continue;
-    StatusOr<std::string> a = AuditJson(sums, study_.audit.report);
+    StatusOr<std::string> a =
+        PublishAuditLocked(sums, std::vector<std::string>(eval.done.begin(), eval.done.end()));
     if (a.ok()) {
       audit = *std::move(a);
     } else {

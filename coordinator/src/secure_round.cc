@@ -330,8 +330,7 @@ Status RoundDriver::RunSecureTrainPhase(std::unique_lock<std::mutex>& lock, Phas
   const int survivors = static_cast<int>(sum.survivors.size());
   if (study_.privacy.enabled() && study_.privacy.mode == "central") {
     // Charged when the sum is revealed, committed with the round.
-    ATTUNE_RETURN_IF_ERROR(ledger_->Spend(1.0, study_.privacy.noise_multiplier,
-                                          absl::StrCat("round ", p->round, " update sum")));
+    ATTUNE_RETURN_IF_ERROR(SpendLocked(absl::StrCat("round ", p->round, " update sum")));
   }
   // Rebuild the quantiser the sites used and decode off the lock: O(model).
   ATTUNE_ASSIGN_OR_RETURN(secagg::Quantizer q, secagg::Quantizer::Make(study_.secagg.value_clip, n));

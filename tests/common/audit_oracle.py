@@ -180,7 +180,9 @@ def metrics(d, tol):
 def suppression(d):
     tables = json.load(open(f"{d}/tables.json"))
 
-    hidden_total = 0
+    from scipy.optimize import linprog
+
+    hidden_total, intervals, narrowest = 0, 0, math.inf
     for t_no, t in enumerate(tables):
         total, k = t["total"], t["k"]
         cells = [(c["column"], c["value"]) for c in t["cells"]]
@@ -230,7 +232,35 @@ def suppression(d):
                 fail(f"table {t_no}: hidden cell {cells[u]} (n = {n[cells[u]]}) follows "
                      f"from the published counts; the table (total {total}, k {k}):\n" +
                      "\n".join(f"  {c} {n[c]}{' hidden' if c in hid else ''}" for c in cells))
-    print(f"oracle: {len(tables)} tables, {hidden_total} suppressed cells, none recoverable")
+        # The protection interval: what the published counts, the sums and
+        # non-negativity leave of each hidden small cell, by scipy's LP.
+        A_all = np.array([r for r, _ in rows])
+        known = [i for i in range(len(cells)) if i not in set(unknown)]
+        b = np.array([float(v) for _, v in rows])
+        for i in known:
+            b -= A_all[:, i] * n[cells[i]]
+        A_eq = A_all[:, unknown]
+        keep = np.abs(A_eq).sum(1) > 0
+        A_eq, b = A_eq[keep], b[keep]
+        for j, u in enumerate(unknown):
+            if not (0 < n[cells[u]] < k) or total < k:
+                continue
+            c = np.zeros(len(unknown))
+            c[j] = 1
+            lo = linprog(c, A_eq=A_eq, b_eq=b, bounds=(0, None), method="highs")
+            hi = linprog(-c, A_eq=A_eq, b_eq=b, bounds=(0, None), method="highs")
+            if lo.status != 0 or hi.status not in (0, 3):
+                fail(f"table {t_no}: LP failed ({lo.message}; {hi.message})")
+            width = math.inf if hi.status == 3 else -hi.fun - lo.fun
+            intervals += 1
+            narrowest = min(narrowest, width - (k - 1))
+            if width < k - 1 - 1e-6:
+                fail(f"table {t_no}: hidden cell {cells[u]} (n = {n[cells[u]]}) lies in "
+                     f"[{lo.fun:g}, {-hi.fun:g}], narrower than [1, {k}]; the table:\n" +
+                     "\n".join(f"  {c} {n[c]}{' hidden' if c in hid else ''}" for c in cells))
+    print(f"oracle: {len(tables)} tables, {hidden_total} suppressed cells, none recoverable; "
+          f"{intervals} small cells' protection intervals at least [1, k] wide "
+          f"(narrowest margin {narrowest:g})")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 #include "attune/common/audit.h"
+#include "variable_ranges.h"
 
 #include <gtest/gtest.h>
 
@@ -184,6 +185,41 @@ TEST(Suppression, ASmallMarginHidesItsRowToo) {
 // with suppressed = 1; published, a cell counts the other sites' patients
 // and says how many sites held it back; a split under k leaves nothing but
 // its flag.
+TEST(Suppression, VariableRangesAreTheHandComputedOnes) {
+  // x + y = 10, y + z = 4 over x, y, z >= 0: y and z in [0, 4], x in [6, 10].
+  auto r = VariableRanges({{1, 1, 0}, {0, 1, 1}}, {10, 4});
+  ASSERT_TRUE(r.ok()) << r.status();
+  const std::vector<std::pair<double, double>> want = {{6, 10}, {0, 4}, {0, 4}};
+  ASSERT_EQ(r->size(), 3u);
+  for (size_t j = 0; j < 3; ++j) {
+    EXPECT_NEAR((*r)[j].first, want[j].first, 1e-9) << j;
+    EXPECT_NEAR((*r)[j].second, want[j].second, 1e-9) << j;
+  }
+  // A redundant equation changes nothing; a free variable is unbounded.
+  r = VariableRanges({{1, 1, 0, 0}, {0, 1, 1, 0}, {1, 2, 1, 0}}, {10, 4, 14});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_NEAR((*r)[0].first, 6, 1e-9);
+  EXPECT_TRUE(std::isinf((*r)[3].second));
+  // x + y = -1 has no solution in non-negative numbers.
+  EXPECT_EQ(VariableRanges({{1, 1}}, {-1}).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+// The protection-interval test: counts that earlier releases published are
+// known, so a small cell they would pin down is protected by other cells.
+TEST(Suppression, WhatAnEarlierReleasePublishedCountsAsKnown) {
+  // F 30, M 25, X 3: X and M are hidden (M the smallest complement).
+  const std::map<CellKey, int64_t> counts = {
+      {{"sex", "F"}, 30}, {{"sex", "M"}, 25}, {{"sex", "X"}, 3}};
+  EXPECT_EQ(SuppressedCells(counts, 58, 10),
+            (std::set<CellKey>{{"sex", "M"}, {"sex", "X"}}));
+  // Had an earlier release of these patients published M, X would follow
+  // from it: F is hidden too, and hiding M protects nothing.
+  const std::set<CellKey> got = SuppressedCells(counts, 58, 10, {{"sex", "M"}});
+  EXPECT_TRUE(got.count({"sex", "F"})) << got.size();
+  EXPECT_TRUE(got.count({"sex", "X"}));
+}
+
 TEST(SiteSuppression, NoCellUnderTheSitesKLeavesIt) {
   EvalSums a = HandStudy();  // 4 F, 4 M
   const std::vector<CellKey> one = {{"sex", "X"}};

@@ -256,40 +256,80 @@ Release Evaluation(const std::string& model, std::vector<std::string> splits,
 }
 
 TEST(SiteReleasesTest, TheSameSumAgainIsFineOtherSurvivorsAndTooManyReleasesAreNot) {
+  const ReleaseLimits kTwo{.max_releases = 2};
   TempDir tmp;
   StatusOr<SiteReleases> r = SiteReleases::Open(tmp / "state");
   ASSERT_TRUE(r.ok()) << r.status();
-  ASSERT_TRUE(r->Record(Evaluation("m1", {"val"}, {"a", "b", "c"}), 2).ok());
+  ASSERT_TRUE(r->Record(Evaluation("m1", {"val"}, {"a", "b", "c"}), kTwo).ok());
   // A retried round: the same sum over the same sites, not counted again.
-  ASSERT_TRUE(r->Record(Evaluation("m1", {"val"}, {"a", "b", "c"}), 2).ok());
+  ASSERT_TRUE(r->Record(Evaluation("m1", {"val"}, {"a", "b", "c"}), kTwo).ok());
   EXPECT_EQ(r->size(), 1u);
   // The same release over other survivors: the difference would be c's.
-  Status s = r->Check(Evaluation("m1", {"val"}, {"a", "b"}), 2);
+  Status s = r->Check(Evaluation("m1", {"val"}, {"a", "b"}), kTwo);
   EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied);
   EXPECT_NE(s.message().find("already released it for {a, b, c}"), std::string::npos) << s;
   // Another layout of the same model and split is a second release, a
   // third is over the limit of 2; other splits and models count apart.
-  ASSERT_TRUE(r->Record(Evaluation("m1", {"val"}, {"a", "b"}, "audit"), 2).ok());
-  s = r->Check(Evaluation("m1", {"val", "test"}, {"a", "b"}, "audit2"), 2);
+  ASSERT_TRUE(r->Record(Evaluation("m1", {"val"}, {"a", "b"}, "audit"), kTwo).ok());
+  s = r->Check(Evaluation("m1", {"val", "test"}, {"a", "b"}, "audit2"), kTwo);
   EXPECT_NE(s.message().find("(audit.max_releases)"), std::string::npos) << s;
-  EXPECT_TRUE(r->Check(Evaluation("m1", {"test"}, {"a"}, "x"), 2).ok());
-  EXPECT_TRUE(r->Check(Evaluation("m2", {"val"}, {"a"}), 2).ok());
+  EXPECT_TRUE(r->Check(Evaluation("m1", {"test"}, {"a"}, "x"), kTwo).ok());
+  EXPECT_TRUE(r->Check(Evaluation("m2", {"val"}, {"a"}), kTwo).ok());
   // Updates: one model's update over one set of survivors only.
   Release update{"update", "m1", {}, "", {"a", "b", "c"}, 2};
-  ASSERT_TRUE(r->Record(update, 2).ok());
+  ASSERT_TRUE(r->Record(update, kTwo).ok());
   update.survivors = {"a", "c"};
-  EXPECT_EQ(r->Check(update, 2).code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(r->Check(update, kTwo).code(), absl::StatusCode::kPermissionDenied);
 
   // A restarted site remembers all of it.
   StatusOr<SiteReleases> again = SiteReleases::Open(tmp / "state");
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ(again->size(), 3u);
-  EXPECT_EQ(again->Check(Evaluation("m1", {"val"}, {"a", "b"}), 2).code(),
+  EXPECT_EQ(again->Check(Evaluation("m1", {"val"}, {"a", "b"}), kTwo).code(),
             absl::StatusCode::kPermissionDenied);
-  EXPECT_EQ(again->Check(update, 2).code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(again->Check(update, kTwo).code(), absl::StatusCode::kPermissionDenied);
   // A damaged ledger is an error, not an empty one.
   ASSERT_TRUE(WriteFileAtomic(tmp / "state/releases.json", "{\"releases\": [{}]}").ok());
   EXPECT_EQ(SiteReleases::Open(tmp / "state").status().code(), absl::StatusCode::kDataLoss);
+}
+
+TEST(SiteReleasesTest, PrivateReleasesAreChargedOnceAndNeverPastTheSitesBudget) {
+  TempDir tmp;
+  StatusOr<SiteReleases> r = SiteReleases::Open(tmp / "state");
+  ASSERT_TRUE(r.ok()) << r.status();
+  // sigma 2, delta 1e-5: one release costs epsilon 2.1680, two 3.1904
+  // (min over integer orders a of n a / 8 + log((a-1)/a) - (log delta +
+  // log a)/(a-1), computed by hand in Python), so a budget of 3 allows one.
+  ReleaseLimits limits{.max_releases = 2, .noise_multiplier = 2, .epsilon = 3, .delta = 1e-5};
+  const double one = 2.168010636783972, two = 3.190351872825228;
+  Release update{"update", "m1", {}, "", {"a"}, 1};
+  ASSERT_TRUE(r->Record(update, limits).ok());
+  EXPECT_NEAR(r->epsilon(), one, 1e-9);
+  // The same release again (a retried upload: the same noise) is free.
+  ASSERT_TRUE(r->Record(update, limits).ok());
+  EXPECT_EQ(r->dp_releases(), 1);
+  // A release that is not private is charged nothing.
+  ASSERT_TRUE(r->Record(Evaluation("m1", {"val"}, {"a"}), ReleaseLimits{.max_releases = 2}).ok());
+  EXPECT_EQ(r->dp_releases(), 1);
+  // The next model's update would pass the budget: refused, nothing spent,
+  // and a restarted site still counts what it spent.
+  Release next{"update", "m2", {}, "", {"a"}, 2};
+  Status s = r->Record(next, limits);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_NE(s.message().find("past its budget of 3"), std::string::npos) << s;
+  EXPECT_EQ(r->size(), 2u);
+  StatusOr<SiteReleases> again = SiteReleases::Open(tmp / "state");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_NEAR(again->epsilon(), one, 1e-9);
+  EXPECT_EQ(again->Check(next, limits).code(), absl::StatusCode::kResourceExhausted);
+  // A larger budget (re-signed terms) lets it through and charges it.
+  limits.epsilon = 10;
+  ASSERT_TRUE(again->Record(next, limits).ok());
+  EXPECT_NEAR(again->epsilon(), two, 1e-9);
+  // The ledger's delta is fixed once anything is charged.
+  limits.delta = 1e-6;
+  EXPECT_EQ(again->Check(Release{"update", "m3", {}, "", {"a"}, 3}, limits).code(),
+            absl::StatusCode::kFailedPrecondition);
 }
 
 }  // namespace

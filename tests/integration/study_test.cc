@@ -122,14 +122,15 @@ class StudyTest : public ::testing::Test {
 
   std::unique_ptr<Process> StartWorker(const std::string& site, int port,
                                        const std::string& tls_dir = "",
-                                       const std::string& data_site = "") {
-    return std::make_unique<Process>(
-        std::vector<std::string>{
-            ATTUNE_WORKER_BIN, "--coordinator", "127.0.0.1:" + std::to_string(port), "--study-id",
-            kStudy, "--site-dir", dir_ / ("data/" + (data_site.empty() ? site : data_site)),
-            "--tls-dir", tls_dir.empty() ? dir_ / ("pki/sites/" + site) : tls_dir,
-            "--reconnect-timeout", "60"},
-        dir_ / ("worker-" + site + ".log"));
+                                       const std::string& data_site = "",
+                                       const std::vector<std::string>& extra = {}) {
+    std::vector<std::string> args{
+        ATTUNE_WORKER_BIN, "--coordinator", "127.0.0.1:" + std::to_string(port), "--study-id",
+        kStudy, "--site-dir", dir_ / ("data/" + (data_site.empty() ? site : data_site)),
+        "--tls-dir", tls_dir.empty() ? dir_ / ("pki/sites/" + site) : tls_dir,
+        "--reconnect-timeout", "60"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return std::make_unique<Process>(std::move(args), dir_ / ("worker-" + site + ".log"));
   }
 
   // A worker configured by its provisioned site.json; only the coordinator's
@@ -669,6 +670,41 @@ TEST_F(StudyTest, ARoundOverThePrivacyBudgetIsNotRun) {
   const double epsilon = summary["history"][1]["privacy"]["epsilon"].get<double>();
   EXPECT_NEAR(epsilon, 4.75, 0.05);
   EXPECT_TRUE(std::filesystem::exists(dir_ / "out/model.atnm"));
+}
+
+// The site keeps its own privacy ledger: with local DP (sigma 1, delta
+// 1e-5: one release costs epsilon 4.75, two 7.09) and a study budget of
+// 20, site-3 allows itself 6 (--epsilon), sends round 1's noised update and
+// refuses round 2's, naming its budget; the study goes on without it.
+TEST_F(StudyTest, ASiteWithATighterPrivacyBudgetStopsReleasingAtItsOwn) {
+  const std::string study = WriteStudy(
+      2, {{"min_sites", 2},
+          {"round_deadline_s", 30},
+          {"privacy", {{"mode", "local"}, {"clip_norm", 1.0}, {"noise_multiplier", 1.0},
+                       {"epsilon", 20.0}, {"delta", 1e-5}}}});
+  auto coord = StartCoordinator(study, "127.0.0.1:0", "coordinator.log");
+  const int port = WaitForPort();
+  ASSERT_GT(port, 0) << coord->Log();
+  std::vector<std::unique_ptr<Process>> workers;
+  workers.push_back(StartWorker("site-1", port));
+  workers.push_back(StartWorker("site-2", port));
+  workers.push_back(StartWorker("site-3", port, "", "", {"--epsilon", "6"}));
+  ASSERT_EQ(coord->Wait(seconds(300)), 0) << coord->Log();
+  for (auto& w : workers) EXPECT_EQ(w->Wait(seconds(30)), 0) << w->Log();
+  const std::string log = workers[2]->Log();
+  EXPECT_NE(log.find("round 1: this site's privacy loss is epsilon 4.7"), std::string::npos)
+      << log;
+  EXPECT_NE(log.find("round 2 TRAIN"), std::string::npos) << log;
+  EXPECT_NE(log.find("refused by this site's privacy budget"), std::string::npos) << log;
+  EXPECT_NE(log.find("past its budget of 6"), std::string::npos) << log;
+  // On disk: one private release, epsilon 4.75.
+  const json ledger = ReadJson(dir_ / "pki/sites/site-3/state/releases.json");
+  EXPECT_EQ(ledger["privacy"]["releases"], 1) << ledger.dump(2);
+  EXPECT_NEAR(ledger["privacy"]["epsilon"].get<double>(), 4.75, 0.05) << ledger.dump(2);
+  // The study itself spent two rounds (the coordinator's ledger).
+  const json summary = ReadJson(dir_ / "out/summary.json");
+  ASSERT_EQ(summary["history"].size(), 3u) << summary.dump(2);
+  EXPECT_NEAR(summary["history"][2]["privacy"]["epsilon"].get<double>(), 7.09, 0.05);
 }
 
 // Crash-resume holds with secure aggregation and DP on: a coordinator

@@ -202,7 +202,16 @@ Status FederationClient::HandleTask(const v1::RoundTask& task) {
       SetStage("fetching", task.round());
       ATTUNE_ASSIGN_OR_RETURN(FlatModel global, FetchModel(task.model_version()));
       ATTUNE_RETURN_IF_ERROR(CheckInitialModel(task.model_version(), global));
-      if (secure_) pending_ = Release{"update", ModelDigest(global), {}, "", {}, task.round()};
+      // Recorded (and charged) before it leaves: in the clear, checked
+      // before training too; a secure one at SECAGG_UNMASK, when its
+      // survivors are known.
+      Release release{"update", ModelDigest(global), {}, "", {site_id_}, task.round()};
+      if (secure_) {
+        release.survivors.clear();
+        pending_ = release;
+      } else {
+        ATTUNE_RETURN_IF_ERROR(releases_->Check(release, Limits(release)));
+      }
       SetStage("training", task.round());
       TrainConfig hyper;
       hyper.local_epochs = task.hyper().local_epochs();
@@ -231,6 +240,10 @@ Status FederationClient::HandleTask(const v1::RoundTask& task) {
         SetStage("idle", task.round());
         return absl::OkStatus();
       }
+      if (guard_->terms().privacy_enabled()) {
+        ATTUNE_RETURN_IF_ERROR(releases_->Record(release, Limits(release)));
+        LogPrivacySpent(task.round());
+      }
       SetStage("uploading", task.round());
       Status s = SubmitUpdate(task, r.delta, r.num_examples, loss, /*full_weights=*/false);
       SetStage("idle", task.round());
@@ -253,7 +266,7 @@ Status FederationClient::HandleTask(const v1::RoundTask& task) {
                       LayoutDigest(task, options), {site_id_}, task.round()};
       if (!secure_) {
         // In the clear the sums are this site's alone.
-        ATTUNE_RETURN_IF_ERROR(releases_->Record(release, guard_->terms().max_releases));
+        ATTUNE_RETURN_IF_ERROR(releases_->Record(release, Limits(release)));
       } else {
         release.survivors.clear();  // known at SECAGG_UNMASK
         pending_ = std::move(release);
@@ -300,6 +313,24 @@ Status FederationClient::HandleTask(const v1::RoundTask& task) {
 
 int FederationClient::MinCell() const {
   return std::max(guard_->terms().min_cell, options_.min_cell);
+}
+
+ReleaseLimits FederationClient::Limits(const Release& r) const {
+  const StudyTerms& t = guard_->terms();
+  ReleaseLimits limits;
+  limits.max_releases = t.max_releases;
+  if (t.privacy_enabled() && r.purpose == "update") limits.noise_multiplier = t.noise_multiplier;
+  limits.epsilon = options_.epsilon > 0 ? std::min(options_.epsilon, t.epsilon) : t.epsilon;
+  limits.delta = t.delta;
+  return limits;
+}
+
+void FederationClient::LogPrivacySpent(int64_t round) const {
+  if (releases_->dp_releases() == 0) return;
+  const Release none;
+  spdlog::info("round {}: this site's privacy loss is epsilon {:.4g} of {:.4g} after {} private "
+               "release(s)",
+               round, releases_->epsilon(), Limits(none).epsilon, releases_->dp_releases());
 }
 
 Status FederationClient::CheckInitialModel(int64_t version, const FlatModel& model) {
@@ -395,7 +426,8 @@ Status FederationClient::HandleSecureStep(const v1::RoundTask& task) {
       // Recorded before anything is revealed (site_releases.h).
       pending_->survivors = survivors;
       pending_->round = task.round();
-      ATTUNE_RETURN_IF_ERROR(releases_->Record(*pending_, guard_->terms().max_releases));
+      ATTUNE_RETURN_IF_ERROR(releases_->Record(*pending_, Limits(*pending_)));
+      LogPrivacySpent(task.round());
       ATTUNE_ASSIGN_OR_RETURN(*msg.mutable_unmask(), secure_->Unmask(task));
       pending_.reset();
       Status s = SendSecAgg(task, std::move(msg));

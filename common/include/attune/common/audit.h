@@ -42,6 +42,9 @@ struct AuditOptions {
   // to them differently by group is expected, so they are never flagged for
   // that column or an intersection with it.
   std::map<std::string, std::vector<std::string>> defining_features;
+  // Cells earlier releases of the same patients (split and sites) published:
+  // the disclosure check counts them as known (SuppressedCells).
+  std::set<CellKey> published_before;
 
   Status Validate() const;
 };
@@ -55,9 +58,14 @@ struct AuditOptions {
 // smallest first, until the suppressed cells under it are none, or at
 // least two of at least min_cell patients together; and until no
 // suppressed count is determined by the published counts through those
-// sums (checked by linear algebra over all of them at once).
+// sums (checked by linear algebra over all of them at once), nor confined
+// to an interval narrower than [1, min_cell] (the protection-interval test:
+// linear programs over the published counts, the sums and non-negativity).
+// `published_before`: cells an earlier release of the same patients
+// published, whose counts are known whatever this one hides.
 std::set<CellKey> SuppressedCells(const std::map<CellKey, int64_t>& counts, int64_t total,
-                                  int min_cell);
+                                  int min_cell,
+                                  const std::set<CellKey>& published_before = {});
 
 // The audit document (kAuditSchema) of `sums`, as JSON text.
 // InvalidArgument if the sums are inconsistent.

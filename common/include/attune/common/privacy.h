@@ -59,6 +59,10 @@ class Accountant {
   // spent, when ε would exceed the budget.
   Status Spend(double q, double sigma, const std::string& what);
 
+  // The budget now in force (re-signed terms, or a site's own tighter
+  // one); what was spent stays. InvalidArgument unless > 0.
+  Status SetBudget(double epsilon_budget);
+
   double epsilon() const;  // spent so far
   double delta() const { return delta_; }
   double budget() const { return budget_; }

@@ -381,6 +381,17 @@ class RoundDriver {
                                     int64_t round, int step);
   // DP: the noise per site, and whether one more round fits the budget.
   double DpNoiseStddev(int threshold) const;
+  // Charges one release of the study's noise multiplier to the ledger and
+  // writes the ledger to the audit log at once: a release is spent when it
+  // reaches the coordinator, whether or not its round is ever committed,
+  // and a restarted coordinator resumes from the latest entry.
+  Status SpendLocked(const std::string& what);
+  // The audit of `sums` from `sites`, as published: the disclosure check
+  // counts what earlier releases of the same patients (split and sites)
+  // published as known, and this release's published cells are logged for
+  // the next (and for a restarted coordinator).
+  StatusOr<std::string> PublishAuditLocked(const EvalSums& sums,
+                                           const std::vector<std::string>& sites);
   PrivacyView PrivacyLocked() const;
   // Evaluates `model` (served as candidate `round`), then commits it.
   Status EvaluateAndCommit(std::unique_lock<std::mutex>& lock, int64_t round,
@@ -434,6 +445,8 @@ class RoundDriver {
   // releases counted beside it.
   std::optional<privacy::Accountant> ledger_;
   int audit_releases_ = 0;
+  // The cells each population ("split|site,site,...") has had published.
+  std::map<std::string, std::set<CellKey>> published_cells_;
   std::string stop_reason_;  // why the study ended before its last round
   int64_t candidate_version_ = -1;
   std::shared_ptr<const std::string> candidate_blob_;

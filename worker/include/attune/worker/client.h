@@ -62,6 +62,9 @@ struct ClientOptions {
   // This site's k: no cell of fewer patients leaves it; the terms' min_cell
   // if larger (a site may only tighten the study's terms).
   int min_cell = 0;
+  // This site's own privacy budget ε, 0 for the terms' (the smaller is
+  // kept: a site may only tighten).
+  double epsilon = 0;
 };
 
 using LearnerFactory = std::function<StatusOr<std::unique_ptr<Learner>>(const ModelConfig&)>;
@@ -93,6 +96,9 @@ class FederationClient {
   Status CheckInitialModel(int64_t version, const FlatModel& model);
   // The k this site suppresses below: max(terms, --min-cell).
   int MinCell() const;
+  // What the terms, tightened by this site's options, allow `r`.
+  ReleaseLimits Limits(const Release& r) const;
+  void LogPrivacySpent(int64_t round) const;
   // Secure aggregation steps after TRAIN (SECAGG_SHARE, _MASK, _UNMASK).
   Status HandleSecureStep(const v1::RoundTask& task);
   // DP: clips the update and adds this site's noise, seeded by its key, the
