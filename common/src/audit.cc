@@ -562,6 +562,15 @@ StatusOr<std::string> AuditJson(const EvalSums& sums, const AuditOptions& o) {
                              {"membership_auc_lower_95_at_least", o.flag_membership_auc},
                              {"not_flagged_for_their_column", o.defining_features}}},
               {"suppressed_cells", hidden.size()}};
+  if (o.noise_multiplier > 0) {
+    doc["noise"] = {
+        {"noise_multiplier", o.noise_multiplier},
+        {"value_clip", o.value_clip},
+        {"loss_clip", kNoisedLossClip},
+        {"note", "every figure is computed from sums that carry Gaussian noise (a "
+                 "differentially private release over patients); counts are noisy, and small "
+                 "differences between cells may be noise"}};
+  }
   return doc.dump(1);
 }
 

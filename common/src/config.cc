@@ -313,6 +313,19 @@ Status StudyConfig::Validate() const {
   ATTUNE_RETURN_IF_ERROR(Range("audit.histogram_bins", audit.histogram_bins, 2, 100000));
   ATTUNE_RETURN_IF_ERROR(Range("audit.every", audit.every, 1, 1e9));
   ATTUNE_RETURN_IF_ERROR(Range("audit.max_releases", audit.max_releases, 1, 1e6));
+  ATTUNE_RETURN_IF_ERROR(Range("audit.noise_multiplier", audit.noise_multiplier, 0, 1e6));
+  if (audit.noised()) {
+    ATTUNE_RETURN_IF_ERROR(Range("audit.value_clip", audit.value_clip, 1e-6, 1e6));
+    if (audit.histogram_bins % 2 != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "audit.histogram_bins: a noised audit (audit.noise_multiplier > 0) needs an even "
+          "number of bins, so that the confusion counts follow from the noisy histograms (got ",
+          audit.histogram_bins, ")"));
+    }
+    // Noised audits are charged to the study's ledger: its budget and δ.
+    ATTUNE_RETURN_IF_ERROR(Range("privacy.epsilon", privacy.epsilon, 1e-6, 1e9));
+    ATTUNE_RETURN_IF_ERROR(Range("privacy.delta", privacy.delta, 1e-300, 0.5));
+  }
   ATTUNE_RETURN_IF_ERROR(Prefixed("audit.", audit.report.Validate()));
   ATTUNE_RETURN_IF_ERROR(audit.Validate(secure_aggregation));
   return absl::OkStatus();
@@ -385,6 +398,8 @@ StatusOr<StudyConfig> ParseStudyConfig(const std::string& text,
     ar.Get("histogram_bins", &c.audit.histogram_bins);
     ar.Get("every", &c.audit.every);
     ar.Get("max_releases", &c.audit.max_releases);
+    ar.Get("noise_multiplier", &c.audit.noise_multiplier);
+    ar.Get("value_clip", &c.audit.value_clip);
     ar.Get("top_k", &c.audit.report.top_k);
     ar.Get("flag_jsd_bits", &c.audit.report.flag_jsd);
     ar.Get("flag_membership_auc", &c.audit.report.flag_membership_auc);

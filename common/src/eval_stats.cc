@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "attune/common/audit.h"
+#include "attune/common/privacy.h"
 #include "nlohmann/json.hpp"
 
 namespace attune {
@@ -105,38 +106,87 @@ GroupSums* CellFor(EvalSums& s, const EvalLayout& layout, const CellKey& key) {
 
 constexpr double kRealScale = 65536.0;
 
-// Visits every statistic of `s` in the layout's order: count(int64_t&) for
-// counts, real(double&) for sums of reals. Encoding and decoding share it,
-// so they cannot disagree on the order.
+// Visits every statistic of `s` in the layout's order -- the split's
+// totals, then each of `cells` -- as count(stat, int64_t&, cell) for counts
+// and real(stat, double&, cell) for sums of reals, `cell` null for the
+// totals. Encoding, decoding and the noise share it, so they cannot
+// disagree on the order.
 template <typename Count, typename Real>
-void Walk(const EvalLayout& layout, EvalSums& s, Count&& count, Real&& real) {
-  auto confusion = [&](Confusion& c) {
-    count(c.tp);
-    count(c.fp);
-    count(c.tn);
-    count(c.fn);
+void Walk(const std::vector<CellKey>& cells, EvalSums& s, Count&& count, Real&& real) {
+  const GroupSums* totals = nullptr;
+  auto confusion = [&](Confusion& c, const GroupSums* g) {
+    count(EvalStat::kCount, c.tp, g);
+    count(EvalStat::kCount, c.fp, g);
+    count(EvalStat::kCount, c.tn, g);
+    count(EvalStat::kCount, c.fn, g);
   };
-  count(s.n);
-  count(s.suppressed);
-  real(s.loss_sum);
-  for (auto& v : s.pos_hist) count(v);
-  for (auto& v : s.neg_hist) count(v);
-  confusion(s.confusion);
-  for (const auto& cell : layout.cells) {
+  count(EvalStat::kCount, s.n, totals);
+  count(EvalStat::kCount, s.suppressed, totals);
+  real(EvalStat::kLoss, s.loss_sum, totals);
+  for (auto& v : s.pos_hist) count(EvalStat::kHist, v, totals);
+  for (auto& v : s.neg_hist) count(EvalStat::kHist, v, totals);
+  confusion(s.confusion, totals);
+  for (const auto& cell : cells) {
     GroupSums& g = s.groups.at(cell);
-    count(g.n);
-    count(g.suppressed);
-    for (auto& b : g.beta_sum) real(b);
-    confusion(g.confusion);
-    for (auto& v : g.pos_hist) count(v);
-    for (auto& v : g.neg_hist) count(v);
-    for (auto& v : g.calib_sum) real(v);
-    for (auto& v : g.attention_sum) real(v);
-    real(g.entropy_sum);
-    for (auto& v : g.value_pos_sum) real(v);
-    for (auto& v : g.value_neg_sum) real(v);
-    for (auto& v : g.value_sq_sum) real(v);
+    count(EvalStat::kCount, g.n, &g);
+    count(EvalStat::kCount, g.suppressed, &g);
+    for (auto& b : g.beta_sum) real(EvalStat::kBeta, b, &g);
+    confusion(g.confusion, &g);
+    for (auto& v : g.pos_hist) count(EvalStat::kHist, v, &g);
+    for (auto& v : g.neg_hist) count(EvalStat::kHist, v, &g);
+    for (auto& v : g.calib_sum) real(EvalStat::kCalib, v, &g);
+    for (auto& v : g.attention_sum) real(EvalStat::kAttention, v, &g);
+    real(EvalStat::kEntropy, g.entropy_sum, &g);
+    for (auto& v : g.value_pos_sum) real(EvalStat::kValue, v, &g);
+    for (auto& v : g.value_neg_sum) real(EvalStat::kValue, v, &g);
+    for (auto& v : g.value_sq_sum) real(EvalStat::kValueSq, v, &g);
   }
+}
+
+// The audited columns among `cells` (the intersections' columns are pairs
+// of them).
+int64_t CountColumns(const std::vector<CellKey>& cells) {
+  std::set<std::string> columns;
+  for (const auto& [column, value] : cells) {
+    if (column.find(kCellJoin) == std::string::npos) columns.insert(column);
+  }
+  return static_cast<int64_t>(columns.size());
+}
+
+std::vector<CellKey> KeysOf(const EvalSums& s) {
+  std::vector<CellKey> keys;
+  for (const auto& [key, g] : s.groups) keys.push_back(key);
+  return keys;
+}
+
+// Released values are not: n and the confusion counts (derived from the
+// noisy histograms after the sum).
+void ZeroDerived(EvalSums* s) {
+  s->n = 0;
+  s->confusion = {};
+  for (auto& [key, g] : s->groups) {
+    g.n = 0;
+    g.confusion = {};
+  }
+}
+
+// n and the confusion counts of histograms (bin b of `bins` holds scores
+// in [b / bins, (b + 1) / bins): with an even number of bins the upper half
+// is predicted positive).
+void DeriveCounts(const std::vector<int64_t>& pos, const std::vector<int64_t>& neg, int64_t* n,
+                  Confusion* c) {
+  *c = {};
+  const size_t upper = (pos.size() + 1) / 2;
+  for (size_t b = 0; b < pos.size(); ++b) {
+    (b >= upper ? c->tp : c->fn) += pos[b];
+    (b >= upper ? c->fp : c->tn) += neg[b];
+  }
+  *n = c->n();
+}
+
+template <typename T>
+void ClampAll(std::vector<T>& v) {
+  for (T& x : v) x = std::max<T>(x, 0);
 }
 
 }  // namespace
@@ -228,17 +278,29 @@ GroupSums EvalSums::EmptyGroup() const {
   return g;
 }
 
-void EvalSums::AddPatient(const PatientEval& p, std::span<const CellKey> cells) {
+void EvalSums::AddPatient(const PatientEval& p, std::span<const CellKey> cells,
+                          double value_clip) {
   const bool predicted = p.probability >= kOperatingThreshold;
   const int bin = ScoreBin(p.probability, static_cast<int>(pos_hist.size()));
+  // A noised release bounds what one patient adds (EvalNoise).
+  const bool clip = value_clip > 0;
+  double scale = 1;
+  if (clip) {
+    double norm2 = 0;
+    for (size_t f = 0; f < features.size() && f < p.values.size(); ++f) {
+      norm2 += p.values[f] * p.values[f];
+    }
+    if (norm2 > value_clip * value_clip) scale = value_clip / std::sqrt(norm2);
+  }
   n += 1;
-  loss_sum += p.loss;
+  loss_sum += clip ? std::min(p.loss, kNoisedLossClip) : p.loss;
   (p.label ? pos_hist : neg_hist)[bin] += 1;
   CountConfusion(confusion, p.label, predicted);
   double entropy = 0;
   for (double a : p.attention) {
     if (a > 0) entropy -= a * std::log2(a);
   }
+  if (clip) entropy = std::min(entropy, std::log2(std::max<double>(features.size(), 1)));
   const int calib = ScoreBin(p.probability, calibration_bins);
   for (const CellKey& key : cells) {
     auto [it, inserted] = groups.try_emplace(key);
@@ -253,7 +315,7 @@ void EvalSums::AddPatient(const PatientEval& p, std::span<const CellKey> cells) 
     for (size_t f = 0; f < features.size(); ++f) {
       if (f < p.attention.size()) g.attention_sum[f] += p.attention[f];
       if (f < p.values.size()) {
-        const double x = p.values[f];
+        const double x = p.values[f] * scale;
         (x >= 0 ? g.value_pos_sum : g.value_neg_sum)[f] += std::abs(x);
         g.value_sq_sum[f] += x * x;
       }
@@ -298,29 +360,119 @@ int64_t EvalLayout::Words() const {
   return 2 * per_split * static_cast<int64_t>(splits.size());
 }
 
+int64_t CellsPerPatient(int64_t columns) { return columns + columns * (columns - 1) / 2; }
+
+double NoiseStddev(const EvalNoise& noise, EvalStat stat, int64_t cells_per_patient,
+                   size_t features) {
+  if (!noise.enabled()) return 0;
+  double bound = 0;
+  switch (stat) {
+    case EvalStat::kCount: return 0;
+    case EvalStat::kHist: case EvalStat::kBeta: case EvalStat::kCalib:
+    case EvalStat::kAttention: bound = 1; break;
+    case EvalStat::kLoss: bound = kNoisedLossClip; break;
+    case EvalStat::kEntropy: bound = std::log2(std::max<double>(features, 1)); break;
+    case EvalStat::kValue: bound = noise.value_clip; break;
+    case EvalStat::kValueSq: bound = noise.value_clip * noise.value_clip; break;
+  }
+  // The totals' 2 groups (histograms, loss) and each cell's 7.
+  const double groups = 2.0 + 7.0 * static_cast<double>(cells_per_patient);
+  return noise.multiplier * std::sqrt(groups) * bound / std::sqrt(std::max(noise.shares, 1));
+}
+
+namespace {
+
+// Draws one standard normal per noised statistic of `splits` (walked over
+// each one's `cells`), in order, from `seed`.
+StatusOr<std::vector<double>> DrawNoise(std::span<const uint8_t> seed, std::span<EvalSums> splits,
+                                        const std::vector<std::vector<CellKey>>& cells) {
+  size_t count = 0;
+  auto counted = [&](EvalStat stat, auto&, const GroupSums*) {
+    if (stat != EvalStat::kCount) ++count;
+  };
+  for (size_t k = 0; k < splits.size(); ++k) Walk(cells[k], splits[k], counted, counted);
+  std::vector<double> z(count);
+  ATTUNE_RETURN_IF_ERROR(privacy::StandardNormals(seed, z));
+  return z;
+}
+
+}  // namespace
+
+Status AddEvalNoise(std::span<const uint8_t> seed, const EvalNoise& noise,
+                    std::span<EvalSums> splits) {
+  if (!noise.enabled()) return absl::OkStatus();
+  std::vector<std::vector<CellKey>> cells;
+  for (const EvalSums& s : splits) cells.push_back(KeysOf(s));
+  ATTUNE_ASSIGN_OR_RETURN(std::vector<double> z, DrawNoise(seed, splits, cells));
+  size_t at = 0;
+  for (size_t k = 0; k < splits.size(); ++k) {
+    EvalSums& s = splits[k];
+    const int64_t per_patient = CellsPerPatient(CountColumns(cells[k]));
+    const bool held = s.suppressed > 0;  // held back whole: nothing of it is sent
+    ZeroDerived(&s);
+    auto sd = [&](EvalStat stat, const GroupSums* g) {
+      const bool sent = !held && (g == nullptr || g->suppressed == 0);
+      return sent ? NoiseStddev(noise, stat, per_patient, s.features.size()) : 0.0;
+    };
+    // Every draw is taken, used or not, so the stream stays in step.
+    Walk(cells[k], s,
+         [&](EvalStat stat, int64_t& c, const GroupSums* g) {
+           if (stat == EvalStat::kCount) return;
+           c += std::llround(sd(stat, g) * z[at++]);
+         },
+         [&](EvalStat stat, double& x, const GroupSums* g) { x += sd(stat, g) * z[at++]; });
+    SettleNoised(&s, 1);
+  }
+  return absl::OkStatus();
+}
+
+void SettleNoised(EvalSums* s, int64_t sites) {
+  const int64_t all = std::max<int64_t>(sites, 1);
+  if (s->suppressed >= all) {
+    // Held back by every site: nothing of it is published.
+    std::fill(s->pos_hist.begin(), s->pos_hist.end(), 0);
+    std::fill(s->neg_hist.begin(), s->neg_hist.end(), 0);
+    s->loss_sum = 0;
+    for (auto& [key, g] : s->groups) {
+      const int64_t held = g.suppressed;
+      g = s->EmptyGroup();
+      g.suppressed = held;
+    }
+  }
+  ClampAll(s->pos_hist);
+  ClampAll(s->neg_hist);
+  s->loss_sum = std::isfinite(s->loss_sum) ? std::max(s->loss_sum, 0.0) : 0.0;
+  DeriveCounts(s->pos_hist, s->neg_hist, &s->n, &s->confusion);
+  for (auto& [key, g] : s->groups) {
+    if (g.suppressed >= all) {
+      const int64_t held = g.suppressed;
+      g = s->EmptyGroup();
+      g.suppressed = held;
+      continue;
+    }
+    ClampAll(g.pos_hist);
+    ClampAll(g.neg_hist);
+    ClampAll(g.beta_sum);
+    ClampAll(g.calib_sum);
+    ClampAll(g.attention_sum);
+    ClampAll(g.value_pos_sum);
+    ClampAll(g.value_neg_sum);
+    ClampAll(g.value_sq_sum);
+    g.entropy_sum = std::max(g.entropy_sum, 0.0);
+    DeriveCounts(g.pos_hist, g.neg_hist, &g.n, &g.confusion);
+  }
+}
+
 StatusOr<std::vector<uint32_t>> EncodeEvalWords(const std::vector<EvalSums>& sums,
                                                 const EvalLayout& layout, int sites,
-                                                int min_cell) {
+                                                int min_cell, const EvalNoise& noise,
+                                                std::span<const uint8_t> seed) {
   if (sums.size() != layout.splits.size() || sites < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
         "secure evaluation: ", sums.size(), " splits evaluated, ", layout.splits.size(),
         " laid out"));
   }
-  std::vector<uint32_t> words;
-  words.reserve(layout.Words());
-  const uint64_t max_high = 0xFFFFFFFFull / static_cast<uint64_t>(sites);
-  Status status;
-  // Appends v (a statistic at `scale`) as its two words.
-  auto put = [&](uint64_t v, const char* what, double scale) {
-    if ((v >> 16) > max_high && status.ok()) {
-      status = absl::OutOfRangeError(absl::StrCat(
-          "secure evaluation: a ", what, " of ", static_cast<double>(v) / scale,
-          " is too large to add up over ", sites, " sites (at most ",
-          static_cast<double>((max_high << 16) | 0xFFFF) / scale, " per site)"));
-    }
-    words.push_back(static_cast<uint32_t>(v & 0xFFFF));
-    words.push_back(static_cast<uint32_t>(v >> 16));
-  };
+  std::vector<EvalSums> laid;  // the site's sums in the layout's cells, as they leave
   for (size_t k = 0; k < sums.size(); ++k) {
     const EvalSums& site = sums[k];
     ATTUNE_RETURN_IF_ERROR(site.Validate());
@@ -358,11 +510,53 @@ StatusOr<std::vector<uint32_t>> EncodeEvalWords(const std::vector<EvalSums>& sum
     }
     // The cells as they leave the site: small ones held back.
     SuppressSmallCells(&s, min_cell);
-    Walk(layout, s, [&](int64_t& c) { put(static_cast<uint64_t>(c), "count", 1); },
-         [&](double& x) {
-           const double scaled = x * kRealScale;  // finite and >= 0 (Validate)
-           put(scaled >= 9e18 ? ~uint64_t{0} : static_cast<uint64_t>(std::llround(scaled)), "sum",
-               kRealScale);
+    if (noise.enabled()) ZeroDerived(&s);
+    laid.push_back(std::move(s));
+  }
+  // This site's share of the noise: on every statistic (held-back cells
+  // too), so that the sum of any `shares` sites carries all of it.
+  std::vector<double> z;
+  const int64_t per_patient = CellsPerPatient(CountColumns(layout.cells));
+  if (noise.enabled()) {
+    const std::vector<std::vector<CellKey>> cells(laid.size(), layout.cells);
+    ATTUNE_ASSIGN_OR_RETURN(z, DrawNoise(seed, laid, cells));
+  }
+  size_t at = 0;
+  auto draw = [&](EvalStat stat) {
+    if (!noise.enabled() || stat == EvalStat::kCount) return 0.0;
+    return NoiseStddev(noise, stat, per_patient, layout.features.size()) * z[at++];
+  };
+  std::vector<uint32_t> words;
+  words.reserve(layout.Words());
+  const int64_t max_high = 0x7FFFFFFF / sites;
+  Status status;
+  // Appends v (a statistic at `scale`) as its two words: the low 16 bits
+  // and the rest, signed.
+  auto put = [&](int64_t v, const char* what, double scale) {
+    const int64_t high = v >> 16;  // arithmetic: floor(v / 2^16)
+    if ((high > max_high || high < -max_high) && status.ok()) {
+      status = absl::OutOfRangeError(absl::StrCat(
+          "secure evaluation: a ", what, " of ", static_cast<double>(v) / scale,
+          " is too large to add up over ", sites, " sites (at most ",
+          static_cast<double>(max_high) * 65536.0 / scale, " in magnitude per site)"));
+    }
+    words.push_back(static_cast<uint32_t>(v & 0xFFFF));
+    words.push_back(static_cast<uint32_t>(static_cast<uint64_t>(high)));
+  };
+  auto fixed = [](double scaled) -> int64_t {
+    if (!(scaled < 9e18)) return std::numeric_limits<int64_t>::max();  // refused by put
+    if (!(scaled > -9e18)) return std::numeric_limits<int64_t>::min();
+    return std::llround(scaled);
+  };
+  for (EvalSums& s : laid) {
+    Walk(layout.cells, s,
+         [&](EvalStat stat, int64_t& c, const GroupSums*) {
+           put(c + std::llround(draw(stat)), "count", 1);
+         },
+         [&](EvalStat stat, double& x, const GroupSums*) {
+           // The noise at the words' resolution, added to the value's: what
+           // is added does not depend on the value.
+           put(fixed(x * kRealScale) + fixed(draw(stat) * kRealScale), "sum", kRealScale);
          });
   }
   ATTUNE_RETURN_IF_ERROR(status);
@@ -370,7 +564,8 @@ StatusOr<std::vector<uint32_t>> EncodeEvalWords(const std::vector<EvalSums>& sum
 }
 
 StatusOr<std::vector<EvalSums>> DecodeEvalWords(std::span<const uint32_t> sum,
-                                                const EvalLayout& layout) {
+                                                const EvalLayout& layout,
+                                                int64_t noised_sites) {
   if (static_cast<int64_t>(sum.size()) != layout.Words()) {
     return absl::InvalidArgumentError(absl::StrCat("secure evaluation: ", sum.size(),
                                                    " words, the layout has ", layout.Words()));
@@ -378,14 +573,19 @@ StatusOr<std::vector<EvalSums>> DecodeEvalWords(std::span<const uint32_t> sum,
   std::vector<EvalSums> out;
   size_t at = 0;
   auto next = [&] {
-    const uint64_t v = uint64_t{sum[at]} + (uint64_t{sum[at + 1]} << 16);
+    // The low words' sum is exact; the high words' is a signed 32-bit sum.
+    const int64_t v = int64_t{sum[at]} +
+                      int64_t{static_cast<int32_t>(sum[at + 1])} * 65536;
     at += 2;
     return v;
   };
   for (const auto& split : layout.splits) {
     EvalSums s = Shaped(layout, split);
-    Walk(layout, s, [&](int64_t& c) { c = static_cast<int64_t>(next()); },
-         [&](double& x) { x = static_cast<double>(next()) / kRealScale; });
+    Walk(layout.cells, s, [&](EvalStat, int64_t& c, const GroupSums*) { c = next(); },
+         [&](EvalStat, double& x, const GroupSums*) {
+           x = static_cast<double>(next()) / kRealScale;
+         });
+    if (noised_sites > 0) SettleNoised(&s, noised_sites);
     std::erase_if(s.groups,
                   [](const auto& kv) { return kv.second.n == 0 && kv.second.suppressed == 0; });
     ATTUNE_RETURN_IF_ERROR(s.Validate());

@@ -36,22 +36,44 @@ double ClipToNorm(std::span<float> v, double clip_norm) {
   return norm;
 }
 
-Status AddGaussianNoise(std::span<const uint8_t> seed, double stddev, std::span<float> v) {
+namespace {
+
+constexpr size_t kPairs = 512;  // values per keystream piece (2 uniforms each: 16 bytes)
+
+// Draws `first` .. first + out.size() of the seed's stream of standard
+// normals (Box-Muller on 53-bit uniforms); `first` is a multiple of kPairs.
+Status Normals(std::span<const uint8_t> seed, size_t first, std::span<double> out) {
   if (seed.size() != 32) return absl::InvalidArgumentError("noise seed must be 32 bytes");
-  constexpr size_t kPairs = 512;  // values per keystream piece (2 uniforms each: 16 bytes)
   std::vector<uint64_t> words(2 * kPairs);
   std::span<uint8_t> bytes(reinterpret_cast<uint8_t*>(words.data()), words.size() * 8);
   auto uniform = [](uint64_t w) {  // (0, 1]: never 0, so log() is finite
     return (static_cast<double>(w >> 11) + 1.0) * 0x1.0p-53;
   };
-  for (size_t first = 0, piece = 0; first < v.size(); first += kPairs, ++piece) {
+  for (size_t at = 0, piece = first / kPairs; at < out.size(); at += kPairs, ++piece) {
     ATTUNE_RETURN_IF_ERROR(crypto::ExpandSeed(seed, piece * (bytes.size() / 16), bytes));
-    const size_t n = std::min(kPairs, v.size() - first);
+    const size_t n = std::min(kPairs, out.size() - at);
     for (size_t i = 0; i < n; ++i) {
       const double r = std::sqrt(-2.0 * std::log(uniform(words[2 * i])));
-      const double z = r * std::cos(2.0 * M_PI * uniform(words[2 * i + 1]));
-      v[first + i] = static_cast<float>(v[first + i] + stddev * z);
+      out[at + i] = r * std::cos(2.0 * M_PI * uniform(words[2 * i + 1]));
     }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+Status StandardNormals(std::span<const uint8_t> seed, std::span<double> out) {
+  return Normals(seed, 0, out);
+}
+
+Status AddGaussianNoise(std::span<const uint8_t> seed, double stddev, std::span<float> v) {
+  if (seed.size() != 32) return absl::InvalidArgumentError("noise seed must be 32 bytes");
+  constexpr size_t kChunk = 64 * kPairs;  // bounded scratch, whatever the model's size
+  std::vector<double> z(std::min(kChunk, v.size()));
+  for (size_t first = 0; first < v.size(); first += kChunk) {
+    const size_t n = std::min(kChunk, v.size() - first);
+    ATTUNE_RETURN_IF_ERROR(Normals(seed, first, std::span(z.data(), n)));
+    for (size_t i = 0; i < n; ++i) v[first + i] = static_cast<float>(v[first + i] + stddev * z[i]);
   }
   return absl::OkStatus();
 }

@@ -68,7 +68,9 @@ std::string StudyTerms::ToJson() const {
                        {"values", values},
                        {"max_histogram_bins", max_histogram_bins},
                        {"min_cell", min_cell},
-                       {"max_releases", max_releases}}},
+                       {"max_releases", max_releases},
+                       {"noise_multiplier", audit_noise_multiplier},
+                       {"value_clip", audit_value_clip}}},
             {"model", Json::parse(model_config_json)},
             {"seed", seed}};
   return j.dump(2) + "\n";
@@ -107,6 +109,8 @@ StatusOr<StudyTerms> StudyTerms::FromJson(const std::string& text) {
     q.Get("max_histogram_bins", &t.max_histogram_bins);
     q.Get("min_cell", &t.min_cell);
     q.Get("max_releases", &t.max_releases);
+    q.Get("noise_multiplier", &t.audit_noise_multiplier);
+    q.Get("value_clip", &t.audit_value_clip);
     q.RejectUnknown();
   }
   const json* model = r.Object("model");
@@ -137,6 +141,17 @@ StatusOr<StudyTerms> StudyTerms::FromJson(const std::string& text) {
   if (t.max_histogram_bins < 2) return Fail("audit.max_histogram_bins", "must be >= 2");
   if (t.min_cell < 1) return Fail("audit.min_cell", "must be >= 1");
   if (t.max_releases < 1) return Fail("audit.max_releases", "must be >= 1");
+  if (!(t.audit_noise_multiplier >= 0)) return Fail("audit.noise_multiplier", "must be >= 0");
+  if (t.audit_noised()) {
+    if (!(t.audit_value_clip > 0)) return Fail("audit.value_clip", "must be > 0 with noise");
+    if (t.max_histogram_bins % 2 != 0) {
+      return Fail("audit.max_histogram_bins", "must be even with noise");
+    }
+  }
+  if ((t.privacy_enabled() || t.audit_noised()) &&
+      !(t.epsilon > 0 && t.delta > 0 && t.delta < 1)) {
+    return Fail("privacy", "a budget epsilon > 0 and 0 < delta < 1 are needed with noise");
+  }
   if (!model) return Fail("model", "missing");
   ATTUNE_ASSIGN_OR_RETURN(ModelConfig m, ModelConfig::FromJson(model->dump()));
   t.model_config_json = m.ToJson();  // the canonical text, whatever the file's spacing
@@ -156,8 +171,14 @@ StudyTerms TermsOf(const StudyConfig& study, int64_t version) {
   if (study.privacy.enabled()) {
     t.clip_norm = study.privacy.clip_norm;
     t.noise_multiplier = study.privacy.noise_multiplier;
+  }
+  if (study.privacy.enabled() || study.audit.noised()) {  // one ledger for both
     t.epsilon = study.privacy.epsilon;
     t.delta = study.privacy.delta;
+  }
+  if (study.audit.noised()) {
+    t.audit_noise_multiplier = study.audit.noise_multiplier;
+    t.audit_value_clip = study.audit.value_clip;
   }
   t.audit_columns = study.audit.columns;
   t.audit_values = study.audit.values;
@@ -186,6 +207,8 @@ std::string TermsDifference(const StudyTerms& a, const StudyTerms& b) {
   if (a.max_histogram_bins != b.max_histogram_bins) return "audit.histogram_bins";
   if (a.min_cell != b.min_cell) return "audit.min_cell";
   if (a.max_releases != b.max_releases) return "audit.max_releases";
+  if (a.audit_noise_multiplier != b.audit_noise_multiplier) return "audit.noise_multiplier";
+  if (a.audit_value_clip != b.audit_value_clip) return "audit.value_clip";
   if (a.model_config_json != b.model_config_json) return "model";
   if (a.seed != b.seed) return "train.seed";
   return "";

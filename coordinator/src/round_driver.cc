@@ -31,6 +31,26 @@ std::string Population(const std::string& split, std::vector<std::string> sites)
   return absl::StrCat(split, "|", absl::StrJoin(sites, ","));
 }
 
+// The study keeps a privacy ledger when anything it releases is noised:
+// updates (privacy.mode) or evaluations (audit.noise_multiplier).
+bool UsesLedger(const StudyConfig& study) {
+  return study.privacy.enabled() || study.audit.noised();
+}
+
+// The noise multiplier of one Gaussian release that costs what a round
+// does -- its update (when `train` and DP is on) and its evaluation (when
+// noised) -- at q = 1, where RDP α/(2σ²) adds: 1/σ² = Σ 1/σᵢ².
+double RoundSigma(const StudyConfig& study, bool train) {
+  double inverse = 0;
+  if (train && study.privacy.enabled()) {
+    inverse += 1 / (study.privacy.noise_multiplier * study.privacy.noise_multiplier);
+  }
+  if (study.audit.noised()) {
+    inverse += 1 / (study.audit.noise_multiplier * study.audit.noise_multiplier);
+  }
+  return 1 / std::sqrt(inverse);
+}
+
 std::string RandomHex() {
   std::random_device rd;
   uint64_t v = (static_cast<uint64_t>(rd()) << 32) ^ rd();
@@ -125,7 +145,7 @@ StatusOr<std::unique_ptr<RoundDriver>> RoundDriver::Create(StudyConfig study, St
     ATTUNE_ASSIGN_OR_RETURN(d->global_, ViewModel(*d->global_blob_));
     ATTUNE_ASSIGN_OR_RETURN(d->server_state_, store->LoadServerState(last));
     d->global_version_ = last;
-    if (d->study_.privacy.enabled()) {
+    if (UsesLedger(d->study_)) {
       // The ledger committed with the last round.
       ATTUNE_ASSIGN_OR_RETURN(std::string text, store->LoadRecord(last));
       json rec = json::parse(text, nullptr, false);
@@ -163,7 +183,7 @@ StatusOr<std::unique_ptr<RoundDriver>> RoundDriver::Create(StudyConfig study, St
           }
         } else if (e.kind == "audit_released") {
           d->audit_releases_ = std::max(d->audit_releases_, detail.value("audit_releases", 0));
-        } else if (d->study_.privacy.enabled() && detail.contains("ledger")) {
+        } else if (UsesLedger(d->study_) && detail.contains("ledger")) {
           // Spent after the last commit (a failed or unfinished round).
           ATTUNE_ASSIGN_OR_RETURN(privacy::Accountant a,
                                   privacy::Accountant::FromJson(detail["ledger"].dump()));
@@ -174,7 +194,7 @@ StatusOr<std::unique_ptr<RoundDriver>> RoundDriver::Create(StudyConfig study, St
     }
     spdlog::info("resuming study '{}' after committed round {}", d->study_.study_id, last);
   }
-  if (d->study_.privacy.enabled() && !d->ledger_) {
+  if (UsesLedger(d->study_) && !d->ledger_) {
     ATTUNE_ASSIGN_OR_RETURN(privacy::Accountant a,
                             privacy::Accountant::Make(d->study_.privacy.epsilon,
                                                       d->study_.privacy.delta));
@@ -182,7 +202,7 @@ StatusOr<std::unique_ptr<RoundDriver>> RoundDriver::Create(StudyConfig study, St
   }
   if (d->ledger_) {
     const double planned = d->ledger_->EpsilonAfter(
-        1.0, d->study_.privacy.noise_multiplier,
+        1.0, RoundSigma(d->study_, /*train=*/d->study_.privacy.enabled()),
         static_cast<int>(d->study_.rounds - std::max<int64_t>(last, 0)));
     spdlog::info("privacy: {} DP, epsilon {:.4g} spent of {:.4g} (delta {:.3g}); all {} rounds "
                  "would take it to {:.4g}",
@@ -218,6 +238,8 @@ StatusOr<std::string> RoundDriver::PublishAuditLocked(const EvalSums& sums,
   const std::string population = Population(sums.split, sites);
   AuditOptions options = study_.audit.report;
   options.published_before = published_cells_[population];
+  options.noise_multiplier = study_.audit.noise_multiplier;
+  options.value_clip = study_.audit.noised() ? study_.audit.value_clip : 0;
   ATTUNE_ASSIGN_OR_RETURN(std::string text, AuditJson(sums, options));
   const json doc = json::parse(text);
   json cells = json::array();
@@ -235,12 +257,26 @@ StatusOr<std::string> RoundDriver::PublishAuditLocked(const EvalSums& sums,
   return text;
 }
 
-Status RoundDriver::SpendLocked(const std::string& what) {
-  ATTUNE_RETURN_IF_ERROR(ledger_->Spend(1.0, study_.privacy.noise_multiplier, what));
+Status RoundDriver::SpendLocked(const std::string& what, double sigma) {
+  ATTUNE_RETURN_IF_ERROR(ledger_->Spend(1.0, sigma, what));
   return store_->AppendLog(
       "privacy_spent", "",
       json{{"what", what}, {"epsilon", ledger_->epsilon()}, {"ledger", json::parse(ledger_->ToJson())}}
           .dump());
+}
+
+Status RoundDriver::ChargeEvaluationLocked(const Phase& eval, Status phase) {
+  // A noised evaluation is charged once anything of it reached the
+  // coordinator (a report in the clear, or an unmasked sum), even when the
+  // phase then failed.
+  if (!study_.audit.noised() || (!phase.ok() && eval.eval.empty() && eval.done.empty())) {
+    return phase;
+  }
+  Status spent = SpendLocked(
+      eval.audit_id > 0 ? absl::StrCat("audit ", eval.audit_id, " of model ", eval.audit_model)
+                        : absl::StrCat("round ", eval.round, " evaluation"),
+      study_.audit.noise_multiplier);
+  return phase.ok() ? spent : phase;
 }
 
 void RoundDriver::TouchLocked(const std::string& site) {
@@ -846,6 +882,15 @@ StatusOr<std::string> RoundDriver::RunAuditRound(std::unique_lock<std::mutex>& l
   eval.audit_model = job.version;
   phase_name_ = absl::StrCat("audit of model ", job.version);
   ATTUNE_RETURN_IF_ERROR(WaitForQuorum(lock, eval.round));
+  if (ledger_ && study_.audit.noised()) {
+    const double next = ledger_->EpsilonAfter(1.0, study_.audit.noise_multiplier);
+    if (next > ledger_->budget()) {
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "privacy budget: this audit would take epsilon from %.4g to %.4g, past the study's "
+          "budget of %.4g (delta %.3g)",
+          ledger_->epsilon(), next, ledger_->budget(), ledger_->delta()));
+    }
+  }
   audit_version_ = job.version;
   audit_blob_ = std::move(blob);
   Status s = study_.secure_aggregation
@@ -853,7 +898,7 @@ StatusOr<std::string> RoundDriver::RunAuditRound(std::unique_lock<std::mutex>& l
                  : RunPhase(lock, &eval, LiveSitesLocked(), job.version, study_.min_sites);
   audit_version_ = -1;
   audit_blob_.reset();
-  ATTUNE_RETURN_IF_ERROR(s);
+  ATTUNE_RETURN_IF_ERROR(ChargeEvaluationLocked(eval, std::move(s)));
   auto sums = eval.eval.find(job.split);
   if (sums == eval.eval.end()) return absl::InternalError("audit: no sums were reported");
   const std::vector<std::string> sites(eval.done.begin(), eval.done.end());
@@ -1041,8 +1086,9 @@ Status RoundDriver::RunTrainRound(int64_t round) {
   std::erase_if(closed_tasks_, [&](const auto& e) { return e.second < round - 1; });
   if (ledger_) {
     // The budget is checked before any site trains: a round that would
-    // take ε past it is never run.
-    const double next = ledger_->EpsilonAfter(1.0, study_.privacy.noise_multiplier);
+    // take ε past it (its update and its evaluation) is never run.
+    const double next =
+        ledger_->EpsilonAfter(1.0, RoundSigma(study_, /*train=*/study_.privacy.enabled()));
     if (next > ledger_->budget()) {
       return absl::ResourceExhaustedError(absl::StrFormat(
           "privacy budget: round %d would take epsilon from %.4g to %.4g, past the study's "
@@ -1073,10 +1119,11 @@ Status RoundDriver::RunTrainRound(int64_t round) {
       for (const auto& site : selected) dp[site] = task;
     }
     phase = RunPhase(lock, &train, selected, global_version_, study_.min_sites, dp);
-    if (ledger_ && !train.accepted.empty()) {
+    if (study_.privacy.enabled() && !train.accepted.empty()) {
       // Charged once any site's noised update has arrived, even when the
       // round then fails: what the coordinator received was released.
-      Status spent = SpendLocked(absl::StrCat("round ", round, " local updates"));
+      Status spent = SpendLocked(absl::StrCat("round ", round, " local updates"),
+                                 study_.privacy.noise_multiplier);
       if (phase.ok()) phase = spent;
     }
     for (const auto& [site, a] : train.accepted) {
@@ -1124,6 +1171,7 @@ Status RoundDriver::EvaluateAndCommit(std::unique_lock<std::mutex>& lock, int64_
   Status s = study_.secure_aggregation
                  ? RunSecureEvalPhase(lock, &eval, LiveSitesLocked())
                  : RunPhase(lock, &eval, LiveSitesLocked(), round, study_.min_sites);
+  s = ChargeEvaluationLocked(eval, std::move(s));
   if (!s.ok()) {
     candidate_version_ = -1;
     candidate_blob_.reset();

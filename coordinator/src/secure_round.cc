@@ -330,7 +330,8 @@ Status RoundDriver::RunSecureTrainPhase(std::unique_lock<std::mutex>& lock, Phas
   const int survivors = static_cast<int>(sum.survivors.size());
   if (study_.privacy.enabled() && study_.privacy.mode == "central") {
     // Charged when the sum is revealed, committed with the round.
-    ATTUNE_RETURN_IF_ERROR(SpendLocked(absl::StrCat("round ", p->round, " update sum")));
+    ATTUNE_RETURN_IF_ERROR(SpendLocked(absl::StrCat("round ", p->round, " update sum"),
+                                       study_.privacy.noise_multiplier));
   }
   // Rebuild the quantiser the sites used and decode off the lock: O(model).
   ATTUNE_ASSIGN_OR_RETURN(secagg::Quantizer q, secagg::Quantizer::Make(study_.secagg.value_clip, n));
@@ -384,7 +385,10 @@ Status RoundDriver::RunSecureEvalPhase(std::unique_lock<std::mutex>& lock, Phase
   spec.length = layout.Words();
   spec.fill = [&](int, v1::RoundTask* task) { *task->mutable_eval_layout() = wire; };
   ATTUNE_ASSIGN_OR_RETURN(SecureSum sum, RunSecureAggregation(lock, p, selected, spec));
-  ATTUNE_ASSIGN_OR_RETURN(std::vector<EvalSums> splits, DecodeEvalWords(sum.words, layout));
+  // A noised sum carries the noise shares of its survivors: settled here.
+  const int64_t noised = study_.audit.noised() ? static_cast<int64_t>(sum.survivors.size()) : 0;
+  ATTUNE_ASSIGN_OR_RETURN(std::vector<EvalSums> splits,
+                          DecodeEvalWords(sum.words, layout, noised));
   for (auto& s : splits) p->eval[s.split] = std::move(s);
   return absl::OkStatus();
 }

@@ -178,10 +178,12 @@ TEST(EvalWords, TheSumOfSitesWordsDecodesToTheSumOfTheirSums) {
 TEST(EvalWords, RefusesWhatCouldOverflowOrDoesNotMatchTheLayout) {
   const EvalLayout layout = EvalLayout::Make({"val"}, 2, {"a", "b"}, {}, {{"sex", {"F"}}});
   EvalSums big = Site(1, 1, 1, 1, 0.5);
-  big.loss_sum = 3e9;  // a real sum: at most (2^32 - 1) / sites per site
+  big.loss_sum = 1.5e9;  // a real sum: its magnitude at most (2^31 - 1) / sites per site
   EXPECT_TRUE(EncodeEvalWords({big}, layout, 1).ok());
   auto over = EncodeEvalWords({big}, layout, 2);
   EXPECT_EQ(over.status().code(), absl::StatusCode::kOutOfRange) << over.status();
+  big.loss_sum = 2.2e9;  // past 2^31 - 1 even for one site
+  EXPECT_EQ(EncodeEvalWords({big}, layout, 1).status().code(), absl::StatusCode::kOutOfRange);
   EvalSums other_modalities = Site(1, 1, 1, 1, 0.5);
   other_modalities.modalities = {"a", "c"};
   EXPECT_EQ(EncodeEvalWords({other_modalities}, layout, 2).status().code(),

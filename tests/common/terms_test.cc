@@ -136,6 +136,48 @@ TEST(TermsTest, AlteredOrForeignTermsDoNotVerify) {
             absl::StatusCode::kInvalidArgument);
 }
 
+TEST(TermsTest, AuditNoiseIsATermWithTheStudysBudget) {
+  // A study without DP on its updates whose audits are noised: the terms
+  // carry the noise, the clip and the budget they are charged to.
+  StatusOr<StudyConfig> study = ParseStudyConfig(
+      json{{"study_id", "noised"}, {"roster", {"a", "b"}},
+           {"privacy", {{"epsilon", 4.0}, {"delta", 1e-6}}},
+           {"audit", {{"noise_multiplier", 3.0}, {"value_clip", 2.0}, {"histogram_bins", 20}}}}
+          .dump());
+  ASSERT_TRUE(study.ok()) << study.status();
+  const StudyTerms t = TermsOf(*study, 1);
+  EXPECT_TRUE(t.audit_noised());
+  EXPECT_FALSE(t.privacy_enabled());
+  EXPECT_EQ(t.audit_noise_multiplier, 3.0);
+  EXPECT_EQ(t.audit_value_clip, 2.0);
+  EXPECT_EQ(t.epsilon, 4.0);
+  EXPECT_EQ(t.delta, 1e-6);
+  StatusOr<StudyTerms> back = StudyTerms::FromJson(t.ToJson());
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(TermsDifference(t, *back), "");
+  StudyTerms weaker = t;
+  weaker.audit_noise_multiplier = 1.0;
+  EXPECT_EQ(TermsDifference(t, weaker), "audit.noise_multiplier");
+  // Noise needs a clip, an even number of bins and a budget.
+  json j = json::parse(t.ToJson());
+  j["audit"]["value_clip"] = 0;
+  EXPECT_EQ(StudyTerms::FromJson(j.dump()).status().code(), absl::StatusCode::kInvalidArgument);
+  j = json::parse(t.ToJson());
+  j["privacy"]["epsilon"] = 0;
+  EXPECT_EQ(StudyTerms::FromJson(j.dump()).status().code(), absl::StatusCode::kInvalidArgument);
+  j = json::parse(t.ToJson());
+  j["audit"]["noise_multiplier"] = -1;
+  EXPECT_EQ(StudyTerms::FromJson(j.dump()).status().code(), absl::StatusCode::kInvalidArgument);
+  // And the study file says why an odd number of bins is refused.
+  StatusOr<StudyConfig> odd = ParseStudyConfig(
+      json{{"study_id", "noised"}, {"roster", {"a", "b"}},
+           {"audit", {{"noise_multiplier", 3.0}, {"histogram_bins", 21}}}}
+          .dump());
+  ASSERT_FALSE(odd.ok());
+  EXPECT_NE(std::string(odd.status().message()).find("even number of bins"), std::string::npos)
+      << odd.status();
+}
+
 TEST(TermsTest, MinimumThresholdIsMoreThanHalfOfEachSecretsHolders) {
   EXPECT_EQ(MinimumThreshold(3, 0), 2);
   EXPECT_EQ(MinimumThreshold(4, 0), 3);

@@ -4,6 +4,7 @@
 
 #include <condition_variable>
 #include <optional>
+#include <set>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -261,12 +262,27 @@ Status FederationClient::HandleTask(const v1::RoundTask& task) {
       ATTUNE_RETURN_IF_ERROR(CheckInitialModel(task.model_version(), model));
       EvalOptions options = eval_options_;
       if (!task.audit()) options.audit_columns.clear();  // the whole split only
-      Release release{"evaluation", ModelDigest(model),
-                      {task.splits().begin(), task.splits().end()},
+      const EvalNoise noise = AuditNoise(task);
+      options.value_clip = noise.value_clip;
+      const std::vector<std::string> split_names(task.splits().begin(), task.splits().end());
+      if (std::set<std::string>(split_names.begin(), split_names.end()).size() !=
+          split_names.size()) {
+        return absl::InvalidArgumentError("an evaluation that names a split twice");
+      }
+      Release release{"evaluation", ModelDigest(model), split_names,
                       LayoutDigest(task, options), {site_id_}, task.round()};
+      // The noise of this release: the same if it is asked again (a repeat
+      // is no new release), other for any other.
+      ATTUNE_ASSIGN_OR_RETURN(
+          crypto::SecretBytes noise_seed,
+          NoiseSeed("attune-audit-noise-v1",
+                    absl::StrCat("model ", release.model_digest, "|splits ",
+                                 absl::StrJoin(split_names, ","), "|layout ",
+                                 release.layout_digest)));
       if (!secure_) {
         // In the clear the sums are this site's alone.
         ATTUNE_RETURN_IF_ERROR(releases_->Record(release, Limits(release)));
+        LogPrivacySpent(task.round());
       } else {
         release.survivors.clear();  // known at SECAGG_UNMASK
         pending_ = std::move(release);
@@ -281,13 +297,17 @@ Status FederationClient::HandleTask(const v1::RoundTask& task) {
         // over the sites leaves, after the SECAGG steps.
         ATTUNE_ASSIGN_OR_RETURN(
             std::vector<uint32_t> words,
-            EncodeEvalWords(splits, LayoutFromProto(task), task.secagg().sites_size(), MinCell()));
+            EncodeEvalWords(splits, LayoutFromProto(task), task.secagg().sites_size(), MinCell(),
+                            noise, noise_seed));
         ATTUNE_RETURN_IF_ERROR(secure_->SetWords(std::move(words)));
         SetStage("idle", task.round());
         return absl::OkStatus();
       }
+      // Before anything leaves the site: the small cells held back, then
+      // (when the terms say so) the noise on what is sent.
+      for (EvalSums& sums : splits) SuppressSmallCells(&sums, MinCell());
+      ATTUNE_RETURN_IF_ERROR(AddEvalNoise(noise_seed, noise, splits));
       for (EvalSums& sums : splits) {
-        SuppressSmallCells(&sums, MinCell());  // before anything leaves the site
         v1::AuditReport report;
         ToProto(sums, &report);
         report.set_study_id(options_.study_id);
@@ -320,6 +340,9 @@ ReleaseLimits FederationClient::Limits(const Release& r) const {
   ReleaseLimits limits;
   limits.max_releases = t.max_releases;
   if (t.privacy_enabled() && r.purpose == "update") limits.noise_multiplier = t.noise_multiplier;
+  if (t.audit_noised() && r.purpose == "evaluation") {
+    limits.noise_multiplier = t.audit_noise_multiplier;
+  }
   limits.epsilon = options_.epsilon > 0 ? std::min(options_.epsilon, t.epsilon) : t.epsilon;
   limits.delta = t.delta;
   return limits;
@@ -376,15 +399,32 @@ Status FederationClient::Privatize(const v1::RoundTask& task, const std::string&
     // with another model after a restart learns nothing from it).
     ATTUNE_ASSIGN_OR_RETURN(
         crypto::SecretBytes seed,
-        crypto::HkdfSha256(crypto::View(options_.key_pem), crypto::View("attune-dp-noise-v2"),
-                           crypto::View(absl::StrCat(options_.study_id, "|round ", task.round(),
-                                                     "|model ", model_digest)),
-                           32));
+        NoiseSeed("attune-dp-noise-v2", absl::StrCat("round ", task.round(), "|model ",
+                                                      model_digest)));
     ATTUNE_RETURN_IF_ERROR(privacy::AddGaussianNoise(seed, dp.noise_stddev(), delta->values));
   }
   spdlog::info("round {}: update norm {:.4g} clipped to {:.4g}, noise stddev {:.4g}",
                task.round(), norm, dp.clip_norm(), dp.noise_stddev());
   return absl::OkStatus();
+}
+
+StatusOr<crypto::SecretBytes> FederationClient::NoiseSeed(std::string_view context,
+                                                         const std::string& what) const {
+  const std::string label(context);
+  return crypto::HkdfSha256(crypto::View(options_.key_pem), crypto::View(label),
+                            crypto::View(absl::StrCat(options_.study_id, "|", what)), 32);
+}
+
+EvalNoise FederationClient::AuditNoise(const v1::RoundTask& task) const {
+  const StudyTerms& t = guard_->terms();
+  EvalNoise noise;
+  if (!t.audit_noised()) return noise;
+  noise.multiplier = t.audit_noise_multiplier;
+  noise.value_clip = t.audit_value_clip;
+  // Under secure aggregation each site adds its share: any `threshold`
+  // survivors together add all of it (the threshold is checked by the guard).
+  noise.shares = task.has_secagg() ? std::max(task.secagg().threshold(), 1) : 1;
+  return noise;
 }
 
 Status FederationClient::HandleSecureStep(const v1::RoundTask& task) {

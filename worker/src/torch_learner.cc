@@ -155,7 +155,7 @@ class TorchLearner final : public Learner {
             e.attention = {attention[i].data_ptr<double>(), static_cast<size_t>(nf)};
             e.values = {value[i].data_ptr<double>(), static_cast<size_t>(nf)};
           }
-          sums.AddPatient(e, SubgroupCells(column_names, values));
+          sums.AddPatient(e, SubgroupCells(column_names, values), o.value_clip);
         }
       }
       return sums;

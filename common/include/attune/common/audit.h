@@ -45,6 +45,10 @@ struct AuditOptions {
   // Cells earlier releases of the same patients (split and sites) published:
   // the disclosure check counts them as known (SuppressedCells).
   std::set<CellKey> published_before;
+  // > 0: the sums carry Gaussian noise (eval_stats.h EvalNoise); the
+  // document says so, with the multiplier and the clip.
+  double noise_multiplier = 0;
+  double value_clip = 0;
 
   Status Validate() const;
 };

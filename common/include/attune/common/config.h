@@ -116,8 +116,18 @@ struct AuditConfig {
   // over the same survivors and layout, which sums the same values, is not
   // another release). Part of the signed terms: sites enforce it.
   int max_releases = 2;
+  // > 0: every evaluation release is the Gaussian mechanism over patients
+  // with this noise multiplier (eval_stats.h EvalNoise), charged to the
+  // study's privacy ledger (privacy.epsilon, privacy.delta) at every site
+  // and at the coordinator, whatever privacy.mode is. value_clip bounds one
+  // patient's audit feature values (L2, in the standardised units the
+  // audit sums). Part of the signed terms.
+  double noise_multiplier = 0;
+  double value_clip = 5.0;
   // min_cell (k), top_k, the flag thresholds and the defining features.
   AuditOptions report;
+
+  bool noised() const { return noise_multiplier > 0; }
 
   // Every `values` key is an audited column, each list non-empty without
   // repeats (nor "(other)"); with `secure` every column has a list.

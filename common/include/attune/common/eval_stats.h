@@ -80,8 +80,10 @@ struct EvalSums {
                        std::vector<std::string> features, int calibration_bins = 0);
   // A zero cell of this shape.
   GroupSums EmptyGroup() const;
-  // Counts one patient in the totals and in each of `cells`.
-  void AddPatient(const PatientEval& p, std::span<const CellKey> cells);
+  // Counts one patient in the totals and in each of `cells`. value_clip >
+  // 0 (a noised release, EvalNoise): the patient's loss is capped at
+  // kNoisedLossClip and its feature values scaled to L2 norm <= value_clip.
+  void AddPatient(const PatientEval& p, std::span<const CellKey> cells, double value_clip = 0);
 
   // Adds `other` into this. InvalidArgument if splits, histogram sizes,
   // modality or feature lists differ, or any count is negative, any sum not
@@ -109,6 +111,73 @@ void AddGroup(GroupSums* into, const GroupSums& g);
 // patient's label, score and feature values.
 int64_t SuppressSmallCells(EvalSums* sums, int min_cell);
 
+// ---- Noised releases (audit.noise_multiplier) -------------------------------
+//
+// When the terms say so, an evaluation release is the Gaussian mechanism
+// over patients: each statistic gets Gaussian noise scaled to what one
+// patient can change it by, so that adding or removing one patient moves
+// the whole release (every split, the totals and every cell the patient is
+// in) by L2 norm at most 1/σ in units of the noise -- sensitivity 1 against
+// noise σ -- and the release costs the RDP of one Gaussian release of
+// noise multiplier σ: α / (2σ²).
+//
+// One patient changes, in its split's totals and in each of its cells, G
+// statistic groups in all: the score histograms (one bin, by 1), Σ loss (by
+// at most kNoisedLossClip), and per cell the histograms, Σ β (L2 <= 1), the
+// calibration sums (<= 1), Σ attention share (L2 <= 1), Σ entropy (<= log2
+// of the feature count), Σ |x| (L2 <= value_clip) and Σ x² (<= value_clip²).
+// Each group gets noise of stddev σ · √G · (its bound), an equal part of
+// the sensitivity each. Counts get integer noise (rounded draws), sums of
+// reals noise at the secure words' resolution, so that what is added never
+// depends on the data. n and the confusion counts are not released: they
+// are derived from the noisy histograms (with an even number of bins, the
+// operating threshold falls between bins), and the released values are
+// clamped to >= 0 (SettleNoised) -- post-processing, which DP allows.
+//
+// In the clear a site adds all the noise (shares = 1); under secure
+// aggregation each site adds 1/t of the variance, t the threshold, so that
+// any t survivors' sum carries all of it (as central DP does with updates).
+// Cells a site holds back (SuppressSmallCells) are decided on exact counts
+// before the noise: which cells are held back is outside the DP guarantee,
+// and is protected by k alone (docs/threat-model.md).
+inline constexpr double kNoisedLossClip = 5.0;  // nats: one patient's Σ loss share
+
+struct EvalNoise {
+  double multiplier = 0;   // σ; 0: exact sums
+  double value_clip = 0;   // L2 bound on one patient's feature values (> 0 when noised)
+  int shares = 1;          // sites that each add 1/shares of the variance
+
+  bool enabled() const { return multiplier > 0; }
+};
+
+// The statistic groups of a release, for the noise each gets.
+enum class EvalStat { kCount, kHist, kLoss, kBeta, kCalib, kAttention, kEntropy, kValue, kValueSq };
+
+// The noise stddev of one `stat` value, for a release whose patients are
+// each in `cells_per_patient` cells (0: the whole split only), with
+// `features` audit features. 0 for kCount (n, confusion: derived, not
+// released; `suppressed`: not noised).
+double NoiseStddev(const EvalNoise& noise, EvalStat stat, int64_t cells_per_patient,
+                   size_t features);
+
+// The cells each patient is in when `columns` are audited: one per column
+// and one per pair of columns.
+int64_t CellsPerPatient(int64_t columns);
+
+// Adds the noise to one site's sums in the clear, one per split of the
+// release (every split total and cell this site does not hold back), from
+// one stream drawn from `seed` (32 bytes) -- never the same draws on two
+// splits, whose difference would cancel them -- and settles each
+// (SettleNoised(split, 1)).
+Status AddEvalNoise(std::span<const uint8_t> seed, const EvalNoise& noise,
+                    std::span<EvalSums> splits);
+
+// After noise: negative histogram bins and sums become 0, n and the
+// confusion counts are derived from the histograms, and a split or cell
+// held back by at least `sites` sites (all of them) is empty. The result is
+// consistent (Validate). A noised release needs an even number of bins.
+void SettleNoised(EvalSums* sums, int64_t sites);
+
 // ---- Secure evaluation: the sums as words ----------------------------------
 //
 // Under secure aggregation each site's sums are one vector of 32-bit words,
@@ -117,10 +186,11 @@ int64_t SuppressSmallCells(EvalSums* sums, int min_cell);
 // counts; then for each cell -- the study's audit.values, plus (column,
 // kOtherValue) for values a site has that are not listed, and every pair of
 // two columns' cells -- every statistic of GroupSums in its order. Every statistic is a
-// non-negative fixed-point number (counts at scale 1, sums of reals at scale
-// 2^16) carried in two words, its low 16 bits and the rest, so that adding
-// the words of up to `sites` sites can never carry out of a word: a site
-// refuses (OutOfRange) a statistic whose high word exceeds (2^32 − 1) / sites.
+// fixed-point number (counts at scale 1, sums of reals at scale 2^16)
+// carried in two words, its low 16 bits and the rest (a signed 32-bit
+// word: a noised share may be negative), so that adding the words of up to
+// `sites` sites can never carry out of a word: a site refuses (OutOfRange)
+// a statistic whose high word's magnitude exceeds (2^31 − 1) / sites.
 // Counts come out exact; a real sum within sites · 2^-17 of the true one.
 inline constexpr char kOtherValue[] = "(other)";
 
@@ -146,14 +216,21 @@ struct EvalLayout {
 // group whose value is not a cell is counted in its column's kOtherValue
 // cell (in an intersection, each unlisted side is kOtherValue); a column
 // the layout does not have is left out. Then the laid-out cells under
-// `min_cell` are held back (SuppressSmallCells).
+// `min_cell` are held back (SuppressSmallCells). With `noise` enabled,
+// this site's share of the noise (drawn from `seed`) is added to every
+// statistic, held-back cells included, and n and the confusion counts are
+// sent as 0.
 StatusOr<std::vector<uint32_t>> EncodeEvalWords(const std::vector<EvalSums>& sums,
                                                 const EvalLayout& layout, int sites,
-                                                int min_cell = 1);
+                                                int min_cell = 1, const EvalNoise& noise = {},
+                                                std::span<const uint8_t> seed = {});
 // The sums of the summed words, one per split; cells with n = 0 are left
 // out. InvalidArgument if the words' length does not match, or if the
-// result is inconsistent (EvalSums::Validate).
+// result is inconsistent (EvalSums::Validate). `noised_sites` > 0: the
+// words carry noise (EncodeEvalWords with noise) from that many sites, and
+// are settled (SettleNoised) before they are checked.
 StatusOr<std::vector<EvalSums>> DecodeEvalWords(std::span<const uint32_t> sum,
-                                                const EvalLayout& layout);
+                                                const EvalLayout& layout,
+                                                int64_t noised_sites = 0);
 
 }  // namespace attune

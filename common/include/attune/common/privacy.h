@@ -29,6 +29,9 @@ double ClipToNorm(std::span<float> v, double clip_norm);
 // so a retried round releases the same value, not a fresh sample.
 // InvalidArgument for a seed that is not 32 bytes.
 Status AddGaussianNoise(std::span<const uint8_t> seed, double stddev, std::span<float> v);
+// The standard normal draws AddGaussianNoise adds (scaled), one per `out`
+// value, from the same keystream.
+Status StandardNormals(std::span<const uint8_t> seed, std::span<double> out);
 
 // The Rényi orders tracked.
 const std::vector<int>& Orders();

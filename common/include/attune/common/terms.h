@@ -65,6 +65,10 @@ struct StudyTerms {
   int max_histogram_bins = 0;
   int min_cell = 0;
   int max_releases = 0;  // evaluation releases per model and split (site_releases.h)
+  // > 0: every evaluation release is noised (eval_stats.h EvalNoise) and
+  // charged to the site's ledger against epsilon and delta above.
+  double audit_noise_multiplier = 0;
+  double audit_value_clip = 0;
 
   // The model every site trains: its configuration (ModelConfig::ToJson)
   // and the seed its initial weights are drawn from.
@@ -72,6 +76,7 @@ struct StudyTerms {
   uint64_t seed = 0;
 
   bool privacy_enabled() const { return privacy_mode != "off"; }
+  bool audit_noised() const { return audit_noise_multiplier > 0; }
   // On the roster and not revoked.
   bool Admits(const std::string& site) const;
   // SHA-256 (hex) of model_config_json.

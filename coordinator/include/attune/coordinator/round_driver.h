@@ -385,7 +385,10 @@ class RoundDriver {
   // writes the ledger to the audit log at once: a release is spent when it
   // reaches the coordinator, whether or not its round is ever committed,
   // and a restarted coordinator resumes from the latest entry.
-  Status SpendLocked(const std::string& what);
+  Status SpendLocked(const std::string& what, double sigma);
+  // Charges a noised evaluation (audit.noise_multiplier) once anything of
+  // it was released; returns `phase`, or the charge's refusal.
+  Status ChargeEvaluationLocked(const Phase& eval, Status phase);
   // The audit of `sums` from `sites`, as published: the disclosure check
   // counts what earlier releases of the same patients (split and sites)
   // published as known, and this release's published cells are logged for

@@ -29,9 +29,12 @@
 #include <optional>
 #include <stop_token>
 #include <string>
+#include <string_view>
 
 #include <grpcpp/grpcpp.h>
 
+#include "attune/common/crypto.h"
+#include "attune/common/eval_stats.h"
 #include "attune/common/secure_update.h"
 #include "attune/common/site_guard.h"
 #include "attune/common/site_releases.h"
@@ -105,6 +108,11 @@ class FederationClient {
   // round and the digest of the model trained from: a rerun of the same
   // round on the same model adds the same noise, any other release fresh noise.
   Status Privatize(const v1::RoundTask& task, const std::string& model_digest, FlatModel* delta);
+  // A noise seed secret to everyone but this site (derived from its key),
+  // fixed by `what` -- the release it noises -- within this study.
+  StatusOr<crypto::SecretBytes> NoiseSeed(std::string_view context, const std::string& what) const;
+  // The terms' audit noise for this task (none unless the terms say so).
+  EvalNoise AuditNoise(const v1::RoundTask& task) const;
   // Progress, shared between the task loop and the heartbeat thread.
   void SetStage(const char* stage, int64_t round);
   void OnTrainProgress(const TrainProgress& p);

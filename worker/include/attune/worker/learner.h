@@ -53,6 +53,9 @@ struct TrainOptions {
 struct EvalOptions {
   std::vector<std::string> audit_columns;  // subgroup columns to report
   int histogram_bins = 200;
+  // > 0: a noised release (the terms' audit.value_clip): what each patient
+  // adds is bounded (EvalSums::AddPatient).
+  double value_clip = 0;
 };
 
 class Learner {
