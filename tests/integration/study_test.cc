@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -705,6 +706,89 @@ TEST_F(StudyTest, ASiteWithATighterPrivacyBudgetStopsReleasingAtItsOwn) {
   const json summary = ReadJson(dir_ / "out/summary.json");
   ASSERT_EQ(summary["history"].size(), 3u) << summary.dump(2);
   EXPECT_NEAR(summary["history"][2]["privacy"]["epsilon"].get<double>(), 7.09, 0.05);
+}
+
+// Audits noised by the terms (audit.noise_multiplier 0.5, one audited
+// column: G = 9 statistic groups, a count's noise sd 1.5), in the clear
+// and under secure aggregation: every site and the coordinator charge the
+// same two releases (round 0's validation split; round 1's validation and
+// test splits, one release) to their ledgers -- epsilon 16.80 at delta
+// 1e-5, by hand: min over α of 4α + log((α−1)/α) − (log δ + log α)/(α−1) --
+// with DP off for the updates, audit.json says the figures are noisy, and
+// the noisy test sums stay near what the patients, scored in the clear,
+// add up to.
+TEST_F(StudyTest, NoisedAuditsAreChargedToEveryLedgerAndStayNearTheExactSums) {
+  const json noised = {
+      {"privacy", {{"epsilon", 1000.0}, {"delta", 1e-5}}},
+      {"audit", {{"columns", {"sex"}},
+                 {"values", {{"sex", {"F", "M"}}, {"age_band", nullptr}, {"ethnicity", nullptr}}},
+                 {"histogram_bins", 10},
+                 {"noise_multiplier", 0.5},
+                 {"value_clip", 4.0}}}};
+  json secure = noised;
+  secure["secure_aggregation"] = true;
+  const std::vector<std::string> sites = {"site-1", "site-2", "site-3"};
+  for (const auto& [name, changes] : {std::pair{std::string("plain"), noised},
+                                      std::pair{std::string("secure"), secure}}) {
+    SCOPED_TRACE(name);
+    // Each run is a study of its own: the sites start with empty ledgers.
+    for (const auto& site : sites) {
+      std::filesystem::remove_all(dir_ / ("pki/sites/" + site + "/state"));
+    }
+    const std::string study = WriteStudy(1, changes);
+    std::unique_ptr<Process> coord;
+    std::vector<std::unique_ptr<Process>> workers;
+    RunToTheEnd(study, name, "state-" + name, "out-" + name, sites, &coord, &workers);
+    ASSERT_FALSE(HasFatalFailure());
+    const json summary = ReadJson(dir_ / ("out-" + name + "/summary.json"));
+    ASSERT_TRUE(summary["finished"].get<bool>()) << summary.dump(2);
+    const json& last = summary["history"][1];
+    EXPECT_EQ(last["privacy"]["releases"], 2) << last.dump(2);
+    EXPECT_NEAR(last["privacy"]["epsilon"].get<double>(), 16.8017, 1e-3) << last.dump(2);
+    for (const auto& site : sites) {
+      const json ledger = ReadJson(dir_ / ("pki/sites/" + site + "/state/releases.json"));
+      EXPECT_EQ(ledger["privacy"]["releases"], 2) << site << ledger.dump(2);
+      EXPECT_NEAR(ledger["privacy"]["epsilon"].get<double>(), 16.8017, 1e-3) << site;
+    }
+    EXPECT_NE(workers[0]->Log().find("this site's privacy loss is epsilon 16.8"),
+              std::string::npos)
+        << workers[0]->Log();
+    const json audit = ReadJson(dir_ / ("out-" + name + "/audit.json"));
+    EXPECT_EQ(audit["noise"]["noise_multiplier"], 0.5) << audit.dump(1).substr(0, 2000);
+    EXPECT_EQ(audit["noise"]["value_clip"], 4.0);
+    // Near the exact sums: n's noise sd is 1.5 · √20 = 6.7 (20 bins).
+    const std::vector<Scored> test =
+        ScoreInTheClear(study, dir_ / ("out-" + name + "/model.atnm"), sites, "test");
+    double pairs = 0, concordant = 0;
+    for (const auto& a : test) {
+      if (!a.label) continue;
+      for (const auto& b : test) {
+        if (b.label) continue;
+        pairs += 1;
+        concordant += a.probability > b.probability ? 1 : a.probability == b.probability ? 0.5 : 0;
+      }
+    }
+    const json& final = summary["final"];
+    const double n = final["n"].get<double>();
+    std::printf("%s, noised audit: test n %.0f (exact %zu), AUC %.4f (exact %.4f)\n",
+                name.c_str(), n, test.size(), final["auc"].get<double>(), concordant / pairs);
+    // The noise on the 20 histogram bins a count is summed from (sd 1.5
+    // per site in the clear; 1.5 · √(3/2) in all under secure aggregation,
+    // each of 3 sites adding half the variance for t = 2), and the upward
+    // bias of clamping each bin at 0 where it is clamped (each site's in
+    // the clear, the sum's under secure aggregation): E[max(0, -z)] = 0.4 sd.
+    const bool in_clear = name == "plain";
+    const double bin_sd = in_clear ? 1.5 : 1.5 * std::sqrt(1.5);
+    const double n_sd = (in_clear ? 1.5 * std::sqrt(3.0) : bin_sd) * std::sqrt(20.0);
+    const double bias = 20 * 0.4 * (in_clear ? 3 * 1.5 : bin_sd);
+    EXPECT_NEAR(n, static_cast<double>(test.size()) + bias / 2, 4 * n_sd + bias / 2)
+        << final.dump(2);
+    // 120 patients in 20 sparse bins: noise of this size moves the AUC, the
+    // more where each site clamps its own bins (toward 0.5: spurious counts
+    // in the empty bins at both ends).
+    EXPECT_NEAR(final["auc"].get<double>(), concordant / pairs, in_clear ? 0.25 : 0.15)
+        << final.dump(2);
+  }
 }
 
 // Crash-resume holds with secure aggregation and DP on: a coordinator
