@@ -1250,6 +1250,7 @@ Status RoundDriver::CommitRound(int64_t round, std::shared_ptr<const std::string
                          {"clip_norm", study_.privacy.clip_norm},
                          {"releases", ledger_->releases()},
                          {"audit_releases", audit_releases_},
+                         {"audit_noise_multiplier", study_.audit.noise_multiplier},
                          {"ledger", json::parse(ledger_->ToJson())}};
   }
   RoundCommit c;
