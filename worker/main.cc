@@ -79,13 +79,17 @@ int main(int argc, char** argv) {
                  "where the site records what it has released, so that a restarted worker\n"
                  "never releases one model's sums over other sites (default: state/ in\n"
                  "--tls-dir)");
-  app.add_option("--min-cell", client.min_cell,
+  attune::SitePolicy flags_policy;  // with site.json's "policy": the strictest of each
+  app.add_option("--min-cell", flags_policy.min_cell,
                  "no audit cell of fewer patients leaves this site (the study's audit.min_cell\n"
                  "if that is larger: a site may only tighten the study's terms)");
-  app.add_option("--epsilon", client.epsilon,
+  app.add_option("--epsilon", flags_policy.epsilon,
                  "this site's own privacy budget: it sends no differentially private release\n"
                  "that would take its epsilon past the smaller of this and the terms' budget")
       ->check(CLI::PositiveNumber);
+  app.add_option("--exclude-audit-column", flags_policy.exclude_audit_columns,
+                 "an audit column this site never reports (repeatable): its cells leave the\n"
+                 "site held back, as if too small");
   app.add_option("--threads", learner.threads, "LibTorch intra-op threads")->capture_default_str();
   app.add_option("--reconnect-timeout", reconnect_s,
                  "seconds to keep retrying an unreachable coordinator")
@@ -151,6 +155,17 @@ int main(int argc, char** argv) {
     if (client.study_id.empty()) client.study_id = site->study_id;
     if (tls_dir.empty()) tls_dir = site->tls_dir;
     site_id = site->site_id;
+    client.policy = site->policy;
+  }
+  client.policy = client.policy.Strictest(flags_policy);
+  if (!client.policy.empty()) {
+    spdlog::info("this site's policy: min_cell {}, epsilon {}, audit columns left out: {}",
+                 client.policy.min_cell > 0 ? std::to_string(client.policy.min_cell)
+                                            : "the study's",
+                 client.policy.epsilon > 0 ? absl::StrCat(client.policy.epsilon) : "the study's",
+                 client.policy.exclude_audit_columns.empty()
+                     ? "none"
+                     : absl::StrJoin(client.policy.exclude_audit_columns, ", "));
   }
   std::vector<std::string> missing;
   if (learner.site_dir.empty()) missing.push_back("--site-dir");

@@ -216,6 +216,31 @@ int64_t SuppressSmallCells(EvalSums* s, int min_cell) {
   return held;
 }
 
+int64_t HoldBackColumns(EvalSums* s, const std::vector<std::string>& columns,
+                        std::span<const CellKey> also) {
+  if (columns.empty()) return 0;
+  auto excluded = [&](const std::string& column) {
+    auto [a, b] = SplitJoined(column);
+    if (a.empty()) a = column;
+    for (const auto& c : columns) {
+      if (c == a || c == b) return true;
+    }
+    return false;
+  };
+  for (const CellKey& key : also) {
+    if (excluded(key.first) && !s->groups.count(key)) s->groups[key] = s->EmptyGroup();
+  }
+  int64_t held = 0;
+  for (auto& [key, g] : s->groups) {
+    if (!excluded(key.first)) continue;
+    const int64_t before = g.suppressed;
+    g = s->EmptyGroup();
+    g.suppressed = before + 1;
+    ++held;
+  }
+  return held;
+}
+
 void AddGroup(GroupSums* into, const GroupSums& g) {
   into->n += g.n;
   into->suppressed += g.suppressed;

@@ -60,8 +60,20 @@ StatusOr<SiteConfig> LoadSiteConfig(const std::string& path) {
   r.Get("site_id", &c.site_id);
   r.Get("coordinator", &c.coordinator);
   r.Get("tls_dir", &c.tls_dir);
+  if (const nlohmann::json* p = r.Object("policy")) {
+    FieldReader q(*p, path + ": policy.", &s);
+    q.Get("min_cell", &c.policy.min_cell);
+    q.Get("epsilon", &c.policy.epsilon);
+    q.Get("exclude_audit_columns", &c.policy.exclude_audit_columns);
+    q.RejectUnknown();
+  }
   r.RejectUnknown();
   ATTUNE_RETURN_IF_ERROR(s);
+  if (c.policy.min_cell < 0) return fail("policy.min_cell", "must be >= 0 (0: the study's)");
+  if (!(c.policy.epsilon >= 0)) return fail("policy.epsilon", "must be >= 0 (0: the study's)");
+  for (const auto& column : c.policy.exclude_audit_columns) {
+    if (column.empty()) return fail("policy.exclude_audit_columns", "an empty column name");
+  }
   for (const auto& [name, value] : {std::pair{"study_id", &c.study_id},
                                     std::pair{"site_id", &c.site_id},
                                     std::pair{"coordinator", &c.coordinator}}) {
@@ -83,11 +95,35 @@ StatusOr<SiteConfig> LoadSiteConfig(const std::string& path) {
   return c;
 }
 
+SitePolicy SitePolicy::Strictest(const SitePolicy& other) const {
+  SitePolicy p;
+  p.min_cell = std::max(min_cell, other.min_cell);
+  p.epsilon = epsilon > 0 && other.epsilon > 0 ? std::min(epsilon, other.epsilon)
+                                               : std::max(epsilon, other.epsilon);
+  p.exclude_audit_columns = exclude_audit_columns;
+  for (const auto& column : other.exclude_audit_columns) {
+    if (std::find(p.exclude_audit_columns.begin(), p.exclude_audit_columns.end(), column) ==
+        p.exclude_audit_columns.end()) {
+      p.exclude_audit_columns.push_back(column);
+    }
+  }
+  return p;
+}
+
 std::string FormatSiteConfig(const SiteConfig& config) {
-  const nlohmann::ordered_json j = {{"study_id", config.study_id},
-                                    {"site_id", config.site_id},
-                                    {"coordinator", config.coordinator},
-                                    {"tls_dir", config.tls_dir}};
+  nlohmann::ordered_json j = {{"study_id", config.study_id},
+                              {"site_id", config.site_id},
+                              {"coordinator", config.coordinator},
+                              {"tls_dir", config.tls_dir}};
+  if (!config.policy.empty()) {
+    nlohmann::ordered_json p = nlohmann::ordered_json::object();
+    if (config.policy.min_cell > 0) p["min_cell"] = config.policy.min_cell;
+    if (config.policy.epsilon > 0) p["epsilon"] = config.policy.epsilon;
+    if (!config.policy.exclude_audit_columns.empty()) {
+      p["exclude_audit_columns"] = config.policy.exclude_audit_columns;
+    }
+    j["policy"] = p;
+  }
   return j.dump(2) + "\n";
 }
 

@@ -277,6 +277,29 @@ TEST(SiteSuppression, NoCellUnderTheSitesKLeavesIt) {
       << "one of F and M protects X";
 }
 
+// A column the site's policy leaves out leaves it held back: its cells and
+// every intersection with it, and in a secure layout the cells it lacks too.
+TEST(SiteSuppression, AColumnLeftOutByTheSiteLeavesItHeldBack) {
+  const double beta[2] = {0.5, 0.5};
+  const std::vector<std::string> columns = {"eth", "sex"};
+  EvalSums s = EvalSums::Make("val", 10, {"a", "b"}, {});
+  for (int i = 0; i < 30; ++i) {
+    s.AddPatient({i % 2 == 0, 0.1 + 0.02 * i, 0.3, beta, {}, {}},
+                 SubgroupCells(columns, std::vector<std::string>{i % 3 ? "w" : "b",
+                                                                 i % 2 ? "F" : "M"}));
+  }
+  const std::vector<CellKey> also = {{"eth", "a"}, {"eth & sex", "a & F"}, {"sex", "F"}};
+  EXPECT_EQ(HoldBackColumns(&s, {"eth"}, also), 2 + 4 + 2);  // w, b, 4 pairs, and a's two
+  for (const auto& [key, g] : s.groups) {
+    const bool held = key.first != "sex";
+    EXPECT_EQ(g.suppressed, held ? 1 : 0) << key.first << "=" << key.second;
+    if (held) EXPECT_EQ(g.n, 0);
+    else EXPECT_EQ(g.n, 15);
+  }
+  EXPECT_TRUE(s.Validate().ok());
+  EXPECT_EQ(HoldBackColumns(&s, {}), 0);
+}
+
 TEST(Audit, DefiningFeaturesAreNotFlaggedForTheirColumn) {
   AuditOptions o;
   o.min_cell = 1;

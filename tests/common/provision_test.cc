@@ -388,6 +388,12 @@ TEST(SiteConfigTest, ErrorsNameTheFileAndField) {
            Case{R"({"study_id": "s", "site_id": "x", "coordinator": "h:1",)",
                 "site.json: not valid JSON"},
            Case{R"(["s"])", "site.json: must be a JSON object"},
+           Case{R"({"study_id": "s", "site_id": "x", "coordinator": "h:1",
+                    "policy": {"min_cell": -1}})",
+                "site.json: policy.min_cell: must be >= 0"},
+           Case{R"({"study_id": "s", "site_id": "x", "coordinator": "h:1",
+                    "policy": {"loosen": true}})",
+                "site.json: policy.loosen: unknown field"},
        }) {
     Write(path, c.json);
     Status s = LoadSiteConfig(path).status();
@@ -395,6 +401,34 @@ TEST(SiteConfigTest, ErrorsNameTheFileAndField) {
     EXPECT_NE(s.message().find(c.expect), std::string::npos) << s << "\nwanted: " << c.expect;
   }
   EXPECT_EQ(LoadSiteConfig(tmp / "missing.json").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(SiteConfigTest, ThePolicyOnlyTightens) {
+  TempDir tmp;
+  SiteConfig config{"s", "site-1", "h:1", "."};
+  config.policy.min_cell = 20;
+  config.policy.epsilon = 3;
+  config.policy.exclude_audit_columns = {"ethnicity"};
+  Write(tmp / "site.json", FormatSiteConfig(config));
+  StatusOr<SiteConfig> c = LoadSiteConfig(tmp / "site.json");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->policy.min_cell, 20);
+  EXPECT_EQ(c->policy.epsilon, 3);
+  EXPECT_EQ(c->policy.exclude_audit_columns, std::vector<std::string>{"ethnicity"});
+  // With the flags: the larger k, the smaller budget (0 is "the study's"),
+  // every column left out by either.
+  SitePolicy flags;
+  flags.min_cell = 12;
+  flags.epsilon = 2;
+  flags.exclude_audit_columns = {"sex", "ethnicity"};
+  const SitePolicy p = c->policy.Strictest(flags);
+  EXPECT_EQ(p.min_cell, 20);
+  EXPECT_EQ(p.epsilon, 2);
+  EXPECT_EQ(p.exclude_audit_columns, (std::vector<std::string>{"ethnicity", "sex"}));
+  EXPECT_EQ(c->policy.Strictest(SitePolicy{}).epsilon, 3);
+  EXPECT_EQ(SitePolicy{}.Strictest(SitePolicy{}).epsilon, 0);
+  // No policy: none written.
+  EXPECT_EQ(FormatSiteConfig({"s", "site-1", "h:1", "."}).find("policy"), std::string::npos);
 }
 
 TEST(SiteConfigTest, AddressHost) {

@@ -288,8 +288,12 @@ Status FederationClient::HandleTask(const v1::RoundTask& task) {
         pending_ = std::move(release);
       }
       std::vector<EvalSums> splits;
+      const EvalLayout layout = LayoutFromProto(task);
       for (const auto& split : task.splits()) {
         ATTUNE_ASSIGN_OR_RETURN(EvalSums sums, learner_->Evaluate(model, split, options));
+        // The columns this site's policy leaves out leave it held back (in a
+        // secure layout, every cell of them).
+        HoldBackColumns(&sums, options_.policy.exclude_audit_columns, layout.cells);
         splits.push_back(std::move(sums));
       }
       if (secure_) {
@@ -297,8 +301,8 @@ Status FederationClient::HandleTask(const v1::RoundTask& task) {
         // over the sites leaves, after the SECAGG steps.
         ATTUNE_ASSIGN_OR_RETURN(
             std::vector<uint32_t> words,
-            EncodeEvalWords(splits, LayoutFromProto(task), task.secagg().sites_size(), MinCell(),
-                            noise, noise_seed));
+            EncodeEvalWords(splits, layout, task.secagg().sites_size(), MinCell(), noise,
+                            noise_seed));
         ATTUNE_RETURN_IF_ERROR(secure_->SetWords(std::move(words)));
         SetStage("idle", task.round());
         return absl::OkStatus();
@@ -332,7 +336,7 @@ Status FederationClient::HandleTask(const v1::RoundTask& task) {
 }
 
 int FederationClient::MinCell() const {
-  return std::max(guard_->terms().min_cell, options_.min_cell);
+  return std::max(guard_->terms().min_cell, options_.policy.min_cell);
 }
 
 ReleaseLimits FederationClient::Limits(const Release& r) const {
@@ -343,7 +347,8 @@ ReleaseLimits FederationClient::Limits(const Release& r) const {
   if (t.audit_noised() && r.purpose == "evaluation") {
     limits.noise_multiplier = t.audit_noise_multiplier;
   }
-  limits.epsilon = options_.epsilon > 0 ? std::min(options_.epsilon, t.epsilon) : t.epsilon;
+  limits.epsilon =
+      options_.policy.epsilon > 0 ? std::min(options_.policy.epsilon, t.epsilon) : t.epsilon;
   limits.delta = t.delta;
   return limits;
 }

@@ -111,6 +111,14 @@ void AddGroup(GroupSums* into, const GroupSums& g);
 // patient's label, score and feature values.
 int64_t SuppressSmallCells(EvalSums* sums, int min_cell);
 
+// A site's own policy (site_config.h SitePolicy): every cell of `columns`
+// and every intersection with one of them becomes zero with `suppressed`
+// raised, as if held back for its size; `also` adds such held-back cells
+// the site does not have (a secure layout's, so that every site marks the
+// same cells). Returns how many cells were held back.
+int64_t HoldBackColumns(EvalSums* sums, const std::vector<std::string>& columns,
+                        std::span<const CellKey> also = {});
+
 // ---- Noised releases (audit.noise_multiplier) -------------------------------
 //
 // When the terms say so, an evaluation release is the Gaussian mechanism

@@ -36,6 +36,7 @@
 #include "attune/common/crypto.h"
 #include "attune/common/eval_stats.h"
 #include "attune/common/secure_update.h"
+#include "attune/common/site_config.h"
 #include "attune/common/site_guard.h"
 #include "attune/common/site_releases.h"
 #include "attune/common/status.h"
@@ -62,12 +63,11 @@ struct ClientOptions {
   std::string terms_path;
   // Where the site keeps what it has released (site_releases.h).
   std::string state_dir;
-  // This site's k: no cell of fewer patients leaves it; the terms' min_cell
-  // if larger (a site may only tighten the study's terms).
-  int min_cell = 0;
-  // This site's own privacy budget ε, 0 for the terms' (the smaller is
-  // kept: a site may only tighten).
-  double epsilon = 0;
+  // This site's own policy (site.json "policy" and the flags, strictest
+  // of each): its k (the terms' min_cell if larger), its privacy budget ε
+  // (0: the terms'; the smaller is kept) and the audit columns it never
+  // reports. A site may only tighten the study's terms.
+  SitePolicy policy;
 };
 
 using LearnerFactory = std::function<StatusOr<std::unique_ptr<Learner>>(const ModelConfig&)>;
