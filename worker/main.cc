@@ -21,7 +21,7 @@
 #include "attune/common/terms.h"
 #include "attune/common/tls.h"
 #include "attune/worker/central.h"
-#include "attune/worker/client.h"
+#include "attune/site/engine.h"
 #include "attune/worker/learner.h"
 #include "attune/worker/site_ranks.h"
 
@@ -53,7 +53,7 @@ int RunTrain(attune::worker::CentralOptions o) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  attune::worker::ClientOptions client;
+  attune::site::EngineOptions client;
   attune::worker::LearnerOptions learner;
   std::string config_path, tls_dir, log_level = "info";
   double reconnect_s = 60;
@@ -203,7 +203,7 @@ int main(int argc, char** argv) {
   spdlog::info("connecting to {} for study '{}' (TLS bundle {}; {} rank{})", client.coordinator,
                client.study_id, tls_dir, client.ranks, client.ranks == 1 ? "" : "s");
 
-  attune::worker::FederationClient fc(
+  attune::site::SiteEngine fc(
       client, attune::MakeChannel(client.coordinator, *tls),
       (*ranks)->Factory(learner));
   attune::Status s = fc.Run();

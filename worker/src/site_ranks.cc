@@ -139,7 +139,7 @@ StatusOr<std::unique_ptr<SiteRanks>> SiteRanks::Create() {
 int SiteRanks::rank() const { return impl_->comm->rank(); }
 int SiteRanks::size() const { return impl_->comm->size(); }
 
-LearnerFactory SiteRanks::Factory(LearnerOptions options) {
+site::LearnerFactory SiteRanks::Factory(LearnerOptions options) {
   return [this, options](const ModelConfig& model) -> StatusOr<std::unique_ptr<Learner>> {
     if (size() == 1) return MakeTorchLearner(model, options);
     StatusOr<std::unique_ptr<Learner>> learner = absl::UnknownError("not loaded");

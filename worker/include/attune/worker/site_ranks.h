@@ -17,7 +17,7 @@
 #include <memory>
 
 #include "attune/common/status.h"
-#include "attune/worker/client.h"
+#include "attune/site/engine.h"
 #include "attune/worker/learner.h"
 
 namespace attune::worker {
@@ -31,9 +31,9 @@ class SiteRanks {
   int rank() const;
   int size() const;
 
-  // Rank 0: the learner factory for the FederationClient; its learners train
+  // Rank 0: the learner factory for the site engine; its learners train
   // on every rank.
-  LearnerFactory Factory(LearnerOptions options);
+  site::LearnerFactory Factory(LearnerOptions options);
   // Ranks > 0: follow rank 0 until it stops. Errors: rank 0 stopped with a
   // failure, or this rank failed.
   Status Serve(LearnerOptions options);

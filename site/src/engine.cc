@@ -1,4 +1,4 @@
-#include "attune/worker/client.h"
+#include "attune/site/engine.h"
 
 #include <spdlog/spdlog.h>
 
@@ -14,7 +14,7 @@
 #include "attune/common/tensor_codec.h"
 #include "attune/common/wire.h"
 
-namespace attune::worker {
+namespace attune::site {
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -70,13 +70,13 @@ std::string LayoutDigest(const v1::RoundTask& task, const EvalOptions& options) 
 
 }  // namespace
 
-FederationClient::FederationClient(ClientOptions options, std::shared_ptr<grpc::Channel> channel,
+SiteEngine::SiteEngine(EngineOptions options, std::shared_ptr<grpc::Channel> channel,
                                    LearnerFactory make_learner)
     : options_(std::move(options)),
       coordinator_(v1::Federation::NewStub(channel)),
       make_learner_(std::move(make_learner)) {}
 
-Status FederationClient::Run() {
+Status SiteEngine::Run() {
   if (!guard_) {
     StatusOr<SiteGuard> guard = SiteGuard::Load(options_.terms_path, options_.ca_pem,
                                                 options_.site_id, options_.study_id);
@@ -110,7 +110,7 @@ Status FederationClient::Run() {
   }
 }
 
-Status FederationClient::Join(v1::JoinReply* reply) {
+Status SiteEngine::Join(v1::JoinReply* reply) {
   v1::JoinRequest req;
   req.set_study_id(options_.study_id);
   req.set_ranks(options_.ranks);
@@ -123,7 +123,7 @@ Status FederationClient::Join(v1::JoinReply* reply) {
   return FromGrpcStatus(coordinator_->Join(&ctx, req, reply));
 }
 
-Status FederationClient::Session(bool* joined) {
+Status SiteEngine::Session(bool* joined) {
   // Join; a worker without its data yet learns the model from the reply,
   // loads the data, then joins again so the coordinator records what the
   // site has (its training samples and audit features). Join is idempotent.
@@ -186,7 +186,7 @@ Status FederationClient::Session(bool* joined) {
   return end;
 }
 
-Status FederationClient::HandleTask(const v1::RoundTask& task) {
+Status SiteEngine::HandleTask(const v1::RoundTask& task) {
   const auto start = Clock::now();
   ATTUNE_RETURN_IF_ERROR(guard_->CheckTask(task));
   switch (task.kind()) {
@@ -335,11 +335,11 @@ Status FederationClient::HandleTask(const v1::RoundTask& task) {
   }
 }
 
-int FederationClient::MinCell() const {
+int SiteEngine::MinCell() const {
   return std::max(guard_->terms().min_cell, options_.policy.min_cell);
 }
 
-ReleaseLimits FederationClient::Limits(const Release& r) const {
+ReleaseLimits SiteEngine::Limits(const Release& r) const {
   const StudyTerms& t = guard_->terms();
   ReleaseLimits limits;
   limits.max_releases = t.max_releases;
@@ -353,7 +353,7 @@ ReleaseLimits FederationClient::Limits(const Release& r) const {
   return limits;
 }
 
-void FederationClient::LogPrivacySpent(int64_t round) const {
+void SiteEngine::LogPrivacySpent(int64_t round) const {
   if (releases_->dp_releases() == 0) return;
   const Release none;
   spdlog::info("round {}: this site's privacy loss is epsilon {:.4g} of {:.4g} after {} private "
@@ -361,7 +361,7 @@ void FederationClient::LogPrivacySpent(int64_t round) const {
                round, releases_->epsilon(), Limits(none).epsilon, releases_->dp_releases());
 }
 
-Status FederationClient::CheckInitialModel(int64_t version, const FlatModel& model) {
+Status SiteEngine::CheckInitialModel(int64_t version, const FlatModel& model) {
   if (version != 0) return absl::OkStatus();
   if (!initial_model_) {
     ATTUNE_ASSIGN_OR_RETURN(FlatModel mine, learner_->InitialModel(guard_->terms().seed));
@@ -377,7 +377,7 @@ Status FederationClient::CheckInitialModel(int64_t version, const FlatModel& mod
   return absl::OkStatus();
 }
 
-Status FederationClient::StartSecure(const v1::RoundTask& task) {
+Status SiteEngine::StartSecure(const v1::RoundTask& task) {
   secure_.reset();
   pending_.reset();
   if (!task.has_secagg()) return absl::OkStatus();
@@ -390,7 +390,7 @@ Status FederationClient::StartSecure(const v1::RoundTask& task) {
   return SendSecAgg(task, std::move(msg));
 }
 
-Status FederationClient::Privatize(const v1::RoundTask& task, const std::string& model_digest,
+Status SiteEngine::Privatize(const v1::RoundTask& task, const std::string& model_digest,
                                    FlatModel* delta) {
   const v1::DpSetup& dp = task.dp();
   if (dp.clip_norm() <= 0) return absl::OkStatus();
@@ -413,14 +413,14 @@ Status FederationClient::Privatize(const v1::RoundTask& task, const std::string&
   return absl::OkStatus();
 }
 
-StatusOr<crypto::SecretBytes> FederationClient::NoiseSeed(std::string_view context,
+StatusOr<crypto::SecretBytes> SiteEngine::NoiseSeed(std::string_view context,
                                                          const std::string& what) const {
   const std::string label(context);
   return crypto::HkdfSha256(crypto::View(options_.key_pem), crypto::View(label),
                             crypto::View(absl::StrCat(options_.study_id, "|", what)), 32);
 }
 
-EvalNoise FederationClient::AuditNoise(const v1::RoundTask& task) const {
+EvalNoise SiteEngine::AuditNoise(const v1::RoundTask& task) const {
   const StudyTerms& t = guard_->terms();
   EvalNoise noise;
   if (!t.audit_noised()) return noise;
@@ -432,7 +432,7 @@ EvalNoise FederationClient::AuditNoise(const v1::RoundTask& task) const {
   return noise;
 }
 
-Status FederationClient::HandleSecureStep(const v1::RoundTask& task) {
+Status SiteEngine::HandleSecureStep(const v1::RoundTask& task) {
   if (!secure_ || secure_->task_id() != task.task_id()) {
     return absl::FailedPreconditionError(absl::StrCat(
         "a secure aggregation step for task '", task.task_id(), "', which this site is not in"));
@@ -482,7 +482,7 @@ Status FederationClient::HandleSecureStep(const v1::RoundTask& task) {
   }
 }
 
-Status FederationClient::SendSecAgg(const v1::RoundTask& task, v1::SecAggMessage msg) {
+Status SiteEngine::SendSecAgg(const v1::RoundTask& task, v1::SecAggMessage msg) {
   msg.set_study_id(options_.study_id);
   msg.set_round(task.round());
   msg.set_task_id(task.task_id());
@@ -492,14 +492,14 @@ Status FederationClient::SendSecAgg(const v1::RoundTask& task, v1::SecAggMessage
   return FromGrpcStatus(coordinator_->SecAgg(&ctx, msg, &receipt));
 }
 
-void FederationClient::SetStage(const char* stage, int64_t round) {
+void SiteEngine::SetStage(const char* stage, int64_t round) {
   std::lock_guard<std::mutex> lock(progress_mu_);
   progress_.Clear();
   progress_.set_stage(stage);
   progress_.set_round(round);
 }
 
-void FederationClient::OnTrainProgress(const TrainProgress& p) {
+void SiteEngine::OnTrainProgress(const TrainProgress& p) {
   std::lock_guard<std::mutex> lock(progress_mu_);
   progress_.set_epoch(p.epoch);
   progress_.set_epochs(p.epochs);
@@ -514,7 +514,7 @@ void FederationClient::OnTrainProgress(const TrainProgress& p) {
   }
 }
 
-void FederationClient::HeartbeatLoop(std::stop_token stop, std::chrono::milliseconds interval) {
+void SiteEngine::HeartbeatLoop(std::stop_token stop, std::chrono::milliseconds interval) {
   std::mutex mu;
   std::condition_variable_any cv;
   std::unique_lock<std::mutex> lock(mu);
@@ -536,7 +536,7 @@ void FederationClient::HeartbeatLoop(std::stop_token stop, std::chrono::millisec
   }
 }
 
-StatusOr<FlatModel> FederationClient::FetchModel(int64_t version) {
+StatusOr<FlatModel> SiteEngine::FetchModel(int64_t version) {
   grpc::ClientContext ctx;
   SetDeadline(&ctx, options_.rpc_timeout);
   v1::ModelRef ref;
@@ -568,7 +568,7 @@ StatusOr<FlatModel> FederationClient::FetchModel(int64_t version) {
   return DecodeModel(payload);
 }
 
-Status FederationClient::SubmitUpdate(const v1::RoundTask& task, const FlatModel& model,
+Status SiteEngine::SubmitUpdate(const v1::RoundTask& task, const FlatModel& model,
                                       int64_t num_examples, std::optional<double> train_loss,
                                       bool full_weights) {
   v1::UpdateMeta meta;
@@ -578,7 +578,7 @@ Status FederationClient::SubmitUpdate(const v1::RoundTask& task, const FlatModel
   return SubmitPayload(task, EncodeModel(model), std::move(meta));
 }
 
-Status FederationClient::SubmitPayload(const v1::RoundTask& task, const std::string& payload,
+Status SiteEngine::SubmitPayload(const v1::RoundTask& task, const std::string& payload,
                                        v1::UpdateMeta meta) {
   grpc::ClientContext ctx;
   SetDeadline(&ctx, options_.rpc_timeout);
@@ -593,4 +593,4 @@ Status FederationClient::SubmitPayload(const v1::RoundTask& task, const std::str
   return FromGrpcStatus(writer->Finish());
 }
 
-}  // namespace attune::worker
+}  // namespace attune::site

@@ -1,4 +1,6 @@
-// The federation client: joins the study, subscribes to the coordinator's
+// The site engine: the site side of the federation protocol, once, torch-
+// free, for attune-worker and (next) the fake sites of experiments/fedsim.
+// It joins the study, subscribes to the coordinator's
 // task stream and carries out each task with the site's Learner (see
 // NOTE [Round lifecycle] in coordinator/round_driver.h for the other side).
 //
@@ -42,11 +44,11 @@
 #include "attune/common/status.h"
 #include "attune/common/tls.h"
 #include "attune/v1/federation.grpc.pb.h"
-#include "attune/worker/learner.h"
+#include "attune/site/learner.h"
 
-namespace attune::worker {
+namespace attune::site {
 
-struct ClientOptions {
+struct EngineOptions {
   std::string coordinator;  // host:port
   std::string study_id;
   std::chrono::milliseconds reconnect_timeout{60000};
@@ -73,9 +75,9 @@ struct ClientOptions {
 using LearnerFactory = std::function<StatusOr<std::unique_ptr<Learner>>(const ModelConfig&)>;
 
 
-class FederationClient {
+class SiteEngine {
  public:
-  FederationClient(ClientOptions options, std::shared_ptr<grpc::Channel> channel,
+  SiteEngine(EngineOptions options, std::shared_ptr<grpc::Channel> channel,
                    LearnerFactory make_learner);
   // Runs until the study finishes (OK) or cannot go on.
   Status Run();
@@ -118,7 +120,7 @@ class FederationClient {
   void OnTrainProgress(const TrainProgress& p);
   void HeartbeatLoop(std::stop_token stop, std::chrono::milliseconds interval);
 
-  ClientOptions options_;
+  EngineOptions options_;
   std::unique_ptr<v1::Federation::Stub> coordinator_;
   LearnerFactory make_learner_;
   std::optional<SiteGuard> guard_;  // loaded by Run()
@@ -138,4 +140,4 @@ class FederationClient {
   std::chrono::steady_clock::time_point last_progress_log_;
 };
 
-}  // namespace attune::worker
+}  // namespace attune::site
