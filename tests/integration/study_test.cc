@@ -243,6 +243,20 @@ class StudyTest : public ::testing::Test {
     return out;
   }
 
+  // The exact AUC of scored patients (Mann-Whitney, ties counting 1/2).
+  static double ExactAuc(const std::vector<Scored>& scored) {
+    double pairs = 0, concordant = 0;
+    for (const auto& a : scored) {
+      if (!a.label) continue;
+      for (const auto& b : scored) {
+        if (b.label) continue;
+        pairs += 1;
+        concordant += a.probability > b.probability ? 1 : a.probability == b.probability ? 0.5 : 0;
+      }
+    }
+    return concordant / pairs;
+  }
+
   TempDir dir_;
   int studies_ = 0;
 };
@@ -559,25 +573,19 @@ TEST_F(StudyTest, SecureAggregationWithCentralDpIsWithinTheMarginOfThePlainStudy
   const std::vector<std::string> sites = {"site-1", "site-2", "site-3", "site-4"};
   const std::vector<Scored> test = ScoreInTheClear(study, model, sites, "test");
   int64_t correct = 0, positives = 0;
-  double pairs = 0, concordant = 0;  // exact AUC (Mann-Whitney, ties 1/2)
   for (const auto& a : test) {
     correct += (a.probability >= 0.5) == a.label;
     positives += a.label;
-    if (!a.label) continue;
-    for (const auto& b : test) {
-      if (b.label) continue;
-      pairs += 1;
-      concordant += a.probability > b.probability ? 1 : a.probability == b.probability ? 0.5 : 0;
-    }
   }
+  const double exact_auc = ExactAuc(test);
   const json& final = s["final"];
   ASSERT_EQ(final["n"].get<int64_t>(), static_cast<int64_t>(test.size())) << final.dump(2);
   const double n = static_cast<double>(test.size());
   EXPECT_NEAR(final["accuracy"].get<double>(), correct / n, 1.01 / n);  // one score at 0.5 at most
-  EXPECT_NEAR(final["auc"].get<double>(), concordant / pairs, 0.005);   // 200-bin histograms
+  EXPECT_NEAR(final["auc"].get<double>(), exact_auc, 0.005);   // 200-bin histograms
   std::printf("secure test sums: n %d (%lld positive), AUC %.4f vs %.4f in the clear\n",
               static_cast<int>(test.size()), static_cast<long long>(positives),
-              final["auc"].get<double>(), concordant / pairs);
+              final["auc"].get<double>(), exact_auc);
   // audit.json (the last round's validation split): per sex, the count and
   // the mean attention weight of each modality.
   const json audit = ReadJson(dir_ / "out-secure/audit.json");
@@ -779,19 +787,10 @@ TEST_F(StudyTest, NoisedAuditsAreChargedToEveryLedgerAndStayNearTheExactSums) {
     EXPECT_EQ(audit["noise"]["value_clip"], 4.0);
     const std::vector<Scored> test =
         ScoreInTheClear(study, dir_ / ("out-" + name + "/model.atnm"), sites, "test");
-    double pairs = 0, concordant = 0;
-    for (const auto& a : test) {
-      if (!a.label) continue;
-      for (const auto& b : test) {
-        if (b.label) continue;
-        pairs += 1;
-        concordant += a.probability > b.probability ? 1 : a.probability == b.probability ? 0.5 : 0;
-      }
-    }
     const json& final = summary["final"];
     const double n = final["n"].get<double>();
     std::printf("%s, noised audit: test n %.0f (exact %zu), AUC %.4f (exact %.4f)\n",
-                name.c_str(), n, test.size(), final["auc"].get<double>(), concordant / pairs);
+                name.c_str(), n, test.size(), final["auc"].get<double>(), ExactAuc(test));
     // The noise on the 20 histogram bins a count is summed from (sd 1.5
     // per site in the clear; 1.5 · √(3/2) in all under secure aggregation,
     // each of 3 sites adding half the variance for t = 2), and the upward
