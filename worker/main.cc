@@ -6,7 +6,6 @@
 // `attune-worker train` trains without a coordinator (worker/central.h),
 // alone or as many ranks under mpirun (README, "Data-parallel training").
 #include <cstdio>
-#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -16,9 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "attune/common/logging.h"
-#include "attune/common/pki.h"
 #include "attune/common/site_config.h"
-#include "attune/common/terms.h"
 #include "attune/common/tls.h"
 #include "attune/worker/central.h"
 #include "attune/site/engine.h"
@@ -178,27 +175,14 @@ int main(int argc, char** argv) {
         "`attune provision`)")));
   }
 
-  auto tls = attune::LoadTlsBundle(tls_dir);
+  auto tls = attune::site::LoadSiteBundle(tls_dir, &client);
   if (!tls.ok()) return fail(tls.status());
-  auto cn = attune::CertificateCommonName(tls->cert_pem);
-  if (!cn.ok()) return fail(cn.status());
-  if (!site_id.empty()) {
+  if (!site_id.empty() && client.site_id != site_id) {
     // The coordinator knows a site by its certificate; a site.json beside
     // another site's bundle would join under the wrong name.
-    if (*cn != site_id) {
-      return fail(absl::InvalidArgumentError(absl::StrCat(
-          config_path, ": site_id: '", site_id, "' but the certificate in ", tls_dir,
-          " is for '", *cn, "'")));
-    }
-  }
-  client.key_pem = tls->key_pem;
-  client.ca_pem = tls->ca_pem;
-  client.site_id = *cn;
-  if (client.terms_path.empty()) {
-    client.terms_path = (std::filesystem::path(tls_dir) / attune::kTermsFile).string();
-  }
-  if (client.state_dir.empty()) {
-    client.state_dir = (std::filesystem::path(tls_dir) / "state").string();
+    return fail(absl::InvalidArgumentError(absl::StrCat(config_path, ": site_id: '", site_id,
+                                                        "' but the certificate in ", tls_dir,
+                                                        " is for '", client.site_id, "'")));
   }
   spdlog::info("connecting to {} for study '{}' (TLS bundle {}; {} rank{})", client.coordinator,
                client.study_id, tls_dir, client.ranks, client.ranks == 1 ? "" : "s");

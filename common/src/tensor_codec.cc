@@ -2,6 +2,7 @@
 
 #include <openssl/evp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -138,6 +139,46 @@ std::string EncodeModel(const FlatModel& model) {
 
 std::string EncodeModelHeader(const TensorSchema& schema) {
   return EncodeHeader(schema, static_cast<uint64_t>(schema.numel()));
+}
+
+uint64_t EncodedModelSize(const FlatModel& model) {
+  return EncodeHeader(model.schema, model.values.size()).size() +
+         model.values.size() * sizeof(float);
+}
+
+Status ForEachEncodedPiece(const FlatModel& model, size_t max_bytes,
+                           const std::function<Status(std::string_view piece)>& piece) {
+  ATTUNE_CHECK(max_bytes > 0);
+  // The encoding is the header then the values' bytes: a piece within one
+  // is a view of it, the one piece across both a copy.
+  const std::string head = EncodeHeader(model.schema, model.values.size());
+  const std::string_view values(reinterpret_cast<const char*>(model.values.data()),
+                                model.values.size() * sizeof(float));
+  const uint64_t total = head.size() + values.size();
+  std::string across;
+  for (uint64_t at = 0; at < total; at += max_bytes) {
+    const uint64_t end = std::min<uint64_t>(total, at + max_bytes);
+    if (end <= head.size()) {
+      ATTUNE_RETURN_IF_ERROR(piece(std::string_view(head).substr(at, end - at)));
+    } else if (at >= head.size()) {
+      ATTUNE_RETURN_IF_ERROR(piece(values.substr(at - head.size(), end - at)));
+    } else {
+      across.assign(head, at);
+      across.append(values.substr(0, end - head.size()));
+      ATTUNE_RETURN_IF_ERROR(piece(across));
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::string EncodedModelSha256(const FlatModel& model) {
+  Sha256Stream sha;
+  Status s = ForEachEncodedPiece(model, kMaxChunkBytes, [&](std::string_view p) {
+    sha.Update(p);
+    return absl::OkStatus();
+  });
+  ATTUNE_CHECK(s.ok());
+  return sha.Final();
 }
 
 std::string EncodeZeroModel(const TensorSchema& schema) {

@@ -111,21 +111,53 @@ EvalLayout LayoutFromProto(const v1::RoundTask& task) {
   return l;
 }
 
+namespace {
+
+using PieceFn = std::function<Status(std::string_view)>;
+
+// Writes the pieces `for_each` yields as chunks; the first carries `meta`.
+bool WritePieces(uint64_t total, const std::function<Status(const PieceFn&)>& for_each,
+                 v1::UpdateMeta meta, const std::function<bool(const v1::Chunk&)>& write) {
+  uint64_t seq = 0, sent = 0;
+  const Status s = for_each([&](std::string_view piece) {
+    v1::Chunk c;
+    if (seq == 0) *c.mutable_meta() = meta;
+    c.set_seq(seq++);
+    c.set_data(std::string(piece));
+    c.set_sha256(Sha256(piece));
+    sent += piece.size();
+    c.set_last(sent == total);
+    return write(c) ? absl::OkStatus() : absl::CancelledError("the peer went away");
+  });
+  return s.ok();
+}
+
+}  // namespace
+
 bool WriteChunks(std::string_view payload, v1::UpdateMeta meta,
                  const std::function<bool(const v1::Chunk&)>& write) {
   meta.set_total_bytes(payload.size());
   meta.set_total_sha256(Sha256(payload));
-  const auto pieces = SplitChunks(payload);
-  for (size_t i = 0; i < pieces.size(); ++i) {
-    v1::Chunk c;
-    if (i == 0) *c.mutable_meta() = meta;
-    c.set_seq(i);
-    c.set_data(std::string(pieces[i]));
-    c.set_sha256(Sha256(pieces[i]));
-    c.set_last(i + 1 == pieces.size());
-    if (!write(c)) return false;
-  }
-  return true;
+  return WritePieces(
+      payload.size(),
+      [&](const PieceFn& piece) {
+        for (std::string_view p : SplitChunks(payload)) ATTUNE_RETURN_IF_ERROR(piece(p));
+        return absl::OkStatus();
+      },
+      std::move(meta), write);
+}
+
+bool WriteModelChunks(const FlatModel& model, v1::UpdateMeta meta,
+                      const std::function<bool(const v1::Chunk&)>& write) {
+  const uint64_t total = EncodedModelSize(model);
+  meta.set_total_bytes(total);
+  meta.set_total_sha256(EncodedModelSha256(model));
+  return WritePieces(
+      total,
+      [&](const PieceFn& piece) {
+        return ForEachEncodedPiece(model, kMaxChunkBytes, piece);
+      },
+      std::move(meta), write);
 }
 
 }  // namespace attune

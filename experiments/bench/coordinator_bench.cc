@@ -1,6 +1,7 @@
 // attune-bench-coordinator: what the federation engine costs, with training
 // switched off. For each (sites, parameters) it runs a real attune-coordinator
-// process over mutual TLS on 127.0.0.1 with fake sites (experiments/fedsim)
+// process over mutual TLS on 127.0.0.1 with fake sites (experiments/fedsim:
+// the site engine, every safety check included, with a synthetic learner)
 // for one training round, and reports
 //   - the coordinator's peak RSS (getrusage of the child: ru_maxrss),
 //   - the round's wall time (TRAIN + aggregation + EVALUATE + commit, from
@@ -13,8 +14,8 @@
 // With --secure it runs every case twice in the same run, plain FedAvg and
 // secure aggregation (common/secagg.h), and reports both rounds' wall time,
 // their ratio, the coordinator's peak RSS, and per site the bytes sent and
-// the seconds spent on the update (plain: encoding and digests; secure:
-// keys, shares, quantising and masking).
+// the seconds spent on the update (plain: encoding, digests and sending;
+// secure: keys, shares, quantising, masking and unmasking).
 //
 //   attune-bench-coordinator --coordinator-bin build/coordinator/attune-coordinator
 //       [--sites 2,4,8,16,32] [--params 1000000] [--grid] [--secure] [--json out.json]
@@ -39,6 +40,7 @@
 #include <vector>
 
 #include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
 
 #include "absl/strings/str_cat.h"
 #include "attune/common/config.h"
@@ -297,12 +299,11 @@ Result RunCase(Launcher& launcher, const Case& c, const std::string& coordinator
   std::vector<std::unique_ptr<attune::fedsim::FakeSite>> sites;
   std::vector<attune::Status> results(c.sites);
   for (int i = 1; i <= c.sites; ++i) {
-    auto tls = attune::LoadTlsBundle((dir / "pki/sites" / absl::StrCat("bench-", i)).string());
-    if (!tls.ok()) Die("site bundle");
     opts.seed = 100 + i;
-    opts.key_pem = tls->key_pem;
-    opts.ca_pem = tls->ca_pem;
-    sites.push_back(std::make_unique<attune::fedsim::FakeSite>(attune::MakeChannel(addr, *tls), opts));
+    auto site = attune::fedsim::FakeSite::Open(
+        (dir / "pki/sites" / absl::StrCat("bench-", i)).string(), addr, opts);
+    Check(site.status(), "site bundle");
+    sites.push_back(*std::move(site));
   }
   std::vector<std::thread> threads;
   for (int i = 0; i < c.sites; ++i) threads.emplace_back([&, i] { results[i] = sites[i]->Run(); });
@@ -317,8 +318,9 @@ Result RunCase(Launcher& launcher, const Case& c, const std::string& coordinator
   const uint64_t model_bytes = static_cast<uint64_t>(c.params) * sizeof(float);
   r.model_mib = model_bytes / 1048576.0;
   for (const auto& s : sites) {
-    r.site_up_mib += s->bytes_up() / 1048576.0 / c.sites;
-    r.site_update_s += s->update_seconds() / c.sites;
+    const attune::site::EngineStats st = s->stats();
+    r.site_up_mib += st.bytes_up / 1048576.0 / c.sites;
+    r.site_update_s += st.update_seconds / c.sites;
   }
   if (raw_tls) r.tls_s = RawTlsSeconds(dir / "pki", c.sites, model_bytes);
   fs::remove_all(dir);
@@ -328,6 +330,7 @@ Result RunCase(Launcher& launcher, const Case& c, const std::string& coordinator
 }  // namespace
 
 int main(int argc, char** argv) {
+  spdlog::set_level(spdlog::level::warn);  // the fake sites' engines: their warnings only
   std::string coordinator_bin, json_out, work = (fs::temp_directory_path() / "attune-bench").string();
   std::vector<int> site_counts = {2, 4, 8, 16, 32};
   std::vector<int64_t> params = {1000000};

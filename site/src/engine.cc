@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <condition_variable>
+#include <filesystem>
 #include <optional>
 #include <set>
 #include <thread>
@@ -10,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "attune/common/crypto.h"
+#include "attune/common/pki.h"
 #include "attune/common/privacy.h"
 #include "attune/common/tensor_codec.h"
 #include "attune/common/wire.h"
@@ -52,7 +54,7 @@ std::string Explain(const Status& s, const std::string& coordinator) {
 }
 
 // What a release is computed on: the model's bytes.
-std::string ModelDigest(const FlatModel& model) { return ToHex(Sha256(EncodeModel(model))); }
+std::string ModelDigest(const FlatModel& model) { return ToHex(EncodedModelSha256(model)); }
 
 // What an evaluation sums: whole split or audit, the columns, the bins and,
 // under secure aggregation, the task's cell layout.
@@ -69,6 +71,20 @@ std::string LayoutDigest(const v1::RoundTask& task, const EvalOptions& options) 
 }
 
 }  // namespace
+
+StatusOr<TlsBundle> LoadSiteBundle(const std::string& tls_dir, EngineOptions* options) {
+  ATTUNE_ASSIGN_OR_RETURN(TlsBundle tls, LoadTlsBundle(tls_dir));
+  ATTUNE_ASSIGN_OR_RETURN(options->site_id, CertificateCommonName(tls.cert_pem));
+  options->key_pem = tls.key_pem;
+  options->ca_pem = tls.ca_pem;
+  if (options->terms_path.empty()) {
+    options->terms_path = (std::filesystem::path(tls_dir) / kTermsFile).string();
+  }
+  if (options->state_dir.empty()) {
+    options->state_dir = (std::filesystem::path(tls_dir) / "state").string();
+  }
+  return tls;
+}
 
 SiteEngine::SiteEngine(EngineOptions options, std::shared_ptr<grpc::Channel> channel,
                                    LearnerFactory make_learner)
@@ -100,14 +116,46 @@ Status SiteEngine::Run() {
       give_up = Clock::now() + options_.reconnect_timeout;
       backoff = std::chrono::milliseconds(250);
     }
+    if (stopped()) return absl::CancelledError("stopped");
     if (!Retryable(s) || Clock::now() + backoff >= give_up) {
       return Status(s.code(), Explain(s, options_.coordinator));
     }
     spdlog::warn("coordinator unavailable ({}); retrying in {} ms", std::string(s.message()),
                  backoff.count());
-    std::this_thread::sleep_for(backoff);  // backoff between attempts, not a wait for an event
+    {
+      // Backoff between attempts (not a wait for an event), cut short by Stop().
+      std::unique_lock<std::mutex> lock(mu_);
+      if (stop_cv_.wait_for(lock, backoff, [this] { return stopped_; })) {
+        return absl::CancelledError("stopped");
+      }
+    }
     backoff = std::min(backoff * 2, std::chrono::milliseconds(4000));
   }
+}
+
+void SiteEngine::Stop() {
+  std::lock_guard<std::mutex> lock(mu_);
+  stopped_ = true;
+  if (stream_ctx_) stream_ctx_->TryCancel();
+  stop_cv_.notify_all();
+}
+
+bool SiteEngine::stopped() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stopped_;
+}
+
+EngineStats SiteEngine::stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stats_;
+}
+
+void SiteEngine::Count(int64_t sent, int64_t late, int64_t bytes, Clock::duration spent) {
+  std::lock_guard<std::mutex> lock(mu_);
+  stats_.updates_sent += sent;
+  stats_.updates_late += late;
+  stats_.bytes_up += bytes;
+  stats_.update_seconds += std::chrono::duration<double>(spent).count();
 }
 
 Status SiteEngine::Join(v1::JoinReply* reply) {
@@ -163,6 +211,19 @@ Status SiteEngine::Session(bool* joined) {
   });
 
   grpc::ClientContext ctx;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopped_) return absl::CancelledError("stopped");
+    stream_ctx_ = &ctx;
+  }
+  // Stop() cancels the stream only while it is open.
+  struct Unregister {
+    SiteEngine* engine;
+    ~Unregister() {
+      std::lock_guard<std::mutex> lock(engine->mu_);
+      engine->stream_ctx_ = nullptr;
+    }
+  } unregister{this};
   v1::SiteHello hello;
   hello.set_study_id(options_.study_id);
   auto stream = coordinator_->Subscribe(&ctx, hello);
@@ -171,6 +232,7 @@ Status SiteEngine::Session(bool* joined) {
     if (task.kind() == v1::RoundTask::FINISH) {
       spdlog::info("study finished");
       ctx.TryCancel();
+      stream->Finish();
       return absl::OkStatus();
     }
     Status s = HandleTask(task);
@@ -194,6 +256,7 @@ Status SiteEngine::HandleTask(const v1::RoundTask& task) {
       SetStage("initialising", task.round());
       // From the terms' seed, as every site checks (CheckInitialModel).
       ATTUNE_ASSIGN_OR_RETURN(FlatModel init, learner_->InitialModel(guard_->terms().seed));
+      initial_digest_ = ModelDigest(init);
       spdlog::info("round 0: uploading the initial model ({} parameters)", init.values.size());
       return SubmitUpdate(task, init, learner_->NumExamples("train"), std::nullopt,
                           /*full_weights=*/true);
@@ -202,11 +265,12 @@ Status SiteEngine::HandleTask(const v1::RoundTask& task) {
       ATTUNE_RETURN_IF_ERROR(StartSecure(task));
       SetStage("fetching", task.round());
       ATTUNE_ASSIGN_OR_RETURN(FlatModel global, FetchModel(task.model_version()));
-      ATTUNE_RETURN_IF_ERROR(CheckInitialModel(task.model_version(), global));
+      const std::string digest = ModelDigest(global);
+      ATTUNE_RETURN_IF_ERROR(CheckInitialModel(task.model_version(), digest));
       // Recorded (and charged) before it leaves: in the clear, checked
       // before training too; a secure one at SECAGG_UNMASK, when its
       // survivors are known.
-      Release release{"update", ModelDigest(global), {}, "", {site_id_}, task.round()};
+      Release release{"update", digest, {}, "", {site_id_}, task.round()};
       if (secure_) {
         release.survivors.clear();
         pending_ = release;
@@ -227,13 +291,15 @@ Status SiteEngine::HandleTask(const v1::RoundTask& task) {
       ATTUNE_ASSIGN_OR_RETURN(TrainResult r, learner_->Train(global, hyper, train_options));
       spdlog::info("round {}: train loss {:.4f} in {:.1f} s", task.round(), r.train_loss,
                    std::chrono::duration<double>(Clock::now() - start).count());
-      ATTUNE_RETURN_IF_ERROR(Privatize(task, ModelDigest(global), &r.delta));
+      ATTUNE_RETURN_IF_ERROR(Privatize(task, digest, &r.delta));
       // The loss is not noised: a DP release leaves it out.
       const std::optional<double> loss =
           guard_->terms().privacy_enabled() ? std::nullopt : std::optional(r.train_loss);
       if (secure_) {
         // Held until the SECAGG_MASK step; only the masked sum leaves.
+        const auto quantising = Clock::now();
         ATTUNE_ASSIGN_OR_RETURN(int64_t clipped, secure_->SetInput(r.delta.values, loss.value_or(0)));
+        Count(0, 0, 0, Clock::now() - quantising);
         if (clipped > 0) {
           spdlog::warn("round {}: {} update values were clipped to secagg.value_clip = {}",
                        task.round(), clipped, task.secagg().value_clip());
@@ -259,7 +325,8 @@ Status SiteEngine::HandleTask(const v1::RoundTask& task) {
       ATTUNE_RETURN_IF_ERROR(StartSecure(task));
       SetStage("evaluating", task.round());
       ATTUNE_ASSIGN_OR_RETURN(FlatModel model, FetchModel(task.model_version()));
-      ATTUNE_RETURN_IF_ERROR(CheckInitialModel(task.model_version(), model));
+      const std::string digest = ModelDigest(model);
+      ATTUNE_RETURN_IF_ERROR(CheckInitialModel(task.model_version(), digest));
       EvalOptions options = eval_options_;
       if (!task.audit()) options.audit_columns.clear();  // the whole split only
       const EvalNoise noise = AuditNoise(task);
@@ -269,7 +336,7 @@ Status SiteEngine::HandleTask(const v1::RoundTask& task) {
           split_names.size()) {
         return absl::InvalidArgumentError("an evaluation that names a split twice");
       }
-      Release release{"evaluation", ModelDigest(model), split_names,
+      Release release{"evaluation", digest, split_names,
                       LayoutDigest(task, options), {site_id_}, task.round()};
       // The noise of this release: the same if it is asked again (a repeat
       // is no new release), other for any other.
@@ -361,14 +428,13 @@ void SiteEngine::LogPrivacySpent(int64_t round) const {
                round, releases_->epsilon(), Limits(none).epsilon, releases_->dp_releases());
 }
 
-Status SiteEngine::CheckInitialModel(int64_t version, const FlatModel& model) {
+Status SiteEngine::CheckInitialModel(int64_t version, const std::string& digest) {
   if (version != 0) return absl::OkStatus();
-  if (!initial_model_) {
+  if (initial_digest_.empty()) {
     ATTUNE_ASSIGN_OR_RETURN(FlatModel mine, learner_->InitialModel(guard_->terms().seed));
-    initial_model_ = std::move(mine);
+    initial_digest_ = ModelDigest(mine);
   }
-  if (EncodeModelHeader(model.schema) != EncodeModelHeader(initial_model_->schema) ||
-      model.values != initial_model_->values) {
+  if (digest != initial_digest_) {
     return absl::PermissionDeniedError(absl::StrCat(
         "refused by the study terms (seed): the coordinator's initial model (version 0) is not "
         "the one the study's model and seed ", guard_->terms().seed,
@@ -383,10 +449,12 @@ Status SiteEngine::StartSecure(const v1::RoundTask& task) {
   if (!task.has_secagg()) return absl::OkStatus();
   // Advertise first: the other steps wait on every site's keys, and
   // training (or evaluating) is the long part.
+  const auto start = Clock::now();
   ATTUNE_ASSIGN_OR_RETURN(secure_,
                           secagg::SecureSite::Start(task, options_.key_pem, options_.ca_pem));
   v1::SecAggMessage msg;
   *msg.mutable_advertisement() = secure_->Advertisement();
+  Count(0, 0, 0, Clock::now() - start);
   return SendSecAgg(task, std::move(msg));
 }
 
@@ -438,13 +506,18 @@ Status SiteEngine::HandleSecureStep(const v1::RoundTask& task) {
         "a secure aggregation step for task '", task.task_id(), "', which this site is not in"));
   }
   v1::SecAggMessage msg;
+  // The cryptography of each step counts as time spent on the update.
+  const auto start = Clock::now();
+  auto spent = [&] { Count(0, 0, 0, Clock::now() - start); };
   switch (task.kind()) {
     case v1::RoundTask::SECAGG_SHARE: {
       ATTUNE_ASSIGN_OR_RETURN(*msg.mutable_shares(), secure_->ShareKeys(task));
+      spent();
       return SendSecAgg(task, std::move(msg));
     }
     case v1::RoundTask::SECAGG_MASK: {
       ATTUNE_ASSIGN_OR_RETURN(std::string payload, secure_->MaskedPayload(task));
+      spent();
       SetStage("uploading", task.round());
       v1::UpdateMeta meta;
       meta.set_masked(true);
@@ -455,6 +528,7 @@ Status SiteEngine::HandleSecureStep(const v1::RoundTask& task) {
     }
     case v1::RoundTask::SECAGG_CONFIRM: {
       ATTUNE_ASSIGN_OR_RETURN(*msg.mutable_confirm(), secure_->Confirm(task));
+      spent();
       return SendSecAgg(task, std::move(msg));
     }
     default: {
@@ -474,6 +548,7 @@ Status SiteEngine::HandleSecureStep(const v1::RoundTask& task) {
       ATTUNE_RETURN_IF_ERROR(releases_->Record(*pending_, Limits(*pending_)));
       LogPrivacySpent(task.round());
       ATTUNE_ASSIGN_OR_RETURN(*msg.mutable_unmask(), secure_->Unmask(task));
+      spent();
       pending_.reset();
       Status s = SendSecAgg(task, std::move(msg));
       secure_.reset();
@@ -486,6 +561,7 @@ Status SiteEngine::SendSecAgg(const v1::RoundTask& task, v1::SecAggMessage msg) 
   msg.set_study_id(options_.study_id);
   msg.set_round(task.round());
   msg.set_task_id(task.task_id());
+  Count(0, 0, static_cast<int64_t>(msg.ByteSizeLong()), Clock::duration::zero());
   grpc::ClientContext ctx;
   SetDeadline(&ctx, std::chrono::seconds(60));
   v1::Receipt receipt;
@@ -544,42 +620,69 @@ StatusOr<FlatModel> SiteEngine::FetchModel(int64_t version) {
   ref.set_version(version);
   auto reader = coordinator_->FetchModel(&ctx, ref);
   v1::Chunk chunk;
-  std::optional<ChunkAssembler> assembler;
-  while (reader->Read(&chunk)) {
-    if (!assembler) {
+  std::optional<ChunkVerifier> verifier;
+  ModelStreamParser parser;
+  FlatModel model;
+  uint64_t announced = 0;
+  Status s;
+  while (s.ok() && reader->Read(&chunk)) {
+    if (!verifier) {
       if (!chunk.has_meta()) {
-        ctx.TryCancel();
-        reader->Finish();
-        return absl::DataLossError("model stream without metadata");
+        s = absl::DataLossError("model stream without metadata");
+        break;
       }
-      assembler.emplace(chunk.meta().total_bytes(), chunk.meta().total_sha256(),
-                        uint64_t{16} << 30);
+      announced = chunk.meta().total_bytes();
+      verifier.emplace(announced, chunk.meta().total_sha256(), uint64_t{16} << 30);
     }
-    Status s = assembler->Add(chunk.seq(), chunk.data(), chunk.sha256());
-    if (!s.ok()) {
-      ctx.TryCancel();
-      reader->Finish();
-      return s;
-    }
+    s = verifier->Add(chunk.seq(), chunk.data(), chunk.sha256());
+    if (!s.ok()) break;
+    s = parser.Feed(chunk.data(), [&](uint64_t, std::span<const float> v) {
+      // The values fit in the announced (and bounded) size: reserved once.
+      if (model.values.empty()) model.values.reserve(announced / sizeof(float));
+      model.values.insert(model.values.end(), v.begin(), v.end());
+      return absl::OkStatus();
+    });
+  }
+  if (!s.ok()) {
+    ctx.TryCancel();
+    reader->Finish();
+    return s;
   }
   ATTUNE_RETURN_IF_ERROR(FromGrpcStatus(reader->Finish()));
-  if (!assembler) return absl::DataLossError("empty model stream");
-  ATTUNE_ASSIGN_OR_RETURN(std::string payload, assembler->Finish());
-  return DecodeModel(payload);
+  if (!verifier) return absl::DataLossError("empty model stream");
+  ATTUNE_RETURN_IF_ERROR(verifier->Finish());
+  ATTUNE_RETURN_IF_ERROR(parser.Finish());
+  model.schema = *parser.schema();
+  return model;
 }
 
 Status SiteEngine::SubmitUpdate(const v1::RoundTask& task, const FlatModel& model,
-                                      int64_t num_examples, std::optional<double> train_loss,
-                                      bool full_weights) {
+                                int64_t num_examples, std::optional<double> train_loss,
+                                bool full_weights) {
   v1::UpdateMeta meta;
   meta.set_num_examples(num_examples);
   meta.set_full_weights(full_weights);
   if (train_loss) (*meta.mutable_metrics())["train_loss"] = *train_loss;
-  return SubmitPayload(task, EncodeModel(model), std::move(meta));
+  return SubmitChunks(task, std::move(meta), EncodedModelSize(model),
+                      [&](v1::UpdateMeta m, const ChunkWriter& write) {
+                        return WriteModelChunks(model, std::move(m), write);
+                      });
 }
 
 Status SiteEngine::SubmitPayload(const v1::RoundTask& task, const std::string& payload,
-                                       v1::UpdateMeta meta) {
+                                 v1::UpdateMeta meta) {
+  return SubmitChunks(task, std::move(meta), payload.size(),
+                      [&](v1::UpdateMeta m, const ChunkWriter& write) {
+                        return WriteChunks(payload, std::move(m), write);
+                      });
+}
+
+Status SiteEngine::SubmitChunks(const v1::RoundTask& task, v1::UpdateMeta meta, uint64_t bytes,
+                                const std::function<bool(v1::UpdateMeta, const ChunkWriter&)>& chunks) {
+  // A plain update is encoded and digested as it is sent: its whole upload
+  // counts as time spent on it; a masked one was made beforehand.
+  const bool masked = meta.masked();
+  const auto start = Clock::now();
   grpc::ClientContext ctx;
   SetDeadline(&ctx, options_.rpc_timeout);
   v1::Receipt receipt;
@@ -588,9 +691,13 @@ Status SiteEngine::SubmitPayload(const v1::RoundTask& task, const std::string& p
   meta.set_round(task.round());
   meta.set_task_id(task.task_id());
   // A false return means the server ended the call: Finish() says why.
-  WriteChunks(payload, meta, [&](const v1::Chunk& c) { return writer->Write(c); });
+  chunks(std::move(meta), [&](const v1::Chunk& c) { return writer->Write(c); });
   writer->WritesDone();
-  return FromGrpcStatus(writer->Finish());
+  const Status s = FromGrpcStatus(writer->Finish());
+  // Late (FAILED_PRECONDITION): a straggler; the round went on without us.
+  Count(s.ok() ? 1 : 0, absl::IsFailedPrecondition(s) ? 1 : 0, static_cast<int64_t>(bytes),
+        masked ? Clock::duration::zero() : Clock::now() - start);
+  return s;
 }
 
 }  // namespace attune::site

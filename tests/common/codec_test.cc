@@ -62,6 +62,37 @@ TEST(Chunks, SplitAndAssembleOddSizes) {
   }
 }
 
+// The streamed encoding is EncodeModel's bytes cut where SplitChunks cuts
+// them: pieces inside the header, across it and the values, and within the
+// values; the digest and size are those of the whole encoding.
+TEST(Chunks, EncodedPiecesAreTheEncodingWithoutBuildingIt) {
+  for (int64_t numel : {int64_t{0}, int64_t{1}, int64_t{250}, int64_t{1001}}) {
+    FlatModel m{TensorSchema{{{"weight", {numel}, "f32"}, {"b", {0}, "f32"}}}, {}};
+    for (int64_t i = 0; i < numel; ++i) m.values.push_back(0.25f * static_cast<float>(i) - 3);
+    const std::string whole = EncodeModel(m);
+    EXPECT_EQ(EncodedModelSize(m), whole.size());
+    EXPECT_EQ(EncodedModelSha256(m), Sha256(whole));
+    for (size_t max : {size_t{7}, size_t{64}, size_t{1000}, whole.size(), whole.size() + 5}) {
+      std::vector<std::string> pieces;
+      ASSERT_TRUE(ForEachEncodedPiece(m, max, [&](std::string_view p) {
+                    pieces.emplace_back(p);
+                    return absl::OkStatus();
+                  }).ok());
+      const auto expected = SplitChunks(whole, max);
+      ASSERT_EQ(pieces.size(), expected.size()) << numel << " values, pieces of " << max;
+      for (size_t i = 0; i < pieces.size(); ++i) EXPECT_EQ(pieces[i], expected[i]) << i;
+    }
+  }
+  // A failing consumer stops the stream with its status.
+  FlatModel m{TensorSchema{{{"w", {100}, "f32"}}}, std::vector<float>(100, 1.0f)};
+  int calls = 0;
+  const Status s = ForEachEncodedPiece(m, 16, [&](std::string_view) {
+    return ++calls == 2 ? absl::CancelledError("enough") : absl::OkStatus();
+  });
+  EXPECT_EQ(s.code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(calls, 2);
+}
+
 TEST(Chunks, AssemblerRefusesBadStreams) {
   const std::string payload(2500, 'a');
   const auto pieces = SplitChunks(payload, 1000);

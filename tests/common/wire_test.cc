@@ -33,6 +33,30 @@ TEST(WriteChunks, MetadataFirstAndReassembles) {
   EXPECT_EQ(calls, 2);
 }
 
+TEST(WriteChunks, AModelStreamsAsItsEncodingWould) {
+  FlatModel m{TensorSchema{{{"w", {int64_t{kMaxChunkBytes / 2}}, "f32"}}}, {}};
+  for (size_t i = 0; i < kMaxChunkBytes / 2; ++i) m.values.push_back(static_cast<float>(i % 977));
+  v1::UpdateMeta meta;
+  meta.set_task_id("t");
+  std::vector<v1::Chunk> streamed, encoded;
+  auto into = [](std::vector<v1::Chunk>* out) {
+    return [out](const v1::Chunk& c) {
+      out->push_back(c);
+      return true;
+    };
+  };
+  ASSERT_TRUE(WriteModelChunks(m, meta, into(&streamed)));
+  ASSERT_TRUE(WriteChunks(EncodeModel(m), meta, into(&encoded)));
+  ASSERT_EQ(streamed.size(), 3u);
+  ASSERT_EQ(streamed.size(), encoded.size());
+  for (size_t i = 0; i < streamed.size(); ++i) {
+    EXPECT_EQ(streamed[i].SerializeAsString(), encoded[i].SerializeAsString()) << "chunk " << i;
+  }
+  int calls = 0;
+  EXPECT_FALSE(WriteModelChunks(m, meta, [&](const v1::Chunk&) { return ++calls < 2; }));
+  EXPECT_EQ(calls, 2);
+}
+
 TEST(AuditReport, RoundTripsThroughProto) {
   EvalSums s = EvalSums::Make("val", 2, {"a", "b"}, {"f1", "f2"});
   const std::vector<CellKey> cells = {{"sex", "F"}};

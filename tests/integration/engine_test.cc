@@ -1,6 +1,7 @@
 // The federation engine against untrusted and unusual sites, with the real
 // attune-coordinator process on 127.0.0.1 over mutual TLS and the test
-// acting as the sites through gRPC (experiments/fedsim): every kind of bad
+// acting as the sites, by hand through gRPC or as fake sites (the site
+// engine with a synthetic learner, experiments/fedsim): every kind of bad
 // update is refused with a clear status and logged, and the round goes on
 // with nothing stored and nothing lost; a revoked site is refused without a
 // restart; a late update for a closed round is refused; a 1 GiB model makes
@@ -81,7 +82,8 @@ class EngineTest : public ::testing::Test {
     return Stub(dir_ / ("pki/sites/" + site));
   }
 
-  // Fake sites (no training), each on its own thread, until FINISH.
+  // Fake sites: the site engine (site/engine.h) with a synthetic learner,
+  // each on its own thread and with its own bundle, until FINISH.
   struct FakeSites {
     std::vector<std::unique_ptr<fedsim::FakeSite>> sites;
     std::vector<Status> results;
@@ -99,10 +101,10 @@ class EngineTest : public ::testing::Test {
                     fedsim::FakeSiteOptions options) {
     out->results.resize(names.size());
     for (size_t i = 0; i < names.size(); ++i) {
-      auto tls = LoadTlsBundle(dir_ / ("pki/sites/" + names[i]));
-      ASSERT_TRUE(tls.ok()) << tls.status();
       options.seed = 100 + i;
-      out->sites.push_back(std::make_unique<fedsim::FakeSite>(MakeChannel(Address(), *tls), options));
+      auto site = fedsim::FakeSite::Open(dir_ / ("pki/sites/" + names[i]), Address(), options);
+      ASSERT_TRUE(site.ok()) << site.status();
+      out->sites.push_back(*std::move(site));
     }
     for (size_t i = 0; i < names.size(); ++i) {
       out->threads.emplace_back([out, i] { out->results[i] = out->sites[i]->Run(); });
@@ -220,9 +222,7 @@ std::vector<v1::Chunk> Chunks(const std::string& payload, v1::UpdateMeta meta, s
 }
 
 std::string Encode(const TensorSchema& schema, const fedsim::ValueFn& value) {
-  FlatModel m{schema, {}};
-  for (int64_t i = 0; i < schema.numel(); ++i) m.values.push_back(value(i));
-  return EncodeModel(m);
+  return EncodeModel(fedsim::SyntheticModel(schema, value));
 }
 
 struct Expect {
@@ -257,7 +257,7 @@ TEST_F(EngineTest, EveryBadUpdateIsRefusedLoggedAndTheRoundGoesOn) {
   ASSERT_EQ(init.kind(), v1::RoundTask::INIT);
   v1::UpdateMeta init_meta = MetaFor(init);
   init_meta.set_full_weights(true);
-  ASSERT_TRUE(fedsim::Upload(site.stub(), init_meta, schema, init_value, &receipt).ok());
+  ASSERT_TRUE(fedsim::Upload(site.stub(), init_meta, fedsim::SyntheticModel(schema, init_value), &receipt).ok());
   site.Evaluate(site.Next());
 
   // Round 1: everything that must be refused, then the real update.
@@ -269,7 +269,7 @@ TEST_F(EngineTest, EveryBadUpdateIsRefusedLoggedAndTheRoundGoesOn) {
   const fedsim::ValueFn d1 = fedsim::DeltaValues(opts, 1), d2 = fedsim::DeltaValues(opts, 2);
   const v1::UpdateMeta meta = MetaFor(train);
   auto upload = [&](const TensorSchema& s, const fedsim::ValueFn& v, v1::UpdateMeta m) {
-    return fedsim::Upload(site.stub(), m, s, v, &receipt);
+    return fedsim::Upload(site.stub(), m, fedsim::SyntheticModel(s, v), &receipt);
   };
   auto with = [&](auto change) {
     v1::UpdateMeta m = meta;
@@ -373,10 +373,10 @@ TEST_F(EngineTest, EveryBadUpdateIsRefusedLoggedAndTheRoundGoesOn) {
     std::ofstream(dir_ / "rogue/cert.crt") << leaf->cert_pem;
     std::ofstream(dir_ / "rogue/key.pem") << leaf->key_pem;
     auto rogue = Stub(dir_ / "rogue");
-    refused(fedsim::Upload(rogue.get(), meta, schema, d1, &receipt),
+    refused(fedsim::Upload(rogue.get(), meta, fedsim::SyntheticModel(schema, d1), &receipt),
             {"unknown site", grpc::StatusCode::PERMISSION_DENIED, "'site-z' is not on the roster"});
     auto op = Stub(dir_ / "pki/operator");
-    refused(fedsim::Upload(op.get(), meta, schema, d1, &receipt),
+    refused(fedsim::Upload(op.get(), meta, fedsim::SyntheticModel(schema, d1), &receipt),
             {"operator", grpc::StatusCode::PERMISSION_DENIED, "may only read the study's status"});
   }
   // Nothing refused left anything behind.
@@ -447,33 +447,33 @@ TEST_F(EngineTest, EveryBadUpdateIsRefusedLoggedAndTheRoundGoesOn) {
 }
 
 TEST_F(EngineTest, AOneGigabyteModelMakesAFullRoundTrip) {
+  constexpr uint64_t kSeed = 11;  // the study's train.seed: initial model and training
   Start({{"rounds", 1}, {"min_sites", 1}, {"join_timeout_s", 1}, {"round_deadline_s", 600},
-         {"max_update_norm", 1e6}});
+         {"max_update_norm", 1e6}, {"train", {{"seed", kSeed}}}});
   fedsim::FakeSiteOptions opts;
   opts.study_id = kStudy;
   const int64_t numel = (int64_t{1} << 30) / 4;  // 1 GiB of float32
   opts.init_schema = TensorSchema{{{"w", {numel}, "f32"}}};
-  auto tls = LoadTlsBundle(dir_ / "pki/sites/site-1");
-  ASSERT_TRUE(tls.ok());
-  fedsim::FakeSite site(MakeChannel(Address(), *tls), opts);
-  Status result;
-  std::thread t([&] { result = site.Run(); });
+  FakeSites sites;
+  RunFakeSites(&sites, {"site-1"}, opts);
   auto code = coordinator_->Wait(seconds(900));
-  if (!code.has_value()) site.Stop();
-  t.join();
+  if (!code.has_value()) sites.sites[0]->Stop();
+  sites.Join();
   ASSERT_EQ(code, 0) << coordinator_->Log();
-  ASSERT_TRUE(result.ok()) << result;
-  EXPECT_EQ(site.updates_sent(), 2);  // the initial model and one update
+  ASSERT_TRUE(sites.results[0].ok()) << sites.results[0];
+  EXPECT_EQ(sites.sites[0]->stats().updates_sent, 2);  // the initial model and one update
 
   // The final model is the initial one plus the update, every one of its values.
   const std::string blob = ReadText(dir_ / "out/model.atnm");
   auto view = ViewModel(blob);
   ASSERT_TRUE(view.ok()) << view.status();
   ASSERT_EQ(view->values.size(), static_cast<size_t>(numel));
-  const fedsim::ValueFn delta = fedsim::DeltaValues(opts, 1);
+  // Site-1 (RunFakeSites' seed 100) trained round 1 with seed kSeed + 1.
+  opts.seed = 100;
+  const fedsim::ValueFn delta = fedsim::DeltaValues(opts, kSeed + 1);
   int64_t wrong = 0;
   for (int64_t i = 0; i < numel; ++i) {
-    wrong += view->values[i] != fedsim::SyntheticValue(opts.init_seed, i) + delta(i);
+    wrong += view->values[i] != fedsim::SyntheticValue(kSeed, i) + delta(i);
   }
   EXPECT_EQ(wrong, 0);
 }
@@ -491,9 +491,8 @@ TEST_F(EngineTest, ASiteThatStopsHeartbeatingIsNotWaitedFor) {
   ASSERT_EQ(init.kind(), v1::RoundTask::INIT);
   v1::UpdateMeta m = MetaFor(init);
   m.set_full_weights(true);
-  ASSERT_TRUE(fedsim::Upload(one.stub(), m, schema, [](uint64_t i) { return fedsim::SyntheticValue(1, i); },
-                             &receipt)
-                  .ok());
+  const auto init_value = [](uint64_t i) { return fedsim::SyntheticValue(1, i); };
+  ASSERT_TRUE(fedsim::Upload(one.stub(), m, fedsim::SyntheticModel(schema, init_value), &receipt).ok());
   one.Evaluate(one.Next());
   two.Evaluate(two.Next());
   // Round 1: both sites are asked to train; site-2 stays connected but falls silent.
@@ -526,8 +525,8 @@ TEST_F(EngineTest, ASiteThatStopsHeartbeatingIsNotWaitedFor) {
   EXPECT_NE(table.Log().find("site-3"), std::string::npos) << table.Log();
 
   fedsim::FakeSiteOptions opts;
-  ASSERT_TRUE(fedsim::Upload(one.stub(), MetaFor(train_one), schema, fedsim::DeltaValues(opts, 1),
-                             &receipt)
+  ASSERT_TRUE(fedsim::Upload(one.stub(), MetaFor(train_one),
+                             fedsim::SyntheticModel(schema, fedsim::DeltaValues(opts, 1)), &receipt)
                   .ok());
   // The round closes without site-2 once its heartbeats stop, and evaluates with site-1.
   one.Evaluate(one.Next());
@@ -575,23 +574,23 @@ TEST_F(EngineTest, UnderTheQuorumPolicyLateUpdatesAreRefused) {
   v1::RoundTask init = fast.Next();
   v1::UpdateMeta m = MetaFor(init);
   m.set_full_weights(true);
-  ASSERT_TRUE(fedsim::Upload(fast.stub(), m, schema,
-                             [](uint64_t i) { return fedsim::SyntheticValue(1, i); }, &receipt)
-                  .ok());
+  const auto init_value = [](uint64_t i) { return fedsim::SyntheticValue(1, i); };
+  ASSERT_TRUE(fedsim::Upload(fast.stub(), m, fedsim::SyntheticModel(schema, init_value), &receipt).ok());
   fast.Evaluate(fast.Next());
   slow.Evaluate(slow.Next());
   const v1::RoundTask t_fast = fast.Next(), t_slow = slow.Next();
   ASSERT_EQ(t_slow.kind(), v1::RoundTask::TRAIN);
   fedsim::FakeSiteOptions opts;
-  ASSERT_TRUE(fedsim::Upload(fast.stub(), MetaFor(t_fast), schema, fedsim::DeltaValues(opts, 1),
-                             &receipt)
+  ASSERT_TRUE(fedsim::Upload(fast.stub(), MetaFor(t_fast),
+                             fedsim::SyntheticModel(schema, fedsim::DeltaValues(opts, 1)), &receipt)
                   .ok());
   // The phase closed with site-1's update: the next task both get is EVALUATE.
   fast.Evaluate(fast.Next());
   const v1::RoundTask eval_slow = slow.Next();
   ASSERT_EQ(eval_slow.kind(), v1::RoundTask::EVALUATE);
-  ExpectRefused(fedsim::Upload(slow.stub(), MetaFor(t_slow), schema,
-                               fedsim::DeltaValues(opts, 7), &receipt),
+  ExpectRefused(fedsim::Upload(slow.stub(), MetaFor(t_slow),
+                               fedsim::SyntheticModel(schema, fedsim::DeltaValues(opts, 7)),
+                               &receipt),
                 {"straggler", grpc::StatusCode::FAILED_PRECONDITION, "(a straggler)"});
   slow.Evaluate(eval_slow);
   EXPECT_EQ(fast.Next().round(), 2);
@@ -634,7 +633,6 @@ TEST_F(EngineTest, ServerOptimizerStateSurvivesACoordinatorCrash) {
   fedsim::FakeSiteOptions opts;
   opts.study_id = kStudy;
   opts.init_schema = TensorSchema{{{"w", {200000}, "f32"}}};  // rounds of some milliseconds
-  opts.max_sessions = 4;
   {
     FakeSites sites;
     RunFakeSites(&sites, {"site-1", "site-2"}, opts);

@@ -60,6 +60,14 @@ StatusOr<FlatModel> DecodeModel(std::string_view bytes);
 // produce the values as a stream).
 std::string EncodeModelHeader(const TensorSchema& schema);
 
+// EncodeModel(model) without building it: its size, its SHA-256 (raw) and
+// its consecutive pieces of at most `max_bytes` (SplitChunks' cut), all but
+// the first a view into model.values. For models too large to copy.
+uint64_t EncodedModelSize(const FlatModel& model);
+std::string EncodedModelSha256(const FlatModel& model);
+Status ForEachEncodedPiece(const FlatModel& model, size_t max_bytes,
+                           const std::function<Status(std::string_view piece)>& piece);
+
 // An encoded model of `schema` with every value 0, to be filled in place
 // through MutableValues (the coordinator builds candidate models this way,
 // without a second copy).

@@ -6,6 +6,7 @@
 
 #include "attune/common/eval_stats.h"
 #include "attune/common/status.h"
+#include "attune/common/tensor_codec.h"
 #include "attune/v1/federation.pb.h"
 
 namespace attune {
@@ -25,5 +26,8 @@ EvalLayout LayoutFromProto(const v1::RoundTask& task);
 // (the peer went away); returns whether every chunk was written.
 bool WriteChunks(std::string_view payload, v1::UpdateMeta meta,
                  const std::function<bool(const v1::Chunk&)>& write);
+// The same for EncodeModel(model), without building it (ForEachEncodedPiece).
+bool WriteModelChunks(const FlatModel& model, v1::UpdateMeta meta,
+                      const std::function<bool(const v1::Chunk&)>& write);
 
 }  // namespace attune

@@ -1,5 +1,6 @@
 // The site engine: the site side of the federation protocol, once, torch-
-// free, for attune-worker and (next) the fake sites of experiments/fedsim.
+// free, for attune-worker (its LibTorch learner) and the fake sites of
+// experiments/fedsim (a synthetic learner) alike.
 // It joins the study, subscribes to the coordinator's
 // task stream and carries out each task with the site's Learner (see
 // NOTE [Round lifecycle] in coordinator/round_driver.h for the other side).
@@ -24,6 +25,7 @@
 #pragma once
 
 #include <chrono>
+#include <condition_variable>
 #include <functional>
 #include <map>
 #include <memory>
@@ -74,31 +76,59 @@ struct EngineOptions {
 
 using LearnerFactory = std::function<StatusOr<std::unique_ptr<Learner>>(const ModelConfig&)>;
 
+// Fills in `options` what a site's bundle folder (from `attune provision`)
+// says: its key and the study CA, its name (the certificate's CN) and,
+// unless already set, the signed terms (study.terms there) and the state
+// folder (state/ there). Returns the bundle, for the channel.
+StatusOr<TlsBundle> LoadSiteBundle(const std::string& tls_dir, EngineOptions* options);
+
+// What a site has sent, for logs and benchmarks.
+struct EngineStats {
+  int64_t updates_sent = 0;  // initial model, updates and masked inputs accepted
+  int64_t updates_late = 0;  // refused as late: the round went on without this site
+  int64_t bytes_up = 0;      // update payloads and secure aggregation messages
+  // Seconds spent on the updates themselves: encoding, digests and sending
+  // for a plain one; key agreement, sharing, quantising, masking and
+  // unmasking for a secure one (training not counted).
+  double update_seconds = 0;
+};
 
 class SiteEngine {
  public:
   SiteEngine(EngineOptions options, std::shared_ptr<grpc::Channel> channel,
                    LearnerFactory make_learner);
-  // Runs until the study finishes (OK) or cannot go on.
+  // Runs until the study finishes (OK), cannot go on, or Stop() (Cancelled).
   Status Run();
+  // From any thread: ends Run() at its next step (an open call is cancelled).
+  void Stop();
+  EngineStats stats() const;
 
  private:
   Status Join(v1::JoinReply* reply);
+  bool stopped() const;
   Status Session(bool* joined);
   Status HandleTask(const v1::RoundTask& task);
+  // Verifies the chunks and parses the values as they arrive (the payload
+  // is never held whole).
   StatusOr<FlatModel> FetchModel(int64_t version);
   // `train_loss`: none for the initial model, and in a DP release.
   Status SubmitUpdate(const v1::RoundTask& task, const FlatModel& payload, int64_t num_examples,
                       std::optional<double> train_loss, bool full_weights);
   // Streams `payload` in chunks with `meta` (task fields filled in here).
   Status SubmitPayload(const v1::RoundTask& task, const std::string& payload, v1::UpdateMeta meta);
+  // One SubmitUpdate of `bytes` whose chunks `chunks` writes (WriteChunks or
+  // WriteModelChunks); counted in stats_.
+  using ChunkWriter = std::function<bool(const v1::Chunk&)>;
+  Status SubmitChunks(const v1::RoundTask& task, v1::UpdateMeta meta, uint64_t bytes,
+                      const std::function<bool(v1::UpdateMeta, const ChunkWriter&)>& chunks);
   Status SendSecAgg(const v1::RoundTask& task, v1::SecAggMessage msg);
   // A TRAIN or EVALUATE task with a SecAggSetup: starts this site's part
   // and advertises its keys (otherwise: nothing).
   Status StartSecure(const v1::RoundTask& task);
   // Version 0 must be the initial model this site builds itself from the
   // terms' model and seed: a coordinator cannot substitute its own start.
-  Status CheckInitialModel(int64_t version, const FlatModel& model);
+  // `digest`: ModelDigest of the model fetched.
+  Status CheckInitialModel(int64_t version, const std::string& digest);
   // The k this site suppresses below: max(terms, --min-cell).
   int MinCell() const;
   // What the terms, tightened by this site's options, allow `r`.
@@ -125,7 +155,7 @@ class SiteEngine {
   LearnerFactory make_learner_;
   std::optional<SiteGuard> guard_;  // loaded by Run()
   std::unique_ptr<Learner> learner_;
-  std::optional<FlatModel> initial_model_;  // from the terms' seed, once asked for
+  std::string initial_digest_;  // of the model from the terms' seed, once known
   EvalOptions eval_options_;
   std::string site_id_;
   // The open secure TRAIN or EVALUATE task and the release it will be once
@@ -134,6 +164,15 @@ class SiteEngine {
   std::unique_ptr<secagg::SecureSite> secure_;
   std::optional<Release> pending_;
   std::optional<SiteReleases> releases_;
+
+  // Run's open task stream, Stop() and the counters, shared with other threads.
+  mutable std::mutex mu_;
+  std::condition_variable stop_cv_;
+  grpc::ClientContext* stream_ctx_ = nullptr;  // guarded by mu_
+  bool stopped_ = false;                       // guarded by mu_
+  EngineStats stats_;                          // guarded by mu_
+  // Adds to stats_ (under mu_).
+  void Count(int64_t sent, int64_t late, int64_t bytes, std::chrono::steady_clock::duration spent);
 
   std::mutex progress_mu_;
   v1::HeartbeatRequest progress_;          // guarded by progress_mu_
