@@ -289,9 +289,16 @@ Result RunCase(Launcher& launcher, const Case& c, const std::string& coordinator
   std::vector<std::string> args = {log, coordinator_bin, "--study", (dir / "pki/study.json").string(),
                                    "--listen", addr, "--data-dir", (dir / "state").string(),
                                    "--tls-dir", (dir / "pki/coordinator").string(), "--out",
-                                   (dir / "out").string(), "--log-level", "warn"};
+                                   (dir / "out").string(), "--log-level", "warn",
+                                   "--port-file", (dir / "port").string()};
   std::pair<int, long> exit{-1, 0};
   std::thread coordinator([&] { exit = launcher.Run(args); });
+  // The sites start once it listens (it writes the port file then).
+  const auto listening_by = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (!fs::exists(dir / "port") || fs::file_size(dir / "port") == 0) {
+    if (std::chrono::steady_clock::now() > listening_by) Die("the coordinator did not start; see " + log);
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
 
   attune::fedsim::FakeSiteOptions opts;
   opts.study_id = "bench";

@@ -89,6 +89,7 @@ StatusOr<TlsBundle> LoadSiteBundle(const std::string& tls_dir, EngineOptions* op
 SiteEngine::SiteEngine(EngineOptions options, std::shared_ptr<grpc::Channel> channel,
                                    LearnerFactory make_learner)
     : options_(std::move(options)),
+      channel_(channel),
       coordinator_(v1::Federation::NewStub(channel)),
       make_learner_(std::move(make_learner)) {}
 
@@ -122,13 +123,15 @@ Status SiteEngine::Run() {
     }
     spdlog::warn("coordinator unavailable ({}); retrying in {} ms", std::string(s.message()),
                  backoff.count());
-    {
-      // Backoff between attempts (not a wait for an event), cut short by Stop().
-      std::unique_lock<std::mutex> lock(mu_);
-      if (stop_cv_.wait_for(lock, backoff, [this] { return stopped_; })) {
-        return absl::CancelledError("stopped");
-      }
+    // Until the channel connects or the backoff ends: watching the channel
+    // drives its reconnection (with no call in flight gRPC polls it only
+    // every few seconds). Cut short by Stop().
+    const auto until = Clock::now() + backoff;
+    while (Clock::now() < until && !stopped()) {
+      const auto slice = std::min<Clock::duration>(until - Clock::now(), std::chrono::milliseconds(200));
+      if (channel_->WaitForConnected(std::chrono::system_clock::now() + slice)) break;
     }
+    if (stopped()) return absl::CancelledError("stopped");
     backoff = std::min(backoff * 2, std::chrono::milliseconds(4000));
   }
 }
@@ -137,7 +140,6 @@ void SiteEngine::Stop() {
   std::lock_guard<std::mutex> lock(mu_);
   stopped_ = true;
   if (stream_ctx_) stream_ctx_->TryCancel();
-  stop_cv_.notify_all();
 }
 
 bool SiteEngine::stopped() const {
@@ -680,8 +682,9 @@ Status SiteEngine::SubmitPayload(const v1::RoundTask& task, const std::string& p
 Status SiteEngine::SubmitChunks(const v1::RoundTask& task, v1::UpdateMeta meta, uint64_t bytes,
                                 const std::function<bool(v1::UpdateMeta, const ChunkWriter&)>& chunks) {
   // A plain update is encoded and digested as it is sent: its whole upload
-  // counts as time spent on it; a masked one was made beforehand.
-  const bool masked = meta.masked();
+  // counts as time spent on it; a masked one was made beforehand. The
+  // initial model is no update: counted as sent only.
+  const bool masked = meta.masked(), initial = meta.full_weights();
   const auto start = Clock::now();
   grpc::ClientContext ctx;
   SetDeadline(&ctx, options_.rpc_timeout);
@@ -695,8 +698,9 @@ Status SiteEngine::SubmitChunks(const v1::RoundTask& task, v1::UpdateMeta meta, 
   writer->WritesDone();
   const Status s = FromGrpcStatus(writer->Finish());
   // Late (FAILED_PRECONDITION): a straggler; the round went on without us.
-  Count(s.ok() ? 1 : 0, absl::IsFailedPrecondition(s) ? 1 : 0, static_cast<int64_t>(bytes),
-        masked ? Clock::duration::zero() : Clock::now() - start);
+  Count(s.ok() ? 1 : 0, absl::IsFailedPrecondition(s) ? 1 : 0,
+        initial ? 0 : static_cast<int64_t>(bytes),
+        masked || initial ? Clock::duration::zero() : Clock::now() - start);
   return s;
 }
 

@@ -45,13 +45,16 @@ class EngineTest : public ::testing::Test {
   // Provisions `sites` with a study file made from `base` and starts the
   // coordinator on it.
   void Start(json base, const std::string& sites = "site-1,site-2,site-3") {
+    Provision(std::move(base), sites);
+    StartCoordinator("state", "out", "127.0.0.1:0");
+  }
+  void Provision(json base, const std::string& sites) {
     base["study_id"] = kStudy;
     std::ofstream(dir_ / "base.json") << base.dump(2);
     Process prov({ATTUNE_TOOL_BIN, "provision", "init", "--out", dir_ / "pki", "--study-id", kStudy,
                   "--sites", sites, "--study", dir_ / "base.json"},
                  dir_ / "provision.log");
     ASSERT_EQ(prov.Wait(seconds(60)), 0) << prov.Log();
-    StartCoordinator("state", "out", "127.0.0.1:0");
   }
 
   // (Re)starts the coordinator on data directory `state`, writing to `out`.
@@ -620,6 +623,31 @@ TEST_F(EngineTest, ASiteAddedWhileRunningIsAdmittedWithoutARestart) {
   EXPECT_TRUE(listed);
   coordinator_->Kill(SIGTERM);
   EXPECT_TRUE(coordinator_->Wait(seconds(30)).has_value());
+}
+
+// A site started before its coordinator (a hospital's worker is often up
+// first) joins as soon as the coordinator listens: between attempts the
+// engine watches the channel, which reconnects it (gRPC alone would poll an
+// idle channel only every few seconds, and the sites gave up first).
+TEST_F(EngineTest, SitesStartedBeforeTheCoordinatorJoinOnceItListens) {
+  Provision({{"rounds", 1}, {"min_sites", 2}, {"join_timeout_s", 30}, {"round_deadline_s", 60}},
+            "site-1,site-2");
+  port_ = FreeLoopbackPort();
+  fedsim::FakeSiteOptions opts;
+  opts.study_id = kStudy;
+  opts.init_schema = SmallSchema();
+  opts.reconnect_timeout = std::chrono::seconds(8);
+  FakeSites sites;
+  RunFakeSites(&sites, {"site-1", "site-2"}, opts);
+  // The sites' first attempts are refused; then the coordinator comes up.
+  ASSERT_TRUE(WaitUntil(
+      dir_ / "pki/sites/site-2", [&] { return fs::exists(dir_ / "pki/sites/site-2/state"); },
+      seconds(30)));
+  StartCoordinator("state", "out", Address());
+  ASSERT_EQ(coordinator_->Wait(seconds(60)), 0) << coordinator_->Log();
+  sites.Join();
+  for (const auto& r : sites.results) EXPECT_TRUE(r.ok()) << r;
+  EXPECT_EQ(Summary()["history"][1]["sites_reported"], 2);
 }
 
 // Adaptive strategies keep server state (FedAdam's m and v) across rounds;

@@ -2,11 +2,8 @@
 // gRPC over mutual TLS on 127.0.0.1 with ephemeral ports, state lives in
 // RocksDB in temporary directories, and faults are real (SIGKILL).
 #include <map>
-#include <arpa/inet.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -33,19 +30,6 @@ constexpr char kStudy[] = "itest";
 // The modalities β is reported for (attune explain's and audit.json's keys).
 const std::vector<std::string> kModalitySlots = {"ehr_static", "ehr_events", "imaging",
                                                  "genomics"};
-
-int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
-}
 
 json ReadJson(const std::string& path) {
   return json::parse(ReadText(path), nullptr, /*allow_exceptions=*/false);
@@ -994,7 +978,8 @@ TEST_F(StudyTest, BadCommandLinesFailClearly) {
   EXPECT_EQ(no_tls.Wait(seconds(30)), 1);
   EXPECT_NE(no_tls.Log().find("attune provision"), std::string::npos) << no_tls.Log();
   // Nobody listening: the worker gives up after its reconnect timeout.
-  Process unreachable({ATTUNE_WORKER_BIN, "--coordinator", "127.0.0.1:" + std::to_string(FreePort()),
+  Process unreachable({ATTUNE_WORKER_BIN, "--coordinator",
+                       "127.0.0.1:" + std::to_string(FreeLoopbackPort()),
                        "--study-id", kStudy, "--site-dir", dir_ / "data/site-1", "--tls-dir",
                        dir_ / "pki/sites/site-1", "--reconnect-timeout", "2"},
                       dir_ / "unreachable.log");

@@ -43,4 +43,8 @@ bool WaitUntil(const std::string& dir, const std::function<bool()>& done,
 
 std::string ReadText(const std::string& path);  // "" if missing
 
+// A TCP port on 127.0.0.1 that was free a moment ago (for a process that
+// must listen on an address known before it starts).
+int FreeLoopbackPort();
+
 }  // namespace attune::testing

@@ -25,7 +25,6 @@
 #pragma once
 
 #include <chrono>
-#include <condition_variable>
 #include <functional>
 #include <map>
 #include <memory>
@@ -87,9 +86,10 @@ struct EngineStats {
   int64_t updates_sent = 0;  // initial model, updates and masked inputs accepted
   int64_t updates_late = 0;  // refused as late: the round went on without this site
   int64_t bytes_up = 0;      // update payloads and secure aggregation messages
+                             // (not the initial model)
   // Seconds spent on the updates themselves: encoding, digests and sending
   // for a plain one; key agreement, sharing, quantising, masking and
-  // unmasking for a secure one (training not counted).
+  // unmasking for a secure one (training and the initial model not counted).
   double update_seconds = 0;
 };
 
@@ -151,6 +151,7 @@ class SiteEngine {
   void HeartbeatLoop(std::stop_token stop, std::chrono::milliseconds interval);
 
   EngineOptions options_;
+  std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Federation::Stub> coordinator_;
   LearnerFactory make_learner_;
   std::optional<SiteGuard> guard_;  // loaded by Run()
@@ -167,7 +168,6 @@ class SiteEngine {
 
   // Run's open task stream, Stop() and the counters, shared with other threads.
   mutable std::mutex mu_;
-  std::condition_variable stop_cv_;
   grpc::ClientContext* stream_ctx_ = nullptr;  // guarded by mu_
   bool stopped_ = false;                       // guarded by mu_
   EngineStats stats_;                          // guarded by mu_
