@@ -271,28 +271,48 @@ StatusOr<SecretBytes> HkdfSha256(ByteView ikm, ByteView salt, ByteView info, siz
   return out;
 }
 
-Status ExpandSeed(ByteView seed, uint64_t block, std::span<uint8_t> out) {
+struct KeyStream::State {
+  CipherCtxPtr ctx;
+};
+
+KeyStream::KeyStream(std::unique_ptr<State> state) : state_(std::move(state)) {}
+KeyStream::KeyStream(KeyStream&&) noexcept = default;
+KeyStream& KeyStream::operator=(KeyStream&&) noexcept = default;
+KeyStream::~KeyStream() = default;
+
+StatusOr<KeyStream> KeyStream::Make(ByteView seed, uint64_t block) {
   ATTUNE_RETURN_IF_ERROR(SizeIs(seed, kSeedBytes, "PRG seed"));
   // The counter block: 64 zero bits, then `block` big-endian.
   uint8_t iv[16] = {0};
   for (int i = 0; i < 8; ++i) iv[15 - i] = static_cast<uint8_t>(block >> (8 * i));
-  CipherCtxPtr ctx(EVP_CIPHER_CTX_new());
-  if (!ctx || EVP_EncryptInit_ex(ctx.get(), EVP_aes_256_ctr(), nullptr, seed.data(), iv) != 1) {
+  auto state = std::make_unique<State>();
+  state->ctx.reset(EVP_CIPHER_CTX_new());
+  if (!state->ctx ||
+      EVP_EncryptInit_ex(state->ctx.get(), EVP_aes_256_ctr(), nullptr, seed.data(), iv) != 1) {
     return openssl::Error("AES-256-CTR initialisation failed");
   }
+  return KeyStream(std::move(state));
+}
+
+Status KeyStream::Next(std::span<uint8_t> out) {
   // The keystream is the encryption of zeros, done in place in slices.
   constexpr size_t kSlice = size_t{1} << 30;
   for (size_t at = 0; at < out.size(); at += kSlice) {
     const size_t n = std::min(kSlice, out.size() - at);
     std::fill(out.begin() + at, out.begin() + at + n, 0);
     int len = 0;
-    if (EVP_EncryptUpdate(ctx.get(), out.data() + at, &len, out.data() + at,
+    if (EVP_EncryptUpdate(state_->ctx.get(), out.data() + at, &len, out.data() + at,
                           static_cast<int>(n)) != 1 ||
         static_cast<size_t>(len) != n) {
       return openssl::Error("AES-256-CTR failed");
     }
   }
   return absl::OkStatus();
+}
+
+Status ExpandSeed(ByteView seed, uint64_t block, std::span<uint8_t> out) {
+  ATTUNE_ASSIGN_OR_RETURN(KeyStream stream, KeyStream::Make(seed, block));
+  return stream.Next(out);
 }
 
 StatusOr<Ed25519KeyPair> GenerateEd25519() {

@@ -148,19 +148,31 @@ void Quantizer::DecodeSum(std::span<const uint32_t> sum, int n, std::span<float>
 // ---- Masks ------------------------------------------------------------------
 
 Status ApplyMask(ByteView seed, int sign, std::span<uint32_t> vec) {
-  if (sign != 1 && sign != -1) return absl::InvalidArgumentError("mask sign must be +1 or -1");
-  // Expands and adds in slices that stay in cache.
+  const Mask mask{seed, sign};
+  return ApplyMasks({&mask, 1}, vec);
+}
+
+Status ApplyMasks(std::span<const Mask> masks, std::span<uint32_t> vec) {
+  std::vector<crypto::KeyStream> streams;
+  for (const Mask& m : masks) {
+    if (m.sign != 1 && m.sign != -1) return absl::InvalidArgumentError("mask sign must be +1 or -1");
+    ATTUNE_ASSIGN_OR_RETURN(crypto::KeyStream ks, crypto::KeyStream::Make(m.seed));
+    streams.push_back(std::move(ks));
+  }
+  // Expands and adds in slices that stay in cache: one pass over vec.
   constexpr size_t kWords = 16384;  // 64 KiB, a multiple of the 16-byte block
   std::vector<uint32_t> stream(std::min(kWords, vec.size()));
   for (size_t at = 0; at < vec.size(); at += kWords) {
     const size_t n = std::min(kWords, vec.size() - at);
     std::span<uint8_t> bytes(reinterpret_cast<uint8_t*>(stream.data()), n * 4);
-    ATTUNE_RETURN_IF_ERROR(crypto::ExpandSeed(seed, at / 4, bytes));
     uint32_t* v = vec.data() + at;
-    if (sign > 0) {
-      for (size_t i = 0; i < n; ++i) v[i] += stream[i];
-    } else {
-      for (size_t i = 0; i < n; ++i) v[i] -= stream[i];
+    for (size_t k = 0; k < streams.size(); ++k) {
+      ATTUNE_RETURN_IF_ERROR(streams[k].Next(bytes));
+      if (masks[k].sign > 0) {
+        for (size_t i = 0; i < n; ++i) v[i] += stream[i];
+      } else {
+        for (size_t i = 0; i < n; ++i) v[i] -= stream[i];
+      }
     }
   }
   crypto::Wipe(stream.data(), stream.size() * 4);
@@ -397,15 +409,20 @@ StatusOr<std::vector<uint32_t>> Client::MaskInput(const std::vector<SealedShares
   if (inbox_.size() < static_cast<size_t>(options_.threshold)) {
     return TooFew("MaskedInput", inbox_.size(), options_.threshold);
   }
-  std::vector<uint32_t> y(input.begin(), input.end());
-  ATTUNE_RETURN_IF_ERROR(ApplyMask(self_seed_, 1, y));
+  // y = x + PRG(b_u) + Σ_{v > u} PRG(s_uv) − Σ_{v < u} PRG(s_uv), in one pass.
+  // (The masks view the seeds' heap buffers, which moves keep in place.)
+  std::vector<SecretBytes> pair_seeds;
+  std::vector<Mask> masks = {{self_seed_, 1}};
   for (const auto& [v, unused] : inbox_) {
     if (v == site_) continue;
     ATTUNE_ASSIGN_OR_RETURN(SecretBytes seed,
                             PairSeed(options_.context, mask_private_key_,
                                      peers_.at(v).mask_public_key, site_, v));
-    ATTUNE_RETURN_IF_ERROR(ApplyMask(seed, v > site_ ? 1 : -1, y));
+    pair_seeds.push_back(std::move(seed));
+    masks.push_back({pair_seeds.back(), v > site_ ? 1 : -1});
   }
+  std::vector<uint32_t> y(input.begin(), input.end());
+  ATTUNE_RETURN_IF_ERROR(ApplyMasks(masks, y));
   masked_ = true;
   return y;
 }
@@ -667,17 +684,24 @@ StatusOr<std::vector<uint32_t>> Server::Finish() {
           return p.ok() && *p == pub;
         }));
   }
-  std::vector<uint32_t> sum = sum_;
-  for (const auto& [u, seed] : self_seeds) ATTUNE_RETURN_IF_ERROR(ApplyMask(seed, -1, sum));
+  // Every survivor's self mask and every dropped site's pair masks off, in
+  // one pass over the sum.
+  // (The masks view the seeds' heap buffers, which moves keep in place.)
+  std::vector<Mask> masks;
+  for (const auto& [u, seed] : self_seeds) masks.push_back({seed, -1});
+  std::vector<SecretBytes> pair_seeds;
   for (const auto& [v, key] : mask_keys) {
     for (int u : inputs_) {
       if (!graph_.Adjacent(u, v)) continue;
       ATTUNE_ASSIGN_OR_RETURN(SecretBytes seed,
                               PairSeed(options_.context, key, ads_.at(u).mask_public_key, v, u));
+      pair_seeds.push_back(std::move(seed));
       // u added +PRG(s_uv) when v > u, −PRG when v < u: undo it.
-      ATTUNE_RETURN_IF_ERROR(ApplyMask(seed, v > u ? -1 : 1, sum));
+      masks.push_back({pair_seeds.back(), v > u ? -1 : 1});
     }
   }
+  std::vector<uint32_t> sum = sum_;
+  ATTUNE_RETURN_IF_ERROR(ApplyMasks(masks, sum));
   step_ = Step::kDone;
   return sum;
 }

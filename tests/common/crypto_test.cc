@@ -255,6 +255,26 @@ TEST(CryptoTest, ExpandSeedIsAes256OfTheCounterBlocks) {
   EXPECT_EQ(ExpandSeed(Bytes(16, 1), 0, tail).code(), absl::StatusCode::kInvalidArgument);
 }
 
+// Pieces of a KeyStream (multiples of the block, then any tail) are the
+// one-shot keystream, from any starting block.
+TEST(CryptoTest, AKeyStreamInPiecesIsTheExpandedSeed) {
+  SecretBytes seed = *RandomBytes(kSeedBytes);
+  for (uint64_t first : {uint64_t{0}, uint64_t{3}, uint64_t{0xfffffffffffffffe}}) {
+    Bytes whole(16 * 9 + 5);
+    ASSERT_TRUE(ExpandSeed(seed, first, whole).ok());
+    auto ks = KeyStream::Make(seed, first);
+    ASSERT_TRUE(ks.ok()) << ks.status();
+    Bytes pieces;
+    for (size_t n : {size_t{16}, size_t{64}, size_t{48}, size_t{16} + 5}) {
+      Bytes piece(n);
+      ASSERT_TRUE(ks->Next(piece).ok());
+      pieces.insert(pieces.end(), piece.begin(), piece.end());
+    }
+    EXPECT_EQ(pieces, whole) << "from block " << first;
+  }
+  EXPECT_EQ(KeyStream::Make(Bytes(31, 1)).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(CryptoTest, Ed25519SignsAndVerifies) {
   Ed25519KeyPair kp = *GenerateEd25519();
   const std::string msg = "round 7 keys";

@@ -256,6 +256,34 @@ TEST(SecAggTest, ACoordinatorThatSwapsAnAdvertisedKeyIsDetected) {
 // What the coordinator sees of one site, y = x + masks, is uniform on
 // Z_2^32 even for a constant x: chi-square of the top byte over 2^16 words
 // (255 degrees of freedom; 0.999 quantile about 330), and the low byte too.
+// All masks in one pass are each whole keystream added in turn (mod 2^32), over
+// lengths that end inside a slice and span several.
+TEST(SecAggTest, MasksInOnePassAreTheMasksInTurn) {
+  std::vector<crypto::SecretBytes> seeds;
+  for (int k = 0; k < 3; ++k) seeds.push_back(*crypto::RandomBytes(crypto::kSeedBytes));
+  const std::vector<Mask> masks = {{seeds[0], 1}, {seeds[1], -1}, {seeds[2], 1}};
+  for (size_t len : {size_t{1}, size_t{16384}, size_t{40000}}) {
+    std::vector<uint32_t> once(len), in_turn(len);
+    for (size_t i = 0; i < len; ++i) once[i] = in_turn[i] = static_cast<uint32_t>(i * 2654435761u);
+    ASSERT_TRUE(ApplyMasks(masks, once).ok());
+    for (const Mask& m : masks) {  // each keystream whole, from the one-shot PRG
+      std::vector<uint32_t> stream(len);
+      ASSERT_TRUE(crypto::ExpandSeed(m.seed, 0, {reinterpret_cast<uint8_t*>(stream.data()), len * 4})
+                      .ok());
+      for (size_t i = 0; i < len; ++i) in_turn[i] += static_cast<uint32_t>(m.sign) * stream[i];
+    }
+    EXPECT_EQ(once, in_turn) << len << " words";
+    // And the masks come off again.
+    std::vector<Mask> undo = masks;
+    for (Mask& m : undo) m.sign = -m.sign;
+    ASSERT_TRUE(ApplyMasks(undo, once).ok());
+    for (size_t i = 0; i < len; ++i) ASSERT_EQ(once[i], static_cast<uint32_t>(i * 2654435761u));
+  }
+  std::vector<uint32_t> some(4);
+  EXPECT_EQ(ApplyMasks(std::vector<Mask>{{seeds[0], 2}}, some).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST(SecAggTest, OneMaskedInputLooksUniform) {
   Pki pki(3);
   const Options o = MakeOptions(Scenario{.sites = 3, .threshold = 2, .length = 1 << 16});

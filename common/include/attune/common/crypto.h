@@ -114,6 +114,25 @@ inline constexpr size_t kSeedBytes = 32;
 // seed that is not 32 bytes.
 Status ExpandSeed(ByteView seed, uint64_t block, std::span<uint8_t> out);
 
+// The same keystream in consecutive pieces, the cipher keyed once:
+//   ATTUNE_ASSIGN_OR_RETURN(KeyStream ks, KeyStream::Make(seed));
+//   ks.Next(a); ks.Next(b);   // == ExpandSeed(seed, 0, a ++ b)
+// Pieces other than the last should be multiples of 16 bytes (a partial
+// block's unused keystream is dropped, as CTR mode does).
+class KeyStream {
+ public:
+  static StatusOr<KeyStream> Make(ByteView seed, uint64_t block = 0);
+  KeyStream(KeyStream&&) noexcept;
+  KeyStream& operator=(KeyStream&&) noexcept;
+  ~KeyStream();
+  Status Next(std::span<uint8_t> out);
+
+ private:
+  struct State;
+  explicit KeyStream(std::unique_ptr<State> state);
+  std::unique_ptr<State> state_;
+};
+
 // ---- Signatures -----------------------------------------------------------
 
 inline constexpr size_t kEd25519PublicKeyBytes = 32;

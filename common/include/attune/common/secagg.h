@@ -98,6 +98,13 @@ class Quantizer {
 // vec += sign · PRG(seed) (mod 2^32), the keystream read as little-endian
 // 32-bit words; sign is +1 or −1.
 Status ApplyMask(crypto::ByteView seed, int sign, std::span<uint32_t> vec);
+// Every mask at once: vec += Σ sign_k · PRG(seed_k), in one pass over vec
+// (each slice of it takes every keystream while it is in cache).
+struct Mask {
+  crypto::ByteView seed;
+  int sign = 1;
+};
+Status ApplyMasks(std::span<const Mask> masks, std::span<uint32_t> vec);
 
 // ---- Neighbour graph ----------------------------------------------------------
 
