@@ -3,7 +3,7 @@
 // JSON path, e.g. `study.json: train.batch_size: must be >= 1 (got 0)`.
 //
 // A minimal example (experiments/studies/quickstart.json is a complete one;
-// README.md, "Study file reference", lists every field):
+// docs/study-file.md lists every field):
 //   {
 //     "study_id": "quickstart", "rounds": 5, "min_sites": 2,
 //     "roster": ["site-1", "site-2", "site-3"],
