@@ -275,10 +275,12 @@ Bytes GraphSeed(const std::string& context, const std::vector<Advertisement>& ad
   return DigestOf(m);
 }
 
-Bytes SurvivorBytes(const std::string& context, const std::vector<int>& survivors) {
+Bytes SurvivorBytes(const std::string& context, ByteView aggregation,
+                    const std::vector<int>& survivors) {
   Bytes out;
-  AppendField(&out, crypto::View(std::string("attune/secagg/v1/survivors")));
+  AppendField(&out, crypto::View(std::string("attune/secagg/v2/survivors")));
   AppendField(&out, crypto::View(context));
+  AppendField(&out, aggregation);
   AppendU32(&out, static_cast<uint32_t>(survivors.size()));
   for (int v : survivors) AppendU32(&out, static_cast<uint32_t>(v));
   return out;
@@ -347,8 +349,8 @@ StatusOr<std::vector<SealedShares>> Client::ShareKeys(const std::vector<Advertis
   }
   std::vector<Advertisement> listed;
   for (const auto& [v, a] : all) listed.push_back(a);
-  ATTUNE_ASSIGN_OR_RETURN(graph_, Graph::Make(options_.sites, options_.degree,
-                                              GraphSeed(options_.context, listed)));
+  aggregation_ = GraphSeed(options_.context, listed);
+  ATTUNE_ASSIGN_OR_RETURN(graph_, Graph::Make(options_.sites, options_.degree, aggregation_));
   std::map<int, Advertisement> peers;
   for (const auto& [v, a] : all) {
     if (v != site_ && graph_.Adjacent(site_, v)) peers[v] = a;
@@ -498,8 +500,8 @@ StatusOr<std::vector<Advertisement>> Server::Advertisements() {
   std::vector<Advertisement> out;
   for (const auto& [site, a] : ads_) out.push_back(a);
   if (step_ == Step::kAdvertise) {
-    ATTUNE_ASSIGN_OR_RETURN(graph_, Graph::Make(options_.sites, options_.degree,
-                                                GraphSeed(options_.context, out)));
+    aggregation_ = GraphSeed(options_.context, out);
+    ATTUNE_ASSIGN_OR_RETURN(graph_, Graph::Make(options_.sites, options_.degree, aggregation_));
     step_ = Step::kShareKeys;
   }
   return out;

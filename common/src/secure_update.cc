@@ -260,7 +260,8 @@ StatusOr<v1::SecAggConfirm> SecureSite::Confirm(const v1::RoundTask& task) {
     return absl::PermissionDeniedError(
         "this site already confirmed another survivor set of this aggregation (a split view)");
   }
-  ATTUNE_ASSIGN_OR_RETURN(crypto::Bytes sig, sign_(SurvivorBytes(context_, survivors)));
+  ATTUNE_ASSIGN_OR_RETURN(crypto::Bytes sig,
+                          sign_(SurvivorBytes(context_, client_->aggregation(), survivors)));
   confirmed_ = std::move(survivors);
   v1::SecAggConfirm out;
   out.set_signature(ToString(sig));
@@ -277,7 +278,7 @@ StatusOr<v1::SecAggUnmask> SecureSite::Unmask(const v1::RoundTask& task) {
   }
   // At least t of the survivors signed this very set: no two disjoint
   // views of who survived can each be unmasked (t > n/2).
-  const crypto::Bytes signed_set = SurvivorBytes(context_, survivors);
+  const crypto::Bytes signed_set = SurvivorBytes(context_, client_->aggregation(), survivors);
   std::set<int> confirmed_by;
   for (const auto& c : task.confirmations()) {
     if (!std::binary_search(survivors.begin(), survivors.end(), c.site())) continue;

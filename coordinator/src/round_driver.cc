@@ -724,7 +724,7 @@ void RoundDriver::Shutdown() {
 // ------------------------------------------------------------------ the study
 
 std::string RoundDriver::NewTaskId(Task::Kind kind, int64_t round, const std::string& site) {
-  return absl::StrCat(run_nonce_, "/r", round, "/", KindName(kind), "/", site);
+  return absl::StrCat(run_nonce_, "/r", round, "/a", attempt_, "/", KindName(kind), "/", site);
 }
 
 Task RoundDriver::FinishTask(const std::string& site) {
@@ -757,6 +757,7 @@ Status RoundDriver::Run() {
       {
         std::unique_lock<std::mutex> lock(mu_);
         RunPendingAudits(lock);  // between rounds: the operator's audit-only rounds
+        attempt_ = attempt;
       }
       Status s = r == 0 ? RunInitRound() : RunTrainRound(r);
       if (s.ok()) break;

@@ -116,7 +116,9 @@ Status RoundDriver::SecAggConfirm(const std::string& site, const std::string& ta
   auto cert = sec.certificates.find(index);
   if (cert == sec.certificates.end() ||
       !crypto::VerifyWithCertificatePem(cert->second,
-                                        secagg::SurvivorBytes(sec.context, sec.survivors),
+                                        secagg::SurvivorBytes(sec.context,
+                                                              sec.server->aggregation(),
+                                                              sec.survivors),
                                         crypto::View(signature))
            .ok()) {
     return absl::InvalidArgumentError(
@@ -163,8 +165,8 @@ StatusOr<RoundDriver::SecureSum> RoundDriver::RunSecureAggregation(
                                                kMinSecureSites, " sites (have ", n, ")"));
   }
   secagg::Options options;
-  options.context = absl::StrCat("attune-secagg-v1|", study_.study_id, "|round ", p->round, "|",
-                                 run_nonce_, "|", spec.purpose);
+  options.context = absl::StrCat("attune-secagg-v1|", study_.study_id, "|round ", p->round,
+                                 "|attempt ", attempt_, "|", run_nonce_, "|", spec.purpose);
   options.sites = n;
   options.threshold = t;
   options.degree = degree;

@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "absl/strings/str_cat.h"
+
 #include "attune/common/config.h"
 #include "attune/common/tls.h"
 #include "attune/common/wire.h"
@@ -26,6 +28,11 @@ class SyntheticLearner : public site::Learner {
 
   StatusOr<site::TrainResult> Train(const FlatModel& global, const TrainConfig& hyper,
                                     const site::TrainOptions& options) override {
+    if (failed_ < options_.fail_trainings) {
+      ++failed_;
+      return absl::InternalError(absl::StrCat("synthetic training failure ", failed_, " of ",
+                                              options_.fail_trainings, " (fail_trainings)"));
+    }
     site::TrainResult r;
     r.delta = SyntheticModel(global.schema, DeltaValues(options_, hyper.seed));
     r.num_examples = options_.num_examples;
@@ -43,6 +50,7 @@ class SyntheticLearner : public site::Learner {
 
  private:
   FakeSiteOptions options_;
+  int failed_ = 0;
 };
 
 }  // namespace

@@ -61,6 +61,10 @@ struct FakeSiteOptions {
   uint64_t seed = 2;
   float delta_scale = 1.0f / 64;
   int64_t num_examples = 100;  // patients in each split
+  // Faults: the first `fail_trainings` local trainings fail (the site logs
+  // the error and sends nothing for that task, as a worker whose training
+  // crashed would).
+  int fail_trainings = 0;
   // How long the site waits for a coordinator that went away (a restart).
   std::chrono::milliseconds reconnect_timeout{60000};
 };

@@ -52,6 +52,8 @@ class SecureUpdateTest : public ::testing::Test {
     return t;
   }
 
+  void RunToMasked(Server* server, std::vector<std::unique_ptr<SecureSite>>* clients);
+
   KeyAndCert ca_;
   std::vector<KeyAndCert> sites_;
   Options options_;
@@ -63,10 +65,10 @@ std::vector<float> Update(int site) {
   return u;
 }
 
-TEST_F(SecureUpdateTest, ThreeSitesOverTheWireGiveTheWeightedMeanAndTheLoss) {
-  auto server = Server::Make(options_);
-  ASSERT_TRUE(server.ok()) << server.status();
-  std::vector<std::unique_ptr<SecureSite>> clients;
+// Steps 1 to 3 over the wire messages, every site sending Update(i): the
+// sites, each ready to confirm; `server` holds every masked input.
+void SecureUpdateTest::RunToMasked(Server* server,
+                                   std::vector<std::unique_ptr<SecureSite>>* clients) {
   for (int i = 0; i < kSites; ++i) {
     auto c = SecureSite::Start(TrainTask(i), sites_[i].key_pem, ca_.cert_pem);
     ASSERT_TRUE(c.ok()) << c.status();
@@ -74,7 +76,7 @@ TEST_F(SecureUpdateTest, ThreeSitesOverTheWireGiveTheWeightedMeanAndTheLoss) {
     auto clipped = (*c)->SetInput(Update(i), 0.25 * (i + 1));
     ASSERT_TRUE(clipped.ok()) << clipped.status();
     EXPECT_EQ(*clipped, 0);
-    clients.push_back(*std::move(c));
+    clients->push_back(*std::move(c));
   }
   auto ads = server->Advertisements();
   ASSERT_TRUE(ads.ok());
@@ -83,7 +85,7 @@ TEST_F(SecureUpdateTest, ThreeSitesOverTheWireGiveTheWeightedMeanAndTheLoss) {
     share.set_kind(v1::RoundTask::SECAGG_SHARE);
     // The coordinator relays each site's own certificate.
     for (const auto& a : *ads) *share.add_advertisements() = ToProto(a, sites_[a.site].cert_pem);
-    auto shares = clients[i]->ShareKeys(share);
+    auto shares = (*clients)[i]->ShareKeys(share);
     ASSERT_TRUE(shares.ok()) << shares.status();
     std::vector<SealedShares> out;
     for (const auto& p : shares->shares()) out.push_back(FromProto(p));
@@ -95,7 +97,7 @@ TEST_F(SecureUpdateTest, ThreeSitesOverTheWireGiveTheWeightedMeanAndTheLoss) {
     v1::RoundTask mask = TrainTask(i);
     mask.set_kind(v1::RoundTask::SECAGG_MASK);
     for (const auto& s : *inbox) *mask.add_shares() = ToProto(s);
-    auto payload = clients[i]->MaskedPayload(mask);
+    auto payload = (*clients)[i]->MaskedPayload(mask);
     ASSERT_TRUE(payload.ok()) << payload.status();
     ASSERT_EQ(payload->size(), static_cast<size_t>(options_.length) * 4);
     std::vector<uint32_t> y(options_.length);
@@ -105,6 +107,13 @@ TEST_F(SecureUpdateTest, ThreeSitesOverTheWireGiveTheWeightedMeanAndTheLoss) {
     }
     ASSERT_TRUE(server->AddMaskedInput(i, y).ok());
   }
+}
+
+TEST_F(SecureUpdateTest, ThreeSitesOverTheWireGiveTheWeightedMeanAndTheLoss) {
+  auto server = Server::Make(options_);
+  ASSERT_TRUE(server.ok()) << server.status();
+  std::vector<std::unique_ptr<SecureSite>> clients;
+  ASSERT_NO_FATAL_FAILURE(RunToMasked(&*server, &clients));
   auto request = server->Request();
   ASSERT_TRUE(request.ok());
   // The consistency step: every survivor signs the survivor set.
@@ -168,6 +177,52 @@ TEST_F(SecureUpdateTest, ThreeSitesOverTheWireGiveTheWeightedMeanAndTheLoss) {
   }
   // The loss word: the mean of 0.25, 0.5, 0.75, scaled down by kLossScale.
   EXPECT_NEAR(mean.back() * kLossScale, 0.5, bound * kLossScale);
+}
+
+// A coordinator that gives two aggregations the same context cannot carry
+// the survivors' signatures of one into the other: they sign the
+// aggregation's advertisements (fresh keys) too, so a split view of the
+// second is not unmasked with the first one's confirmations.
+TEST_F(SecureUpdateTest, ConfirmationsOfAnotherAggregationWithTheSameContextAreRefused) {
+  auto confirm_task = [&](int i, const std::vector<int>& survivors) {
+    v1::RoundTask t = TrainTask(i);
+    t.set_kind(v1::RoundTask::SECAGG_CONFIRM);
+    for (int v : survivors) t.add_survivors(v);
+    return t;
+  };
+  const std::vector<int> all = {0, 1, 2};
+  auto first = Server::Make(options_);
+  ASSERT_TRUE(first.ok());
+  std::vector<std::unique_ptr<SecureSite>> a;
+  ASSERT_NO_FATAL_FAILURE(RunToMasked(&*first, &a));
+  std::vector<v1::SecAggConfirmation> old;
+  for (int i = 0; i < kSites; ++i) {
+    auto c = a[i]->Confirm(confirm_task(i, all));
+    ASSERT_TRUE(c.ok()) << c.status();
+    old.emplace_back();
+    old.back().set_site(i);
+    old.back().set_signature(c->signature());
+  }
+  auto second = Server::Make(options_);
+  ASSERT_TRUE(second.ok());
+  std::vector<std::unique_ptr<SecureSite>> b;
+  ASSERT_NO_FATAL_FAILURE(RunToMasked(&*second, &b));
+  auto mine = b[0]->Confirm(confirm_task(0, all));
+  ASSERT_TRUE(mine.ok()) << mine.status();
+  v1::RoundTask unmask = confirm_task(0, all);
+  unmask.set_kind(v1::RoundTask::SECAGG_UNMASK);
+  v1::SecAggConfirmation own;
+  own.set_site(0);
+  own.set_signature(mine->signature());
+  *unmask.add_confirmations() = own;
+  for (int i = 1; i < kSites; ++i) *unmask.add_confirmations() = old[i];
+  Status replayed = b[0]->Unmask(unmask).status();
+  EXPECT_EQ(replayed.code(), absl::StatusCode::kPermissionDenied) << replayed;
+  EXPECT_NE(replayed.message().find("confirmed by 1 of its sites"), std::string::npos) << replayed;
+  // The first aggregation's own confirmations still unmask it.
+  unmask.clear_confirmations();
+  for (const auto& c : old) *unmask.add_confirmations() = c;
+  EXPECT_TRUE(a[0]->Unmask(unmask).ok());
 }
 
 TEST_F(SecureUpdateTest, ARelayedCertificateOfAnotherSiteOrAnotherCaIsRefused) {

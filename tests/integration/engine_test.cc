@@ -100,16 +100,18 @@ class EngineTest : public ::testing::Test {
       threads.clear();
     }
   };
+  // Adds `names` to `out` (the n-th fake site of `out` gets seed 100 + n).
   void RunFakeSites(FakeSites* out, const std::vector<std::string>& names,
                     fedsim::FakeSiteOptions options) {
-    out->results.resize(names.size());
+    const size_t first = out->sites.size();
+    out->results.resize(first + names.size());
     for (size_t i = 0; i < names.size(); ++i) {
-      options.seed = 100 + i;
+      options.seed = 100 + first + i;
       auto site = fedsim::FakeSite::Open(dir_ / ("pki/sites/" + names[i]), Address(), options);
       ASSERT_TRUE(site.ok()) << site.status();
       out->sites.push_back(*std::move(site));
     }
-    for (size_t i = 0; i < names.size(); ++i) {
+    for (size_t i = first; i < out->sites.size(); ++i) {
       out->threads.emplace_back([out, i] { out->results[i] = out->sites[i]->Run(); });
     }
   }
@@ -649,6 +651,43 @@ TEST_F(EngineTest, SitesStartedBeforeTheCoordinatorJoinOnceItListens) {
   for (const auto& r : sites.results) EXPECT_TRUE(r.ok()) << r;
   EXPECT_EQ(Summary()["history"][1]["sites_reported"], 2);
 }
+
+// A round that misses its quorum is tried again, and the next attempt
+// completes: its tasks have new ids, so nothing of the failed attempt (an
+// accepted update, a closed task, a secure step) is taken for it. Site-3's
+// first local training fails, so attempt 1 of round 1 has 2 of the 3
+// updates it needs; plain and with secure aggregation.
+class RetryTest : public EngineTest, public ::testing::WithParamInterface<bool> {};
+
+TEST_P(RetryTest, ARoundThatMissesItsQuorumOnceCompletesOnItsNextAttempt) {
+  const bool secure = GetParam();
+  Start({{"rounds", 2}, {"min_sites", 3}, {"join_timeout_s", 30}, {"round_deadline_s", 3},
+         {"secure_aggregation", secure},
+         {"audit", {{"columns", json::array()}}}},  // fake sites report no subgroups
+        "site-1,site-2,site-3");
+  fedsim::FakeSiteOptions opts;
+  opts.study_id = kStudy;
+  opts.init_schema = SmallSchema();
+  FakeSites sites;
+  RunFakeSites(&sites, {"site-1", "site-2"}, opts);
+  opts.fail_trainings = 1;
+  RunFakeSites(&sites, {"site-3"}, opts);
+  ASSERT_EQ(coordinator_->Wait(seconds(120)), 0) << coordinator_->Log();
+  sites.Join();
+  for (const auto& r : sites.results) EXPECT_TRUE(r.ok()) << r;
+  const std::string log = coordinator_->Log();
+  EXPECT_NE(log.find("round 1 failed (attempt 1 of 3)"), std::string::npos) << log;
+  EXPECT_EQ(log.find("round 1 failed (attempt 2"), std::string::npos) << log;
+  json summary = Summary();
+  ASSERT_EQ(summary["rounds"], 2) << summary.dump(2);
+  EXPECT_EQ(summary["history"][1]["sites_reported"], 3) << summary.dump(2);
+  EXPECT_EQ(summary["history"][2]["sites_reported"], 3) << summary.dump(2);
+  // The update of every site counted once in round 1, site-3's too.
+  for (const auto& s : sites.sites) EXPECT_EQ(s->stats().updates_late, 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(PlainAndSecure, RetryTest, ::testing::Bool(),
+                         [](const auto& info) { return info.param ? "Secure" : "Plain"; });
 
 // Adaptive strategies keep server state (FedAdam's m and v) across rounds;
 // it is committed with each round, so a coordinator SIGKILLed mid-round

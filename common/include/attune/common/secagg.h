@@ -190,9 +190,13 @@ struct Options {
 // compute it from the relayed advertisements, whose signatures they check.
 crypto::Bytes GraphSeed(const std::string& context, const std::vector<Advertisement>& ads);
 
-// What a survivor signs in the consistency step: the context and the
+// What a survivor signs in the consistency step: the context, the
+// aggregation's GraphSeed (the digest of every advertisement, fresh keys
+// included, so that a signature of one aggregation is worth nothing in
+// another, whatever context the coordinator gives them) and the
 // survivors' indices, ascending, length-prefixed.
-crypto::Bytes SurvivorBytes(const std::string& context, const std::vector<int>& survivors);
+crypto::Bytes SurvivorBytes(const std::string& context, crypto::ByteView aggregation,
+                            const std::vector<int>& survivors);
 
 // ---- Site side ------------------------------------------------------------------
 
@@ -201,6 +205,8 @@ class Client {
   static StatusOr<Client> Make(const Options& options, int site, Signer sign);
 
   const Advertisement& advertisement() const { return advertisement_; }
+  // After ShareKeys: GraphSeed of the advertisements (what SurvivorBytes binds).
+  const crypto::Bytes& aggregation() const { return aggregation_; }
 
   // Step 2: every advertisement the server relayed (ours included). Needs
   // at least t of our share holders; verifies each neighbour's signature;
@@ -226,6 +232,7 @@ class Client {
   Options options_;
   int site_ = -1;
   Graph graph_;
+  crypto::Bytes aggregation_;
   crypto::SecretBytes cipher_private_key_, mask_private_key_, self_seed_;
   Advertisement advertisement_;
   std::map<int, Advertisement> peers_;        // neighbours that advertised (verified)
@@ -272,6 +279,8 @@ class Server {
   StatusOr<std::vector<uint32_t>> Finish();
 
   int survivors() const { return static_cast<int>(inputs_.size()); }
+  // After Advertisements(): GraphSeed of the advertisements relayed.
+  const crypto::Bytes& aggregation() const { return aggregation_; }
   // After Finish: the holders whose revealed shares were wrong (and left
   // out of the rebuilt secrets), e.g. "site 2's share of site 0's
   // self-mask seed".
@@ -282,6 +291,7 @@ class Server {
   Server() = default;
   Options options_;
   Graph graph_;
+  crypto::Bytes aggregation_;
   Step step_ = Step::kAdvertise;
   std::map<int, Advertisement> ads_;
   std::map<int, std::vector<SealedShares>> shares_from_;

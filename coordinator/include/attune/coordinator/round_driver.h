@@ -55,7 +55,9 @@
 //   4. Commit: model file, strategy state, round record, audit sums and the
 //      round's audit-log entry in one batch; summary.json, audit.json and
 //      audit.html are rewritten. A round that misses its quorum is logged and tried again
-//      (up to kMaxRoundAttempts) once enough sites are live.
+//      (up to kMaxRoundAttempts) once enough sites are live; each attempt's
+//      tasks have ids of their own (".../a2/..."), so a site's update for a
+//      failed attempt is neither counted again nor taken for the next one.
 //   5. After the last round the final model is written to <out>/model.atnm
 //      and every site gets FINISH (with serve_audits: only at Stop()).
 //   Audit-only rounds (Audit(), `attune audit`) run before a round starts
@@ -428,6 +430,10 @@ class RoundDriver {
   std::shared_ptr<const std::string> signed_terms_ = std::make_shared<const std::string>();
   std::string phase_name_ = "waiting for sites";
   Phase* phase_ = nullptr;  // the open phase, owned by Run()'s stack
+  // The attempt of the round being run (1 .. kMaxRoundAttempts): in every
+  // task id and secure context, so that nothing of a failed attempt (an
+  // accepted update, a closed task, a secure step) counts in the next.
+  int attempt_ = 1;
   struct AcceptedTask {
     std::string site;
     int64_t round = 0;
