@@ -81,7 +81,11 @@ std::string EncodeHeader(const TensorSchema& schema, uint64_t count) {
 StatusOr<TensorSchema> ParseSchema(std::string_view text) {
   nlohmann::json schema = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (schema.is_discarded() || !schema.is_array()) return Corrupt("schema is not a JSON array");
+  // Every product and sum is checked before it is formed: a shape whose
+  // product would wrap (to 0, say) is refused, not taken for an empty model.
+  constexpr int64_t kMaxValues = int64_t{1} << 40;
   TensorSchema out;
+  int64_t total = 0;
   for (const auto& e : schema) {
     if (!e.is_object() || !e.contains("name") || !e["name"].is_string() ||
         !e.contains("shape") || !e["shape"].is_array() || !e.contains("dtype") ||
@@ -95,16 +99,23 @@ StatusOr<TensorSchema> ParseSchema(std::string_view text) {
       return absl::InvalidArgumentError(absl::StrCat(
           "tensor ", spec.name, ": unsupported dtype '", spec.dtype, "' (Attune models are f32)"));
     }
+    int64_t n = 1;
     for (const auto& d : e["shape"]) {
-      if (!d.is_number_integer() || d.get<int64_t>() < 0 ||
-          d.get<int64_t>() > (int64_t{1} << 40)) {
+      if (!d.is_number_integer() || d.get<int64_t>() < 0 || d.get<int64_t>() > kMaxValues) {
         return Corrupt(absl::StrCat("bad shape for ", spec.name));
       }
-      spec.shape.push_back(d.get<int64_t>());
+      const int64_t dim = d.get<int64_t>();
+      if (dim != 0 && n > kMaxValues / dim) {
+        return Corrupt(absl::StrCat("tensor ", spec.name, ": its shape describes more than ",
+                                    kMaxValues, " values"));
+      }
+      n *= dim;
+      spec.shape.push_back(dim);
     }
+    if (total > kMaxValues - n) return Corrupt("schema describes too many values");
+    total += n;
     out.tensors.push_back(std::move(spec));
   }
-  if (out.numel() > (int64_t{1} << 40)) return Corrupt("schema describes too many values");
   return out;
 }
 

@@ -408,6 +408,10 @@ StatusOr<std::string> RoundDriver::Authorize(const std::string& cn, const std::s
 
 Status RoundDriver::Join(const std::string& site, int64_t train_samples, int ranks,
                          std::vector<std::string> features) {
+  if (train_samples < 0 || train_samples > kMaxTrainSamples) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "train samples must be in [0, ", kMaxTrainSamples, "] (got ", train_samples, ")"));
+  }
   std::lock_guard<std::mutex> lock(mu_);
   SiteState& s = sites_.at(site);
   s.joined = true;
@@ -553,6 +557,13 @@ StatusOr<std::unique_ptr<UpdateIntake>> RoundDriver::BeginUpdate(const std::stri
   }
   Status open = CheckOpenTaskLocked(site, h.task_id, h.round);
   ATTUNE_RETURN_IF_ERROR(open);
+  // An update's weight is at most what the site declared at Join (its
+  // training patients), so that no site takes the others' weight.
+  if (const int64_t declared = sites_.at(site).train_samples; h.num_examples > declared) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "num_examples ", h.num_examples, " is more than the ", declared,
+        " training patients site ", site, " declared when it joined"));
+  }
   if (phase_->kind == Task::Kind::kInit) {
     return UpdateIntake::ForInitialModel(h, uint64_t{4} << 30);
   }

@@ -46,6 +46,36 @@ TEST(Codec, RefusesCorruptPayloads) {
   EXPECT_EQ(DecodeModel(bad_version).status().code(), absl::StatusCode::kDataLoss);
 }
 
+// A header whose schema's shape product would wrap around (to 0 values:
+// 2^40 · 2^24 = 2^64) is refused, not read as an empty model.
+TEST(Codec, RefusesAShapeWhoseProductWouldOverflow) {
+  auto header = [](const std::string& schema, uint64_t count) {
+    std::string h = "ATNM";
+    auto le = [&h](uint64_t v, int bytes) {
+      for (int i = 0; i < bytes; ++i) h.push_back(static_cast<char>(v >> (8 * i)));
+    };
+    le(1, 4);  // version
+    le(schema.size(), 4);
+    h += schema;
+    le(count, 8);
+    return h;
+  };
+  const std::string wraps = R"([{"name":"w","shape":[1099511627776,16777216],"dtype":"f32"}])";
+  auto m = DecodeModel(header(wraps, 0));
+  EXPECT_EQ(m.status().code(), absl::StatusCode::kDataLoss) << m.status();
+  EXPECT_NE(m.status().message().find("more than"), std::string::npos) << m.status();
+  // Two tensors of 2^40 values each: the total is over the bound too.
+  const std::string two = R"([{"name":"a","shape":[1099511627776],"dtype":"f32"},)"
+                          R"({"name":"b","shape":[1099511627776],"dtype":"f32"}])";
+  EXPECT_EQ(DecodeModel(header(two, 0)).status().code(), absl::StatusCode::kDataLoss);
+  // The same framing with a sane shape decodes.
+  std::string ok = header(R"([{"name":"w","shape":[2,1],"dtype":"f32"}])", 2);
+  ok.append(8, '\0');
+  auto good = DecodeModel(ok);
+  ASSERT_TRUE(good.ok()) << good.status();
+  EXPECT_EQ(good->values.size(), 2u);
+}
+
 TEST(Chunks, SplitAndAssembleOddSizes) {
   for (size_t size : {size_t{0}, size_t{1}, size_t{999}, size_t{1000}, size_t{1001}, size_t{4097}}) {
     std::string payload(size, '\0');

@@ -310,6 +310,10 @@ TEST_F(EngineTest, EveryBadUpdateIsRefusedLoggedAndTheRoundGoesOn) {
           {"wrong task", grpc::StatusCode::FAILED_PRECONDITION, "task 'forged' is not open"});
   refused(upload(schema, d1, with([](auto& m) { m.set_num_examples(0); })),
           {"no examples", grpc::StatusCode::INVALID_ARGUMENT, "num_examples must be >= 1"});
+  refused(upload(schema, d1,
+                 with([](auto& m) { m.set_num_examples(std::numeric_limits<int64_t>::max()); })),
+          {"more examples than declared", grpc::StatusCode::INVALID_ARGUMENT,
+           "is more than the 100 training patients site site-1 declared when it joined"});
   {  // chunk out of order
     auto chunks = Chunks(good, meta, 16);
     std::swap(chunks[1], chunks[2]);
@@ -366,6 +370,16 @@ TEST_F(EngineTest, EveryBadUpdateIsRefusedLoggedAndTheRoundGoesOn) {
     refused(site.stub()->SubmitAudit(&ctx, report, &receipt),
             {"evaluation in a train phase", grpc::StatusCode::FAILED_PRECONDITION,
              "expects an update"});
+  }
+  {  // a Join that declares an impossible number of training patients
+    v1::JoinRequest join;
+    join.set_study_id(kStudy);
+    (*join.mutable_samples())["train"] = -5;
+    grpc::ClientContext ctx;
+    v1::JoinReply reply;
+    refused(SiteStub("site-2")->Join(&ctx, join, &reply),
+            {"join samples", grpc::StatusCode::INVALID_ARGUMENT,
+             "train samples must be in [0, 1000000000] (got -5)"});
   }
   {  // a certificate of this study's CA whose CN is not on the roster
     auto ca_key = ReadText(dir_ / "pki/ca/ca.key"), ca_crt = ReadText(dir_ / "pki/ca/ca.crt");

@@ -249,6 +249,9 @@ class RoundDriver {
   void Shutdown();
 
   static constexpr int kMaxRoundAttempts = 3;
+  // The most training patients a site may declare at Join (and so the
+  // largest FedAvg weight of one update).
+  static constexpr int64_t kMaxTrainSamples = 1'000'000'000;
 
  private:
   struct SiteState {
