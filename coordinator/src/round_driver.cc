@@ -13,6 +13,7 @@
 #include "attune/common/audit.h"
 #include "attune/common/audit_html.h"
 #include "attune/common/terms.h"
+#include "attune/common/text.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "attune/coordinator/aggregate.h"
@@ -716,8 +717,11 @@ PrivacyView RoundDriver::PrivacyLocked() const {
   return p;
 }
 
-void RoundDriver::RecordRefusal(const std::string& who, const char* rpc, const Status& s) {
-  const std::string message(s.message());
+void RoundDriver::RecordRefusal(const std::string& caller, const char* rpc, const Status& s) {
+  // The caller's name and the message may quote what it sent: bounded, and
+  // valid UTF-8 for the JSON entry.
+  const std::string who = SafeText(caller, 128);
+  const std::string message = SafeText(std::string(s.message()), 1024);
   spdlog::warn("refused {} from {}: {}", rpc, who, message);
   Status logged = store_->AppendLog(
       "refused", who,

@@ -9,6 +9,7 @@
 #include "absl/strings/str_format.h"
 #include "attune/common/secure_update.h"
 #include "attune/common/tensor_codec.h"
+#include "attune/common/text.h"
 #include "attune/common/wire.h"
 
 namespace attune::coordinator {
@@ -34,7 +35,7 @@ std::string Progress(const v1::HeartbeatRequest& r) {
                            r.epochs(), r.batch(), r.batches());
   }
   if (r.stage().empty() || r.stage() == "idle") return "idle";
-  return absl::StrFormat("%s round %d", r.stage().substr(0, 32), r.round());
+  return absl::StrFormat("%s round %d", SafeText(r.stage(), 32), r.round());
 }
 
 }  // namespace
@@ -306,6 +307,8 @@ grpc::Status FederationService::Status(grpc::ServerContext* ctx, const v1::Statu
     p->set_noise_multiplier(v.privacy.noise_multiplier);
   }
   for (const auto& s : v.sites) {
+    // A site sees its own row only; the operator sees every site.
+    if (*site != kOperatorName && s.site != *site) continue;
     v1::SiteInfo* i = reply->add_sites();
     i->set_site_id(s.site);
     i->set_subscribed(s.subscribed);

@@ -503,7 +503,11 @@ TEST_F(EngineTest, ASiteThatStopsHeartbeatingIsNotWaitedFor) {
   ManualSite one(SiteStub("site-1")), two(SiteStub("site-2"));
   ASSERT_TRUE(one.join_status().ok() && two.join_status().ok());
   Heartbeater beat_one(one.stub(), "training");
-  auto beat_two = std::make_unique<Heartbeater>(two.stub(), "idle");
+  // Site-2's stage is long and not ASCII: the coordinator cuts it at a
+  // character boundary (a cut inside one made `attune status --json` fail).
+  std::string long_stage = "a";
+  for (int i = 0; i < 40; ++i) long_stage += "\xc3\xa9";  // é
+  auto beat_two = std::make_unique<Heartbeater>(two.stub(), long_stage);
   const TensorSchema schema = SmallSchema();
   v1::Receipt receipt;
   v1::RoundTask init = one.Next();
@@ -531,6 +535,11 @@ TEST_F(EngineTest, ASiteThatStopsHeartbeatingIsNotWaitedFor) {
   ASSERT_EQ(st["rounds"].size(), 1u);
   bool saw_one = false;
   for (const auto& s : st["sites"]) {
+    if (s["site"] == "site-2") {
+      const std::string progress = s["progress"];
+      EXPECT_EQ(progress.rfind("a\xc3\xa9\xc3\xa9", 0), 0u) << progress;
+      EXPECT_LE(progress.size(), 32 + std::string(" round 1").size()) << progress;
+    }
     if (s["site"] != "site-1") continue;
     saw_one = true;
     EXPECT_TRUE(s["alive"].get<bool>());
@@ -637,6 +646,8 @@ TEST_F(EngineTest, ASiteAddedWhileRunningIsAdmittedWithoutARestart) {
   bool listed = false;
   for (const auto& site : st.sites()) listed = listed || site.site_id() == "site-9";
   EXPECT_TRUE(listed);
+  // A site sees its own row only (the operator sees every site).
+  EXPECT_EQ(st.sites_size(), 1) << st.DebugString();
   coordinator_->Kill(SIGTERM);
   EXPECT_TRUE(coordinator_->Wait(seconds(30)).has_value());
 }
