@@ -51,20 +51,39 @@ grpc::Status FederationService::Refuse(grpc::ServerContext* ctx, const std::stri
   return ToGrpcStatus(s);
 }
 
-attune::Status FederationService::AcquireTransfer(grpc::ServerContext* ctx) {
+// Gives the site's turn and the slot back when the call ends.
+class FederationService::Transfer {
+ public:
+  Transfer(FederationService* service, std::string site)
+      : service_(service), site_(std::move(site)) {}
+  ~Transfer() {
+    if (slot_) service_->transfers_.release();
+    std::lock_guard<std::mutex> lock(service_->transfer_mu_);
+    service_->transferring_.erase(site_);
+  }
+  bool slot_ = false;
+
+ private:
+  FederationService* service_;
+  std::string site_;
+};
+
+StatusOr<std::unique_ptr<FederationService::Transfer>> FederationService::BeginTransfer(
+    grpc::ServerContext* ctx, const std::string& site) {
+  {
+    std::lock_guard<std::mutex> lock(transfer_mu_);
+    if (!transferring_.insert(site).second) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "site ", site, " already has a model or update transfer open; one at a time"));
+    }
+  }
+  auto t = std::make_unique<Transfer>(this, site);
   while (!transfers_.try_acquire_for(std::chrono::milliseconds(200))) {
     if (ctx->IsCancelled()) return absl::CancelledError("the caller went away");
   }
-  return absl::OkStatus();
+  t->slot_ = true;
+  return t;
 }
-
-namespace {
-// Gives a transfer slot back when the call ends.
-struct TransferGuard {
-  std::counting_semaphore<1024>* slots;
-  ~TransferGuard() { slots->release(); }
-};
-}  // namespace
 
 StatusOr<std::string> FederationService::Authorize(grpc::ServerContext* ctx,
                                                    const std::string& study_id,
@@ -142,8 +161,8 @@ grpc::Status FederationService::FetchModel(grpc::ServerContext* ctx, const v1::M
   ATTUNE_AUTHORIZE_OR_REFUSE(site, "FetchModel", req->study_id());
   auto blob = driver_->Model(req->version());
   if (!blob.ok()) return Refuse(ctx, *site, "FetchModel", blob.status());
-  if (attune::Status s = AcquireTransfer(ctx); !s.ok()) return ToGrpcStatus(s);
-  TransferGuard slot{&transfers_};
+  auto transfer = BeginTransfer(ctx, *site);
+  if (!transfer.ok()) return Refuse(ctx, *site, "FetchModel", transfer.status());
   v1::UpdateMeta meta;
   meta.set_study_id(driver_->study().study_id);
   meta.set_round(req->version());
@@ -156,10 +175,13 @@ grpc::Status FederationService::FetchModel(grpc::ServerContext* ctx, const v1::M
 grpc::Status FederationService::SubmitUpdate(grpc::ServerContext* ctx,
                                              grpc::ServerReader<v1::Chunk>* reader,
                                              v1::Receipt* receipt) {
-  // The slot is taken before the first chunk is read: a waiting upload
-  // costs the coordinator no memory.
-  if (attune::Status s = AcquireTransfer(ctx); !s.ok()) return ToGrpcStatus(s);
-  TransferGuard slot{&transfers_};
+  // The caller is authorised before it may take a slot (by its
+  // certificate: the study id it names is checked with the first chunk),
+  // and the slot before the first chunk is read: a waiting upload costs
+  // the coordinator no memory, and no one off the roster can hold a slot.
+  ATTUNE_AUTHORIZE_OR_REFUSE(caller, "SubmitUpdate", driver_->study().study_id);
+  auto transfer = BeginTransfer(ctx, *caller);
+  if (!transfer.ok()) return Refuse(ctx, *caller, "SubmitUpdate", transfer.status());
   v1::Chunk chunk;
   if (!reader->Read(&chunk)) {
     return Refuse(ctx, "", "SubmitUpdate", absl::InvalidArgumentError("empty update stream"));

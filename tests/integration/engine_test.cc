@@ -652,6 +652,73 @@ TEST_F(EngineTest, ASiteAddedWhileRunningIsAdmittedWithoutARestart) {
   EXPECT_TRUE(coordinator_->Wait(seconds(30)).has_value());
 }
 
+// Transfer slots (max_transfers, 4) go only to authorised sites, one at a
+// time each: idle upload streams opened by the operator, a certificate off
+// the roster or a second stream of one site are refused at once, and hold
+// nothing, so a site's FetchModel is served while they stay open.
+TEST_F(EngineTest, IdleStreamsOfUnauthorisedCallersHoldNoTransferSlot) {
+  Start({{"rounds", 1}, {"min_sites", 1}, {"join_timeout_s", 1}, {"round_deadline_s", 120}},
+        "site-1,site-2");
+  ManualSite one(SiteStub("site-1"));
+  ASSERT_TRUE(one.join_status().ok());
+  Heartbeater beat(one.stub(), "idle");
+  const v1::RoundTask init = one.Next();
+  v1::UpdateMeta m = MetaFor(init);
+  m.set_full_weights(true);
+  v1::Receipt receipt;
+  ASSERT_TRUE(fedsim::Upload(one.stub(), m,
+                             fedsim::SyntheticModel(SmallSchema(),
+                                                    [](uint64_t i) { return fedsim::SyntheticValue(1, i); }),
+                             &receipt)
+                  .ok());
+  // Streams opened and left idle (no chunk, no WritesDone).
+  struct Idle {
+    std::unique_ptr<v1::Federation::Stub> stub;
+    grpc::ClientContext ctx;
+    v1::Receipt receipt;
+    std::unique_ptr<grpc::ClientWriter<v1::Chunk>> writer;
+  };
+  std::vector<std::unique_ptr<Idle>> idle;
+  auto open = [&](std::unique_ptr<v1::Federation::Stub> stub) {
+    auto s = std::make_unique<Idle>();
+    s->stub = std::move(stub);
+    s->ctx.set_deadline(std::chrono::system_clock::now() + seconds(60));
+    s->writer = s->stub->SubmitUpdate(&s->ctx, &s->receipt);
+    idle.push_back(std::move(s));
+  };
+  for (int i = 0; i < 4; ++i) open(Stub(dir_ / "pki/operator"));
+  open(SiteStub("site-2"));  // site-2's first stream: a slot, idle
+  open(SiteStub("site-2"));  // and a second: refused
+  // The operator's and site-2's second stream end at once, refused.
+  for (size_t i : {size_t{0}, size_t{1}, size_t{2}, size_t{3}, size_t{5}}) {
+    const grpc::Status s = idle[i]->writer->Finish();
+    EXPECT_TRUE(s.error_code() == grpc::StatusCode::PERMISSION_DENIED ||
+                s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED)
+        << i << ": " << s.error_message();
+    if (i == 5) {
+      EXPECT_NE(s.error_message().find("already has a model or update transfer open"),
+                std::string::npos)
+          << s.error_message();
+    }
+  }
+  // Site-1 fetches the initial model while site-2's idle stream holds one slot.
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + seconds(20));
+  v1::ModelRef ref;
+  ref.set_study_id(kStudy);
+  ref.set_version(0);
+  auto reader = one.stub()->FetchModel(&ctx, ref);
+  v1::Chunk chunk;
+  int chunks = 0;
+  while (reader->Read(&chunk)) ++chunks;
+  const grpc::Status fetched = reader->Finish();
+  EXPECT_TRUE(fetched.ok()) << fetched.error_message();
+  EXPECT_GE(chunks, 1);
+  idle[4]->ctx.TryCancel();
+  coordinator_->Kill(SIGTERM);
+  EXPECT_TRUE(coordinator_->Wait(seconds(30)).has_value());
+}
+
 // A site started before its coordinator (a hospital's worker is often up
 // first) joins as soon as the coordinator listens: between attempts the
 // engine watches the channel, which reconnects it (gRPC alone would poll an

@@ -5,7 +5,9 @@
 #pragma once
 
 #include <memory>
+#include <mutex>
 #include <semaphore>
+#include <set>
 #include <string>
 
 #include <grpcpp/grpcpp.h>
@@ -59,11 +61,18 @@ class FederationService final : public v1::Federation::Service {
   grpc::Status Refuse(grpc::ServerContext* ctx, const std::string& who, const char* rpc,
                       const attune::Status& s);
 
-  // Waits for a transfer slot (or the caller's cancellation).
-  attune::Status AcquireTransfer(grpc::ServerContext* ctx);
+  // A transfer (a model fetched or an update sent) for the authorised
+  // `site`: one at a time per site (ResourceExhausted for a second), then
+  // a slot of the max_transfers (waits for one, or the caller's
+  // cancellation). Released when the returned guard goes.
+  class Transfer;
+  StatusOr<std::unique_ptr<Transfer>> BeginTransfer(grpc::ServerContext* ctx,
+                                                    const std::string& site);
 
   RoundDriver* driver_;
   std::counting_semaphore<1024> transfers_;
+  std::mutex transfer_mu_;
+  std::set<std::string> transferring_;  // sites with a transfer open; guarded by transfer_mu_
 };
 
 // A running server on `listen` (host:port; port 0 picks a free one).
