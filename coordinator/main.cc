@@ -33,6 +33,8 @@ struct Options {
   std::string port_file;
   std::string log_level = "info";
   int max_transfers = 4;
+  double idle_limit_s = 60;
+  double transfer_limit_s = 0;
   bool serve_audits = false;
 };
 
@@ -87,6 +89,16 @@ int main(int argc, char** argv) {
                  "model downloads and update uploads streamed at once (bounds memory)")
       ->check(CLI::Range(1, 1024))
       ->capture_default_str();
+  app.add_option("--idle-limit", o.idle_limit_s,
+                 "seconds one read or write of a call may wait before the call is cut off "
+                 "(a caller that stops sending or reading)")
+      ->check(CLI::Range(0.1, 86400.0))
+      ->capture_default_str();
+  app.add_option("--transfer-limit", o.transfer_limit_s,
+                 "seconds a model download or update upload may last (0: the study's "
+                 "round_deadline_s)")
+      ->check(CLI::Range(0.0, 86400.0))
+      ->capture_default_str();
   app.add_flag("--serve-audits", o.serve_audits,
                "after the last round, keep the sites connected and serve audit-only rounds\n"
                "(`attune audit`) until SIGINT/SIGTERM, which then ends the study normally");
@@ -121,7 +133,10 @@ int main(int argc, char** argv) {
   auto driver = attune::coordinator::RoundDriver::Create(*study, store->get(), dopt);
   if (!driver.ok()) return Fail(driver.status());
   auto server = attune::coordinator::StartServer(driver->get(), o.listen, *tls,
-                                                {.max_transfers = o.max_transfers});
+      {.max_transfers = o.max_transfers,
+       .idle_limit = std::chrono::milliseconds(static_cast<int64_t>(o.idle_limit_s * 1000)),
+       .transfer_limit =
+           std::chrono::milliseconds(static_cast<int64_t>(o.transfer_limit_s * 1000))});
   if (!server.ok()) return Fail(server.status());
   spdlog::info("study '{}' serving on port {} ({} rounds, roster of {})", study->study_id,
                server->port, study->rounds, study->roster.size());
@@ -150,6 +165,7 @@ int main(int argc, char** argv) {
   // flight matters any more: an interrupted round is redone on restart).
   (*driver)->Shutdown();
   server->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  (*driver)->FlushRefusals();
   done = true;
   watcher.join();
   if (absl::IsCancelled(result) && g_signal != 0) {

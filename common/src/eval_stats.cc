@@ -10,6 +10,7 @@
 #include "absl/strings/str_join.h"
 #include "attune/common/audit.h"
 #include "attune/common/privacy.h"
+#include "attune/common/text.h"
 #include "nlohmann/json.hpp"
 
 namespace attune {
@@ -18,7 +19,8 @@ namespace {
 using nlohmann::json;
 
 bool BadConfusion(const Confusion& c) {
-  return c.tp < 0 || c.fp < 0 || c.tn < 0 || c.fn < 0;
+  return c.tp < 0 || c.fp < 0 || c.tn < 0 || c.fn < 0 || c.tp > kMaxReportCount ||
+         c.fp > kMaxReportCount || c.tn > kMaxReportCount || c.fn > kMaxReportCount;
 }
 
 void AddConfusion(Confusion* into, const Confusion& c) {
@@ -623,13 +625,18 @@ Status EvalSums::Validate() const {
   if (n < 0 || suppressed < 0 || !std::isfinite(loss_sum) || loss_sum < 0) {
     return absl::InvalidArgumentError("evaluation: negative count or non-finite loss");
   }
+  if (n > kMaxReportCount || suppressed > kMaxReportCount) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("evaluation: a count past ", kMaxReportCount));
+  }
   if (pos_hist.size() != neg_hist.size() || pos_hist.empty()) {
     return absl::InvalidArgumentError("evaluation: histograms must be non-empty and of equal size");
   }
   int64_t hist_total = 0;
   for (size_t i = 0; i < pos_hist.size(); ++i) {
-    if (pos_hist[i] < 0 || neg_hist[i] < 0) {
-      return absl::InvalidArgumentError("evaluation: negative histogram count");
+    if (pos_hist[i] < 0 || neg_hist[i] < 0 || pos_hist[i] > kMaxReportCount ||
+        neg_hist[i] > kMaxReportCount) {
+      return absl::InvalidArgumentError("evaluation: a histogram count out of range");
     }
     hist_total += pos_hist[i] + neg_hist[i];
   }
@@ -651,8 +658,12 @@ Status EvalSums::Validate() const {
                   g.calib_sum.size() == static_cast<size_t>(calibration_bins) &&
                   g.attention_sum.size() == f && g.value_pos_sum.size() == f &&
                   g.value_neg_sum.size() == f && g.value_sq_sum.size() == f;
+    shaped = shaped && g.n <= kMaxReportCount && g.suppressed <= kMaxReportCount;
     for (size_t i = 0; shaped && i < g.pos_hist.size(); ++i) {
-      if (g.pos_hist[i] < 0 || g.neg_hist[i] < 0) shaped = false;
+      if (g.pos_hist[i] < 0 || g.neg_hist[i] < 0 || g.pos_hist[i] > kMaxReportCount ||
+          g.neg_hist[i] > kMaxReportCount) {
+        shaped = false;
+      }
       group_hist += g.pos_hist[i] + g.neg_hist[i];
     }
     if (!shaped || g.n < 0 || g.suppressed < 0 || BadConfusion(g.confusion) ||
@@ -715,6 +726,123 @@ std::string EvalSums::MetricsJson() const {
             {"tpr", Num(confusion.Tpr())},
             {"fpr", Num(confusion.Fpr())}};
   return j.dump();
+}
+
+
+// ---- One site's report ---------------------------------------------------------
+
+namespace {
+
+// How many cells a column may have in a report.
+int64_t ColumnCells(const std::string& column,
+                    const std::map<std::string, std::vector<std::string>>& values) {
+  auto it = values.find(column);
+  const int64_t listed = it == values.end() ? 0 : static_cast<int64_t>(it->second.size()) + 1;
+  return listed + kMaxUnlistedValues;
+}
+
+bool GoodValue(const std::string& v) {
+  return !v.empty() && v.size() <= kMaxValueBytes && SafeText(v, v.size() + 3) == v;
+}
+
+}  // namespace
+
+int64_t MaxReportCells(const std::vector<std::string>& columns,
+                       const std::map<std::string, std::vector<std::string>>& values) {
+  int64_t cells = 0;
+  for (size_t a = 0; a < columns.size(); ++a) {
+    cells += ColumnCells(columns[a], values);
+    for (size_t b = a + 1; b < columns.size(); ++b) {
+      cells += ColumnCells(columns[a], values) * ColumnCells(columns[b], values);
+    }
+  }
+  return cells;
+}
+
+Status CheckEvalReport(const EvalSums& r, const EvalReportSpec& spec) {
+  auto bad = [&](const std::string& why) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("evaluation of split '", SafeText(r.split, 32), "': ", why));
+  };
+  if (static_cast<int>(r.pos_hist.size()) != spec.bins) {
+    return bad(absl::StrCat(r.pos_hist.size(), " score bins; the study has ", spec.bins));
+  }
+  if (r.calibration_bins != CalibrationBins(spec.bins)) {
+    return bad(absl::StrCat(r.calibration_bins, " calibration bins; the study's ", spec.bins,
+                            " score bins make ", CalibrationBins(spec.bins)));
+  }
+  if (r.modalities != spec.modalities) {
+    return bad("its modalities are not the study's (" + absl::StrJoin(spec.modalities, ", ") +
+               ")");
+  }
+  if (r.features != spec.features) {
+    return bad(absl::StrCat(r.features.size(), " audit features, not the ",
+                            spec.features.size(), " this site declared at Join"));
+  }
+  if (static_cast<int64_t>(r.groups.size()) > MaxReportCells(spec.columns, spec.values)) {
+    return bad(absl::StrCat(r.groups.size(), " cells; at most ",
+                            MaxReportCells(spec.columns, spec.values)));
+  }
+  std::map<std::string, std::set<std::string>> unlisted;
+  auto listed = [&](const std::string& column, const std::string& value) {
+    auto it = spec.values.find(column);
+    return value == kOtherValue ||
+           (it != spec.values.end() &&
+            std::find(it->second.begin(), it->second.end(), value) != it->second.end());
+  };
+  auto count_value = [&](const std::string& column, const std::string& value) -> Status {
+    if (!GoodValue(value)) {
+      return bad(absl::StrCat("a value of column ", column, " that is not 1..", kMaxValueBytes,
+                              " bytes of printable UTF-8"));
+    }
+    if (!listed(column, value)) {
+      auto& seen = unlisted[column];
+      seen.insert(value);
+      if (static_cast<int64_t>(seen.size()) > kMaxUnlistedValues) {
+        return bad(absl::StrCat("more than ", kMaxUnlistedValues,
+                                " values the study does not list in column ", column));
+      }
+    }
+    return absl::OkStatus();
+  };
+  auto column_at = [&](const std::string& c) {
+    return std::find(spec.columns.begin(), spec.columns.end(), c) - spec.columns.begin();
+  };
+  const auto ncols = static_cast<ptrdiff_t>(spec.columns.size());
+  for (const auto& [key, g] : r.groups) {
+    const auto [a, b] = SplitJoined(key.first);
+    if (a.empty()) {
+      if (column_at(key.first) == ncols) {
+        return bad(absl::StrCat("a cell of column '", SafeText(key.first, 64),
+                                "', which this evaluation does not audit"));
+      }
+      ATTUNE_RETURN_IF_ERROR(count_value(key.first, key.second));
+      continue;
+    }
+    const auto ia = column_at(a), ib = column_at(b);
+    if (ia == ncols || ib == ncols || !(a < b)) {
+      return bad(absl::StrCat("an intersection '", SafeText(key.first, 64),
+                              "' that is not of two audited columns in name order"));
+    }
+    // The value: "va & vb" with va and vb values of their columns.
+    const std::string join = kCellJoin;
+    bool split_ok = false;
+    for (size_t at = key.second.find(join); at != std::string::npos;
+         at = key.second.find(join, at + 1)) {
+      const std::string va = key.second.substr(0, at), vb = key.second.substr(at + join.size());
+      if (GoodValue(va) && GoodValue(vb)) {
+        ATTUNE_RETURN_IF_ERROR(count_value(a, va));
+        ATTUNE_RETURN_IF_ERROR(count_value(b, vb));
+        split_ok = true;
+        break;
+      }
+    }
+    if (!split_ok) {
+      return bad(absl::StrCat("an intersection value of ", SafeText(key.first, 64),
+                              " that is not two values joined by '", join, "'"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace attune

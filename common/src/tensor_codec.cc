@@ -401,6 +401,15 @@ Status ChunkVerifier::Add(uint64_t seq, std::string_view data, std::string_view 
   if (received_ + data.size() > total_bytes_) {
     return absl::InvalidArgumentError("more bytes than the payload announced");
   }
+  if (data.empty() && !(total_bytes_ == 0 && seq == 0)) {
+    return absl::InvalidArgumentError(absl::StrCat("chunk ", seq, " is empty"));
+  }
+  if (seq >= MaxChunks(total_bytes_)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a payload of ", total_bytes_, " bytes comes in at most ",
+                     MaxChunks(total_bytes_), " chunks (one per ", kMinChunkBytes,
+                     " bytes, plus ", kChunkSlack, ")"));
+  }
   if (Sha256(data) != sha256) {
     return absl::DataLossError(absl::StrCat("chunk ", seq, " checksum mismatch"));
   }

@@ -37,6 +37,15 @@ size_t CharLength(std::string_view s) {
 
 }  // namespace
 
+bool IsUtf8(std::string_view in) {
+  for (size_t at = 0; at < in.size();) {
+    const size_t n = CharLength(in.substr(at));
+    if (n == 0) return false;
+    at += n;
+  }
+  return true;
+}
+
 std::string SafeText(std::string_view in, size_t max_bytes) {
   constexpr std::string_view kEllipsis = "\xe2\x80\xa6";  // …
   if (max_bytes < kEllipsis.size()) max_bytes = kEllipsis.size();

@@ -1,7 +1,14 @@
 #include "attune/common/wire.h"
 
+#include <limits>
+
+#include <google/protobuf/descriptor.h>
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/wire_format_lite.h>
+
 #include "absl/strings/str_cat.h"
 #include "attune/common/tensor_codec.h"
+#include "attune/common/text.h"
 
 namespace attune {
 
@@ -158,6 +165,126 @@ bool WriteModelChunks(const FlatModel& model, v1::UpdateMeta meta,
         return ForEachEncodedPiece(model, kMaxChunkBytes, piece);
       },
       std::move(meta), write);
+}
+
+}  // namespace attune
+
+// ---- CheckWireBounds --------------------------------------------------------
+
+namespace attune {
+namespace {
+
+using google::protobuf::Descriptor;
+using google::protobuf::FieldDescriptor;
+using google::protobuf::internal::WireFormatLite;
+namespace pbio = google::protobuf::io;
+
+Status Malformed(const Descriptor& type) {
+  return absl::InvalidArgumentError(absl::StrCat("a malformed ", type.name(), " message"));
+}
+
+// The elements of a packed field of `f`'s type in `bytes`.
+int64_t PackedCount(const FieldDescriptor& f, const std::string& bytes) {
+  switch (f.type()) {
+    case FieldDescriptor::TYPE_DOUBLE:
+    case FieldDescriptor::TYPE_FIXED64:
+    case FieldDescriptor::TYPE_SFIXED64:
+      return static_cast<int64_t>(bytes.size() / 8);
+    case FieldDescriptor::TYPE_FLOAT:
+    case FieldDescriptor::TYPE_FIXED32:
+    case FieldDescriptor::TYPE_SFIXED32:
+      return static_cast<int64_t>(bytes.size() / 4);
+    default: {  // varints: one per byte without the continuation bit
+      int64_t n = 0;
+      for (unsigned char c : bytes) n += (c & 0x80) == 0 ? 1 : 0;
+      return n;
+    }
+  }
+}
+
+Status Walk(pbio::CodedInputStream* in, const Descriptor& type, const WireBounds& bounds,
+            int depth) {
+  if (depth > bounds.max_depth) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("messages nested more than ", bounds.max_depth, " deep"));
+  }
+  std::map<int, int64_t> counts;  // per repeated field of this message
+  while (true) {
+    const uint32_t tag = in->ReadTag();
+    if (tag == 0) {
+      if (in->BytesUntilLimit() != 0) return Malformed(type);
+      return absl::OkStatus();
+    }
+    const int number = WireFormatLite::GetTagFieldNumber(tag);
+    const WireFormatLite::WireType wire = WireFormatLite::GetTagWireType(tag);
+    const FieldDescriptor* f = type.FindFieldByNumber(number);
+    if (f == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("field ", number, " is not a field of ", type.name()));
+    }
+    const auto expected =
+        WireFormatLite::WireTypeForFieldType(static_cast<WireFormatLite::FieldType>(f->type()));
+    const bool packed = f->is_packable() && wire == WireFormatLite::WIRETYPE_LENGTH_DELIMITED;
+    if (wire != expected && !packed) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("field ", f->full_name(), " has the wrong wire type"));
+    }
+    int64_t items = 1;
+    if (packed) {
+      uint32_t len = 0;
+      std::string bytes;
+      if (!in->ReadVarint32(&len) || static_cast<int64_t>(len) > in->BytesUntilLimit() ||
+          !in->ReadString(&bytes, static_cast<int>(len))) {
+        return Malformed(type);
+      }
+      items = PackedCount(*f, bytes);
+    } else if (f->type() == FieldDescriptor::TYPE_MESSAGE) {
+      uint32_t len = 0;
+      if (!in->ReadVarint32(&len) || static_cast<int64_t>(len) > in->BytesUntilLimit()) {
+        return Malformed(type);
+      }
+      const pbio::CodedInputStream::Limit limit = in->PushLimit(static_cast<int>(len));
+      ATTUNE_RETURN_IF_ERROR(Walk(in, *f->message_type(), bounds, depth + 1));
+      in->PopLimit(limit);
+    } else if (f->type() == FieldDescriptor::TYPE_STRING) {
+      // protobuf refuses a proto3 string that is not UTF-8: so does the walk.
+      uint32_t len = 0;
+      std::string text;
+      if (!in->ReadVarint32(&len) || static_cast<int64_t>(len) > in->BytesUntilLimit() ||
+          !in->ReadString(&text, static_cast<int>(len))) {
+        return Malformed(type);
+      }
+      if (!IsUtf8(text)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("field ", f->full_name(), " is not UTF-8"));
+      }
+    } else if (!WireFormatLite::SkipField(in, tag)) {
+      return Malformed(type);
+    }
+    if (f->is_repeated()) {
+      auto it = bounds.repeated.find(f->full_name());
+      const int64_t max = it != bounds.repeated.end() ? it->second : bounds.default_repeated;
+      int64_t& count = counts[number];
+      count += items;
+      if (count > max) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            f->full_name(), ": more than ", max, " entries (the most this study allows)"));
+      }
+    }
+  }
+}
+
+}  // namespace
+
+Status CheckWireBounds(std::string_view bytes, const google::protobuf::Descriptor& type,
+                       const WireBounds& bounds) {
+  if (bytes.size() > static_cast<size_t>(std::numeric_limits<int>::max())) {
+    return absl::InvalidArgumentError("message too large");
+  }
+  pbio::CodedInputStream in(reinterpret_cast<const uint8_t*>(bytes.data()),
+                            static_cast<int>(bytes.size()));
+  in.PushLimit(static_cast<int>(bytes.size()));
+  return Walk(&in, type, bounds, 0);
 }
 
 }  // namespace attune

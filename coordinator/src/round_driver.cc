@@ -10,6 +10,7 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "attune/common/audit_features.h"
 #include "attune/common/audit.h"
 #include "attune/common/audit_html.h"
 #include "attune/common/terms.h"
@@ -413,6 +414,10 @@ Status RoundDriver::Join(const std::string& site, int64_t train_samples, int ran
     return absl::InvalidArgumentError(absl::StrCat(
         "train samples must be in [0, ", kMaxTrainSamples, "] (got ", train_samples, ")"));
   }
+  if (!features.empty()) {
+    // The model fixes the features; the site only names its columns.
+    ATTUNE_RETURN_IF_ERROR(CheckAuditFeatureNames(study_.model, features));
+  }
   std::lock_guard<std::mutex> lock(mu_);
   SiteState& s = sites_.at(site);
   s.joined = true;
@@ -646,12 +651,30 @@ Status RoundDriver::SubmitEval(const std::string& site, const std::string& task_
         "this study's evaluations are securely aggregated: sums in the clear are refused");
   }
   if (std::find(p.splits.begin(), p.splits.end(), sums.split) == p.splits.end()) {
-    return absl::InvalidArgumentError(absl::StrCat("split '", sums.split, "' was not asked for"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("split '", SafeText(sums.split, 32), "' was not asked for"));
   }
   if (p.got[site].count(sums.split)) {
     return absl::AlreadyExistsError(absl::StrCat("split '", sums.split, "' already reported"));
   }
-  ATTUNE_RETURN_IF_ERROR(p.eval[sums.split].Add(sums));
+  // The report is held to the study's shape and the site's own Join, never
+  // to another site's report.
+  EvalReportSpec spec;
+  spec.bins = study_.audit.histogram_bins;
+  spec.modalities = ModalityNames();
+  if (p.audit) {
+    spec.features = sites_.at(site).features;
+    spec.columns = study_.audit.columns;
+    spec.values = study_.audit.values;
+  }
+  ATTUNE_RETURN_IF_ERROR(CheckEvalReport(sums, spec));
+  if (sums.features.size() != p.features.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "this site declared ", sums.features.size(), " audit features at Join; the study's model has ",
+        p.features.size()));
+  }
+  sums.features = p.features;  // the layout's names (AgreedAuditFeatureNames)
+  ATTUNE_RETURN_IF_ERROR(p.eval.at(sums.split).Add(sums));
   p.got[site].insert(sums.split);
   if (p.got[site].size() == p.splits.size()) p.done.insert(site);
   cv_.notify_all();
@@ -721,12 +744,32 @@ void RoundDriver::RecordRefusal(const std::string& caller, const char* rpc, cons
   // The caller's name and the message may quote what it sent: bounded, and
   // valid UTF-8 for the JSON entry.
   const std::string who = SafeText(caller, 128);
+  int64_t left_out = 0;
+  {
+    std::lock_guard<std::mutex> lock(refusals_mu_);
+    if (!refusals_.Admit(who, Clock::now(), &left_out)) return;
+  }
   const std::string message = SafeText(std::string(s.message()), 1024);
-  spdlog::warn("refused {} from {}: {}", rpc, who, message);
-  Status logged = store_->AppendLog(
-      "refused", who,
-      json{{"rpc", rpc}, {"code", absl::StatusCodeToString(s.code())}, {"message", message}}
-          .dump());
+  if (left_out > 0) {
+    spdlog::warn("refused {} from {}: {} ({} more refusals of this caller not logged)", rpc, who,
+                 message, left_out);
+  } else {
+    spdlog::warn("refused {} from {}: {}", rpc, who, message);
+  }
+  json entry = {{"rpc", rpc}, {"code", absl::StatusCodeToString(s.code())}, {"message", message}};
+  if (left_out > 0) entry["not_logged_before"] = left_out;
+  Status logged = store_->AppendLog("refused", who, entry.dump());
+  if (!logged.ok()) spdlog::error("audit log: {}", std::string(logged.message()));
+}
+
+void RoundDriver::FlushRefusals() {
+  std::map<std::string, int64_t> left_out;
+  {
+    std::lock_guard<std::mutex> lock(refusals_mu_);
+    left_out = refusals_.TakeLeftOut();
+  }
+  if (left_out.empty()) return;
+  Status logged = store_->AppendLog("refusals_not_logged", "", json(left_out).dump());
   if (!logged.ok()) spdlog::error("audit log: {}", std::string(logged.message()));
 }
 
@@ -1011,10 +1054,25 @@ void RoundDriver::OpenPhase(
     p->task_ids[site] = t.task_id;
     sites_[site].queue.push_back(t);
   }
+  if (p->kind == Task::Kind::kEvaluate) {
+    // Reports add into sums shaped by the study, named as the sites agree.
+    if (p->audit) p->features = AgreedFeaturesLocked(selected);
+    for (const auto& split : p->splits) {
+      p->eval[split] = EvalSums::Make(split, study_.audit.histogram_bins, ModalityNames(),
+                                      p->features);
+    }
+  }
   phase_ = p;
   spdlog::info("round {}: {} phase open for {} site{}", p->round, KindName(p->kind),
                selected.size(), selected.size() == 1 ? "" : "s");
   cv_.notify_all();
+}
+
+std::vector<std::string> RoundDriver::AgreedFeaturesLocked(
+    const std::vector<std::string>& selected) const {
+  std::vector<const std::vector<std::string>*> lists;
+  for (const auto& site : selected) lists.push_back(&sites_.at(site).features);
+  return AgreedAuditFeatureNames(study_.model, lists);
 }
 
 void RoundDriver::ClosePhase(Phase* p) {

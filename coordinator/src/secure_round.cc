@@ -363,17 +363,12 @@ Status RoundDriver::RunSecureTrainPhase(std::unique_lock<std::mutex>& lock, Phas
 
 Status RoundDriver::RunSecureEvalPhase(std::unique_lock<std::mutex>& lock, Phase* p,
                                        const std::vector<std::string>& selected) {
-  // The per-feature sums are laid out as the first selected site that
-  // named its features at Join names them; a site whose model has others
-  // refuses the layout.
-  // Without the audit (audit.every) there are no cells and no features.
+  // The per-feature sums are named as the selected sites agree (each
+  // site's list was checked against the model at Join); a site whose model
+  // has others refuses the layout. Without the audit (audit.every) there
+  // are no cells and no features.
   std::vector<std::string> features;
-  for (const auto& site : selected) {
-    if (p->audit && !sites_.at(site).features.empty()) {
-      features = sites_.at(site).features;
-      break;
-    }
-  }
+  if (p->audit) features = AgreedFeaturesLocked(selected);
   const EvalLayout layout = EvalLayout::Make(
       p->splits, study_.audit.histogram_bins, ModalityNames(), std::move(features),
       p->audit ? study_.audit.values : std::map<std::string, std::vector<std::string>>{});

@@ -4,9 +4,16 @@
 
 #include <algorithm>
 #include <cmath>
+#include <new>
+
+#include <grpcpp/impl/service_type.h>
+#include <grpcpp/support/method_handler.h>
+#include <grpcpp/support/proto_buffer_reader.h>
+#include <grpcpp/support/proto_buffer_writer.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "attune/common/audit_features.h"
 #include "attune/common/secure_update.h"
 #include "attune/common/tensor_codec.h"
 #include "attune/common/text.h"
@@ -38,7 +45,104 @@ std::string Progress(const v1::HeartbeatRequest& r) {
   return absl::StrFormat("%s round %d", SafeText(r.stage(), 32), r.round());
 }
 
+// The methods in the order federation.proto declares them (the indexes
+// grpc::Service numbers them by).
+enum MethodIndex {
+  kJoin = 0,
+  kSubscribe,
+  kFetchModel,
+  kSubmitUpdate,
+  kSubmitAudit,
+  kStatus,
+  kHeartbeat,
+  kSecAgg,
+  kAudit,
+};
+
+// Serialises `m` into a ByteBuffer for the raw writers.
+grpc::ByteBuffer ToBytes(const google::protobuf::Message& m) {
+  grpc::ByteBuffer out;
+  bool own = false;
+  grpc::GenericSerialize<grpc::ProtoBufferWriter, google::protobuf::Message>(m, &out, &own);
+  return out;
+}
+
+constexpr size_t kKiB = 1024;
+
 }  // namespace
+
+// ---- admission, bounds and watching ------------------------------------------
+
+FederationService::FederationService(RoundDriver* driver, ServiceOptions options)
+    : driver_(driver),
+      options_(options),
+      watch_(StreamWatch::Options{}),
+      transfers_(options.max_transfers) {
+  const StudyConfig& study = driver->study();
+  const int64_t features = static_cast<int64_t>(AuditFeatureCount(study.model));
+  const int64_t bins = study.audit.histogram_bins;
+  const int64_t modalities = static_cast<int64_t>(ModalityNames().size());
+  const int64_t peers = static_cast<int64_t>(study.roster.size()) + 1;
+  auto limits = [](const char* rpc, size_t max_bytes) {
+    Limits l;
+    l.rpc = rpc;
+    l.max_bytes = max_bytes;
+    return l;
+  };
+
+  Limits join = limits("Join", 16 * kKiB + features * (kMaxFeatureNameBytes + 32));
+  join.counted = true;
+  join.wire.repeated = {{"attune.v1.JoinRequest.audit_features", features}};
+  ServeUnary(kJoin, join, &FederationService::Join);
+
+  ServeStream(kSubscribe, limits("Subscribe", 4 * kKiB), &FederationService::Subscribe);
+
+  Limits fetch = limits("FetchModel", 4 * kKiB);
+  fetch.transfer = true;
+  ServeStream(kFetchModel, fetch, &FederationService::FetchModel);
+
+  Limits upload = limits("SubmitUpdate", kMaxChunkBytes + 64 * kKiB);
+  upload.transfer = true;
+  upload.wire.repeated = {{"attune.v1.UpdateMeta.metrics", 64}};
+  ServeUpload(kSubmitUpdate, upload);
+
+  // A split's sums: the layout's cells at most, each shaped as the study says.
+  Limits audit = limits("SubmitAudit", kMaxMessageBytes);
+  audit.counted = true;
+  audit.wire.repeated = {
+      {"attune.v1.AuditReport.groups", MaxReportCells(study.audit.columns, study.audit.values)},
+      {"attune.v1.AuditReport.pos_hist", bins},
+      {"attune.v1.AuditReport.neg_hist", bins},
+      {"attune.v1.AuditReport.modalities", modalities},
+      {"attune.v1.AuditReport.features", features},
+      {"attune.v1.GroupStats.beta_sum", modalities},
+      {"attune.v1.GroupStats.pos_hist", bins},
+      {"attune.v1.GroupStats.neg_hist", bins},
+      {"attune.v1.GroupStats.calib_sum", bins},
+      {"attune.v1.GroupStats.attention_sum", features},
+      {"attune.v1.GroupStats.value_pos_sum", features},
+      {"attune.v1.GroupStats.value_neg_sum", features},
+      {"attune.v1.GroupStats.value_sq_sum", features},
+  };
+  ServeUnary(kSubmitAudit, audit, &FederationService::SubmitAudit);
+
+  Limits status = limits("Status", 4 * kKiB);
+  status.operator_ok = true;
+  ServeUnary(kStatus, status, &FederationService::Status);
+
+  ServeUnary(kHeartbeat, limits("Heartbeat", 4 * kKiB), &FederationService::Heartbeat);
+
+  // Shares and unmasking: one entry per peer.
+  Limits secagg = limits("SecAgg", 64 * kKiB + peers * 2 * kKiB);
+  secagg.wire.repeated = {{"attune.v1.SecAggShares.shares", peers},
+                          {"attune.v1.SecAggUnmask.self_mask_seeds", peers},
+                          {"attune.v1.SecAggUnmask.mask_keys", peers}};
+  ServeUnary(kSecAgg, secagg, &FederationService::SecAgg);
+
+  Limits audit_round = limits("Audit", 4 * kKiB);
+  audit_round.operator_ok = true;
+  ServeUnary(kAudit, audit_round, &FederationService::Audit);
+}
 
 grpc::Status FederationService::Refuse(grpc::ServerContext* ctx, const std::string& who,
                                        const char* rpc, const attune::Status& s) {
@@ -51,6 +155,166 @@ grpc::Status FederationService::Refuse(grpc::ServerContext* ctx, const std::stri
   return ToGrpcStatus(s);
 }
 
+grpc::Status FederationService::Guarded(grpc::ServerContext* ctx, const char* rpc,
+                                        const std::function<grpc::Status()>& call) {
+  try {
+    return call();
+  } catch (const std::bad_alloc&) {
+    return Refuse(ctx, "", rpc,
+                  absl::ResourceExhaustedError("the coordinator ran out of memory for this call"));
+  }
+}
+
+StatusOr<FederationService::Admission> FederationService::Admit(grpc::ServerContext* ctx,
+                                                                const Limits& limits) {
+  Admission a;
+  // By the certificate alone: the study id the caller names is checked
+  // once its request is parsed.
+  ATTUNE_ASSIGN_OR_RETURN(a.caller,
+                          Authorize(ctx, driver_->study().study_id, limits.operator_ok));
+  const auto total = limits.transfer
+                         ? (options_.transfer_limit.count() > 0
+                                ? std::chrono::duration_cast<StreamWatch::Clock::duration>(
+                                      options_.transfer_limit)
+                                : std::chrono::duration_cast<StreamWatch::Clock::duration>(
+                                      std::chrono::duration<double>(
+                                          driver_->study().round_deadline_s)))
+                         : StreamWatch::Clock::duration::zero();
+  a.watch = watch_.Watch([ctx] { ctx->TryCancel(); }, options_.idle_limit, total);
+  if (limits.counted) {
+    ATTUNE_ASSIGN_OR_RETURN(a.transfer, BeginTransfer(ctx, a.caller, /*wait_turn=*/true));
+  }
+  return a;
+}
+
+attune::Status FederationService::ReadMessage(const grpc::ByteBuffer& in, const Limits& limits,
+                                              google::protobuf::Message* out) {
+  if (in.Length() > limits.max_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat("a ", limits.rpc, " message of ",
+                                                     in.Length(), " bytes; at most ",
+                                                     limits.max_bytes, " are accepted"));
+  }
+  std::vector<grpc::Slice> slices;
+  if (!in.Dump(&slices).ok()) return absl::InvalidArgumentError("unreadable message");
+  std::string bytes;
+  bytes.reserve(in.Length());
+  for (const auto& slice : slices) {
+    bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
+  }
+  ATTUNE_RETURN_IF_ERROR(CheckWireBounds(bytes, *out->GetDescriptor(), limits.wire));
+  if (!out->ParseFromString(bytes)) {
+    return absl::InvalidArgumentError(absl::StrCat("a malformed ", limits.rpc, " message"));
+  }
+  return absl::OkStatus();
+}
+
+template <typename Req, typename Resp>
+void FederationService::ServeUnary(
+    int index, Limits limits,
+    grpc::Status (FederationService::*method)(grpc::ServerContext*, const Req&, Resp*)) {
+  using Streamer = grpc::ServerUnaryStreamer<grpc::ByteBuffer, grpc::ByteBuffer>;
+  MarkMethodStreamed(index, new grpc::internal::StreamedUnaryHandler<grpc::ByteBuffer,
+                                                                     grpc::ByteBuffer>(
+                                [this, limits, method](grpc::ServerContext* ctx, Streamer* stream) {
+    return Guarded(ctx, limits.rpc, [&]() -> grpc::Status {
+      auto admitted = Admit(ctx, limits);
+      if (!admitted.ok()) return Refuse(ctx, "", limits.rpc, admitted.status());
+      grpc::ByteBuffer in;
+      bool read;
+      {
+        auto op = admitted->watch->Begin();
+        read = stream->Read(&in);
+      }
+      if (!read) {
+        attune::Status why = admitted->watch->expired();
+        if (why.ok()) return grpc::Status(grpc::StatusCode::CANCELLED, "the caller went away");
+        return Refuse(ctx, admitted->caller, limits.rpc, why);
+      }
+      Req req;
+      attune::Status parsed = ReadMessage(in, limits, &req);
+      if (!parsed.ok()) return Refuse(ctx, admitted->caller, limits.rpc, parsed);
+      Resp reply;
+      grpc::Status s = (this->*method)(ctx, req, &reply);
+      if (!s.ok()) return s;
+      auto op = admitted->watch->Begin();
+      if (!stream->Write(ToBytes(reply))) {
+        return grpc::Status(grpc::StatusCode::CANCELLED, "the caller went away");
+      }
+      return grpc::Status::OK;
+    });
+  }));
+}
+
+template <typename Req>
+void FederationService::ServeStream(
+    int index, Limits limits,
+    grpc::Status (FederationService::*method)(grpc::ServerContext*, const Req&, const Writer&)) {
+  using Streamer = grpc::ServerSplitStreamer<grpc::ByteBuffer, grpc::ByteBuffer>;
+  MarkMethodStreamed(index, new grpc::internal::SplitServerStreamingHandler<grpc::ByteBuffer,
+                                                                            grpc::ByteBuffer>(
+                                [this, limits, method](grpc::ServerContext* ctx, Streamer* stream) {
+    return Guarded(ctx, limits.rpc, [&]() -> grpc::Status {
+      auto admitted = Admit(ctx, limits);
+      if (!admitted.ok()) return Refuse(ctx, "", limits.rpc, admitted.status());
+      StreamWatch::Call& watch = *admitted->watch;
+      grpc::ByteBuffer in;
+      bool read;
+      {
+        auto op = watch.Begin();
+        read = stream->Read(&in);
+      }
+      if (!read) return grpc::Status(grpc::StatusCode::CANCELLED, "the caller went away");
+      Req req;
+      attune::Status parsed = ReadMessage(in, limits, &req);
+      if (!parsed.ok()) return Refuse(ctx, admitted->caller, limits.rpc, parsed);
+      const Writer write = [&](const google::protobuf::Message& m) {
+        auto op = watch.Begin();
+        return stream->Write(ToBytes(m));
+      };
+      grpc::Status s = (this->*method)(ctx, req, write);
+      if (attune::Status why = watch.expired(); !why.ok()) {
+        return Refuse(ctx, admitted->caller, limits.rpc, why);
+      }
+      return s;
+    });
+  }));
+}
+
+void FederationService::ServeUpload(int index, Limits limits) {
+  using Streamer = grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>;
+  MarkMethodStreamed(
+      index, new grpc::internal::BidiStreamingHandler<FederationService, grpc::ByteBuffer,
+                                                      grpc::ByteBuffer>(
+                 [limits](FederationService* self, grpc::ServerContext* ctx, Streamer* stream) {
+    return self->Guarded(ctx, limits.rpc, [&]() -> grpc::Status {
+      auto admitted = self->Admit(ctx, limits);
+      if (!admitted.ok()) return self->Refuse(ctx, "", limits.rpc, admitted.status());
+      StreamWatch::Call& watch = *admitted->watch;
+      const ChunkReader read = [&](v1::Chunk* chunk) -> StatusOr<bool> {
+        grpc::ByteBuffer in;
+        bool more;
+        {
+          auto op = watch.Begin();
+          more = stream->Read(&in);
+        }
+        ATTUNE_RETURN_IF_ERROR(watch.expired());
+        if (!more) return false;
+        ATTUNE_RETURN_IF_ERROR(self->ReadMessage(in, limits, chunk));
+        return true;
+      };
+      v1::Receipt receipt;
+      grpc::Status s = self->SubmitUpdate(ctx, read, &receipt);
+      if (!s.ok()) return s;
+      auto op = watch.Begin();
+      if (!stream->Write(ToBytes(receipt))) {
+        return grpc::Status(grpc::StatusCode::CANCELLED, "the caller went away");
+      }
+      return grpc::Status::OK;
+    });
+  },
+                 this));
+}
+
 // Gives the site's turn and the slot back when the call ends.
 class FederationService::Transfer {
  public:
@@ -58,8 +322,11 @@ class FederationService::Transfer {
       : service_(service), site_(std::move(site)) {}
   ~Transfer() {
     if (slot_) service_->transfers_.release();
-    std::lock_guard<std::mutex> lock(service_->transfer_mu_);
-    service_->transferring_.erase(site_);
+    {
+      std::lock_guard<std::mutex> lock(service_->transfer_mu_);
+      service_->transferring_.erase(site_);
+    }
+    service_->transfer_cv_.notify_all();
   }
   bool slot_ = false;
 
@@ -69,13 +336,20 @@ class FederationService::Transfer {
 };
 
 StatusOr<std::unique_ptr<FederationService::Transfer>> FederationService::BeginTransfer(
-    grpc::ServerContext* ctx, const std::string& site) {
-  {
-    std::lock_guard<std::mutex> lock(transfer_mu_);
-    if (!transferring_.insert(site).second) {
+    grpc::ServerContext* ctx, const std::string& site, bool wait_turn) {
+  while (true) {
+    {
+      std::lock_guard<std::mutex> lock(transfer_mu_);
+      if (transferring_.insert(site).second) break;
+    }
+    if (!wait_turn) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "site ", site, " already has a model or update transfer open; one at a time"));
     }
+    if (ctx->IsCancelled()) return absl::CancelledError("the caller went away");
+    std::unique_lock<std::mutex> lock(transfer_mu_);
+    transfer_cv_.wait_for(lock, std::chrono::milliseconds(200),
+                          [&] { return !transferring_.count(site); });
   }
   auto t = std::make_unique<Transfer>(this, site);
   while (!transfers_.try_acquire_for(std::chrono::milliseconds(200))) {
@@ -97,8 +371,9 @@ StatusOr<std::string> FederationService::Authorize(grpc::ServerContext* ctx,
   auto site = Authorize(ctx, study_id, ##__VA_ARGS__);       \
   if (!site.ok()) return Refuse(ctx, "", rpc, site.status())
 
-grpc::Status FederationService::Join(grpc::ServerContext* ctx, const v1::JoinRequest* req,
+grpc::Status FederationService::Join(grpc::ServerContext* ctx, const v1::JoinRequest& request,
                                      v1::JoinReply* reply) {
+  const v1::JoinRequest* req = &request;
   ATTUNE_AUTHORIZE_OR_REFUSE(site, "Join", req->study_id());
   auto samples = req->samples().find("train");
   attune::Status s = driver_->Join(*site, samples == req->samples().end() ? 0 : samples->second,
@@ -118,8 +393,9 @@ grpc::Status FederationService::Join(grpc::ServerContext* ctx, const v1::JoinReq
   return grpc::Status::OK;
 }
 
-grpc::Status FederationService::Subscribe(grpc::ServerContext* ctx, const v1::SiteHello* req,
-                                          grpc::ServerWriter<v1::RoundTask>* writer) {
+grpc::Status FederationService::Subscribe(grpc::ServerContext* ctx, const v1::SiteHello& request,
+                                          const Writer& write) {
+  const v1::SiteHello* req = &request;
   ATTUNE_AUTHORIZE_OR_REFUSE(site, "Subscribe", req->study_id());
   auto gen = driver_->Subscribe(*site);
   if (!gen.ok()) return Refuse(ctx, *site, "Subscribe", gen.status());
@@ -149,45 +425,47 @@ grpc::Status FederationService::Subscribe(grpc::ServerContext* ctx, const v1::Si
     h->set_proximal_mu(static_cast<float>(driver_->proximal_mu()));
     if (t.secure) msg.MergeFrom(*t.secure);
     msg.set_terms(*driver_->SignedTerms());
-    if (!writer->Write(msg)) break;
+    if (!write(msg)) break;
     if (t.kind == Task::Kind::kFinish) break;
   }
   driver_->Unsubscribe(*site, *gen);
   return result;
 }
 
-grpc::Status FederationService::FetchModel(grpc::ServerContext* ctx, const v1::ModelRef* req,
-                                           grpc::ServerWriter<v1::Chunk>* writer) {
+grpc::Status FederationService::FetchModel(grpc::ServerContext* ctx, const v1::ModelRef& request,
+                                           const Writer& write) {
+  const v1::ModelRef* req = &request;
   ATTUNE_AUTHORIZE_OR_REFUSE(site, "FetchModel", req->study_id());
   auto blob = driver_->Model(req->version());
   if (!blob.ok()) return Refuse(ctx, *site, "FetchModel", blob.status());
-  auto transfer = BeginTransfer(ctx, *site);
+  auto transfer = BeginTransfer(ctx, *site, /*wait_turn=*/false);
   if (!transfer.ok()) return Refuse(ctx, *site, "FetchModel", transfer.status());
   v1::UpdateMeta meta;
   meta.set_study_id(driver_->study().study_id);
   meta.set_round(req->version());
-  if (!WriteChunks(**blob, meta, [&](const v1::Chunk& c) { return writer->Write(c); })) {
+  if (!WriteChunks(**blob, meta, [&](const v1::Chunk& c) { return write(c); })) {
     return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
   }
   return grpc::Status::OK;
 }
 
-grpc::Status FederationService::SubmitUpdate(grpc::ServerContext* ctx,
-                                             grpc::ServerReader<v1::Chunk>* reader,
+grpc::Status FederationService::SubmitUpdate(grpc::ServerContext* ctx, const ChunkReader& read,
                                              v1::Receipt* receipt) {
-  // The caller is authorised before it may take a slot (by its
-  // certificate: the study id it names is checked with the first chunk),
-  // and the slot before the first chunk is read: a waiting upload costs
+  // The caller was authorised by its certificate before it could send a
+  // byte (the study id it names is checked with the first chunk), and
+  // takes its slot before the first chunk is read: a waiting upload costs
   // the coordinator no memory, and no one off the roster can hold a slot.
   ATTUNE_AUTHORIZE_OR_REFUSE(caller, "SubmitUpdate", driver_->study().study_id);
-  auto transfer = BeginTransfer(ctx, *caller);
+  auto transfer = BeginTransfer(ctx, *caller, /*wait_turn=*/false);
   if (!transfer.ok()) return Refuse(ctx, *caller, "SubmitUpdate", transfer.status());
   v1::Chunk chunk;
-  if (!reader->Read(&chunk)) {
-    return Refuse(ctx, "", "SubmitUpdate", absl::InvalidArgumentError("empty update stream"));
+  StatusOr<bool> more = read(&chunk);
+  if (!more.ok()) return Refuse(ctx, *caller, "SubmitUpdate", more.status());
+  if (!*more) {
+    return Refuse(ctx, *caller, "SubmitUpdate", absl::InvalidArgumentError("empty update stream"));
   }
   if (!chunk.has_meta()) {
-    return Refuse(ctx, "", "SubmitUpdate",
+    return Refuse(ctx, *caller, "SubmitUpdate",
                   absl::InvalidArgumentError("the first chunk must carry the update's metadata"));
   }
   const v1::UpdateMeta meta = chunk.meta();
@@ -211,7 +489,7 @@ grpc::Status FederationService::SubmitUpdate(grpc::ServerContext* ctx,
     return grpc::Status::OK;
   }
   bool last = false;
-  do {
+  while (true) {
     if (last) {
       return Refuse(ctx, *site, "SubmitUpdate",
                     absl::InvalidArgumentError("chunk after the one marked last"));
@@ -219,7 +497,10 @@ grpc::Status FederationService::SubmitUpdate(grpc::ServerContext* ctx,
     attune::Status s = (*intake)->AddChunk(chunk.seq(), chunk.data(), chunk.sha256());
     if (!s.ok()) return Refuse(ctx, *site, "SubmitUpdate", s);
     last = chunk.last();
-  } while (reader->Read(&chunk));
+    more = read(&chunk);
+    if (!more.ok()) return Refuse(ctx, *site, "SubmitUpdate", more.status());
+    if (!*more) break;
+  }
   if (ctx->IsCancelled()) {
     return Refuse(ctx, *site, "SubmitUpdate",
                   absl::CancelledError("the update stream was cut off"));
@@ -229,8 +510,9 @@ grpc::Status FederationService::SubmitUpdate(grpc::ServerContext* ctx,
   return grpc::Status::OK;
 }
 
-grpc::Status FederationService::SubmitAudit(grpc::ServerContext* ctx,
-                                            const v1::AuditReport* req, v1::Receipt* receipt) {
+grpc::Status FederationService::SubmitAudit(grpc::ServerContext* ctx, const v1::AuditReport& request,
+    v1::Receipt* receipt) {
+  const v1::AuditReport* req = &request;
   ATTUNE_AUTHORIZE_OR_REFUSE(site, "SubmitAudit", req->study_id());
   auto sums = FromProto(*req);
   if (!sums.ok()) return Refuse(ctx, *site, "SubmitAudit", sums.status());
@@ -242,16 +524,17 @@ grpc::Status FederationService::SubmitAudit(grpc::ServerContext* ctx,
   return grpc::Status::OK;
 }
 
-grpc::Status FederationService::Heartbeat(grpc::ServerContext* ctx,
-                                          const v1::HeartbeatRequest* req,
-                                          v1::HeartbeatReply* reply) {
+grpc::Status FederationService::Heartbeat(grpc::ServerContext* ctx, const v1::HeartbeatRequest& request,
+    v1::HeartbeatReply* reply) {
+  const v1::HeartbeatRequest* req = &request;
   ATTUNE_AUTHORIZE_OR_REFUSE(site, "Heartbeat", req->study_id());
   reply->set_open_round(driver_->Heartbeat(*site, Progress(*req)));
   return grpc::Status::OK;
 }
 
-grpc::Status FederationService::SecAgg(grpc::ServerContext* ctx, const v1::SecAggMessage* req,
-                                       v1::Receipt* receipt) {
+grpc::Status FederationService::SecAgg(grpc::ServerContext* ctx, const v1::SecAggMessage& request,
+    v1::Receipt* receipt) {
+  const v1::SecAggMessage* req = &request;
   ATTUNE_AUTHORIZE_OR_REFUSE(site, "SecAgg", req->study_id());
   attune::Status s;
   switch (req->step_case()) {
@@ -287,8 +570,9 @@ grpc::Status FederationService::SecAgg(grpc::ServerContext* ctx, const v1::SecAg
   return grpc::Status::OK;
 }
 
-grpc::Status FederationService::Audit(grpc::ServerContext* ctx, const v1::AuditRequest* req,
-                                      v1::AuditReply* reply) {
+grpc::Status FederationService::Audit(grpc::ServerContext* ctx, const v1::AuditRequest& request,
+    v1::AuditReply* reply) {
+  const v1::AuditRequest* req = &request;
   ATTUNE_AUTHORIZE_OR_REFUSE(site, "Audit", req->study_id(), /*operator_ok=*/true);
   if (*site != kOperatorName) {
     // A site could otherwise ask for sums over chosen sets of sites.
@@ -307,8 +591,9 @@ grpc::Status FederationService::Audit(grpc::ServerContext* ctx, const v1::AuditR
   return grpc::Status::OK;
 }
 
-grpc::Status FederationService::Status(grpc::ServerContext* ctx, const v1::StatusRequest* req,
-                                       v1::StudyStatus* reply) {
+grpc::Status FederationService::Status(grpc::ServerContext* ctx, const v1::StatusRequest& request,
+    v1::StudyStatus* reply) {
+  const v1::StatusRequest* req = &request;
   ATTUNE_AUTHORIZE_OR_REFUSE(site, "Status", req->study_id(), /*operator_ok=*/true);
   const StatusView v = driver_->GetStatus();
   reply->set_study_id(driver_->study().study_id);

@@ -259,6 +259,7 @@ Status SiteEngine::HandleTask(const v1::RoundTask& task) {
       // From the terms' seed, as every site checks (CheckInitialModel).
       ATTUNE_ASSIGN_OR_RETURN(FlatModel init, learner_->InitialModel(guard_->terms().seed));
       initial_digest_ = ModelDigest(init);
+      own_schema_ = init.schema;
       spdlog::info("round 0: uploading the initial model ({} parameters)", init.values.size());
       return SubmitUpdate(task, init, learner_->NumExamples("train"), std::nullopt,
                           /*full_weights=*/true);
@@ -430,12 +431,17 @@ void SiteEngine::LogPrivacySpent(int64_t round) const {
                round, releases_->epsilon(), Limits(none).epsilon, releases_->dp_releases());
 }
 
+Status SiteEngine::KnowOwnModel() {
+  if (own_schema_) return absl::OkStatus();
+  ATTUNE_ASSIGN_OR_RETURN(FlatModel mine, learner_->InitialModel(guard_->terms().seed));
+  initial_digest_ = ModelDigest(mine);
+  own_schema_ = std::move(mine.schema);
+  return absl::OkStatus();
+}
+
 Status SiteEngine::CheckInitialModel(int64_t version, const std::string& digest) {
   if (version != 0) return absl::OkStatus();
-  if (initial_digest_.empty()) {
-    ATTUNE_ASSIGN_OR_RETURN(FlatModel mine, learner_->InitialModel(guard_->terms().seed));
-    initial_digest_ = ModelDigest(mine);
-  }
+  ATTUNE_RETURN_IF_ERROR(KnowOwnModel());
   if (digest != initial_digest_) {
     return absl::PermissionDeniedError(absl::StrCat(
         "refused by the study terms (seed): the coordinator's initial model (version 0) is not "
@@ -621,11 +627,26 @@ StatusOr<FlatModel> SiteEngine::FetchModel(int64_t version) {
   ref.set_study_id(options_.study_id);
   ref.set_version(version);
   auto reader = coordinator_->FetchModel(&ctx, ref);
+  // The model must have the architecture the terms' model section gives
+  // this site's learner: checked as soon as its header arrives, before
+  // anything is kept of it.
+  ATTUNE_RETURN_IF_ERROR(KnowOwnModel());
   v1::Chunk chunk;
   std::optional<ChunkVerifier> verifier;
   ModelStreamParser parser;
   FlatModel model;
   uint64_t announced = 0;
+  bool schema_checked = false;
+  auto check_schema = [&]() -> Status {
+    if (schema_checked || parser.schema() == nullptr) return absl::OkStatus();
+    schema_checked = true;
+    if (*parser.schema() == *own_schema_) return absl::OkStatus();
+    return absl::PermissionDeniedError(absl::StrCat(
+        "refused by the study terms (model): the coordinator's model version ", version, " has ",
+        parser.schema()->tensors.size(), " tensors of ", parser.schema()->numel(),
+        " values, not the architecture of the terms' model section (",
+        own_schema_->tensors.size(), " tensors of ", own_schema_->numel(), " values)"));
+  };
   Status s;
   while (s.ok() && reader->Read(&chunk)) {
     if (!verifier) {
@@ -639,11 +660,13 @@ StatusOr<FlatModel> SiteEngine::FetchModel(int64_t version) {
     s = verifier->Add(chunk.seq(), chunk.data(), chunk.sha256());
     if (!s.ok()) break;
     s = parser.Feed(chunk.data(), [&](uint64_t, std::span<const float> v) {
-      // The values fit in the announced (and bounded) size: reserved once.
-      if (model.values.empty()) model.values.reserve(announced / sizeof(float));
+      ATTUNE_RETURN_IF_ERROR(check_schema());
+      // The values of a model of this site's shape: reserved once.
+      if (model.values.empty()) model.values.reserve(static_cast<size_t>(own_schema_->numel()));
       model.values.insert(model.values.end(), v.begin(), v.end());
       return absl::OkStatus();
     });
+    if (s.ok()) s = check_schema();
   }
   if (!s.ok()) {
     ctx.TryCancel();
@@ -654,6 +677,7 @@ StatusOr<FlatModel> SiteEngine::FetchModel(int64_t version) {
   if (!verifier) return absl::DataLossError("empty model stream");
   ATTUNE_RETURN_IF_ERROR(verifier->Finish());
   ATTUNE_RETURN_IF_ERROR(parser.Finish());
+  ATTUNE_RETURN_IF_ERROR(check_schema());
   model.schema = *parser.schema();
   return model;
 }

@@ -13,11 +13,13 @@
 #include <fstream>
 #include <limits>
 #include <set>
+#include <sstream>
 #include <signal.h>
 #include <condition_variable>
 #include <stop_token>
 #include <thread>
 
+#include "attune/common/audit_features.h"
 #include "attune/common/pki.h"
 #include "attune/common/tensor_codec.h"
 #include "attune/common/tls.h"
@@ -62,16 +64,22 @@ class EngineTest : public ::testing::Test {
                         const std::string& listen) {
     fs::create_directories(dir_ / out);
     fs::remove(dir_ / "port");
+    std::vector<std::string> argv = {ATTUNE_COORDINATOR_BIN, "--study", dir_ / "pki/study.json",
+                                     "--listen", listen, "--data-dir", dir_ / state, "--tls-dir",
+                                     dir_ / "pki/coordinator", "--out", dir_ / out, "--port-file",
+                                     dir_ / "port"};
+    argv.insert(argv.end(), coordinator_args_.begin(), coordinator_args_.end());
     coordinator_ = std::make_unique<Process>(
-        std::vector<std::string>{ATTUNE_COORDINATOR_BIN, "--study", dir_ / "pki/study.json",
-                                 "--listen", listen, "--data-dir", dir_ / state, "--tls-dir",
-                                 dir_ / "pki/coordinator", "--out", dir_ / out, "--port-file",
-                                 dir_ / "port"},
-        dir_ / ("coordinator-" + std::to_string(++runs_) + ".log"));
+        argv, dir_ / ("coordinator-" + std::to_string(++runs_) + ".log"));
     ASSERT_TRUE(WaitUntil(
         dir_.path(), [&] { return (port_ = std::atoi(ReadText(dir_ / "port").c_str())) > 0; },
         seconds(30)))
         << coordinator_->Log();
+  }
+
+  void StartCoordinatorWith(const std::vector<std::string>& extra) {
+    coordinator_args_ = extra;
+    StartCoordinator("state", "out", "127.0.0.1:0");
   }
 
   std::string Address() const { return "127.0.0.1:" + std::to_string(port_); }
@@ -116,11 +124,27 @@ class EngineTest : public ::testing::Test {
     }
   }
 
+  // Fake sites of the small model.
+  static fedsim::FakeSiteOptions SmallSites() {
+    fedsim::FakeSiteOptions opts;
+    opts.study_id = kStudy;
+    opts.init_schema = SmallSchema();
+    return opts;
+  }
+  // Waits for the coordinator to end the study well, and for every one of
+  // `sites` to end well.
+  void ExpectStudyEnds(FakeSites* sites) {
+    ASSERT_EQ(coordinator_->Wait(seconds(90)), 0) << coordinator_->Log();
+    sites->Join();
+    for (const auto& r : sites->results) EXPECT_TRUE(r.ok()) << r;
+  }
+
   json Summary(const std::string& out = "out") {
     return json::parse(ReadText(dir_ / (out + "/summary.json")), nullptr, false);
   }
 
   TempDir dir_;
+  std::vector<std::string> coordinator_args_;  // appended to every start
   std::unique_ptr<Process> coordinator_;
   int port_ = 0;
   int runs_ = 0;
@@ -242,6 +266,37 @@ void ExpectRefused(const grpc::Status& s, const Expect& e) {
       << e.what << ": got '" << s.error_message() << "'";
 }
 
+// The refusals `attune log show` accounts for: one per "refused" entry,
+// plus those it says were left out (not_logged_before, and the final
+// refusals_not_logged entry's counts).
+int64_t RefusalsAccountedFor(const std::string& log) {
+  int64_t n = 0;
+  std::istringstream lines(log);
+  for (std::string line; std::getline(lines, line);) {
+    const size_t brace = line.find('{');
+    json detail = brace == std::string::npos ? json() : json::parse(line.substr(brace), nullptr, false);
+    if (line.find(" refused ") != std::string::npos) {
+      ++n;
+      if (detail.is_object()) n += detail.value("not_logged_before", int64_t{0});
+    } else if (line.find(" refusals_not_logged ") != std::string::npos && detail.is_object()) {
+      for (const auto& [caller, count] : detail.items()) n += count.get<int64_t>();
+    }
+  }
+  return n;
+}
+
+// An update stream opened and left idle: no chunk, no WritesDone.
+struct IdleUpload {
+  explicit IdleUpload(std::unique_ptr<v1::Federation::Stub> s) : stub(std::move(s)) {
+    ctx.set_deadline(std::chrono::system_clock::now() + seconds(60));
+    writer = stub->SubmitUpdate(&ctx, &receipt);
+  }
+  std::unique_ptr<v1::Federation::Stub> stub;
+  grpc::ClientContext ctx;
+  v1::Receipt receipt;
+  std::unique_ptr<grpc::ClientWriter<v1::Chunk>> writer;
+};
+
 size_t SpoolFiles(const std::string& dir) {
   size_t n = 0;
   for (const auto& e : fs::directory_iterator(dir)) n += e.is_regular_file() ? 1 : 0;
@@ -263,7 +318,40 @@ TEST_F(EngineTest, EveryBadUpdateIsRefusedLoggedAndTheRoundGoesOn) {
   v1::UpdateMeta init_meta = MetaFor(init);
   init_meta.set_full_weights(true);
   ASSERT_TRUE(fedsim::Upload(site.stub(), init_meta, fedsim::SyntheticModel(schema, init_value), &receipt).ok());
-  site.Evaluate(site.Next());
+  {
+    // Reports are held to the study's shape, not to the first one that
+    // came: a report shaped otherwise is refused and fixes nothing.
+    const v1::RoundTask eval = site.Next();
+    auto submit = [&](int bins, auto change) {
+      v1::AuditReport report = fedsim::TrivialAuditReport("val", bins);
+      report.set_study_id(kStudy);
+      report.set_round(eval.round());
+      report.set_task_id(eval.task_id());
+      change(report);
+      grpc::ClientContext ctx;
+      return site.stub()->SubmitAudit(&ctx, report, &receipt);
+    };
+    ExpectRefused(submit(10, [](auto&) {}), {"report bins", grpc::StatusCode::INVALID_ARGUMENT,
+                                             "10 score bins; the study has 200"});
+    ExpectRefused(submit(200, [](auto& r) { r.add_features("ehr_static/age"); }),
+                  {"report features", grpc::StatusCode::INVALID_ARGUMENT,
+                   "1 audit features, not the 0 this site declared at Join"});
+    ExpectRefused(submit(200,
+                         [](auto& r) {
+                           v1::GroupStats* g = r.add_groups();
+                           g->set_column("zip code");
+                           g->set_value("12345");
+                           for (int i = 0; i < 200; ++i) {
+                             g->add_pos_hist(0);
+                             g->add_neg_hist(0);
+                           }
+                           for (size_t i = 0; i < ModalityNames().size(); ++i) g->add_beta_sum(0);
+                           for (int i = 0; i < CalibrationBins(200); ++i) g->add_calib_sum(0);
+                         }),
+                  {"report column", grpc::StatusCode::INVALID_ARGUMENT,
+                   "which this evaluation does not audit"});
+    site.Evaluate(eval);
+  }
 
   // Round 1: everything that must be refused, then the real update.
   const v1::RoundTask train = site.Next();
@@ -339,6 +427,13 @@ TEST_F(EngineTest, EveryBadUpdateIsRefusedLoggedAndTheRoundGoesOn) {
     refused(fedsim::SendChunks(site.stub(), chunks, &receipt),
             {"short payload", grpc::StatusCode::DATA_LOSS, "payload short"});
   }
+  {  // an empty chunk (a stream of them cost the coordinator a read each)
+    auto chunks = Chunks(good, meta, 16);
+    chunks[1].set_data("");
+    chunks[1].set_sha256(Sha256(""));
+    refused(fedsim::SendChunks(site.stub(), chunks, &receipt),
+            {"empty chunk", grpc::StatusCode::INVALID_ARGUMENT, "chunk 1 is empty"});
+  }
   {  // first chunk without metadata
     auto chunks = Chunks(good, meta, 16);
     chunks[0].clear_meta();
@@ -380,6 +475,25 @@ TEST_F(EngineTest, EveryBadUpdateIsRefusedLoggedAndTheRoundGoesOn) {
     refused(SiteStub("site-2")->Join(&ctx, join, &reply),
             {"join samples", grpc::StatusCode::INVALID_ARGUMENT,
              "train samples must be in [0, 1000000000] (got -5)"});
+  }
+  {  // Join's audit features: the study's model fixes them
+    auto join_with = [&](std::vector<std::string> features) {
+      v1::JoinRequest join;
+      join.set_study_id(kStudy);
+      for (auto& f : features) join.add_audit_features(std::move(f));
+      grpc::ClientContext ctx;
+      v1::JoinReply reply;
+      return SiteStub("site-2")->Join(&ctx, join, &reply);
+    };
+    ModelConfig model;  // the study's: the defaults
+    std::vector<std::string> names = AuditFeatureNames(model, {}, {});
+    names[9] = "ehr_events/bucket 0";  // the model's #9 is bucket 1
+    refused(join_with(names), {"feature layout", grpc::StatusCode::INVALID_ARGUMENT,
+                               "audit feature #9 'ehr_events/bucket 0' should be"});
+    names = AuditFeatureNames(model, {}, {});
+    names.push_back("genomics/one too many");
+    refused(join_with(names), {"feature count", grpc::StatusCode::INVALID_ARGUMENT,
+                               "JoinRequest.audit_features: more than"});
   }
   {  // a certificate of this study's CA whose CN is not on the roster
     auto ca_key = ReadText(dir_ / "pki/ca/ca.key"), ca_crt = ReadText(dir_ / "pki/ca/ca.crt");
@@ -454,13 +568,9 @@ TEST_F(EngineTest, EveryBadUpdateIsRefusedLoggedAndTheRoundGoesOn) {
                dir_ / "show.log");
   ASSERT_EQ(show.Wait(seconds(30)), 0) << show.Log();
   const std::string log = show.Log();
-  int logged = 0;
-  for (size_t at = log.find(" refused "); at != std::string::npos; at = log.find(" refused ", at + 1)) {
-    ++logged;
-  }
-  // The transport's own refusal (over gRPC's message limit) reaches the
-  // coordinator as a cut-off stream and is logged too.
-  EXPECT_GE(logged, refusals) << log;
+  // Every refusal is accounted for: logged, or counted in a later entry
+  // (a caller's refusals past the rate limit, RefusalLimiter).
+  EXPECT_GE(RefusalsAccountedFor(log), refusals) << log;
   EXPECT_NE(log.find("site_revoked"), std::string::npos) << log;
   EXPECT_NE(log.find("round_committed"), std::string::npos) << log;
 }
@@ -672,19 +782,9 @@ TEST_F(EngineTest, IdleStreamsOfUnauthorisedCallersHoldNoTransferSlot) {
                              &receipt)
                   .ok());
   // Streams opened and left idle (no chunk, no WritesDone).
-  struct Idle {
-    std::unique_ptr<v1::Federation::Stub> stub;
-    grpc::ClientContext ctx;
-    v1::Receipt receipt;
-    std::unique_ptr<grpc::ClientWriter<v1::Chunk>> writer;
-  };
-  std::vector<std::unique_ptr<Idle>> idle;
+  std::vector<std::unique_ptr<IdleUpload>> idle;
   auto open = [&](std::unique_ptr<v1::Federation::Stub> stub) {
-    auto s = std::make_unique<Idle>();
-    s->stub = std::move(stub);
-    s->ctx.set_deadline(std::chrono::system_clock::now() + seconds(60));
-    s->writer = s->stub->SubmitUpdate(&s->ctx, &s->receipt);
-    idle.push_back(std::move(s));
+    idle.push_back(std::make_unique<IdleUpload>(std::move(stub)));
   };
   for (int i = 0; i < 4; ++i) open(Stub(dir_ / "pki/operator"));
   open(SiteStub("site-2"));  // site-2's first stream: a slot, idle
@@ -742,6 +842,143 @@ TEST_F(EngineTest, SitesStartedBeforeTheCoordinatorJoinOnceItListens) {
   sites.Join();
   for (const auto& r : sites.results) EXPECT_TRUE(r.ok()) << r;
   EXPECT_EQ(Summary()["history"][1]["sites_reported"], 2);
+}
+
+// The coordinator's peak resident memory (VmHWM), in MiB.
+double PeakRssMiB(pid_t pid) {
+  std::istringstream in(ReadText("/proc/" + std::to_string(pid) + "/status"));
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
+  }
+  return -1;
+}
+
+// Requests are measured and counted from their bytes before anything is
+// built from them: a Join naming 8 M features, an evaluation report of
+// 1.4 M tiny cells or of 30 MiB, and fields the protocol does not define,
+// are each refused with a clear status, the coordinator's peak memory
+// hardly moves, and the study then runs to its end with honest sites.
+TEST_F(EngineTest, RequestsAreMeasuredAndCountedBeforeTheyAreParsed) {
+  Start({{"rounds", 1}, {"min_sites", 2}, {"join_timeout_s", 30}, {"round_deadline_s", 60},
+         {"audit", {{"columns", json::array()}}}},
+        "site-1,site-2,site-3");
+  auto bad = SiteStub("site-3");
+  const double before = PeakRssMiB(coordinator_->pid());
+  ASSERT_GT(before, 0);
+  {
+    v1::JoinRequest join;
+    join.set_study_id(kStudy);
+    for (int i = 0; i < 8'000'000; ++i) join.add_audit_features("x");
+    grpc::ClientContext ctx;
+    v1::JoinReply reply;
+    ExpectRefused(bad->Join(&ctx, join, &reply),
+                  {"8 M features", grpc::StatusCode::RESOURCE_EXHAUSTED, "a Join message of"});
+  }
+  auto audit = [&](const v1::AuditReport& report) {
+    grpc::ClientContext ctx;
+    v1::Receipt receipt;
+    return bad->SubmitAudit(&ctx, report, &receipt);
+  };
+  {
+    v1::AuditReport report;
+    report.set_study_id(kStudy);
+    for (int i = 0; i < 1'400'000; ++i) report.add_groups();
+    ExpectRefused(audit(report), {"1.4 M cells", grpc::StatusCode::INVALID_ARGUMENT,
+                                  "AuditReport.groups: more than 0"});
+  }
+  {
+    v1::AuditReport report;
+    report.set_study_id(kStudy);
+    v1::GroupStats* g = report.add_groups();
+    for (int i = 0; i < (30 << 20) / 8; ++i) g->add_attention_sum(1.0);
+    ExpectRefused(audit(report), {"30 MiB report", grpc::StatusCode::INVALID_ARGUMENT,
+                                  "more than"});
+  }
+  {
+    v1::HeartbeatRequest req;
+    req.set_study_id(kStudy);
+    req.GetReflection()->MutableUnknownFields(&req)->AddVarint(99, 1);
+    grpc::ClientContext ctx;
+    v1::HeartbeatReply reply;
+    ExpectRefused(bad->Heartbeat(&ctx, req, &reply),
+                  {"unknown field", grpc::StatusCode::INVALID_ARGUMENT,
+                   "field 99 is not a field of HeartbeatRequest"});
+  }
+  const double after = PeakRssMiB(coordinator_->pid());
+  // Before these bounds the same calls raised the peak by 256-642 MiB.
+  EXPECT_LT(after - before, 160) << before << " MiB before, " << after << " MiB after";
+  std::printf("coordinator peak RSS: %.0f MiB before the calls, %.0f MiB after\n", before, after);
+
+  // Still serving: the study runs to its end (site-3 too, honest now).
+  FakeSites sites;
+  RunFakeSites(&sites, {"site-1", "site-2", "site-3"}, SmallSites());
+  ExpectStudyEnds(&sites);
+  EXPECT_EQ(Summary()["history"][1]["sites_reported"], 3);
+}
+
+// An authorised site that opens a stream and then sends nothing holds its
+// slot only until the idle limit: four such streams (every transfer slot)
+// are cut off, and the honest sites' fetches and
+// uploads, which waited for a slot, go through.
+TEST_F(EngineTest, AStalledStreamIsCutOffAtTheIdleLimit) {
+  Provision({{"rounds", 1}, {"min_sites", 2}, {"join_timeout_s", 3}, {"round_deadline_s", 60},
+             {"audit", {{"columns", json::array()}}}},
+            "site-1,site-2,site-3,site-4,site-5,site-6");
+  StartCoordinatorWith({"--idle-limit", "1", "--max-transfers", "4"});
+  std::vector<std::unique_ptr<IdleUpload>> idle;
+  for (const char* name : {"site-3", "site-4", "site-5", "site-6"}) {
+    idle.push_back(std::make_unique<IdleUpload>(SiteStub(name)));
+  }
+  FakeSites sites;
+  RunFakeSites(&sites, {"site-1", "site-2"}, SmallSites());
+  const auto start = std::chrono::steady_clock::now();
+  // The coordinator cancels the call (gRPC can end a blocked read no
+  // other way): the caller sees CANCELLED, the log says why.
+  for (auto& s : idle) {
+    const grpc::Status st = s->writer->Finish();
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::CANCELLED) << st.error_message();
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - start, seconds(30));
+  ExpectStudyEnds(&sites);
+  EXPECT_NE(coordinator_->Log().find("nothing was sent or taken for"), std::string::npos)
+      << coordinator_->Log();
+  EXPECT_EQ(Summary()["history"][1]["sites_reported"], 2);
+}
+
+// A caller refused again and again fills neither the log nor the disk:
+// of 400 refusals in a burst, at most the limiter's burst and rate are
+// entries, and every one is accounted for when the coordinator stops.
+TEST_F(EngineTest, RefusalsAreLoggedAtABoundedRate) {
+  Start({{"rounds", 1}, {"min_sites", 2}, {"join_timeout_s", 30}, {"round_deadline_s", 60},
+         {"audit", {{"columns", json::array()}}}},
+        "site-1,site-2,site-3");
+  auto bad = SiteStub("site-3");
+  const auto start = std::chrono::steady_clock::now();
+  constexpr int kCalls = 400;
+  for (int i = 0; i < kCalls; ++i) {
+    v1::HeartbeatRequest req;
+    req.set_study_id("another study " + std::string(3000, 'x'));
+    grpc::ClientContext ctx;
+    v1::HeartbeatReply reply;
+    ASSERT_FALSE(bad->Heartbeat(&ctx, req, &reply).ok());
+  }
+  const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  FakeSites sites;
+  RunFakeSites(&sites, {"site-1", "site-2", "site-3"}, SmallSites());
+  ExpectStudyEnds(&sites);
+  Process show({ATTUNE_TOOL_BIN, "log", "show", "--data-dir", dir_ / "state", "--last", "0"},
+               dir_ / "show.log");
+  ASSERT_EQ(show.Wait(seconds(30)), 0) << show.Log();
+  const std::string log = show.Log();
+  int entries = 0;
+  for (size_t at = log.find(" refused "); at != std::string::npos; at = log.find(" refused ", at + 1)) {
+    ++entries;
+  }
+  // RefusalLimiter's defaults: a burst of 20, then one a second.
+  EXPECT_LE(entries, 20 + static_cast<int>(elapsed) + 2) << log;
+  EXPECT_GE(entries, 20);
+  EXPECT_EQ(RefusalsAccountedFor(log), kCalls) << log;
+  EXPECT_LT(log.size(), 200u << 10);
 }
 
 // A round that misses its quorum is tried again, and the next attempt

@@ -254,6 +254,19 @@ class HostileCoordinatorTest : public ::testing::Test {
 
   // A secure TRAIN task the terms allow: site-1 of three admitted sites,
   // threshold 2 of 3, clip 1 and each site's share of σ·C.
+  // An INIT task: the worker uploads the real initial model (payloads()[0]).
+  void AskForTheInitialModel() {
+    v1::RoundTask init;
+    init.set_kind(v1::RoundTask::INIT);
+    init.set_study_id(kStudy);
+    init.set_model_version(-1);
+    init.set_task_id("init");
+    init.set_terms(terms_);
+    hostile_.Push(init);
+    ASSERT_TRUE(hostile_.WaitFor([&] { return hostile_.uploads() == 1; }, seconds(60)))
+        << worker_->Log();
+  }
+
   v1::RoundTask HonestTrain(const std::string& id) const {
     v1::RoundTask t;
     t.set_kind(v1::RoundTask::TRAIN);
@@ -487,14 +500,44 @@ TEST_F(HostileCoordinatorTest, ForgedAndStaleTermsAreRefused) {
 // instead of the one the study's seed gives is refused.
 TEST_F(HostileCoordinatorTest, ASubstitutedInitialModelIsRefused) {
   StartWorker();
-  FlatModel bogus{TensorSchema{{{"w", {4}, "f32"}}}, {1, 2, 3, 4}};
-  hostile_.SetModel(EncodeModel(bogus));
+  // The real initial model (an INIT task), one value changed: the same
+  // architecture, another start.
+  ASSERT_NO_FATAL_FAILURE(AskForTheInitialModel());
+  {
+    std::lock_guard<std::mutex> lock(hostile_.mu());
+    auto real = DecodeModel(hostile_.payloads().at(0));
+    ASSERT_TRUE(real.ok()) << real.status();
+    real->values[0] += 0.25f;
+    hostile_.SetModelLocked(EncodeModel(*real));
+  }
   hostile_.Push(HonestTrain("substituted"));
   EXPECT_TRUE(WaitUntil(
       dir_.path(), [&] { return !TaskLines("substituted").empty(); }, seconds(60)))
       << worker_->Log();
   EXPECT_NE(TaskLines("substituted").back().find(
                 "(seed): the coordinator's initial model (version 0) is not the one"),
+            std::string::npos)
+      << worker_->Log();
+  std::lock_guard<std::mutex> lock(hostile_.mu());
+  EXPECT_EQ(hostile_.uploads(), 1);  // the initial model only
+}
+
+// A later model of another architecture than the terms' model section is
+// refused as soon as its header arrives: the site keeps nothing of it (a
+// model announced as large as the coordinator likes reserved that much).
+TEST_F(HostileCoordinatorTest, AModelOfAnotherArchitectureIsRefused) {
+  StartWorker();
+  FlatModel other{TensorSchema{{{"w", {1 << 20}, "f32"}}}, std::vector<float>(1 << 20, 0.5f)};
+  hostile_.SetModel(EncodeModel(other));
+  v1::RoundTask t = HonestTrain("other-architecture");
+  t.set_round(3);
+  t.set_model_version(2);
+  hostile_.Push(t);
+  EXPECT_TRUE(WaitUntil(
+      dir_.path(), [&] { return !TaskLines("other-architecture").empty(); }, seconds(60)))
+      << worker_->Log();
+  EXPECT_NE(TaskLines("other-architecture").back().find(
+                "(model): the coordinator's model version 2 has 1 tensors of 1048576 values"),
             std::string::npos)
       << worker_->Log();
   std::lock_guard<std::mutex> lock(hostile_.mu());
@@ -510,15 +553,7 @@ TEST_F(HostileCoordinatorTest, ASubstitutedInitialModelIsRefused) {
 TEST_F(HostileCoordinatorTest, ASecondReleaseOrASplitViewOfTheSurvivorsIsNotUnmasked) {
   StartWorker();
   // The real initial model, as the site makes it (an INIT task).
-  v1::RoundTask init;
-  init.set_kind(v1::RoundTask::INIT);
-  init.set_study_id(kStudy);
-  init.set_model_version(-1);
-  init.set_task_id("init");
-  init.set_terms(terms_);
-  hostile_.Push(init);
-  ASSERT_TRUE(hostile_.WaitFor([&] { return hostile_.uploads() == 1; }, seconds(60)))
-      << worker_->Log();
+  ASSERT_NO_FATAL_FAILURE(AskForTheInitialModel());
   std::vector<std::string> features;
   {
     std::lock_guard<std::mutex> lock(hostile_.mu());

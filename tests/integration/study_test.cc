@@ -147,29 +147,32 @@ class StudyTest : public ::testing::Test {
     if (site_workers) *site_workers = std::move(workers);
   }
 
-  // Four workers on `study`; site-4 is SIGKILLed while it trains round 2
-  // and restarted on the same data. Returns the summary once all finished
-  // (and the coordinator's log).
-  json RunWithSite4KilledInRound2(const std::string& study, std::string* coordinator_log) {
+  // Workers of `sites` on `study`; the last site is SIGKILLed while it
+  // trains round 2 and restarted on the same data. Returns the summary once
+  // all finished (and the coordinator's log).
+  json RunWithLastSiteKilledInRound2(
+      const std::string& study, std::string* coordinator_log,
+      const std::vector<std::string>& sites = {"site-1", "site-2", "site-3", "site-4"}) {
     auto coord = StartCoordinator(study, "127.0.0.1:0", "coordinator.log");
     const int port = WaitForPort();
     EXPECT_GT(port, 0) << coord->Log();
     std::vector<std::unique_ptr<Process>> workers;
-    for (const char* s : {"site-1", "site-2", "site-3", "site-4"}) {
-      workers.push_back(StartWorker(s, port));
-    }
-    EXPECT_TRUE(LogSays(*workers[3], "round 2: training")) << workers[3]->Log();
-    workers[3]->Kill(SIGKILL);
-    EXPECT_TRUE(workers[3]->Wait(seconds(10)).has_value());
+    for (const auto& s : sites) workers.push_back(StartWorker(s, port));
+    const std::string& last = sites.back();
+    EXPECT_TRUE(LogSays(*workers.back(), "round 2: training")) << workers.back()->Log();
+    workers.back()->Kill(SIGKILL);
+    EXPECT_TRUE(workers.back()->Wait(seconds(10)).has_value());
     // The same site, restarted on the same data, comes back.
     auto restarted = std::make_unique<Process>(
         std::vector<std::string>{ATTUNE_WORKER_BIN, "--coordinator",
                                  "127.0.0.1:" + std::to_string(port), "--study-id", kStudy,
-                                 "--site-dir", dir_ / "data/site-4", "--tls-dir",
-                                 dir_ / "pki/sites/site-4"},
-        dir_ / "worker-site-4-restarted.log");
+                                 "--site-dir", dir_ / ("data/" + last), "--tls-dir",
+                                 dir_ / ("pki/sites/" + last)},
+        dir_ / ("worker-" + last + "-restarted.log"));
     EXPECT_EQ(coord->Wait(seconds(300)), 0) << coord->Log();
-    for (int i = 0; i < 3; ++i) EXPECT_EQ(workers[i]->Wait(seconds(30)), 0) << workers[i]->Log();
+    for (size_t i = 0; i + 1 < workers.size(); ++i) {
+      EXPECT_EQ(workers[i]->Wait(seconds(30)), 0) << workers[i]->Log();
+    }
     EXPECT_EQ(restarted->Wait(seconds(30)), 0) << restarted->Log();
     *coordinator_log = coord->Log();
     return ReadJson(dir_ / "out/summary.json");
@@ -480,7 +483,7 @@ TEST_F(StudyTest, CoordinatorKilledAtSeveralPointsGivesTheBitwiseSameFinalModel)
 
 TEST_F(StudyTest, OneOfFourWorkersKilledMidTrainingTheRoundCompletesAndItRejoins) {
   std::string log;
-  json summary = RunWithSite4KilledInRound2(
+  json summary = RunWithLastSiteKilledInRound2(
       WriteStudy(4, {{"roster", {"site-1", "site-2", "site-3", "site-4"}}, {"min_sites", 3},
                      {"heartbeat_timeout_s", 5}, {"train", {{"local_epochs", 3}}}}),
       &log);
@@ -647,7 +650,7 @@ TEST_F(StudyTest, SecureAggregationWithCentralDpIsWithinTheMarginOfThePlainStudy
 // and the site, restarted, takes part again.
 TEST_F(StudyTest, ASiteKilledDuringASecureRoundIsLeftOutAndRejoins) {
   std::string log;
-  json summary = RunWithSite4KilledInRound2(
+  json summary = RunWithLastSiteKilledInRound2(
       WriteStudy(5, {{"roster", {"site-1", "site-2", "site-3", "site-4"}}, {"min_sites", 3},
                      {"heartbeat_timeout_s", 5}, {"secure_aggregation", true},
                      {"train", {{"local_epochs", 3}}}}),
@@ -665,6 +668,32 @@ TEST_F(StudyTest, ASiteKilledDuringASecureRoundIsLeftOutAndRejoins) {
   EXPECT_GE(rejoined, 2) << summary.dump(2) << "\n" << log;
   EXPECT_LT(summary["val_loss"][2].get<double>(), summary["initial"]["val_loss"].get<double>());
 }
+
+// A round that misses its quorum is tried again and completes: with every
+// site needed (min_sites 3 of 3), site-3's worker is SIGKILLed while it
+// trains round 2, so attempt 1 closes with 2 updates; the worker restarts,
+// rejoins, and attempt 2 -- new task ids, nothing of attempt 1 carried
+// over -- has all three. Real workers, plain and with secure aggregation.
+class RetryStudyTest : public StudyTest, public ::testing::WithParamInterface<bool> {};
+
+TEST_P(RetryStudyTest, ARoundThatMissesItsQuorumOnceCompletesOnItsNextAttempt) {
+  const bool secure = GetParam();
+  std::string log;
+  json summary = RunWithLastSiteKilledInRound2(
+      WriteStudy(3, {{"min_sites", 3}, {"heartbeat_timeout_s", 5}, {"round_deadline_s", 60},
+                     {"secure_aggregation", secure}, {"train", {{"local_epochs", 3}}}}),
+      &log, {"site-1", "site-2", "site-3"});
+  ASSERT_TRUE(summary["finished"].get<bool>()) << summary.dump(2) << "\n" << log;
+  EXPECT_NE(log.find("round 2 failed (attempt 1 of 3)"), std::string::npos) << log;
+  EXPECT_EQ(log.find("round 2 failed (attempt 2"), std::string::npos) << log;
+  EXPECT_EQ(log.find("already accepted"), std::string::npos) << log;
+  for (int r = 1; r <= 3; ++r) {
+    EXPECT_EQ(summary["history"][r]["sites_reported"], 3) << r << ": " << summary.dump(2);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(PlainAndSecure, RetryStudyTest, ::testing::Bool(),
+                         [](const auto& info) { return info.param ? "Secure" : "Plain"; });
 
 // A round that would take epsilon past the budget is not run: the study
 // ends with the model of the last round that fitted, and says why.

@@ -4,43 +4,10 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "attune/common/audit_features.h"
 
 namespace attune::worker {
 namespace {
-
-constexpr int kMaxPatchBins = 16;
-constexpr int kMaxRegionSide = 4;
-
-// The imaging grid's side (vit, cnn), or 0 for a sequence of patches.
-int64_t GridSide(const ModelConfig& m) {
-  if (m.imaging_encoder == "vit") return m.image_size / m.patch_size;
-  if (m.imaging_encoder == "cnn") return m.image_size / 4;
-  return 0;
-}
-
-int64_t ImagingTokens(const ModelConfig& m) {
-  const int64_t side = GridSide(m);
-  return side > 0 ? side * side : m.imaging_patches;
-}
-
-int64_t ImagingFeatures(const ModelConfig& m) {
-  const int64_t side = GridSide(m);
-  if (side > 0) {
-    const int64_t r = std::min<int64_t>(side, kMaxRegionSide);
-    return r * r;
-  }
-  return std::min<int64_t>(m.imaging_patches, kMaxPatchBins);
-}
-
-// The imaging feature of token k (0-based, without the class token).
-int64_t ImagingBin(const ModelConfig& m, int64_t k) {
-  const int64_t side = GridSide(m);
-  if (side > 0) {
-    const int64_t r = std::min<int64_t>(side, kMaxRegionSide);
-    return ((k / side) * r / side) * r + (k % side) * r / side;
-  }
-  return k * ImagingFeatures(m) / m.imaging_patches;
-}
 
 // Rows scaled to sum to 1 (rows of zeros stay zero).
 torch::Tensor Normalise(const torch::Tensor& t) {
@@ -50,39 +17,7 @@ torch::Tensor Normalise(const torch::Tensor& t) {
 }  // namespace
 
 std::vector<std::string> AuditFeatureNames(const ModelConfig& m, const SiteData& data) {
-  std::vector<std::string> out;
-  if (m.has_static()) {
-    for (int j = 0; j < m.static_features; ++j) {
-      out.push_back(absl::StrCat("ehr_static/", j < static_cast<int>(data.static_columns.size())
-                                                    ? data.static_columns[j]
-                                                    : absl::StrCat("feature ", j)));
-    }
-  }
-  if (m.has_events()) {
-    for (int k = 0; k < m.event_buckets; ++k) out.push_back(absl::StrCat("ehr_events/bucket ", k));
-  }
-  if (m.has_imaging()) {
-    const int64_t side = GridSide(m), n = ImagingFeatures(m);
-    for (int64_t k = 0; k < n; ++k) {
-      if (side > 0) {
-        const int64_t r = std::min<int64_t>(side, kMaxRegionSide);
-        out.push_back(absl::StrCat("imaging/region row ", k / r, " col ", k % r));
-      } else if (n == m.imaging_patches) {
-        out.push_back(absl::StrCat("imaging/patch ", k));
-      } else {
-        const int64_t lo = k * m.imaging_patches / n, hi = (k + 1) * m.imaging_patches / n - 1;
-        out.push_back(absl::StrCat("imaging/patches ", lo, "-", hi));
-      }
-    }
-  }
-  if (m.has_genomics()) {
-    for (int j = 0; j < m.genes; ++j) {
-      out.push_back(absl::StrCat("genomics/", j < static_cast<int>(data.gene_columns.size())
-                                                  ? data.gene_columns[j]
-                                                  : absl::StrCat("gene ", j)));
-    }
-  }
-  return out;
+  return attune::AuditFeatureNames(m, data.static_columns, data.gene_columns);
 }
 
 FeatureTensors AuditFeatureValues(const ModelConfig& m, const Batch& x, const ModelOutput& out) {
@@ -113,14 +48,14 @@ FeatureTensors AuditFeatureValues(const ModelConfig& m, const Batch& x, const Mo
     add(1, mass, counts);
   }
   if (m.has_imaging()) {
-    const int64_t tokens = ImagingTokens(m), bins = ImagingFeatures(m);
+    const int64_t tokens = AuditImagingTokens(m), bins = AuditImagingFeatures(m);
     torch::Tensor bin_of = torch::empty({tokens}, torch::kInt64);
-    for (int64_t k = 0; k < tokens; ++k) bin_of[k] = ImagingBin(m, k);
+    for (int64_t k = 0; k < tokens; ++k) bin_of[k] = AuditImagingBin(m, k);
     torch::Tensor index = bin_of.unsqueeze(0).expand({b, tokens});
     // Each token's mean input: a patch's features, or its block of pixels.
     torch::Tensor token_value;
     if (m.raw_images()) {
-      const int64_t side = GridSide(m), block = m.image_size / side;
+      const int64_t side = AuditGridSide(m), block = m.image_size / side;
       token_value = torch::nn::functional::avg_pool2d(
                         x.imaging.to(torch::kFloat64),
                         torch::nn::functional::AvgPool2dFuncOptions(block))

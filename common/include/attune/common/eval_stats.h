@@ -99,6 +99,40 @@ struct EvalSums {
   std::string MetricsJson() const;
 };
 
+// ---- One site's report, as the coordinator accepts it -----------------------
+//
+// In the clear a site reports the values its patients have: a column whose
+// values the study lists (audit.values) may have others besides, and a
+// column it does not list any. Each column may bring at most
+// kMaxUnlistedValues values the study does not list, each of
+// 1..kMaxValueBytes bytes of printable UTF-8.
+inline constexpr int64_t kMaxUnlistedValues = 32;
+inline constexpr size_t kMaxValueBytes = 64;
+// No count in a report may exceed this (so that sums cannot overflow).
+inline constexpr int64_t kMaxReportCount = int64_t{1} << 40;
+
+// The most cells a report may have when `columns` are audited with the
+// listed `values`: each column's listed values, "(other)" and the
+// unlisted ones, and every pair of two columns' cells.
+int64_t MaxReportCells(const std::vector<std::string>& columns,
+                       const std::map<std::string, std::vector<std::string>>& values);
+
+// What the study lets one site report for a split.
+struct EvalReportSpec {
+  int bins = 0;
+  std::vector<std::string> modalities;
+  std::vector<std::string> features;   // as the site declared them at Join
+  std::vector<std::string> columns;    // audited; empty: the split's totals only
+  std::map<std::string, std::vector<std::string>> values;
+};
+
+// OK if `report` (already Validate()d or about to be) is shaped as `spec`
+// says -- bins, calibration bins, modalities and features, and cells only
+// of the audited columns and their pairs (SubgroupCells' order), within
+// MaxReportCells and the value bounds. InvalidArgument names the first
+// difference.
+Status CheckEvalReport(const EvalSums& report, const EvalReportSpec& spec);
+
 // Adds cell `g` into `into` (same shape).
 void AddGroup(GroupSums* into, const GroupSums& g);
 

@@ -137,8 +137,19 @@ std::string ToHex(std::string_view raw);
 std::vector<std::string_view> SplitChunks(std::string_view payload,
                                           size_t max_bytes = kMaxChunkBytes);
 
+// The most chunks a payload of `total_bytes` may come in: one per
+// kMinChunkBytes, plus kChunkSlack (so that a sender cannot make the
+// receiver verify a flood of tiny chunks).
+inline constexpr uint64_t kMinChunkBytes = 4096;
+inline constexpr uint64_t kChunkSlack = 64;
+inline constexpr uint64_t MaxChunks(uint64_t total_bytes) {
+  return total_bytes / kMinChunkBytes + kChunkSlack;
+}
+
 // Verifies a chunked payload as the pieces arrive, keeping none of them:
-// order, sizes, each chunk's digest, and at the end the whole digest.
+// order, sizes, each chunk's digest, and at the end the whole digest; no
+// chunk is empty (but the one of an empty payload), and there are at most
+// MaxChunks of them.
 //   ChunkVerifier v(total_bytes, total_sha256, limit);
 //   for each chunk: ATTUNE_RETURN_IF_ERROR(v.Add(seq, data, sha256)); use data
 //   ATTUNE_RETURN_IF_ERROR(v.Finish());

@@ -17,4 +17,8 @@ namespace attune {
 // character boundary and ends with "…" (within the bound).
 std::string SafeText(std::string_view in, size_t max_bytes);
 
+// Whether `in` is well-formed UTF-8 (RFC 3629, as SafeText reads it; control
+// characters allowed).
+bool IsUtf8(std::string_view in);
+
 }  // namespace attune

@@ -1,7 +1,10 @@
 // Translation between domain types and protocol messages, in one place.
 #pragma once
 
+#include <cstdint>
 #include <functional>
+#include <map>
+#include <string>
 #include <string_view>
 
 #include "attune/common/eval_stats.h"
@@ -29,5 +32,23 @@ bool WriteChunks(std::string_view payload, v1::UpdateMeta meta,
 // The same for EncodeModel(model), without building it (ForEachEncodedPiece).
 bool WriteModelChunks(const FlatModel& model, v1::UpdateMeta meta,
                       const std::function<bool(const v1::Chunk&)>& write);
+
+// ---- Bounds checked on a message's bytes, before it is parsed ----------
+//
+// Parsing builds an object per string, element and nested message, so a
+// small message of many tiny items (or of unknown fields, which protobuf
+// keeps) can take many times its size in memory. CheckWireBounds walks the
+// bytes against the message's descriptor without building anything:
+// every field must be one the message defines (none unknown), nesting at
+// most `max_depth` deep, and each repeated field, counted per message it
+// is in, at most its bound -- `repeated` by full field name (e.g.
+// "attune.v1.GroupStats.pos_hist"), else `default_repeated`.
+struct WireBounds {
+  std::map<std::string, int64_t> repeated;
+  int64_t default_repeated = 256;
+  int max_depth = 8;
+};
+Status CheckWireBounds(std::string_view bytes, const google::protobuf::Descriptor& type,
+                       const WireBounds& bounds);
 
 }  // namespace attune

@@ -92,6 +92,7 @@
 #include "attune/common/status.h"
 #include "attune/common/store.h"
 #include "attune/common/tensor_codec.h"
+#include "attune/coordinator/refusal_limiter.h"
 #include "attune/coordinator/strategy.h"
 #include "attune/coordinator/update_intake.h"
 #include "attune/v1/federation.pb.h"
@@ -220,8 +221,12 @@ class RoundDriver {
   Status SecAggUnmask(const std::string& site, const std::string& task_id, int64_t round,
                       secagg::UnmaskResponse response);
   StatusView GetStatus();
-  // Logs a refused request and appends it to the audit log.
+  // Logs a refused request and appends it to the audit log, at a bounded
+  // rate per caller (RefusalLimiter: the next entry counts those left out).
   void RecordRefusal(const std::string& who, const char* rpc, const Status& status);
+  // Logs how many refusals of each caller were left out since its last
+  // logged one (one "refusals_not_logged" entry), when the server stops.
+  void FlushRefusals();
   int64_t heartbeat_interval_ms() const;
   // The current signed terms, as the owner signed them ("" without any).
   std::shared_ptr<const std::string> SignedTerms();
@@ -301,6 +306,7 @@ class RoundDriver {
     std::map<std::string, Accepted> accepted;     // by site name: aggregation order
     std::shared_ptr<const std::string> init_blob;
     // EVALUATE
+    std::vector<std::string> features;                    // the audit's, as the sites agree
     std::map<std::string, EvalSums> eval;                 // split -> sums
     std::map<std::string, std::set<std::string>> got;     // site -> splits
     // Secure TRAIN
@@ -319,6 +325,8 @@ class RoundDriver {
   std::vector<std::string> LiveSitesLocked() const;
   void TouchLocked(const std::string& site);
   void ReloadRosterLocked();
+  // The audit features' names for `selected` (AgreedAuditFeatureNames).
+  std::vector<std::string> AgreedFeaturesLocked(const std::vector<std::string>& selected) const;
   // Picks up re-signed terms (a newer version that verifies).
   void ReloadTermsLocked();
   void LogLocked(const std::string& kind, const std::string& site, const std::string& detail);
@@ -423,6 +431,8 @@ class RoundDriver {
   const std::unique_ptr<Strategy> strategy_;
 
   std::mutex mu_;
+  std::mutex refusals_mu_;
+  RefusalLimiter refusals_{RefusalLimiter::Options{}};  // guarded by refusals_mu_
   std::condition_variable cv_;
   bool shutdown_ = false;
   bool finished_ = false;  // FINISH is queued for every (re)subscribing site

@@ -129,6 +129,8 @@ class SiteEngine {
   // terms' model and seed: a coordinator cannot substitute its own start.
   // `digest`: ModelDigest of the model fetched.
   Status CheckInitialModel(int64_t version, const std::string& digest);
+  // The learner's initial model's digest and schema (built once).
+  Status KnowOwnModel();
   // The k this site suppresses below: max(terms, --min-cell).
   int MinCell() const;
   // What the terms, tightened by this site's options, allow `r`.
@@ -157,6 +159,7 @@ class SiteEngine {
   std::optional<SiteGuard> guard_;  // loaded by Run()
   std::unique_ptr<Learner> learner_;
   std::string initial_digest_;  // of the model from the terms' seed, once known
+  std::optional<TensorSchema> own_schema_;  // its schema: every model fetched must have it
   EvalOptions eval_options_;
   std::string site_id_;
   // The open secure TRAIN or EVALUATE task and the release it will be once

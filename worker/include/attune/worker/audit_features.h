@@ -1,13 +1,7 @@
-// The audit's input features (eval_stats.h's per-feature sums): what the
-// model attended to, in units a reader can name, and each one's input
-// value. Include only from worker translation units that need tensors.
-//
-//   ehr_static/<column>     one per static feature: its value
-//   ehr_events/bucket <k>   one per event-code bucket: the patient's events in it
-//   imaging/<region>        patch features: one per patch (up to 16; more are
-//                           binned in order); images: a grid of up to 4 × 4
-//                           regions: the mean input over the region
-//   genomics/<gene>         one per gene: its expression
+// The audit's input features' values and attention (eval_stats.h's
+// per-feature sums), in the order and with the names the study's model
+// defines (common/audit_features.h). Include only from worker translation
+// units that need tensors.
 //
 // A modality's attention is model.h's TokenAttention (what the fusion drew
 // from each input token, rolled out through the modality's encoder),
