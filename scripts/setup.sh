@@ -6,7 +6,8 @@
 #   scripts/setup.sh [--build-dir DIR] [--test-tools]
 #
 # --test-tools also installs what only the tests use: Chromium (audit.html
-# is looked at headless), scikit-learn and Pillow (oracles and screenshots).
+# is looked at headless), scikit-learn and Pillow (oracles and screenshots),
+# and clang with its libFuzzer runtime (the fuzz targets, fuzz/).
 #
 # Why OpenBLAS: Debian's LibTorch calls libblas.so.3, which defaults to the
 # reference BLAS; libopenblas0-openmp makes LibTorch's matrix products about
@@ -34,7 +35,8 @@ packages=(
   libspdlog-dev libfmt-dev nlohmann-json3-dev libcli11-dev libjs-d3
 )
 if [[ $test_tools -eq 1 ]]; then
-  packages+=(chromium fonts-dejavu-core python3-sklearn python3-scipy python3-pil)
+  packages+=(chromium fonts-dejavu-core python3-sklearn python3-scipy python3-pil
+             clang libclang-rt-14-dev)
 fi
 
 missing=()

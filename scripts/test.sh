@@ -6,6 +6,10 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$here/scripts/setup.sh" --test-tools
+# The fuzz targets, built with clang apart from the main build; CTest runs
+# each for a few seconds (Fuzz.*, docs/fuzzing.md).
+"$here/scripts/fuzz.sh"
+cmake -S "$here" -B "$here/build" -DATTUNE_FUZZ_DIR="$here/build/fuzz" >/dev/null
 echo "== running tests"
 # Integration tests are RUN_SERIAL: they start four processes each.
 exec ctest --test-dir "$here/build" --output-on-failure -j "$(nproc)" "$@"

@@ -183,23 +183,43 @@ Status Malformed(const Descriptor& type) {
   return absl::InvalidArgumentError(absl::StrCat("a malformed ", type.name(), " message"));
 }
 
-// The elements of a packed field of `f`'s type in `bytes`.
+// The elements of a packed field of `f`'s type in `bytes`; -1 when the
+// bytes are not whole elements (a fixed-size one cut short, a varint that
+// does not end or runs past 10 bytes), which protobuf refuses too.
 int64_t PackedCount(const FieldDescriptor& f, const std::string& bytes) {
+  auto fixed = [&](size_t width) -> int64_t {
+    return bytes.size() % width == 0 ? static_cast<int64_t>(bytes.size() / width) : -1;
+  };
   switch (f.type()) {
     case FieldDescriptor::TYPE_DOUBLE:
     case FieldDescriptor::TYPE_FIXED64:
     case FieldDescriptor::TYPE_SFIXED64:
-      return static_cast<int64_t>(bytes.size() / 8);
+      return fixed(8);
     case FieldDescriptor::TYPE_FLOAT:
     case FieldDescriptor::TYPE_FIXED32:
     case FieldDescriptor::TYPE_SFIXED32:
-      return static_cast<int64_t>(bytes.size() / 4);
+      return fixed(4);
     default: {  // varints: one per byte without the continuation bit
       int64_t n = 0;
-      for (unsigned char c : bytes) n += (c & 0x80) == 0 ? 1 : 0;
-      return n;
+      size_t run = 0;
+      for (unsigned char c : bytes) {
+        if (++run > 10) return -1;
+        if ((c & 0x80) == 0) {
+          ++n;
+          run = 0;
+        }
+      }
+      return run == 0 ? n : -1;
     }
   }
+}
+
+// A length-delimited field's length, as protobuf reads it: a varint of at
+// most 5 bytes, within what is left of the message.
+bool ReadLength(pbio::CodedInputStream* in, uint32_t* len) {
+  const int start = in->CurrentPosition();
+  return in->ReadVarint32(len) && in->CurrentPosition() - start <= 5 &&
+         static_cast<int64_t>(*len) <= in->BytesUntilLimit();
 }
 
 Status Walk(pbio::CodedInputStream* in, const Descriptor& type, const WireBounds& bounds,
@@ -210,11 +230,10 @@ Status Walk(pbio::CodedInputStream* in, const Descriptor& type, const WireBounds
   }
   std::map<int, int64_t> counts;  // per repeated field of this message
   while (true) {
+    if (in->BytesUntilLimit() == 0) return absl::OkStatus();
+    // 0 is never a valid tag: a truncated or overlong tag varint.
     const uint32_t tag = in->ReadTag();
-    if (tag == 0) {
-      if (in->BytesUntilLimit() != 0) return Malformed(type);
-      return absl::OkStatus();
-    }
+    if (tag == 0) return Malformed(type);
     const int number = WireFormatLite::GetTagFieldNumber(tag);
     const WireFormatLite::WireType wire = WireFormatLite::GetTagWireType(tag);
     const FieldDescriptor* f = type.FindFieldByNumber(number);
@@ -233,25 +252,25 @@ Status Walk(pbio::CodedInputStream* in, const Descriptor& type, const WireBounds
     if (packed) {
       uint32_t len = 0;
       std::string bytes;
-      if (!in->ReadVarint32(&len) || static_cast<int64_t>(len) > in->BytesUntilLimit() ||
-          !in->ReadString(&bytes, static_cast<int>(len))) {
+      if (!ReadLength(in, &len) || !in->ReadString(&bytes, static_cast<int>(len))) {
         return Malformed(type);
       }
       items = PackedCount(*f, bytes);
+      if (items < 0) return Malformed(type);
     } else if (f->type() == FieldDescriptor::TYPE_MESSAGE) {
       uint32_t len = 0;
-      if (!in->ReadVarint32(&len) || static_cast<int64_t>(len) > in->BytesUntilLimit()) {
-        return Malformed(type);
-      }
+      if (!ReadLength(in, &len)) return Malformed(type);
       const pbio::CodedInputStream::Limit limit = in->PushLimit(static_cast<int>(len));
       ATTUNE_RETURN_IF_ERROR(Walk(in, *f->message_type(), bounds, depth + 1));
       in->PopLimit(limit);
+    } else if (f->type() == FieldDescriptor::TYPE_BYTES) {
+      uint32_t len = 0;
+      if (!ReadLength(in, &len) || !in->Skip(static_cast<int>(len))) return Malformed(type);
     } else if (f->type() == FieldDescriptor::TYPE_STRING) {
       // protobuf refuses a proto3 string that is not UTF-8: so does the walk.
       uint32_t len = 0;
       std::string text;
-      if (!in->ReadVarint32(&len) || static_cast<int64_t>(len) > in->BytesUntilLimit() ||
-          !in->ReadString(&text, static_cast<int>(len))) {
+      if (!ReadLength(in, &len) || !in->ReadString(&text, static_cast<int>(len))) {
         return Malformed(type);
       }
       if (!IsUtf8(text)) {

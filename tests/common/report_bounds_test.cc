@@ -62,6 +62,30 @@ TEST(CheckWireBounds, RefusesUnknownFieldsWrongWireTypesAndTruncation) {
   EXPECT_TRUE(CheckWireBounds("", Report(), b).ok());
 }
 
+// What fuzz/targets/wire_messages.cc found the walk accepting though
+// protobuf refuses it: each a message the coordinator would then have
+// parsed as malformed, but must not take for well-formed.
+TEST(CheckWireBounds, RefusesWhatProtobufRefuses) {
+  using namespace std::string_literals;
+  WireBounds b;
+  const auto& secagg = *v1::SecAggMessage::descriptor();
+  EXPECT_FALSE(CheckWireBounds("\xff"s, secagg, b).ok());  // a tag varint that never ends
+  // neg_hist packed, one byte: a varint cut short.
+  EXPECT_FALSE(CheckWireBounds("\x42\x01\xfe"s, Report(), b).ok());
+  // attention_sum (doubles) packed in 12 bytes: not whole doubles.
+  EXPECT_FALSE(CheckWireBounds("\x72\x0e\x62\x0c"s + std::string(12, '\0'), Report(), b).ok());
+  // study_id's length as a 9-byte varint of 0 (protobuf reads at most 5).
+  EXPECT_FALSE(
+      CheckWireBounds("\x0a\x80\x80\x80\x80\x80\x80\x80\x80\x00"s, secagg, b).ok());
+  // A proto3 string that is not UTF-8.
+  EXPECT_NE(CheckWireBounds("\x0a\x02\xc3\x28"s, secagg, b).message().find("not UTF-8"),
+            std::string::npos);
+  for (const std::string bytes : {"\xff"s, "\x0a\x02\xc3\x28"s}) {
+    v1::SecAggMessage m;
+    EXPECT_FALSE(m.ParseFromString(bytes));
+  }
+}
+
 TEST(CheckWireBounds, BoundsNesting) {
   // RoundTask -> EvalLayout -> cells: nesting within the bound.
   v1::RoundTask t;
