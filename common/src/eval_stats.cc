@@ -640,7 +640,10 @@ Status EvalSums::Validate() const {
     }
     hist_total += pos_hist[i] + neg_hist[i];
   }
-  if (hist_total != n || confusion.n() != n || BadConfusion(confusion)) {
+  if (BadConfusion(confusion)) {
+    return absl::InvalidArgumentError("evaluation: a confusion count out of range");
+  }
+  if (hist_total != n || confusion.n() != n) {
     return absl::InvalidArgumentError(absl::StrCat(
         "evaluation: counts disagree (n=", n, ", histograms ", hist_total,
         ", confusion ", confusion.n(), ")"));

@@ -215,11 +215,19 @@ int64_t PackedCount(const FieldDescriptor& f, const std::string& bytes) {
 }
 
 // A length-delimited field's length, as protobuf reads it: a varint of at
-// most 5 bytes, within what is left of the message.
+// most 5 bytes whose value fits an int32 (ReadVarint32 would drop the high
+// bits of a fifth byte: 80 80 80 80 40 read as 0, found by
+// fuzz/targets/wire_messages.cc), within what is left of the message.
 bool ReadLength(pbio::CodedInputStream* in, uint32_t* len) {
   const int start = in->CurrentPosition();
-  return in->ReadVarint32(len) && in->CurrentPosition() - start <= 5 &&
-         static_cast<int64_t>(*len) <= in->BytesUntilLimit();
+  uint64_t v = 0;
+  if (!in->ReadVarint64(&v) || in->CurrentPosition() - start > 5 ||
+      v > static_cast<uint64_t>(std::numeric_limits<int32_t>::max()) ||
+      static_cast<int64_t>(v) > in->BytesUntilLimit()) {
+    return false;
+  }
+  *len = static_cast<uint32_t>(v);
+  return true;
 }
 
 Status Walk(pbio::CodedInputStream* in, const Descriptor& type, const WireBounds& bounds,

@@ -77,10 +77,14 @@ TEST(CheckWireBounds, RefusesWhatProtobufRefuses) {
   // study_id's length as a 9-byte varint of 0 (protobuf reads at most 5).
   EXPECT_FALSE(
       CheckWireBounds("\x0a\x80\x80\x80\x80\x80\x80\x80\x80\x00"s, secagg, b).ok());
+  // audit_features' length as a 5-byte varint past 32 bits (2^34: its low
+  // 32 bits are 0).
+  EXPECT_FALSE(
+      CheckWireBounds("\x32\x80\x80\x80\x80\x40"s, *v1::JoinRequest::descriptor(), b).ok());
   // A proto3 string that is not UTF-8.
   EXPECT_NE(CheckWireBounds("\x0a\x02\xc3\x28"s, secagg, b).message().find("not UTF-8"),
             std::string::npos);
-  for (const std::string bytes : {"\xff"s, "\x0a\x02\xc3\x28"s}) {
+  for (const std::string bytes : {"\xff"s, "\x0a\x02\xc3\x28"s, "\x32\x80\x80\x80\x80\x40"s}) {
     v1::SecAggMessage m;
     EXPECT_FALSE(m.ParseFromString(bytes));
   }
