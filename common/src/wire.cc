@@ -230,6 +230,20 @@ bool ReadLength(pbio::CodedInputStream* in, uint32_t* len) {
   return true;
 }
 
+// A tag, as protobuf reads it: a varint of at most 5 bytes whose value fits
+// 32 bits and is not 0 (CodedInputStream::ReadTag takes longer, overlong
+// ones, found by fuzz/targets/wire_messages.cc).
+bool ReadTag(pbio::CodedInputStream* in, uint32_t* tag) {
+  const int start = in->CurrentPosition();
+  uint64_t v = 0;
+  if (!in->ReadVarint64(&v) || in->CurrentPosition() - start > 5 || v == 0 ||
+      v > std::numeric_limits<uint32_t>::max()) {
+    return false;
+  }
+  *tag = static_cast<uint32_t>(v);
+  return true;
+}
+
 Status Walk(pbio::CodedInputStream* in, const Descriptor& type, const WireBounds& bounds,
             int depth) {
   if (depth > bounds.max_depth) {
@@ -239,9 +253,8 @@ Status Walk(pbio::CodedInputStream* in, const Descriptor& type, const WireBounds
   std::map<int, int64_t> counts;  // per repeated field of this message
   while (true) {
     if (in->BytesUntilLimit() == 0) return absl::OkStatus();
-    // 0 is never a valid tag: a truncated or overlong tag varint.
-    const uint32_t tag = in->ReadTag();
-    if (tag == 0) return Malformed(type);
+    uint32_t tag = 0;
+    if (!ReadTag(in, &tag)) return Malformed(type);
     const int number = WireFormatLite::GetTagFieldNumber(tag);
     const WireFormatLite::WireType wire = WireFormatLite::GetTagWireType(tag);
     const FieldDescriptor* f = type.FindFieldByNumber(number);

@@ -81,10 +81,13 @@ TEST(CheckWireBounds, RefusesWhatProtobufRefuses) {
   // 32 bits are 0).
   EXPECT_FALSE(
       CheckWireBounds("\x32\x80\x80\x80\x80\x40"s, *v1::JoinRequest::descriptor(), b).ok());
+  // round's tag (field 2, varint) written in 6 bytes.
+  EXPECT_FALSE(CheckWireBounds("\x90\x80\x80\x80\x80\x00\x00"s, secagg, b).ok());
   // A proto3 string that is not UTF-8.
   EXPECT_NE(CheckWireBounds("\x0a\x02\xc3\x28"s, secagg, b).message().find("not UTF-8"),
             std::string::npos);
-  for (const std::string bytes : {"\xff"s, "\x0a\x02\xc3\x28"s, "\x32\x80\x80\x80\x80\x40"s}) {
+  for (const std::string bytes : {"\xff"s, "\x0a\x02\xc3\x28"s, "\x32\x80\x80\x80\x80\x40"s,
+                                   "\x90\x80\x80\x80\x80\x00\x00"s}) {
     v1::SecAggMessage m;
     EXPECT_FALSE(m.ParseFromString(bytes));
   }
