@@ -208,6 +208,30 @@ attune::Status FederationService::ReadMessage(const grpc::ByteBuffer& in, const 
   return absl::OkStatus();
 }
 
+// The one request of a unary or server-streaming call, read under the
+// watch and checked (ReadMessage). Cancelled when the caller went away.
+template <typename Stream>
+attune::Status FederationService::ReadRequest(Stream* stream, StreamWatch::Call& watch,
+                                              const Limits& limits,
+                                              google::protobuf::Message* out) {
+  grpc::ByteBuffer in;
+  bool read;
+  {
+    auto op = watch.Begin();
+    read = stream->Read(&in);
+  }
+  ATTUNE_RETURN_IF_ERROR(watch.expired());
+  if (!read) return absl::CancelledError("the caller went away");
+  return ReadMessage(in, limits, out);
+}
+
+grpc::Status FederationService::RefuseRead(grpc::ServerContext* ctx, const std::string& caller,
+                                           const char* rpc, const attune::Status& s) {
+  // A caller that went away is not refused: there is nobody to tell.
+  if (absl::IsCancelled(s)) return ToGrpcStatus(s);
+  return Refuse(ctx, caller, rpc, s);
+}
+
 template <typename Req, typename Resp>
 void FederationService::ServeUnary(
     int index, Limits limits,
@@ -219,20 +243,9 @@ void FederationService::ServeUnary(
     return Guarded(ctx, limits.rpc, [&]() -> grpc::Status {
       auto admitted = Admit(ctx, limits);
       if (!admitted.ok()) return Refuse(ctx, "", limits.rpc, admitted.status());
-      grpc::ByteBuffer in;
-      bool read;
-      {
-        auto op = admitted->watch->Begin();
-        read = stream->Read(&in);
-      }
-      if (!read) {
-        attune::Status why = admitted->watch->expired();
-        if (why.ok()) return grpc::Status(grpc::StatusCode::CANCELLED, "the caller went away");
-        return Refuse(ctx, admitted->caller, limits.rpc, why);
-      }
       Req req;
-      attune::Status parsed = ReadMessage(in, limits, &req);
-      if (!parsed.ok()) return Refuse(ctx, admitted->caller, limits.rpc, parsed);
+      attune::Status got = ReadRequest(stream, *admitted->watch, limits, &req);
+      if (!got.ok()) return RefuseRead(ctx, admitted->caller, limits.rpc, got);
       Resp reply;
       grpc::Status s = (this->*method)(ctx, req, &reply);
       if (!s.ok()) return s;
@@ -257,16 +270,9 @@ void FederationService::ServeStream(
       auto admitted = Admit(ctx, limits);
       if (!admitted.ok()) return Refuse(ctx, "", limits.rpc, admitted.status());
       StreamWatch::Call& watch = *admitted->watch;
-      grpc::ByteBuffer in;
-      bool read;
-      {
-        auto op = watch.Begin();
-        read = stream->Read(&in);
-      }
-      if (!read) return grpc::Status(grpc::StatusCode::CANCELLED, "the caller went away");
       Req req;
-      attune::Status parsed = ReadMessage(in, limits, &req);
-      if (!parsed.ok()) return Refuse(ctx, admitted->caller, limits.rpc, parsed);
+      attune::Status got = ReadRequest(stream, watch, limits, &req);
+      if (!got.ok()) return RefuseRead(ctx, admitted->caller, limits.rpc, got);
       const Writer write = [&](const google::protobuf::Message& m) {
         auto op = watch.Begin();
         return stream->Write(ToBytes(m));

@@ -102,6 +102,12 @@ class FederationService final : public v1::Federation::Service {
     std::unique_ptr<Transfer> transfer;
   };
   StatusOr<Admission> Admit(grpc::ServerContext* ctx, const Limits& limits);
+  template <typename Stream>
+  attune::Status ReadRequest(Stream* stream, StreamWatch::Call& watch, const Limits& limits,
+                             google::protobuf::Message* out);
+  // Refuse(), but a caller that went away (Cancelled) is not logged.
+  grpc::Status RefuseRead(grpc::ServerContext* ctx, const std::string& caller, const char* rpc,
+                          const attune::Status& s);
   // One message's bytes, checked against `limits` and parsed into `out`.
   attune::Status ReadMessage(const grpc::ByteBuffer& in, const Limits& limits,
                              google::protobuf::Message* out);
