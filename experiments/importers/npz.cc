@@ -89,12 +89,15 @@ StatusOr<std::map<std::string, NpyArray>> ReadNpz(const std::string& path) {
     const std::string name = b.substr(at + 46, name_len);
     // zip64: the 32-bit fields that read 0xffffffff are in extra field 1,
     // in the order size, packed size, local header offset.
-    for (uint64_t x = at + 46 + name_len; x + 4 <= at + 46 + name_len + extra_len;) {
+    // A field's length is the writer's word: nothing is read past the
+    // extra area's end.
+    const uint64_t extra_end = at + 46 + name_len + extra_len;
+    for (uint64_t x = at + 46 + name_len; x + 4 <= extra_end;) {
       const uint64_t id = Le(b, x, 2), len = Le(b, x + 2, 2);
       if (id == 1) {
         uint64_t f = x + 4;
         for (uint64_t* v : {&size, &packed, &local}) {
-          if (*v == 0xffffffffu && f + 8 <= x + 4 + len) {
+          if (*v == 0xffffffffu && f + 8 <= x + 4 + len && f + 8 <= extra_end) {
             *v = Le(b, f, 8);
             f += 8;
           }
@@ -103,7 +106,8 @@ StatusOr<std::map<std::string, NpyArray>> ReadNpz(const std::string& path) {
       x += 4 + len;
     }
     at += 46 + name_len + extra_len + comment_len;
-    if (local + 30 > b.size() || Le(b, local, 4) != 0x04034b50) {
+    // `local` may be any 64-bit value (zip64): compared without overflow.
+    if (local > b.size() || b.size() - local < 30 || Le(b, local, 4) != 0x04034b50) {
       return Damaged(path, absl::StrCat(name, ": local header missing"));
     }
     const uint64_t data = local + 30 + Le(b, local + 26, 2) + Le(b, local + 28, 2);
