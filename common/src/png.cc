@@ -65,6 +65,12 @@ Status ReadPngAs(const std::string& path, uint32_t format, int* width, int* heig
   if (!png_image_begin_read_from_file(&img, path.c_str())) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": not a PNG (", img.message, ")"));
   }
+  if (uint64_t{img.width} * img.height > kMaxPngPixels) {
+    png_image_free(&img);
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": a PNG of ", img.width, " x ", img.height, " pixels; at most ",
+                     kMaxPngPixels, " pixels are read"));
+  }
   img.format = format;
   *width = static_cast<int>(img.width);
   *height = static_cast<int>(img.height);
