@@ -296,10 +296,17 @@ Status StateStore::CommitRound(const RoundCommit& c) {
   }
   rocksdb::WriteBatch batch;
   {
-    ATTUNE_ASSIGN_OR_RETURN(std::string stored, ToStored(c.round, "model", c.model));
-    ATTUNE_RETURN_IF_ERROR(WriteFileDurable(ModelFile(dir_, c.round, "atnm"), stored));
-  }  // the sealed copy is freed at once: models can be GiBs
-  const std::string model_sha256 = ToHex(Sha256(c.model));
+    // Written as it is unless sealed (no copy of what may be GiBs); the
+    // sealed copy is freed at once.
+    std::string sealed;
+    if (sealed_) {
+      ATTUNE_ASSIGN_OR_RETURN(sealed, ToStored(c.round, "model", c.model));
+    }
+    ATTUNE_RETURN_IF_ERROR(
+        WriteFileDurable(ModelFile(dir_, c.round, "atnm"), sealed_ ? sealed : c.model));
+  }
+  const std::string model_sha256 =
+      ToHex(c.model_sha256.size() == 32 ? std::string(c.model_sha256) : Sha256(c.model));
   batch.Put(RoundKey(c.round, "model_sha256"), model_sha256);
   if (!c.server_state.empty()) {
     ATTUNE_ASSIGN_OR_RETURN(std::string stored, ToStored(c.round, "state", c.server_state));

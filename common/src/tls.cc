@@ -81,10 +81,14 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target, const TlsB
   // Fail fast on a dead coordinator instead of waiting minutes between tries.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
-  // Receive windows stay at gRPC's defaults instead of growing with BDP
-  // probes, so a coordinator streaming a model to many sites at once does
-  // not park megabytes per site in its send buffers.
-  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  // The site's receive windows grow with BDP probes: at gRPC's fixed 64 KiB
+  // a model download is a ping-pong of window updates, and this gRPC
+  // (1.51) cannot fix a larger window without them. What the coordinator
+  // sends is paced by its transfer slots, one chunk per write, so its
+  // memory does not grow with these windows (attune-bench-coordinator).
+  // The coordinator keeps its own windows fixed (service.cc): there,
+  // uploads waiting for a slot would otherwise park megabytes each.
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 1);
   return grpc::CreateCustomChannel(target, MakeChannelCredentials(tls), args);
 }
 

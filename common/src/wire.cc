@@ -131,7 +131,6 @@ bool WritePieces(uint64_t total, const std::function<Status(const PieceFn&)>& fo
     if (seq == 0) *c.mutable_meta() = meta;
     c.set_seq(seq++);
     c.set_data(std::string(piece));
-    c.set_sha256(Sha256(piece));
     sent += piece.size();
     c.set_last(sent == total);
     return write(c) ? absl::OkStatus() : absl::CancelledError("the peer went away");
@@ -142,9 +141,14 @@ bool WritePieces(uint64_t total, const std::function<Status(const PieceFn&)>& fo
 }  // namespace
 
 bool WriteChunks(std::string_view payload, v1::UpdateMeta meta,
-                 const std::function<bool(const v1::Chunk&)>& write) {
+                 const std::function<bool(const v1::Chunk&)>& write,
+                 std::string_view payload_sha256) {
   meta.set_total_bytes(payload.size());
-  meta.set_total_sha256(Sha256(payload));
+  if (payload_sha256.size() == 32) {
+    meta.set_total_sha256(std::string(payload_sha256));
+  } else {
+    meta.set_total_sha256(Sha256(payload));
+  }
   return WritePieces(
       payload.size(),
       [&](const PieceFn& piece) {

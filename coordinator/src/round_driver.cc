@@ -103,6 +103,13 @@ const char* KindName(Task::Kind k) {
   return "?";
 }
 
+ServedModel ServedModel::Of(std::string bytes) {
+  ServedModel m;
+  m.sha256 = Sha256(bytes);
+  m.bytes = std::make_shared<const std::string>(std::move(bytes));
+  return m;
+}
+
 RoundDriver::RoundDriver(StudyConfig study, StateStore* store, DriverOptions options,
                          std::unique_ptr<Strategy> strategy)
     : study_(std::move(study)), store_(store), options_(std::move(options)),
@@ -143,8 +150,8 @@ StatusOr<std::unique_ptr<RoundDriver>> RoundDriver::Create(StudyConfig study, St
   const int64_t last = store->LastCommittedRound();
   if (last >= 0) {
     ATTUNE_ASSIGN_OR_RETURN(std::string blob, store->LoadModel(last));
-    d->global_blob_ = std::make_shared<const std::string>(std::move(blob));
-    ATTUNE_ASSIGN_OR_RETURN(d->global_, ViewModel(*d->global_blob_));
+    d->global_model_ = ServedModel::Of(std::move(blob));
+    ATTUNE_ASSIGN_OR_RETURN(d->global_, ViewModel(*d->global_model_.bytes));
     ATTUNE_ASSIGN_OR_RETURN(d->server_state_, store->LoadServerState(last));
     d->global_version_ = last;
     if (UsesLedger(d->study_)) {
@@ -499,11 +506,11 @@ double RoundDriver::proximal_mu() const {
   return study_.strategy.name == "fedprox" ? study_.strategy.proximal_mu : 0.0;
 }
 
-StatusOr<std::shared_ptr<const std::string>> RoundDriver::Model(int64_t version) {
+StatusOr<ServedModel> RoundDriver::Model(int64_t version) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (version == candidate_version_ && candidate_blob_) return candidate_blob_;
-  if (version == audit_version_ && audit_blob_) return audit_blob_;
-  if (version == global_version_ && global_blob_) return global_blob_;
+  if (version == candidate_version_ && candidate_model_) return candidate_model_;
+  if (version == audit_version_ && audit_served_) return audit_served_;
+  if (version == global_version_ && global_model_) return global_model_;
   return absl::NotFoundError(absl::StrCat("model version ", version,
                                           " is not being served (current: ", global_version_, ")"));
 }
@@ -588,7 +595,7 @@ StatusOr<std::unique_ptr<UpdateIntake>> RoundDriver::BeginUpdate(const std::stri
       (fs::path(options_.spool_dir) / absl::StrCat("r", h.round, "-", site, "-", RandomHex()))
           .string();
   return UpdateIntake::ForDelta(h, global_.schema, study_.max_update_norm, path,
-                                global_blob_->size() + (1 << 20));
+                                global_model_.bytes->size() + (1 << 20));
 }
 
 Status RoundDriver::FinishUpdate(const std::string& site, std::unique_ptr<UpdateIntake> intake) {
@@ -622,7 +629,7 @@ Status RoundDriver::FinishUpdate(const std::string& site, std::unique_ptr<Update
   a.sha256 = h.total_sha256;
   a.num_examples = h.num_examples;
   if (p.kind == Task::Kind::kInit) {
-    p.init_blob = intake->initial_model();
+    p.init_model = {intake->initial_model(), h.total_sha256};
   } else {
     a.path = intake->spool_path();
     auto loss = h.metrics.find("train_loss");
@@ -924,13 +931,13 @@ void RoundDriver::RunPendingAudits(std::unique_lock<std::mutex>& lock) {
 
 StatusOr<std::string> RoundDriver::RunAuditRound(std::unique_lock<std::mutex>& lock,
                                                  const AuditJob& job) {
-  std::shared_ptr<const std::string> blob = global_blob_;
+  ServedModel blob = global_model_;
   if (job.version != global_version_) {
     lock.unlock();
     StatusOr<std::string> m = store_->LoadModel(job.version);
+    if (m.ok()) blob = ServedModel::Of(*std::move(m));
     lock.lock();
     ATTUNE_RETURN_IF_ERROR(m.status());
-    blob = std::make_shared<const std::string>(*std::move(m));
   }
   Phase eval;
   eval.kind = Task::Kind::kEvaluate;
@@ -951,12 +958,12 @@ StatusOr<std::string> RoundDriver::RunAuditRound(std::unique_lock<std::mutex>& l
     }
   }
   audit_version_ = job.version;
-  audit_blob_ = std::move(blob);
+  audit_served_ = std::move(blob);
   Status s = study_.secure_aggregation
                  ? RunSecureEvalPhase(lock, &eval, LiveSitesLocked())
                  : RunPhase(lock, &eval, LiveSitesLocked(), job.version, study_.min_sites);
   audit_version_ = -1;
-  audit_blob_.reset();
+  audit_served_ = {};
   ATTUNE_RETURN_IF_ERROR(ChargeEvaluationLocked(eval, std::move(s)));
   auto sums = eval.eval.find(job.split);
   if (sums == eval.eval.end()) return absl::InternalError("audit: no sums were reported");
@@ -1146,10 +1153,10 @@ Status RoundDriver::RunInitRound() {
   init.round = 0;
   phase_name_ = "round 0: initial model";
   ATTUNE_RETURN_IF_ERROR(RunPhase(lock, &init, {first}, -1, 1));
-  ATTUNE_ASSIGN_OR_RETURN(ModelView view, ViewModel(*init.init_blob));
+  ATTUNE_ASSIGN_OR_RETURN(ModelView view, ViewModel(*init.init_model.bytes));
   spdlog::info("initial model from {}: {} tensors, {} parameters", first,
                view.schema.tensors.size(), view.values.size());
-  return EvaluateAndCommit(lock, 0, init.init_blob, "", init, "{}", start);
+  return EvaluateAndCommit(lock, 0, init.init_model, "", init, "{}", start);
 }
 
 Status RoundDriver::RunTrainRound(int64_t round) {
@@ -1215,26 +1222,28 @@ Status RoundDriver::RunTrainRound(int64_t round) {
   // Aggregation reads the spool and writes a new blob: no lock needed, the
   // global model does not change while Run() is here.
   phase_name_ = absl::StrCat("round ", round, ": aggregate");
-  const std::shared_ptr<const std::string> global_blob = global_blob_;
+  const ServedModel global_model = global_model_;
   const ModelView global = global_;
   const std::string state = server_state_;
   lock.unlock();
   auto result = AggregateRound(*strategy_, global.schema, global.values, state, updates);
   remove_spool();
+  // Hashed once here; every fetch of the candidate announces this digest.
+  ServedModel candidate;
+  if (result.ok()) candidate = ServedModel::Of(std::move(result->model));
   lock.lock();
   ATTUNE_RETURN_IF_ERROR(result.status());
-  return EvaluateAndCommit(lock, round,
-                           std::make_shared<const std::string>(std::move(result->model)),
+  return EvaluateAndCommit(lock, round, std::move(candidate),
                            std::move(result->server_state), train,
                            std::move(result->describe_json), start);
 }
 
 Status RoundDriver::EvaluateAndCommit(std::unique_lock<std::mutex>& lock, int64_t round,
-                                      std::shared_ptr<const std::string> model,
+                                      ServedModel model,
                                       std::string server_state, const Phase& train,
                                       std::string describe_json, Clock::time_point start) {
   candidate_version_ = round;
-  candidate_blob_ = model;
+  candidate_model_ = model;
   Phase eval;
   eval.kind = Task::Kind::kEvaluate;
   eval.round = round;
@@ -1248,7 +1257,7 @@ Status RoundDriver::EvaluateAndCommit(std::unique_lock<std::mutex>& lock, int64_
   s = ChargeEvaluationLocked(eval, std::move(s));
   if (!s.ok()) {
     candidate_version_ = -1;
-    candidate_blob_.reset();
+    candidate_model_ = {};
     return s;
   }
   lock.unlock();
@@ -1259,7 +1268,7 @@ Status RoundDriver::EvaluateAndCommit(std::unique_lock<std::mutex>& lock, int64_
   return s;
 }
 
-Status RoundDriver::CommitRound(int64_t round, std::shared_ptr<const std::string> model,
+Status RoundDriver::CommitRound(int64_t round, ServedModel model,
                                 std::string server_state, const Phase& train, const Phase& eval,
                                 const std::string& describe_json, double seconds) {
   json record;
@@ -1329,7 +1338,8 @@ Status RoundDriver::CommitRound(int64_t round, std::shared_ptr<const std::string
   }
   RoundCommit c;
   c.round = round;
-  c.model = *model;
+  c.model = *model.bytes;
+  c.model_sha256 = model.sha256;
   c.server_state = server_state;
   c.record_json = record.dump();
   c.audit_json = audit;
@@ -1338,11 +1348,11 @@ Status RoundDriver::CommitRound(int64_t round, std::shared_ptr<const std::string
   {
     std::lock_guard<std::mutex> lock(mu_);
     global_version_ = round;
-    global_blob_ = std::move(model);
-    global_ = *ViewModel(*global_blob_);  // made by EncodeModel: always a valid view
+    global_model_ = std::move(model);
+    global_ = *ViewModel(*global_model_.bytes);  // made by EncodeModel: always a valid view
     server_state_ = std::move(server_state);
     candidate_version_ = -1;
-    candidate_blob_.reset();
+    candidate_model_ = {};
     for (const auto& [site, a] : train.accepted) ++sites_[site].rounds_contributed;
   }
   auto metric = [&](const char* split, const char* key) -> std::string {
@@ -1427,7 +1437,7 @@ Status RoundDriver::WriteOutputs(bool final_model) {
     std::shared_ptr<const std::string> blob;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      blob = global_blob_;
+      blob = global_model_.bytes;
     }
     ATTUNE_RETURN_IF_ERROR(WriteFileAtomic(options_.out_dir + "/model.atnm", *blob));
   }

@@ -442,14 +442,15 @@ grpc::Status FederationService::FetchModel(grpc::ServerContext* ctx, const v1::M
                                            const Writer& write) {
   const v1::ModelRef* req = &request;
   ATTUNE_AUTHORIZE_OR_REFUSE(site, "FetchModel", req->study_id());
-  auto blob = driver_->Model(req->version());
-  if (!blob.ok()) return Refuse(ctx, *site, "FetchModel", blob.status());
+  auto model = driver_->Model(req->version());
+  if (!model.ok()) return Refuse(ctx, *site, "FetchModel", model.status());
   auto transfer = BeginTransfer(ctx, *site, /*wait_turn=*/false);
   if (!transfer.ok()) return Refuse(ctx, *site, "FetchModel", transfer.status());
   v1::UpdateMeta meta;
   meta.set_study_id(driver_->study().study_id);
   meta.set_round(req->version());
-  if (!WriteChunks(**blob, meta, [&](const v1::Chunk& c) { return write(c); })) {
+  if (!WriteChunks(*model->bytes, meta, [&](const v1::Chunk& c) { return write(c); },
+                   model->sha256)) {
     return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
   }
   return grpc::Status::OK;

@@ -53,7 +53,8 @@ std::string Explain(const Status& s, const std::string& coordinator) {
   return absl::StrCat("coordinator at ", coordinator, ": ", m);
 }
 
-// What a release is computed on: the model's bytes.
+// What a release is computed on: the model's bytes (of a fetched model: the
+// digest its bytes were verified against, FetchModel).
 std::string ModelDigest(const FlatModel& model) { return ToHex(EncodedModelSha256(model)); }
 
 // What an evaluation sums: whole split or audit, the columns, the bins and,
@@ -267,8 +268,8 @@ Status SiteEngine::HandleTask(const v1::RoundTask& task) {
     case v1::RoundTask::TRAIN: {
       ATTUNE_RETURN_IF_ERROR(StartSecure(task));
       SetStage("fetching", task.round());
-      ATTUNE_ASSIGN_OR_RETURN(FlatModel global, FetchModel(task.model_version()));
-      const std::string digest = ModelDigest(global);
+      std::string digest;
+      ATTUNE_ASSIGN_OR_RETURN(FlatModel global, FetchModel(task.model_version(), &digest));
       ATTUNE_RETURN_IF_ERROR(CheckInitialModel(task.model_version(), digest));
       // Recorded (and charged) before it leaves: in the clear, checked
       // before training too; a secure one at SECAGG_UNMASK, when its
@@ -327,8 +328,8 @@ Status SiteEngine::HandleTask(const v1::RoundTask& task) {
     case v1::RoundTask::EVALUATE: {
       ATTUNE_RETURN_IF_ERROR(StartSecure(task));
       SetStage("evaluating", task.round());
-      ATTUNE_ASSIGN_OR_RETURN(FlatModel model, FetchModel(task.model_version()));
-      const std::string digest = ModelDigest(model);
+      std::string digest;
+      ATTUNE_ASSIGN_OR_RETURN(FlatModel model, FetchModel(task.model_version(), &digest));
       ATTUNE_RETURN_IF_ERROR(CheckInitialModel(task.model_version(), digest));
       EvalOptions options = eval_options_;
       if (!task.audit()) options.audit_columns.clear();  // the whole split only
@@ -620,7 +621,7 @@ void SiteEngine::HeartbeatLoop(std::stop_token stop, std::chrono::milliseconds i
   }
 }
 
-StatusOr<FlatModel> SiteEngine::FetchModel(int64_t version) {
+StatusOr<FlatModel> SiteEngine::FetchModel(int64_t version, std::string* digest) {
   grpc::ClientContext ctx;
   SetDeadline(&ctx, options_.rpc_timeout);
   v1::ModelRef ref;
@@ -636,6 +637,7 @@ StatusOr<FlatModel> SiteEngine::FetchModel(int64_t version) {
   ModelStreamParser parser;
   FlatModel model;
   uint64_t announced = 0;
+  std::string announced_sha256;  // verified by verifier->Finish()
   bool schema_checked = false;
   auto check_schema = [&]() -> Status {
     if (schema_checked || parser.schema() == nullptr) return absl::OkStatus();
@@ -655,7 +657,8 @@ StatusOr<FlatModel> SiteEngine::FetchModel(int64_t version) {
         break;
       }
       announced = chunk.meta().total_bytes();
-      verifier.emplace(announced, chunk.meta().total_sha256(), uint64_t{16} << 30);
+      announced_sha256 = chunk.meta().total_sha256();
+      verifier.emplace(announced, announced_sha256, uint64_t{16} << 30);
     }
     s = verifier->Add(chunk.seq(), chunk.data(), chunk.sha256());
     if (!s.ok()) break;
@@ -679,6 +682,7 @@ StatusOr<FlatModel> SiteEngine::FetchModel(int64_t version) {
   ATTUNE_RETURN_IF_ERROR(parser.Finish());
   ATTUNE_RETURN_IF_ERROR(check_schema());
   model.schema = *parser.schema();
+  *digest = ToHex(announced_sha256);
   return model;
 }
 

@@ -152,6 +152,35 @@ TEST(Chunks, AssemblerRefusesBadStreams) {
   }
 }
 
+// A chunk's own digest is optional; the whole digest decides. A corrupt
+// chunk without one is caught at Finish, one with a wrong one at once.
+TEST(Chunks, AChunkDigestIsCheckedWhenGivenAndTheWholeOneAlways) {
+  const std::string payload(2500, 'a');
+  const auto pieces = SplitChunks(payload, 1000);
+  {
+    ChunkAssembler a(payload.size(), Sha256(payload), 1 << 20);
+    for (size_t i = 0; i < pieces.size(); ++i) ASSERT_TRUE(a.Add(i, pieces[i], "").ok());
+    auto whole = a.Finish();
+    ASSERT_TRUE(whole.ok()) << whole.status();
+    EXPECT_EQ(*whole, payload);
+  }
+  {
+    ChunkVerifier v(payload.size(), Sha256(payload), 1 << 20);
+    std::string bad(pieces[1]);
+    bad[7] = 'b';
+    ASSERT_TRUE(v.Add(0, pieces[0], "").ok());
+    ASSERT_TRUE(v.Add(1, bad, "").ok());
+    ASSERT_TRUE(v.Add(2, pieces[2], "").ok());
+    const Status s = v.Finish();
+    EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
+    EXPECT_NE(s.message().find("payload checksum mismatch"), std::string::npos) << s;
+  }
+  {
+    ChunkVerifier v(payload.size(), Sha256(payload), 1 << 20);
+    EXPECT_EQ(v.Add(0, pieces[0], "short").code(), absl::StatusCode::kDataLoss);
+  }
+}
+
 TEST(Sha256, MatchesKnownVector) {
   // FIPS 180-2 test vector for "abc".
   const std::string d = Sha256("abc");

@@ -27,6 +27,20 @@ TEST(WriteChunks, MetadataFirstAndReassembles) {
   auto back = a.Finish();
   ASSERT_TRUE(back.ok());
   EXPECT_EQ(*back, payload);
+  // The whole digest is the payload's; the chunks carry none of their own.
+  EXPECT_EQ(chunks[0].meta().total_sha256(), Sha256(payload));
+  for (const auto& c : chunks) EXPECT_TRUE(c.sha256().empty()) << c.seq();
+  // A digest the caller knows is announced as given, not computed again.
+  std::vector<v1::Chunk> again;
+  const std::string known(32, 'k');
+  ASSERT_TRUE(WriteChunks(
+      payload, meta,
+      [&](const v1::Chunk& c) {
+        again.push_back(c);
+        return true;
+      },
+      known));
+  EXPECT_EQ(again[0].meta().total_sha256(), known);
   // A writer that fails stops the stream.
   int calls = 0;
   EXPECT_FALSE(WriteChunks(payload, meta, [&](const v1::Chunk&) { return ++calls < 2; }));

@@ -52,6 +52,7 @@ namespace attune {
 struct RoundCommit {
   int64_t round = 0;             // must be LastCommittedRound() + 1
   std::string_view model;        // encoded global model after this round
+  std::string_view model_sha256; // its SHA-256 (32 raw bytes), when known; else computed
   std::string_view server_state; // encoded strategy state (may be empty)
   std::string record_json;       // sites, metrics, timings
   std::string audit_json;        // summed audit statistics (may be empty)

@@ -147,9 +147,12 @@ inline constexpr uint64_t MaxChunks(uint64_t total_bytes) {
 }
 
 // Verifies a chunked payload as the pieces arrive, keeping none of them:
-// order, sizes, each chunk's digest, and at the end the whole digest; no
-// chunk is empty (but the one of an empty payload), and there are at most
-// MaxChunks of them.
+// order, sizes, each chunk's digest when it carries one, and at the end the
+// whole digest; no chunk is empty (but the one of an empty payload), and
+// there are at most MaxChunks of them. A chunk's own digest is optional (an
+// empty `sha256`): TLS already protects every record on the way, and the
+// whole digest, announced before the first byte, decides; Attune's senders
+// leave it out, so that each byte is hashed once on each side.
 //   ChunkVerifier v(total_bytes, total_sha256, limit);
 //   for each chunk: ATTUNE_RETURN_IF_ERROR(v.Add(seq, data, sha256)); use data
 //   ATTUNE_RETURN_IF_ERROR(v.Finish());
@@ -157,7 +160,8 @@ class ChunkVerifier {
  public:
   ChunkVerifier(uint64_t total_bytes, std::string total_sha256, uint64_t max_total_bytes);
   // InvalidArgument: announced size over the limit, out of order, oversize
-  // chunk, or more bytes than announced. DataLoss: the chunk's digest.
+  // chunk, or more bytes than announced. DataLoss: the chunk's digest (when
+  // given; empty: not checked), or one that is not 32 bytes.
   Status Add(uint64_t seq, std::string_view data, std::string_view sha256);
   // DataLoss: short, or the whole payload's digest does not match.
   Status Finish();

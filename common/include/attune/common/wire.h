@@ -23,12 +23,16 @@ StatusOr<EvalSums> FromProto(const v1::AuditReport& r);
 v1::EvalLayout ToProto(const EvalLayout& l);
 EvalLayout LayoutFromProto(const v1::RoundTask& task);
 
-// Cuts `payload` into chunks of at most kMaxChunkBytes, each with its
-// SHA-256; the first carries `meta` completed with the payload's size and
-// digest. Calls `write` for each in order and stops when it returns false
-// (the peer went away); returns whether every chunk was written.
+// Cuts `payload` into chunks of at most kMaxChunkBytes; the first carries
+// `meta` completed with the payload's size and SHA-256 (`payload_sha256`,
+// 32 raw bytes, when the caller knows it: a model served many times is
+// hashed once; empty: computed here). The chunks carry no digests of their
+// own (ChunkVerifier: TLS protects each, the whole digest decides). Calls
+// `write` for each in order and stops when it returns false (the peer went
+// away); returns whether every chunk was written.
 bool WriteChunks(std::string_view payload, v1::UpdateMeta meta,
-                 const std::function<bool(const v1::Chunk&)>& write);
+                 const std::function<bool(const v1::Chunk&)>& write,
+                 std::string_view payload_sha256 = {});
 // The same for EncodeModel(model), without building it (ForEachEncodedPiece).
 bool WriteModelChunks(const FlatModel& model, v1::UpdateMeta meta,
                       const std::function<bool(const v1::Chunk&)>& write);

@@ -115,6 +115,16 @@ struct Task {
 };
 const char* KindName(Task::Kind k);
 
+// A model the coordinator serves: its encoding and that encoding's
+// SHA-256, computed once and announced with every fetch of it.
+struct ServedModel {
+  std::shared_ptr<const std::string> bytes;
+  std::string sha256;  // 32 raw bytes
+  explicit operator bool() const { return bytes != nullptr; }
+  // Hashes `bytes`.
+  static ServedModel Of(std::string bytes);
+};
+
 struct SiteView {
   std::string site;
   bool subscribed = false;
@@ -196,7 +206,7 @@ class RoundDriver {
   // Records a sign of life; returns the open round (-1 if none).
   int64_t Heartbeat(const std::string& site, const std::string& progress);
   // The encoded model of `version` (committed global or current candidate).
-  StatusOr<std::shared_ptr<const std::string>> Model(int64_t version);
+  StatusOr<ServedModel> Model(int64_t version);
   // Starts receiving an update: the task must be open for the site. A
   // resubmission of an update already accepted (same digest) returns
   // AlreadyAccepted; a different one AlreadyExists.
@@ -304,7 +314,7 @@ class RoundDriver {
     int64_t audit_model = -1;
     // TRAIN / INIT
     std::map<std::string, Accepted> accepted;     // by site name: aggregation order
-    std::shared_ptr<const std::string> init_blob;
+    ServedModel init_model;
     // EVALUATE
     std::vector<std::string> features;                    // the audit's, as the sites agree
     std::map<std::string, EvalSums> eval;                 // split -> sums
@@ -411,10 +421,10 @@ class RoundDriver {
   PrivacyView PrivacyLocked() const;
   // Evaluates `model` (served as candidate `round`), then commits it.
   Status EvaluateAndCommit(std::unique_lock<std::mutex>& lock, int64_t round,
-                           std::shared_ptr<const std::string> model, std::string server_state,
+                           ServedModel model, std::string server_state,
                            const Phase& train, std::string describe_json,
                            std::chrono::steady_clock::time_point start);
-  Status CommitRound(int64_t round, std::shared_ptr<const std::string> model,
+  Status CommitRound(int64_t round, ServedModel model,
                      std::string server_state, const Phase& train, const Phase& eval,
                      const std::string& describe_json, double seconds);
   Status WriteOutputs(bool final_model);
@@ -460,7 +470,7 @@ class RoundDriver {
   std::map<std::string, int64_t> closed_tasks_;
   // Committed global model v_{committed} (blob + view) and the candidate.
   int64_t global_version_ = -1;
-  std::shared_ptr<const std::string> global_blob_;
+  ServedModel global_model_;
   ModelView global_;
   std::string server_state_;  // strategy state committed with v_{committed}
   // The privacy ledger (committed with each round's record) and the audit
@@ -471,14 +481,14 @@ class RoundDriver {
   std::map<std::string, std::set<CellKey>> published_cells_;
   std::string stop_reason_;  // why the study ended before its last round
   int64_t candidate_version_ = -1;
-  std::shared_ptr<const std::string> candidate_blob_;
+  ServedModel candidate_model_;
   // Audit-only rounds: the queue, how many ran, whether a finished study
   // stops serving them, and the model being audited (served to the sites).
   std::deque<std::shared_ptr<AuditJob>> audit_jobs_;
   int audits_run_ = 0;
   bool stop_serving_ = false;
   int64_t audit_version_ = -1;
-  std::shared_ptr<const std::string> audit_blob_;
+  ServedModel audit_served_;
 };
 
 }  // namespace attune::coordinator

@@ -109,8 +109,9 @@ class SiteEngine {
   Status Session(bool* joined);
   Status HandleTask(const v1::RoundTask& task);
   // Verifies the chunks and parses the values as they arrive (the payload
-  // is never held whole).
-  StatusOr<FlatModel> FetchModel(int64_t version);
+  // is never held whole); `digest` is then ModelDigest of the bytes
+  // received (their verified SHA-256, in hex: hashed once, as they came).
+  StatusOr<FlatModel> FetchModel(int64_t version, std::string* digest);
   // `train_loss`: none for the initial model, and in a DP release.
   Status SubmitUpdate(const v1::RoundTask& task, const FlatModel& payload, int64_t num_examples,
                       std::optional<double> train_loss, bool full_weights);
