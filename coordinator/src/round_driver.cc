@@ -23,7 +23,6 @@
 namespace attune::coordinator {
 namespace {
 
-using Clock = std::chrono::steady_clock;
 using nlohmann::json;
 namespace fs = std::filesystem;
 
@@ -64,12 +63,6 @@ std::chrono::milliseconds Seconds(double s) {
 }
 
 json NumOrNull(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
-
-double NumOrNan(const json& j, const char* a, const char* b = nullptr) {
-  const json* v = j.contains(a) ? &j[a] : nullptr;
-  if (v && b) v = v->is_object() && v->contains(b) ? &(*v)[b] : nullptr;
-  return v && v->is_number() ? v->get<double>() : std::nan("");
-}
 
 // SplitMix64: a small, fully specified generator, so the sample of sites a
 // round trains on is the same on every platform and standard library.
@@ -113,7 +106,8 @@ ServedModel ServedModel::Of(std::string bytes) {
 RoundDriver::RoundDriver(StudyConfig study, StateStore* store, DriverOptions options,
                          std::unique_ptr<Strategy> strategy)
     : study_(std::move(study)), store_(store), options_(std::move(options)),
-      run_nonce_(RandomHex()), strategy_(std::move(strategy)) {
+      run_nonce_(RandomHex()), strategy_(std::move(strategy)),
+      clock_(options_.clock ? options_.clock : &system_clock_) {
   for (const auto& s : study_.roster) sites_[s];
   for (const auto& s : study_.revoked) sites_[s].revoked = true;
   if (!options_.study_path.empty()) study_file_stamp_ = FileStamp(options_.study_path);
@@ -147,6 +141,7 @@ StatusOr<std::unique_ptr<RoundDriver>> RoundDriver::Create(StudyConfig study, St
     d->signed_terms_ = std::make_shared<const std::string>(std::move(text));
     d->terms_file_stamp_ = FileStamp(path);
   }
+  ATTUNE_ASSIGN_OR_RETURN(d->history_, RoundHistory::Load(*store));
   const int64_t last = store->LastCommittedRound();
   if (last >= 0) {
     ATTUNE_ASSIGN_OR_RETURN(std::string blob, store->LoadModel(last));
@@ -154,19 +149,15 @@ StatusOr<std::unique_ptr<RoundDriver>> RoundDriver::Create(StudyConfig study, St
     ATTUNE_ASSIGN_OR_RETURN(d->global_, ViewModel(*d->global_model_.bytes));
     ATTUNE_ASSIGN_OR_RETURN(d->server_state_, store->LoadServerState(last));
     d->global_version_ = last;
-    if (UsesLedger(d->study_)) {
-      // The ledger committed with the last round.
-      ATTUNE_ASSIGN_OR_RETURN(std::string text, store->LoadRecord(last));
-      json rec = json::parse(text, nullptr, false);
-      if (!rec.is_discarded() && rec.contains("privacy") && rec["privacy"].contains("ledger")) {
-        ATTUNE_ASSIGN_OR_RETURN(privacy::Accountant a,
-                                privacy::Accountant::FromJson(rec["privacy"]["ledger"].dump()));
-        d->ledger_.emplace(std::move(a));
-      }
+    // The last round's record: the privacy ledger and the audit releases
+    // committed with it (RoundHistory::Load read it: a JSON object).
+    const json rec = json::parse(d->history_.rounds().back().json);
+    if (UsesLedger(d->study_) && rec.contains("privacy") && rec["privacy"].contains("ledger")) {
+      ATTUNE_ASSIGN_OR_RETURN(privacy::Accountant a,
+                              privacy::Accountant::FromJson(rec["privacy"]["ledger"].dump()));
+      d->ledger_.emplace(std::move(a));
     }
-    ATTUNE_ASSIGN_OR_RETURN(std::string text, store->LoadRecord(last));
-    json rec = json::parse(text, nullptr, false);
-    if (!rec.is_discarded()) d->audit_releases_ = rec.value("audit_releases", 0);
+    d->audit_releases_ = rec.value("audit_releases", 0);
     // Audit-only rounds after that commit are counted in the audit log.
     for (uint64_t from = 0;;) {
       ATTUNE_ASSIGN_OR_RETURN(std::vector<LogEntry> entries, store->ReadLog(from, 4096));
@@ -290,7 +281,7 @@ Status RoundDriver::ChargeEvaluationLocked(const Phase& eval, Status phase) {
 
 void RoundDriver::TouchLocked(const std::string& site) {
   auto it = sites_.find(site);
-  if (it != sites_.end()) it->second.last_seen = Clock::now();
+  if (it != sites_.end()) it->second.last_seen = clock_->Now();
 }
 
 bool RoundDriver::AliveLocked(const std::string& site, Clock::time_point now) const {
@@ -302,7 +293,7 @@ bool RoundDriver::AliveLocked(const std::string& site, Clock::time_point now) co
 }
 
 std::vector<std::string> RoundDriver::LiveSitesLocked() const {
-  const auto now = Clock::now();
+  const auto now = clock_->Now();
   std::vector<std::string> out;
   for (const auto& [name, s] : sites_) {
     if (AliveLocked(name, now)) out.push_back(name);
@@ -469,7 +460,7 @@ StatusOr<std::optional<Task>> RoundDriver::NextTask(const std::string& site, uin
   std::unique_lock<std::mutex> lock(mu_);
   SiteState& s = sites_.at(site);
   auto ready = [&] { return shutdown_ || s.generation != gen || !s.queue.empty(); };
-  cv_.wait_for(lock, wait, ready);
+  WaitLocked(lock, clock_->Now() + wait, ready);
   if (s.revoked) return absl::PermissionDeniedError(absl::StrCat("site ", site, " was revoked"));
   if (s.generation != gen) return absl::CancelledError("stream replaced by a newer Subscribe");
   if (!s.queue.empty()) {
@@ -692,7 +683,7 @@ StatusView RoundDriver::GetStatus() {
   StatusView v;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    const auto now = Clock::now();
+    const auto now = clock_->Now();
     v.committed_round = global_version_;
     v.phase = phase_name_;
     for (const auto& [name, s] : sites_) {
@@ -710,27 +701,21 @@ StatusView RoundDriver::GetStatus() {
       sv.progress = s.progress;
       v.sites.push_back(std::move(sv));
     }
-  }
-  for (int64_t r = 0; r <= v.committed_round; ++r) {
-    auto text = store_->LoadRecord(r);
-    if (!text.ok()) continue;
-    json rec = json::parse(*text, nullptr, false);
-    if (rec.is_discarded()) continue;
-    RoundView rv;
-    rv.round = r;
-    rv.sites = rec.value("sites_reported", 0);
-    rv.train_loss = NumOrNan(rec, "train_loss");
-    rv.val_loss = NumOrNan(rec, "val", "loss");
-    rv.val_auc = NumOrNan(rec, "val", "auc");
-    rv.seconds = NumOrNan(rec, "seconds");
-    v.rounds.push_back(rv);
+    const double none = std::nan("");
+    for (const RoundRecord& r : history_.rounds()) {
+      RoundView rv;
+      rv.round = r.round;
+      rv.sites = r.sites_reported;
+      rv.train_loss = r.train_loss.value_or(none);
+      rv.val_loss = r.val_loss.value_or(none);
+      rv.val_auc = r.val_auc.value_or(none);
+      rv.seconds = r.seconds.value_or(none);
+      v.rounds.push_back(rv);
+    }
+    v.privacy = PrivacyLocked();
   }
   v.log_entries = store_->LogEntries();
   v.secure_aggregation = study_.secure_aggregation;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    v.privacy = PrivacyLocked();
-  }
   return v;
 }
 
@@ -754,7 +739,7 @@ void RoundDriver::RecordRefusal(const std::string& caller, const char* rpc, cons
   int64_t left_out = 0;
   {
     std::lock_guard<std::mutex> lock(refusals_mu_);
-    if (!refusals_.Admit(who, Clock::now(), &left_out)) return;
+    if (!refusals_.Admit(who, clock_->Now(), &left_out)) return;
   }
   const std::string message = SafeText(std::string(s.message()), 1024);
   if (left_out > 0) {
@@ -986,17 +971,26 @@ StatusOr<std::string> RoundDriver::RunAuditRound(std::unique_lock<std::mutex>& l
   return doc.dump(2) + "\n";
 }
 
+bool RoundDriver::WaitLocked(std::unique_lock<std::mutex>& lock, Clock::time_point deadline,
+                             const std::function<bool()>& ready) {
+  while (!ready()) {
+    if (clock_->Now() >= deadline) return false;
+    clock_->WaitUntil(cv_, lock, deadline);
+  }
+  return true;
+}
+
 Status RoundDriver::WaitForSites() {
   std::unique_lock<std::mutex> lock(mu_);
-  const auto deadline = Clock::now() + Seconds(study_.join_timeout_s);
-  auto next_note = Clock::now() + std::chrono::seconds(10);
+  const auto deadline = clock_->Now() + Seconds(study_.join_timeout_s);
+  auto next_note = clock_->Now() + std::chrono::seconds(10);
   while (true) {
     if (shutdown_) return absl::CancelledError("shutting down");
     size_t want = 0;
     for (const auto& [name, s] : sites_) want += s.revoked ? 0 : 1;
     const size_t have = LiveSitesLocked().size();
     if (have >= want) return absl::OkStatus();
-    const auto now = Clock::now();
+    const auto now = clock_->Now();
     if (now >= deadline) {
       if (have >= static_cast<size_t>(study_.min_sites)) {
         spdlog::warn("join timeout: continuing with {} of {} sites", have, want);
@@ -1011,7 +1005,7 @@ Status RoundDriver::WaitForSites() {
       spdlog::info("waiting for sites: {} of {} subscribed", have, want);
       next_note = now + std::chrono::seconds(10);
     }
-    cv_.wait_until(lock, std::min(deadline, next_note));
+    clock_->WaitUntil(cv_, lock, std::min(deadline, next_note));
   }
 }
 
@@ -1023,7 +1017,7 @@ Status RoundDriver::WaitForQuorum(std::unique_lock<std::mutex>& lock, int64_t ro
     // Sites may be reconnecting (after a restart of theirs or ours).
     spdlog::info("round {}: waiting for {} live sites (have {})", round, study_.min_sites,
                  LiveSitesLocked().size());
-    cv_.wait_until(lock, Clock::now() + Seconds(study_.round_deadline_s), enough);
+    WaitLocked(lock, clock_->Now() + Seconds(study_.round_deadline_s), enough);
   }
   if (shutdown_) return absl::CancelledError("shutting down");
   const size_t live = LiveSitesLocked().size();
@@ -1040,7 +1034,7 @@ Status RoundDriver::RunPhase(std::unique_lock<std::mutex>& lock, Phase* p,
                              const std::map<std::string, std::shared_ptr<const v1::RoundTask>>& secure) {
   OpenPhase(p, selected, model_version, secure);
   Status s = AwaitReports(lock, p, selected, quorum,
-                          Clock::now() + Seconds(study_.round_deadline_s));
+                          clock_->Now() + Seconds(study_.round_deadline_s));
   ClosePhase(p);
   return s;
 }
@@ -1094,7 +1088,7 @@ Status RoundDriver::AwaitReports(std::unique_lock<std::mutex>& lock, Phase* p,
                                  Clock::time_point deadline) {
   const auto timeout = Seconds(study_.heartbeat_timeout_s);
   while (!shutdown_) {
-    const auto now = Clock::now();
+    const auto now = clock_->Now();
     // Who is still expected; wake when the first of them would time out. A
     // site found gone is not waited for again in this phase.
     auto wake = deadline;
@@ -1119,7 +1113,7 @@ Status RoundDriver::AwaitReports(std::unique_lock<std::mutex>& lock, Phase* p,
                         study_.straggler_policy == "quorum" &&
                         static_cast<int>(p->done.size()) >= quorum;
     if (waiting == 0 || enough || now >= deadline) break;
-    cv_.wait_until(lock, wake);
+    clock_->WaitUntil(cv_, lock, wake);
   }
   if (shutdown_) return absl::CancelledError("shutting down");
   std::vector<std::string> gone;
@@ -1144,7 +1138,7 @@ Status RoundDriver::AwaitReports(std::unique_lock<std::mutex>& lock, Phase* p,
 }
 
 Status RoundDriver::RunInitRound() {
-  const auto start = Clock::now();
+  const auto start = clock_->Now();
   std::unique_lock<std::mutex> lock(mu_);
   ATTUNE_RETURN_IF_ERROR(WaitForQuorum(lock, 0));
   const std::string first = LiveSitesLocked().front();
@@ -1160,7 +1154,7 @@ Status RoundDriver::RunInitRound() {
 }
 
 Status RoundDriver::RunTrainRound(int64_t round) {
-  const auto start = Clock::now();
+  const auto start = clock_->Now();
   std::unique_lock<std::mutex> lock(mu_);
   ATTUNE_RETURN_IF_ERROR(WaitForQuorum(lock, round));
   std::erase_if(accepted_tasks_, [&](const auto& e) { return e.second.round < round - 1; });
@@ -1261,7 +1255,7 @@ Status RoundDriver::EvaluateAndCommit(std::unique_lock<std::mutex>& lock, int64_
     return s;
   }
   lock.unlock();
-  const double secs = std::chrono::duration<double>(Clock::now() - start).count();
+  const double secs = std::chrono::duration<double>(clock_->Now() - start).count();
   s = CommitRound(round, std::move(model), std::move(server_state), train, eval, describe_json,
                   secs);
   lock.lock();
@@ -1345,8 +1339,10 @@ Status RoundDriver::CommitRound(int64_t round, ServedModel model,
   c.audit_json = audit;
   c.log_detail_json = json{{"strategy", strategy_->name()}, {"updates", updates}}.dump();
   ATTUNE_RETURN_IF_ERROR(store_->CommitRound(c));
+  ATTUNE_ASSIGN_OR_RETURN(RoundRecord committed, RoundRecord::FromJson(round, c.record_json));
   {
     std::lock_guard<std::mutex> lock(mu_);
+    ATTUNE_RETURN_IF_ERROR(history_.Append(std::move(committed), std::move(c.audit_json)));
     global_version_ = round;
     global_model_ = std::move(model);
     global_ = *ViewModel(*global_model_.bytes);  // made by EncodeModel: always a valid view
@@ -1383,55 +1379,27 @@ Status RoundDriver::CommitRound(int64_t round, ServedModel model,
 }
 
 Status RoundDriver::WriteOutputs(bool final_model) {
-  const int64_t last = store_->LastCommittedRound();
-  json summary;
-  summary["study_id"] = study_.study_id;
-  summary["total_rounds"] = study_.rounds;
-  summary["strategy"] = strategy_->name();
-  summary["rounds"] = std::max<int64_t>(last, 0);
-  summary["finished"] = last == study_.rounds || !stop_reason_.empty();
-  if (!stop_reason_.empty()) summary["stopped_early"] = stop_reason_;
-  json history = json::array(), train_loss = json::array(), val_loss = json::array(),
-       val_auc = json::array();
-  for (int64_t r = 0; r <= last; ++r) {
-    ATTUNE_ASSIGN_OR_RETURN(std::string text, store_->LoadRecord(r));
-    json rec = json::parse(text, nullptr, false);
-    if (rec.is_discarded()) return absl::DataLossError(absl::StrCat("round ", r, " record"));
-    history.push_back(rec);
-    const json vl = rec.contains("val") ? rec["val"]["loss"] : json(nullptr);
-    const json va = rec.contains("val") ? rec["val"]["auc"] : json(nullptr);
-    if (r == 0) {
-      summary["initial"] = {{"val_loss", vl}, {"val_auc", va}};
-      continue;
-    }
-    train_loss.push_back(rec["train_loss"]);
-    val_loss.push_back(vl);
-    val_auc.push_back(va);
-    if (rec.contains("test")) {
-      const json& t = rec["test"];
-      summary["final"] = {{"round", r},      {"split", "test"},         {"n", t["n"]},
-                          {"auc", t["auc"]}, {"accuracy", t["accuracy"]}, {"loss", t["loss"]}};
-    }
+  std::string summary, audit_text;
+  int64_t audit_round = -1, last = -1;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    last = static_cast<int64_t>(history_.rounds().size()) - 1;
+    summary = history_.SummaryJson(
+        {study_.study_id, study_.rounds, strategy_->name(), stop_reason_});
+    audit_round = history_.audit_round();
+    audit_text = history_.audit_json();
   }
-  summary["train_loss"] = train_loss;
-  summary["val_loss"] = val_loss;
-  summary["val_auc"] = val_auc;
-  summary["history"] = history;
   std::error_code ec;
   fs::create_directories(options_.out_dir, ec);
-  ATTUNE_RETURN_IF_ERROR(
-      WriteFileAtomic(options_.out_dir + "/summary.json", summary.dump(2) + "\n"));
+  ATTUNE_RETURN_IF_ERROR(WriteFileAtomic(options_.out_dir + "/summary.json", summary));
   // The latest round that was audited (audit.every).
-  for (int64_t r = last; r >= 0; --r) {
-    ATTUNE_ASSIGN_OR_RETURN(std::string audit_text, store_->LoadAudit(r));
-    if (audit_text.empty()) continue;
+  if (audit_round >= 0) {
     json audit = json::parse(audit_text, nullptr, false);
     if (!audit.is_discarded()) {
       audit["study_id"] = study_.study_id;
-      audit["round"] = r;
+      audit["round"] = audit_round;
       ATTUNE_RETURN_IF_ERROR(WriteAuditFiles(options_.out_dir, audit.dump(2) + "\n"));
     }
-    break;
   }
   if (final_model && last >= 0) {
     std::shared_ptr<const std::string> blob;

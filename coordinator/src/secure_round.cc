@@ -17,8 +17,6 @@
 namespace attune::coordinator {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
 const char* StepName(int step) {
   switch (step) {
     case 1: return "advertise keys";
@@ -200,7 +198,7 @@ StatusOr<RoundDriver::SecureSum> RoundDriver::RunSecureAggregation(
                degree == 0 ? std::string("every pair masks")
                            : absl::StrCat(degree, " neighbours each"));
 
-  const auto deadline = Clock::now() + std::chrono::milliseconds(
+  const auto deadline = clock_->Now() + std::chrono::milliseconds(
                                            static_cast<int64_t>(study_.round_deadline_s * 1000));
   // TRAIN starts from the global model; EVALUATE scores the candidate.
   const int64_t model_version = p->kind != Task::Kind::kEvaluate ? global_version_

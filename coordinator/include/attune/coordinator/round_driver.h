@@ -92,7 +92,9 @@
 #include "attune/common/status.h"
 #include "attune/common/store.h"
 #include "attune/common/tensor_codec.h"
+#include "attune/coordinator/clock.h"
 #include "attune/coordinator/refusal_limiter.h"
+#include "attune/coordinator/round_history.h"
 #include "attune/coordinator/strategy.h"
 #include "attune/coordinator/update_intake.h"
 #include "attune/v1/federation.pb.h"
@@ -171,6 +173,10 @@ struct DriverOptions {
   // After the last round, keep serving audit-only rounds (sites stay
   // connected) until Stop(); otherwise the sites get FINISH at once.
   bool serve_audits = false;
+  // The time rounds run by: phases' deadlines, heartbeat timeouts, the
+  // join wait, a task stream's long poll. Null: the system's steady clock;
+  // tests drive a FakeClock (it must outlive the driver).
+  Clock* clock = nullptr;
 };
 
 class RoundDriver {
@@ -249,7 +255,8 @@ class RoundDriver {
   // the subgroup sums, and the audit document (audit.h) of their sum.
   // Queued and run by Run() between training rounds, or at once while a
   // finished study serves audits; waits until `deadline` (DeadlineExceeded
-  // if it has not run by then). Counted as an audit release.
+  // if it has not run by then; `deadline` is on the system's steady clock:
+  // the caller's RPC deadline). Counted as an audit release.
   StatusOr<std::string> Audit(int64_t version, std::string split,
                               std::chrono::steady_clock::time_point deadline);
 
@@ -351,6 +358,10 @@ class RoundDriver {
   void RunPendingAudits(std::unique_lock<std::mutex>& lock);
   StatusOr<std::string> RunAuditRound(std::unique_lock<std::mutex>& lock, const AuditJob& job);
 
+  // Waits on cv_ until `ready()` or the driver's clock reaches `deadline`;
+  // returns ready().
+  bool WaitLocked(std::unique_lock<std::mutex>& lock, Clock::time_point deadline,
+                  const std::function<bool()>& ready);
   Status WaitForSites();
   // Waits up to the round deadline for `min_sites` live sites.
   Status WaitForQuorum(std::unique_lock<std::mutex>& lock, int64_t round);
@@ -439,6 +450,8 @@ class RoundDriver {
   const DriverOptions options_;
   const std::string run_nonce_;
   const std::unique_ptr<Strategy> strategy_;
+  SystemClock system_clock_;
+  Clock* const clock_;
 
   std::mutex mu_;
   std::mutex refusals_mu_;
@@ -480,6 +493,8 @@ class RoundDriver {
   // The cells each population ("split|site,site,...") has had published.
   std::map<std::string, std::set<CellKey>> published_cells_;
   std::string stop_reason_;  // why the study ended before its last round
+  // The committed rounds' records and latest audit (status, summary.json).
+  RoundHistory history_;
   int64_t candidate_version_ = -1;
   ServedModel candidate_model_;
   // Audit-only rounds: the queue, how many ran, whether a finished study
