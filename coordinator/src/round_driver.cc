@@ -107,9 +107,8 @@ RoundDriver::RoundDriver(StudyConfig study, StateStore* store, DriverOptions opt
                          std::unique_ptr<Strategy> strategy)
     : study_(std::move(study)), store_(store), options_(std::move(options)),
       run_nonce_(RandomHex()), strategy_(std::move(strategy)),
-      clock_(options_.clock ? options_.clock : &system_clock_) {
-  for (const auto& s : study_.roster) sites_[s];
-  for (const auto& s : study_.revoked) sites_[s].revoked = true;
+      clock_(options_.clock ? options_.clock : &system_clock_),
+      sites_(clock_, Seconds(study_.heartbeat_timeout_s), study_.roster, study_.revoked) {
   if (!options_.study_path.empty()) study_file_stamp_ = FileStamp(options_.study_path);
 }
 
@@ -279,27 +278,6 @@ Status RoundDriver::ChargeEvaluationLocked(const Phase& eval, Status phase) {
   return phase.ok() ? spent : phase;
 }
 
-void RoundDriver::TouchLocked(const std::string& site) {
-  auto it = sites_.find(site);
-  if (it != sites_.end()) it->second.last_seen = clock_->Now();
-}
-
-bool RoundDriver::AliveLocked(const std::string& site, Clock::time_point now) const {
-  auto it = sites_.find(site);
-  if (it == sites_.end()) return false;
-  const SiteState& s = it->second;
-  return s.subscribed && !s.revoked && s.last_seen &&
-         now - *s.last_seen < Seconds(study_.heartbeat_timeout_s);
-}
-
-std::vector<std::string> RoundDriver::LiveSitesLocked() const {
-  const auto now = clock_->Now();
-  std::vector<std::string> out;
-  for (const auto& [name, s] : sites_) {
-    if (AliveLocked(name, now)) out.push_back(name);
-  }
-  return out;
-}
 
 void RoundDriver::ReloadTermsLocked() {
   if (options_.terms_path.empty()) return;
@@ -349,29 +327,20 @@ void RoundDriver::ReloadRosterLocked() {
                  study_.study_id);
     return;
   }
-  for (const auto& site : next->roster) {
-    if (!sites_.count(site)) {
-      sites_[site];
-      spdlog::info("site {} added to the roster", site);
-      LogLocked("site_added", site, "{}");
-    }
+  const SiteRegistry::RosterChange change = sites_.Apply(*next);
+  for (const auto& site : change.added) {
+    spdlog::info("site {} added to the roster", site);
+    LogLocked("site_added", site, "{}");
   }
-  for (auto& [name, s] : sites_) {
-    const bool revoke = !next->Admits(name);
-    if (revoke == s.revoked) continue;
-    s.revoked = revoke;
-    if (revoke) {
-      // Ends its task stream and takes it out of the open phase's wait.
-      ++s.generation;
-      s.subscribed = false;
-      s.queue.clear();
-      if (phase_ && phase_->task_ids.count(name)) phase_->dropped.insert(name);
-      spdlog::warn("site {} revoked: refused from now on", name);
-      LogLocked("site_revoked", name, "{}");
-    } else {
-      spdlog::info("site {} reinstated", name);
-      LogLocked("site_reinstated", name, "{}");
-    }
+  for (const auto& site : change.revoked) {
+    // Its task stream ended; it is no longer waited for in the open phase.
+    if (phase_ && phase_->task_ids.count(site)) phase_->dropped.insert(site);
+    spdlog::warn("site {} revoked: refused from now on", site);
+    LogLocked("site_revoked", site, "{}");
+  }
+  for (const auto& site : change.reinstated) {
+    spdlog::info("site {} reinstated", site);
+    LogLocked("site_reinstated", site, "{}");
   }
   cv_.notify_all();
 }
@@ -386,23 +355,13 @@ StatusOr<std::string> RoundDriver::Authorize(const std::string& cn, const std::s
           "the ", kOperatorName, " certificate may only read the study's status and run audits"));
     }
   } else {
-    // sites_ holds every name the roster ever had; one taken off the
-    // roster counts as revoked.
-    auto it = sites_.find(cn);
-    if (it == sites_.end()) {
-      return absl::PermissionDeniedError(absl::StrCat(
-          "site '", cn, "' is not on the roster of study '", study_.study_id, "'"));
-    }
-    if (it->second.revoked) {
-      return absl::PermissionDeniedError(absl::StrCat(
-          "site '", cn, "' was revoked from study '", study_.study_id, "'"));
-    }
+    ATTUNE_RETURN_IF_ERROR(sites_.Authorize(cn, study_.study_id));
   }
   if (study_id != study_.study_id) {
     return absl::FailedPreconditionError(absl::StrCat(
         "this coordinator runs study '", study_.study_id, "', not '", study_id, "'"));
   }
-  TouchLocked(cn);
+  sites_.Touch(cn);
   return cn;
 }
 
@@ -417,66 +376,50 @@ Status RoundDriver::Join(const std::string& site, int64_t train_samples, int ran
     ATTUNE_RETURN_IF_ERROR(CheckAuditFeatureNames(study_.model, features));
   }
   std::lock_guard<std::mutex> lock(mu_);
-  SiteState& s = sites_.at(site);
-  s.joined = true;
-  s.train_samples = train_samples;
-  s.features = std::move(features);
-  TouchLocked(site);
-  if (train_samples == 0 && s.features.empty()) {
+  const size_t n_features = features.size();
+  sites_.Join(site, train_samples, std::move(features));
+  if (train_samples == 0 && n_features == 0) {
     spdlog::info("site {} joined; it is loading its data", site);
   } else {
     spdlog::info("site {} joined ({} training samples, {} rank{}, {} audit features)", site,
-                 train_samples, ranks, ranks == 1 ? "" : "s", s.features.size());
+                 train_samples, ranks, ranks == 1 ? "" : "s", n_features);
   }
   LogLocked("site_joined", site,
             json{{"train_samples", train_samples},
                  {"ranks", ranks},
-                 {"audit_features", s.features.size()}}
+                 {"audit_features", n_features}}
                 .dump());
   return absl::OkStatus();
 }
 
 StatusOr<uint64_t> RoundDriver::Subscribe(const std::string& site) {
   std::lock_guard<std::mutex> lock(mu_);
-  SiteState& s = sites_.at(site);
-  if (!s.joined) return absl::FailedPreconditionError("call Join before Subscribe");
-  s.subscribed = true;
-  s.queue.clear();
+  if (!sites_.Joined(site)) return absl::FailedPreconditionError("call Join before Subscribe");
   // A site that (re)subscribes while its task is open starts afresh at the
   // next phase: a restarted worker has lost its work, and a reconnected one
   // may still submit under its old task id while the phase is open.
   if (phase_ && phase_->task_ids.count(site) && !phase_->done.count(site)) {
     phase_->dropped.insert(site);
   }
-  if (finished_) s.queue.push_back(FinishTask(site));
-  ++s.generation;
-  TouchLocked(site);
+  const uint64_t generation =
+      sites_.Subscribe(site, finished_ ? std::optional<Task>(FinishTask(site)) : std::nullopt);
   cv_.notify_all();
-  return s.generation;
+  return generation;
 }
 
 StatusOr<std::optional<Task>> RoundDriver::NextTask(const std::string& site, uint64_t gen,
                                                     std::chrono::milliseconds wait) {
   std::unique_lock<std::mutex> lock(mu_);
-  SiteState& s = sites_.at(site);
-  auto ready = [&] { return shutdown_ || s.generation != gen || !s.queue.empty(); };
-  WaitLocked(lock, clock_->Now() + wait, ready);
-  if (s.revoked) return absl::PermissionDeniedError(absl::StrCat("site ", site, " was revoked"));
-  if (s.generation != gen) return absl::CancelledError("stream replaced by a newer Subscribe");
-  if (!s.queue.empty()) {
-    Task t = std::move(s.queue.front());
-    s.queue.pop_front();
-    return std::optional<Task>(std::move(t));
-  }
+  WaitLocked(lock, clock_->Now() + wait, [&] { return shutdown_ || sites_.Ready(site, gen); });
+  ATTUNE_ASSIGN_OR_RETURN(std::optional<Task> task, sites_.Take(site, gen));
+  if (task) return task;
   if (shutdown_) return absl::CancelledError("coordinator is shutting down");
   return std::optional<Task>();
 }
 
 void RoundDriver::Unsubscribe(const std::string& site, uint64_t gen) {
   std::lock_guard<std::mutex> lock(mu_);
-  SiteState& s = sites_.at(site);
-  if (s.generation == gen && s.subscribed) {
-    s.subscribed = false;
+  if (sites_.Unsubscribe(site, gen)) {
     spdlog::info("site {} disconnected", site);
     cv_.notify_all();
   }
@@ -484,8 +427,7 @@ void RoundDriver::Unsubscribe(const std::string& site, uint64_t gen) {
 
 int64_t RoundDriver::Heartbeat(const std::string& site, const std::string& progress) {
   std::lock_guard<std::mutex> lock(mu_);
-  TouchLocked(site);
-  sites_.at(site).progress = progress;
+  sites_.Heartbeat(site, progress);
   return phase_ ? phase_->round : -1;
 }
 
@@ -563,7 +505,7 @@ StatusOr<std::unique_ptr<UpdateIntake>> RoundDriver::BeginUpdate(const std::stri
   ATTUNE_RETURN_IF_ERROR(open);
   // An update's weight is at most what the site declared at Join (its
   // training patients), so that no site takes the others' weight.
-  if (const int64_t declared = sites_.at(site).train_samples; h.num_examples > declared) {
+  if (const int64_t declared = sites_.TrainSamples(site); h.num_examples > declared) {
     return absl::InvalidArgumentError(absl::StrCat(
         "num_examples ", h.num_examples, " is more than the ", declared,
         " training patients site ", site, " declared when it joined"));
@@ -611,7 +553,7 @@ Status RoundDriver::FinishUpdate(const std::string& site, std::unique_ptr<Update
     sp->secure->masked_sha256[site] = h.total_sha256;
     accepted_tasks_[h.task_id] = {site, h.round, h.total_sha256};
     sp->done.insert(site);
-    TouchLocked(site);
+    sites_.Touch(site);
     spdlog::info("round {}: masked input from {} accepted", p.round, site);
     cv_.notify_all();
     return absl::OkStatus();
@@ -629,7 +571,7 @@ Status RoundDriver::FinishUpdate(const std::string& site, std::unique_ptr<Update
   accepted_tasks_[h.task_id] = {site, h.round, a.sha256};
   p.accepted[site] = std::move(a);
   p.done.insert(site);
-  TouchLocked(site);
+  sites_.Touch(site);
   spdlog::info("round {}: {} from {} accepted ({} examples, update norm {:.4g})", p.round,
                KindName(p.kind), site, h.num_examples, intake->norm());
   cv_.notify_all();
@@ -661,7 +603,7 @@ Status RoundDriver::SubmitEval(const std::string& site, const std::string& task_
   spec.bins = study_.audit.histogram_bins;
   spec.modalities = ModalityNames();
   if (p.audit) {
-    spec.features = sites_.at(site).features;
+    spec.features = sites_.Features(site);
     spec.columns = study_.audit.columns;
     spec.values = study_.audit.values;
   }
@@ -683,24 +625,9 @@ StatusView RoundDriver::GetStatus() {
   StatusView v;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    const auto now = clock_->Now();
     v.committed_round = global_version_;
     v.phase = phase_name_;
-    for (const auto& [name, s] : sites_) {
-      SiteView sv;
-      sv.site = name;
-      sv.subscribed = s.subscribed;
-      sv.alive = AliveLocked(name, now);
-      sv.revoked = s.revoked;
-      sv.last_seen_ms_ago =
-          s.last_seen ? std::chrono::duration_cast<std::chrono::milliseconds>(now - *s.last_seen)
-                            .count()
-                      : -1;
-      sv.train_samples = s.train_samples;
-      sv.rounds_contributed = s.rounds_contributed;
-      sv.progress = s.progress;
-      v.sites.push_back(std::move(sv));
-    }
+    v.sites = sites_.Views();
     const double none = std::nan("");
     for (const RoundRecord& r : history_.rounds()) {
       RoundView rv;
@@ -845,7 +772,7 @@ Status RoundDriver::Run() {
   }
   phase_name_ = "finished";
   finished_ = true;
-  for (auto& [name, s] : sites_) s.queue.push_back(FinishTask(name));
+  for (const auto& name : sites_.Names()) sites_.Send(name, FinishTask(name));
   cv_.notify_all();
   return absl::OkStatus();
 }
@@ -945,8 +872,8 @@ StatusOr<std::string> RoundDriver::RunAuditRound(std::unique_lock<std::mutex>& l
   audit_version_ = job.version;
   audit_served_ = std::move(blob);
   Status s = study_.secure_aggregation
-                 ? RunSecureEvalPhase(lock, &eval, LiveSitesLocked())
-                 : RunPhase(lock, &eval, LiveSitesLocked(), job.version, study_.min_sites);
+                 ? RunSecureEvalPhase(lock, &eval, sites_.Live())
+                 : RunPhase(lock, &eval, sites_.Live(), job.version, study_.min_sites);
   audit_version_ = -1;
   audit_served_ = {};
   ATTUNE_RETURN_IF_ERROR(ChargeEvaluationLocked(eval, std::move(s)));
@@ -986,9 +913,8 @@ Status RoundDriver::WaitForSites() {
   auto next_note = clock_->Now() + std::chrono::seconds(10);
   while (true) {
     if (shutdown_) return absl::CancelledError("shutting down");
-    size_t want = 0;
-    for (const auto& [name, s] : sites_) want += s.revoked ? 0 : 1;
-    const size_t have = LiveSitesLocked().size();
+    const size_t want = sites_.Admitted();
+    const size_t have = sites_.Live().size();
     if (have >= want) return absl::OkStatus();
     const auto now = clock_->Now();
     if (now >= deadline) {
@@ -1011,16 +937,16 @@ Status RoundDriver::WaitForSites() {
 
 Status RoundDriver::WaitForQuorum(std::unique_lock<std::mutex>& lock, int64_t round) {
   auto enough = [&] {
-    return shutdown_ || static_cast<int>(LiveSitesLocked().size()) >= study_.min_sites;
+    return shutdown_ || static_cast<int>(sites_.Live().size()) >= study_.min_sites;
   };
   if (!enough()) {
     // Sites may be reconnecting (after a restart of theirs or ours).
     spdlog::info("round {}: waiting for {} live sites (have {})", round, study_.min_sites,
-                 LiveSitesLocked().size());
+                 sites_.Live().size());
     WaitLocked(lock, clock_->Now() + Seconds(study_.round_deadline_s), enough);
   }
   if (shutdown_) return absl::CancelledError("shutting down");
-  const size_t live = LiveSitesLocked().size();
+  const size_t live = sites_.Live().size();
   if (static_cast<int>(live) < study_.min_sites) {
     return absl::UnavailableError(absl::StrCat("round ", round, ": only ", live,
                                                " sites live, min_sites = ", study_.min_sites));
@@ -1053,7 +979,7 @@ void RoundDriver::OpenPhase(
     if (p->audit_id > 0) absl::StrAppend(&t.task_id, "/audit-", p->audit_id);
     if (auto it = secure.find(site); it != secure.end()) t.secure = it->second;
     p->task_ids[site] = t.task_id;
-    sites_[site].queue.push_back(t);
+    sites_.Send(site, t);
   }
   if (p->kind == Task::Kind::kEvaluate) {
     // Reports add into sums shaped by the study, named as the sites agree.
@@ -1072,7 +998,7 @@ void RoundDriver::OpenPhase(
 std::vector<std::string> RoundDriver::AgreedFeaturesLocked(
     const std::vector<std::string>& selected) const {
   std::vector<const std::vector<std::string>*> lists;
-  for (const auto& site : selected) lists.push_back(&sites_.at(site).features);
+  for (const auto& site : selected) lists.push_back(&sites_.Features(site));
   return AgreedAuditFeatureNames(study_.model, lists);
 }
 
@@ -1086,7 +1012,6 @@ void RoundDriver::ClosePhase(Phase* p) {
 Status RoundDriver::AwaitReports(std::unique_lock<std::mutex>& lock, Phase* p,
                                  const std::vector<std::string>& selected, int quorum,
                                  Clock::time_point deadline) {
-  const auto timeout = Seconds(study_.heartbeat_timeout_s);
   while (!shutdown_) {
     const auto now = clock_->Now();
     // Who is still expected; wake when the first of them would time out. A
@@ -1094,8 +1019,8 @@ Status RoundDriver::AwaitReports(std::unique_lock<std::mutex>& lock, Phase* p,
     auto wake = deadline;
     for (const auto& site : selected) {
       if (p->done.count(site) || p->dropped.count(site)) continue;
-      if (AliveLocked(site, now)) {
-        wake = std::min(wake, *sites_[site].last_seen + timeout);
+      if (sites_.Alive(site, now)) {
+        wake = std::min(wake, sites_.Expiry(site));
       } else {
         p->dropped.insert(site);
         spdlog::warn("round {} ({}): site {} is gone; not waiting for it", p->round,
@@ -1141,7 +1066,7 @@ Status RoundDriver::RunInitRound() {
   const auto start = clock_->Now();
   std::unique_lock<std::mutex> lock(mu_);
   ATTUNE_RETURN_IF_ERROR(WaitForQuorum(lock, 0));
-  const std::string first = LiveSitesLocked().front();
+  const std::string first = sites_.Live().front();
   Phase init;
   init.kind = Task::Kind::kInit;
   init.round = 0;
@@ -1171,7 +1096,7 @@ Status RoundDriver::RunTrainRound(int64_t round) {
           round, ledger_->epsilon(), next, ledger_->budget(), ledger_->delta(), round - 1));
     }
   }
-  const std::vector<std::string> selected = SelectForTraining(round, LiveSitesLocked());
+  const std::vector<std::string> selected = SelectForTraining(round, sites_.Live());
   Phase train;
   train.kind = Task::Kind::kTrain;
   train.round = round;
@@ -1246,8 +1171,8 @@ Status RoundDriver::EvaluateAndCommit(std::unique_lock<std::mutex>& lock, int64_
   eval.audit = round % study_.audit.every == 0 || round == study_.rounds;
   phase_name_ = absl::StrCat("round ", round, ": evaluate");
   Status s = study_.secure_aggregation
-                 ? RunSecureEvalPhase(lock, &eval, LiveSitesLocked())
-                 : RunPhase(lock, &eval, LiveSitesLocked(), round, study_.min_sites);
+                 ? RunSecureEvalPhase(lock, &eval, sites_.Live())
+                 : RunPhase(lock, &eval, sites_.Live(), round, study_.min_sites);
   s = ChargeEvaluationLocked(eval, std::move(s));
   if (!s.ok()) {
     candidate_version_ = -1;
@@ -1349,7 +1274,7 @@ Status RoundDriver::CommitRound(int64_t round, ServedModel model,
     server_state_ = std::move(server_state);
     candidate_version_ = -1;
     candidate_model_ = {};
-    for (const auto& [site, a] : train.accepted) ++sites_[site].rounds_contributed;
+    for (const auto& [site, a] : train.accepted) sites_.Contributed(site);
   }
   auto metric = [&](const char* split, const char* key) -> std::string {
     if (!record.contains(split) || record[split][key].is_null()) return "  n/a ";

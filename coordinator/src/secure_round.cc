@@ -86,7 +86,7 @@ Status RoundDriver::SecAggAdvertise(const std::string& site, const std::string& 
   ATTUNE_RETURN_IF_ERROR(sec.server->AddAdvertisement(ad));
   sec.certificates[index] = std::move(certificate_pem);
   p->done.insert(site);
-  TouchLocked(site);
+  sites_.Touch(site);
   cv_.notify_all();
   return absl::OkStatus();
 }
@@ -97,7 +97,7 @@ Status RoundDriver::SecAggShares(const std::string& site, const std::string& tas
   ATTUNE_ASSIGN_OR_RETURN(Phase * p, SecureStepLocked(site, task_id, round, 2));
   ATTUNE_RETURN_IF_ERROR(p->secure->server->AddSealedShares(p->secure->index.at(site), shares));
   p->done.insert(site);
-  TouchLocked(site);
+  sites_.Touch(site);
   cv_.notify_all();
   return absl::OkStatus();
 }
@@ -124,7 +124,7 @@ Status RoundDriver::SecAggConfirm(const std::string& site, const std::string& ta
   }
   sec.confirmations[index] = std::move(signature);
   p->done.insert(site);
-  TouchLocked(site);
+  sites_.Touch(site);
   cv_.notify_all();
   return absl::OkStatus();
 }
@@ -136,7 +136,7 @@ Status RoundDriver::SecAggUnmask(const std::string& site, const std::string& tas
   response.site = p->secure->index.at(site);
   ATTUNE_RETURN_IF_ERROR(p->secure->server->AddUnmaskResponse(response));
   p->done.insert(site);
-  TouchLocked(site);
+  sites_.Touch(site);
   cv_.notify_all();
   return absl::OkStatus();
 }
@@ -221,7 +221,7 @@ StatusOr<RoundDriver::SecureSum> RoundDriver::RunSecureAggregation(
       task.model_version = model_version;
       task.task_id = p->task_ids.at(site);
       task.secure = std::move(msg);
-      sites_[site].queue.push_back(std::move(task));
+      sites_.Send(site, std::move(task));
     }
     cv_.notify_all();
     return AwaitReports(lock, p, sites, t, deadline);
@@ -307,7 +307,7 @@ Status RoundDriver::RunSecureTrainPhase(std::unique_lock<std::mutex>& lock, Phas
   std::vector<double> weight(n, 1.0);
   if (!study_.privacy.enabled()) {
     for (int i = 0; i < n; ++i) {
-      weight[i] = static_cast<double>(std::max<int64_t>(1, sites_[selected[i]].train_samples));
+      weight[i] = static_cast<double>(std::max<int64_t>(1, sites_.TrainSamples(selected[i])));
     }
   }
   double total_weight = 0;
@@ -337,7 +337,7 @@ Status RoundDriver::RunSecureTrainPhase(std::unique_lock<std::mutex>& lock, Phas
   ATTUNE_ASSIGN_OR_RETURN(secagg::Quantizer q, secagg::Quantizer::Make(study_.secagg.value_clip, n));
   for (const auto& site : p->done) {
     Accepted a;
-    a.num_examples = std::max<int64_t>(1, sites_[site].train_samples);
+    a.num_examples = std::max<int64_t>(1, sites_.TrainSamples(site));
     a.sha256 = p->secure->masked_sha256[site];
     p->accepted[site] = std::move(a);
   }

@@ -1,7 +1,11 @@
 // The round driver: the coordinator's core, free of gRPC types, driven by
 // Run() on one thread while the service threads call the site-facing
 // methods. All methods are thread-safe (one mutex, `mu_`); nothing slow
-// (aggregation, disk writes of models) runs under it.
+// (aggregation, disk writes of models) runs under it. The sites (roster,
+// sessions, task queues, liveness) are a SiteRegistry, the committed rounds
+// a RoundHistory, and time a Clock (DriverOptions::clock): each is tested
+// on its own, and the driver's rounds in one process on a FakeClock
+// (round_driver_test.cc).
 //
 // NOTE [Round lifecycle]
 // A study is a sequence of rounds; round r turns global model v_{r-1} into
@@ -95,27 +99,14 @@
 #include "attune/coordinator/clock.h"
 #include "attune/coordinator/refusal_limiter.h"
 #include "attune/coordinator/round_history.h"
+#include "attune/coordinator/site_registry.h"
 #include "attune/coordinator/strategy.h"
+#include "attune/coordinator/task.h"
 #include "attune/coordinator/update_intake.h"
 #include "attune/v1/federation.pb.h"
 
 namespace attune::coordinator {
 
-struct Task {
-  enum class Kind {
-    kInit, kTrain, kEvaluate, kFinish, kSecAggShare, kSecAggMask, kSecAggConfirm, kSecAggUnmask
-  };
-  Kind kind = Kind::kTrain;
-  int64_t round = 0;
-  int64_t model_version = -1;
-  std::vector<std::string> splits;  // EVALUATE only
-  bool audit = false;               // EVALUATE: also the subgroup audit sums
-  std::string task_id;
-  // Secure aggregation and DP fields of the task message (setup, relayed
-  // advertisements, sealed shares, survivors), merged into it as they are.
-  std::shared_ptr<const v1::RoundTask> secure;
-};
-const char* KindName(Task::Kind k);
 
 // A model the coordinator serves: its encoding and that encoding's
 // SHA-256, computed once and announced with every fetch of it.
@@ -125,17 +116,6 @@ struct ServedModel {
   explicit operator bool() const { return bytes != nullptr; }
   // Hashes `bytes`.
   static ServedModel Of(std::string bytes);
-};
-
-struct SiteView {
-  std::string site;
-  bool subscribed = false;
-  bool alive = false;
-  bool revoked = false;
-  int64_t last_seen_ms_ago = -1;
-  int64_t train_samples = 0;
-  int64_t rounds_contributed = 0;
-  std::string progress;
 };
 
 struct RoundView {
@@ -276,18 +256,6 @@ class RoundDriver {
   static constexpr int64_t kMaxTrainSamples = 1'000'000'000;
 
  private:
-  struct SiteState {
-    bool joined = false;
-    bool subscribed = false;
-    bool revoked = false;
-    uint64_t generation = 0;
-    int64_t train_samples = 0;
-    std::vector<std::string> features;  // audit features, from Join
-    int64_t rounds_contributed = 0;
-    std::optional<std::chrono::steady_clock::time_point> last_seen;
-    std::string progress;
-    std::deque<Task> queue;
-  };
   struct Accepted {
     std::string path;     // spool file (TRAIN)
     std::string sha256;   // payload digest, for idempotent resubmission
@@ -338,9 +306,6 @@ class RoundDriver {
   Status RoundClosedLocked(int64_t round) const;
   Status CheckOpenTaskLocked(const std::string& site, const std::string& task_id,
                              int64_t round);
-  bool AliveLocked(const std::string& site, std::chrono::steady_clock::time_point now) const;
-  std::vector<std::string> LiveSitesLocked() const;
-  void TouchLocked(const std::string& site);
   void ReloadRosterLocked();
   // The audit features' names for `selected` (AgreedAuditFeatureNames).
   std::vector<std::string> AgreedFeaturesLocked(const std::vector<std::string>& selected) const;
@@ -459,7 +424,8 @@ class RoundDriver {
   std::condition_variable cv_;
   bool shutdown_ = false;
   bool finished_ = false;  // FINISH is queued for every (re)subscribing site
-  std::map<std::string, SiteState> sites_;
+  // Roster, sessions, task queues and liveness (on clock_).
+  SiteRegistry sites_;
   std::string study_file_stamp_;     // inode/mtime/size of the study file last read
   std::string terms_file_stamp_;     // the same, of the terms file
   int64_t terms_version_ = 0;
