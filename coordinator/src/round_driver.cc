@@ -435,8 +435,8 @@ int64_t RoundDriver::heartbeat_interval_ms() const {
   return std::max<int64_t>(100, static_cast<int64_t>(study_.heartbeat_timeout_s * 1000 / 4));
 }
 
-double RoundDriver::proximal_mu() const {
-  return study_.strategy.name == "fedprox" ? study_.strategy.proximal_mu : 0.0;
+SiteTraining RoundDriver::TrainingFor(const std::string& site) const {
+  return strategy_->TrainingFor(study_.train, site);
 }
 
 StatusOr<ServedModel> RoundDriver::Model(int64_t version) {

@@ -405,7 +405,7 @@ grpc::Status FederationService::Subscribe(grpc::ServerContext* ctx, const v1::Si
   ATTUNE_AUTHORIZE_OR_REFUSE(site, "Subscribe", req->study_id());
   auto gen = driver_->Subscribe(*site);
   if (!gen.ok()) return Refuse(ctx, *site, "Subscribe", gen.status());
-  const TrainConfig& train = driver_->study().train;
+  const SiteTraining train = driver_->TrainingFor(*site);
   grpc::Status result = grpc::Status::OK;
   while (!ctx->IsCancelled()) {
     auto next = driver_->NextTask(*site, *gen, std::chrono::milliseconds(500));
@@ -428,7 +428,7 @@ grpc::Status FederationService::Subscribe(grpc::ServerContext* ctx, const v1::Si
     h->set_batch_size(train.batch_size);
     h->set_learning_rate(static_cast<float>(train.learning_rate));
     h->set_seed(train.seed);
-    h->set_proximal_mu(static_cast<float>(driver_->proximal_mu()));
+    h->set_proximal_mu(static_cast<float>(train.proximal_mu));
     if (t.secure) msg.MergeFrom(*t.secure);
     msg.set_terms(*driver_->SignedTerms());
     if (!write(msg)) break;

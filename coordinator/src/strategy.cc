@@ -101,13 +101,24 @@ class MeanStrategy : public StrategyBase {
 
 class FedAvg final : public MeanStrategy {
  public:
-  using MeanStrategy::MeanStrategy;
+  // `proximal_mu` > 0: FedProx (Li et al.): the same aggregation, with each
+  // site's local objective given the proximal term mu/2 ||w - w_global||^2.
+  FedAvg(const char* name, double proximal_mu = 0)
+      : MeanStrategy(name), proximal_mu_(proximal_mu) {}
+
+  SiteTraining TrainingFor(const TrainConfig& study, const std::string& site) const override {
+    SiteTraining t = Strategy::TrainingFor(study, site);
+    t.proximal_mu = proximal_mu_;
+    return t;
+  }
 
  private:
   void Step(std::span<const double> mean, std::span<const float> global,
             std::span<const std::span<float>>, std::span<float> out) override {
     for (size_t c = 0; c < out.size(); ++c) out[c] = static_cast<float>(global[c] + mean[c]);
   }
+
+  const double proximal_mu_;
 };
 
 class FedAvgM final : public MeanStrategy {
@@ -313,11 +324,20 @@ class Krum final : public StrategyBase {
 
 }  // namespace
 
+SiteTraining Strategy::TrainingFor(const TrainConfig& study, const std::string&) const {
+  SiteTraining t;
+  t.local_epochs = study.local_epochs;
+  t.batch_size = study.batch_size;
+  t.learning_rate = study.learning_rate;
+  t.seed = study.seed;
+  return t;
+}
+
 StatusOr<std::unique_ptr<Strategy>> MakeStrategy(const StrategyConfig& c) {
   using Kind = Adaptive::Kind;
   const std::string& n = c.name;
   if (n == "fedavg") return std::make_unique<FedAvg>("fedavg");
-  if (n == "fedprox") return std::make_unique<FedAvg>("fedprox");
+  if (n == "fedprox") return std::make_unique<FedAvg>("fedprox", c.proximal_mu);
   if (n == "fedavgm") return std::make_unique<FedAvgM>(c.server_learning_rate, c.momentum);
   if (n == "fedadagrad") return std::make_unique<Adaptive>("fedadagrad", Kind::kAdagrad, c);
   if (n == "fedadam") return std::make_unique<Adaptive>("fedadam", Kind::kAdam, c);

@@ -138,6 +138,30 @@ TEST(Strategy, FedProxAggregatesLikeFedAvg) {
   EXPECT_STREQ(rounds.strategy().name(), "fedprox");
 }
 
+// The strategy decides what each site trains with: the study's settings,
+// and FedProx's proximal term (only fedprox's).
+TEST(Strategy, TheStrategyDecidesEachSitesTraining) {
+  TrainConfig train;
+  train.local_epochs = 3;
+  train.batch_size = 16;
+  train.learning_rate = 0.01;
+  train.seed = 42;
+  StrategyConfig prox = Config("fedprox");
+  prox.proximal_mu = 0.25;
+  for (const std::string name : {"fedprox", "fedavg", "fedadam", "krum"}) {
+    StrategyConfig c = name == "fedprox" ? prox : Config(name);
+    c.proximal_mu = 0.25;  // set for all; only fedprox uses it
+    auto s = MakeStrategy(c);
+    ASSERT_TRUE(s.ok()) << name;
+    const SiteTraining t = (*s)->TrainingFor(train, "site-1");
+    EXPECT_EQ(t.local_epochs, 3) << name;
+    EXPECT_EQ(t.batch_size, 16) << name;
+    EXPECT_DOUBLE_EQ(t.learning_rate, 0.01) << name;
+    EXPECT_EQ(t.seed, 42u) << name;
+    EXPECT_DOUBLE_EQ(t.proximal_mu, name == "fedprox" ? 0.25 : 0.0) << name;
+  }
+}
+
 TEST(Strategy, FedAvgMCarriesMomentumAcrossRounds) {
   StrategyConfig c = Config("fedavgm");
   c.momentum = 0.5;

@@ -226,8 +226,9 @@ class RoundDriver {
   int64_t heartbeat_interval_ms() const;
   // The current signed terms, as the owner signed them ("" without any).
   std::shared_ptr<const std::string> SignedTerms();
-  // Proximal μ for FedProx (0 for other strategies), sent with every task.
-  double proximal_mu() const;
+  // The local training the study's strategy asks of `site` (sent with
+  // every task).
+  SiteTraining TrainingFor(const std::string& site) const;
 
   // --- for the operator ---
   // An audit-only round over every live site: model `version` (a committed
