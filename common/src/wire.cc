@@ -7,6 +7,7 @@
 #include <google/protobuf/wire_format_lite.h>
 
 #include "absl/strings/str_cat.h"
+#include "attune/common/secure_update.h"
 #include "attune/common/tensor_codec.h"
 #include "attune/common/text.h"
 
@@ -116,6 +117,87 @@ EvalLayout LayoutFromProto(const v1::RoundTask& task) {
   l.features.assign(task.eval_layout().features().begin(), task.eval_layout().features().end());
   for (const auto& c : task.eval_layout().cells()) l.cells.emplace_back(c.column(), c.value());
   return l;
+}
+
+namespace {
+
+v1::RoundTask::Kind ToProto(Task::Kind k) {
+  switch (k) {
+    case Task::Kind::kInit: return v1::RoundTask::INIT;
+    case Task::Kind::kTrain: return v1::RoundTask::TRAIN;
+    case Task::Kind::kEvaluate: return v1::RoundTask::EVALUATE;
+    case Task::Kind::kFinish: return v1::RoundTask::FINISH;
+    case Task::Kind::kSecAggShare: return v1::RoundTask::SECAGG_SHARE;
+    case Task::Kind::kSecAggMask: return v1::RoundTask::SECAGG_MASK;
+    case Task::Kind::kSecAggConfirm: return v1::RoundTask::SECAGG_CONFIRM;
+    case Task::Kind::kSecAggUnmask: return v1::RoundTask::SECAGG_UNMASK;
+  }
+  return v1::RoundTask::KIND_UNSPECIFIED;
+}
+
+void ToProto(const SecureTaskParts& in, v1::RoundTask* out) {
+  if (in.setup) {
+    const SecAggTerms& t = *in.setup;
+    v1::SecAggSetup* s = out->mutable_secagg();
+    s->set_context(t.context);
+    s->set_index(t.index);
+    for (const auto& name : t.sites) s->add_sites(name);
+    s->set_threshold(t.threshold);
+    s->set_degree(t.degree);
+    s->set_length(t.length);
+    s->set_value_clip(t.value_clip);
+    s->set_weight(t.weight);
+  }
+  if (in.dp) {
+    out->mutable_dp()->set_clip_norm(in.dp->clip_norm);
+    out->mutable_dp()->set_noise_stddev(in.dp->noise_stddev);
+  }
+  if (in.eval_layout) *out->mutable_eval_layout() = ToProto(*in.eval_layout);
+  for (const auto& [ad, pem] : in.advertisements) *out->add_advertisements() = secagg::ToProto(ad, pem);
+  for (const auto& sh : in.shares) *out->add_shares() = secagg::ToProto(sh);
+  for (int v : in.survivors) out->add_survivors(v);
+  for (int v : in.dropped) out->add_dropped(v);
+  for (const auto& [site, signature] : in.confirmations) {
+    v1::SecAggConfirmation* c = out->add_confirmations();
+    c->set_site(site);
+    c->set_signature(signature);
+  }
+}
+
+}  // namespace
+
+v1::RoundTask ToProto(const Task& task, std::string_view study_id, const TrainSettings& train,
+                      const std::string& terms) {
+  v1::RoundTask msg;
+  msg.set_kind(ToProto(task.kind));
+  msg.set_study_id(std::string(study_id));
+  msg.set_round(task.round);
+  msg.set_model_version(task.model_version);
+  msg.set_task_id(task.task_id);
+  for (const auto& split : task.splits) msg.add_splits(split);
+  msg.set_audit(task.audit);
+  v1::Hyper* h = msg.mutable_hyper();
+  h->set_local_epochs(train.local_epochs);
+  h->set_batch_size(train.batch_size);
+  h->set_learning_rate(static_cast<float>(train.learning_rate));
+  h->set_seed(train.seed);
+  h->set_proximal_mu(static_cast<float>(train.proximal_mu));
+  if (task.secure) ToProto(*task.secure, &msg);
+  msg.set_terms(terms);
+  return msg;
+}
+
+UpdateHeader HeaderFromProto(const v1::UpdateMeta& meta) {
+  UpdateHeader h;
+  h.task_id = meta.task_id();
+  h.round = meta.round();
+  h.num_examples = meta.num_examples();
+  h.full_weights = meta.full_weights();
+  h.masked = meta.masked();
+  h.metrics.insert(meta.metrics().begin(), meta.metrics().end());
+  h.total_bytes = meta.total_bytes();
+  h.total_sha256 = meta.total_sha256();
+  return h;
 }
 
 namespace {

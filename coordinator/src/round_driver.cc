@@ -82,20 +82,6 @@ std::string FileStamp(const std::string& path) {
 
 }  // namespace
 
-const char* KindName(Task::Kind k) {
-  switch (k) {
-    case Task::Kind::kInit: return "init";
-    case Task::Kind::kTrain: return "train";
-    case Task::Kind::kEvaluate: return "evaluate";
-    case Task::Kind::kFinish: return "finish";
-    case Task::Kind::kSecAggShare: return "secagg-share";
-    case Task::Kind::kSecAggMask: return "secagg-mask";
-    case Task::Kind::kSecAggConfirm: return "secagg-confirm";
-    case Task::Kind::kSecAggUnmask: return "secagg-unmask";
-  }
-  return "?";
-}
-
 ServedModel ServedModel::Of(std::string bytes) {
   ServedModel m;
   m.sha256 = Sha256(bytes);
@@ -106,7 +92,7 @@ ServedModel ServedModel::Of(std::string bytes) {
 RoundDriver::RoundDriver(StudyConfig study, StateStore* store, DriverOptions options,
                          std::unique_ptr<Strategy> strategy)
     : study_(std::move(study)), store_(store), options_(std::move(options)),
-      run_nonce_(RandomHex()), strategy_(std::move(strategy)),
+      run_nonce_(RandomHex()), strategy_(std::move(strategy)), privacy_(study_.privacy),
       clock_(options_.clock ? options_.clock : &system_clock_),
       sites_(clock_, Seconds(study_.heartbeat_timeout_s), study_.roster, study_.revoked) {
   if (!options_.study_path.empty()) study_file_stamp_ = FileStamp(options_.study_path);
@@ -435,7 +421,7 @@ int64_t RoundDriver::heartbeat_interval_ms() const {
   return std::max<int64_t>(100, static_cast<int64_t>(study_.heartbeat_timeout_s * 1000 / 4));
 }
 
-SiteTraining RoundDriver::TrainingFor(const std::string& site) const {
+TrainSettings RoundDriver::TrainingFor(const std::string& site) const {
   return strategy_->TrainingFor(study_.train, site);
 }
 
@@ -957,7 +943,7 @@ Status RoundDriver::WaitForQuorum(std::unique_lock<std::mutex>& lock, int64_t ro
 Status RoundDriver::RunPhase(std::unique_lock<std::mutex>& lock, Phase* p,
                              const std::vector<std::string>& selected, int64_t model_version,
                              int quorum,
-                             const std::map<std::string, std::shared_ptr<const v1::RoundTask>>& secure) {
+                             const std::map<std::string, std::shared_ptr<const SecureTaskParts>>& secure) {
   OpenPhase(p, selected, model_version, secure);
   Status s = AwaitReports(lock, p, selected, quorum,
                           clock_->Now() + Seconds(study_.round_deadline_s));
@@ -967,7 +953,7 @@ Status RoundDriver::RunPhase(std::unique_lock<std::mutex>& lock, Phase* p,
 
 void RoundDriver::OpenPhase(
     Phase* p, const std::vector<std::string>& selected, int64_t model_version,
-    const std::map<std::string, std::shared_ptr<const v1::RoundTask>>& secure) {
+    const std::map<std::string, std::shared_ptr<const SecureTaskParts>>& secure) {
   for (const auto& site : selected) {
     Task t;
     t.kind = p->kind;
@@ -1111,19 +1097,18 @@ Status RoundDriver::RunTrainRound(int64_t round) {
     phase = RunSecureTrainPhase(lock, &train, selected, path, &loss);
     if (phase.ok()) updates.push_back({"secure-sum", path, 1});
   } else {
-    std::map<std::string, std::shared_ptr<const v1::RoundTask>> dp;
-    if (study_.privacy.enabled()) {  // local: each site clips and noises its own update
-      auto task = std::make_shared<v1::RoundTask>();
-      task->mutable_dp()->set_clip_norm(study_.privacy.clip_norm);
-      task->mutable_dp()->set_noise_stddev(DpNoiseStddev(1));
+    std::map<std::string, std::shared_ptr<const SecureTaskParts>> dp;
+    if (auto terms = privacy_.TermsFor(1)) {  // each site clips and noises its own update
+      auto task = std::make_shared<SecureTaskParts>();
+      task->dp = *terms;
       for (const auto& site : selected) dp[site] = task;
     }
     phase = RunPhase(lock, &train, selected, global_version_, study_.min_sites, dp);
-    if (study_.privacy.enabled() && !train.accepted.empty()) {
+    if (privacy_.enabled() && !train.accepted.empty()) {
       // Charged once any site's noised update has arrived, even when the
       // round then fails: what the coordinator received was released.
       Status spent = SpendLocked(absl::StrCat("round ", round, " local updates"),
-                                 study_.privacy.noise_multiplier);
+                                 privacy_.noise_multiplier());
       if (phase.ok()) phase = spent;
     }
     for (const auto& [site, a] : train.accepted) {

@@ -47,15 +47,6 @@ void Take(Status& s, StatusOr<T> answer, T* out) {
 
 }  // namespace
 
-double RoundDriver::DpNoiseStddev(int threshold) const {
-  const PrivacyConfig& p = study_.privacy;
-  if (!p.enabled()) return 0;
-  const double total = p.noise_multiplier * p.clip_norm;
-  // Central: each site adds its share, so that any t survivors together add
-  // at least the whole noise.
-  return p.mode == "central" ? total / std::sqrt(static_cast<double>(threshold)) : total;
-}
-
 StatusOr<RoundDriver::Phase*> RoundDriver::SecureStepLocked(const std::string& site,
                                                             const std::string& task_id,
                                                             int64_t round, int step) {
@@ -177,19 +168,19 @@ StatusOr<RoundDriver::SecureSum> RoundDriver::RunSecureAggregation(
   sec.sites = selected;
   sec.length = options.length;
   sec.context = options.context;
-  std::map<std::string, std::shared_ptr<const v1::RoundTask>> setups;
+  std::map<std::string, std::shared_ptr<const SecureTaskParts>> setups;
   for (int i = 0; i < n; ++i) {
     sec.index[selected[i]] = i;
-    auto task = std::make_shared<v1::RoundTask>();
-    v1::SecAggSetup* s = task->mutable_secagg();
-    s->set_context(options.context);
-    s->set_index(i);
-    for (const auto& name : selected) s->add_sites(name);
-    s->set_threshold(t);
-    s->set_degree(degree);
-    s->set_length(options.length);
-    s->set_value_clip(cfg.value_clip);
-    s->set_weight(spec.weight.empty() ? 1.0 : spec.weight[i]);
+    auto task = std::make_shared<SecureTaskParts>();
+    SecAggTerms& s = task->setup.emplace();
+    s.context = options.context;
+    s.index = i;
+    s.sites = selected;
+    s.threshold = t;
+    s.degree = degree;
+    s.length = options.length;
+    s.value_clip = cfg.value_clip;
+    s.weight = spec.weight.empty() ? 1.0 : spec.weight[i];
     if (spec.fill) spec.fill(t, task.get());
     setups[selected[i]] = std::move(task);
   }
@@ -208,13 +199,13 @@ StatusOr<RoundDriver::SecureSum> RoundDriver::RunSecureAggregation(
   // Each step: the sites that finished the last one are asked for the next.
   auto step_sites = [&] { return std::vector<std::string>(p->done.begin(), p->done.end()); };
   auto next_step = [&](int step, Task::Kind kind,
-                       const std::function<StatusOr<std::shared_ptr<v1::RoundTask>>(int)>& make)
+                       const std::function<StatusOr<std::shared_ptr<SecureTaskParts>>(int)>& make)
       -> Status {
     const std::vector<std::string> sites = step_sites();
     p->done.clear();
     sec.step = step;
     for (const auto& site : sites) {
-      ATTUNE_ASSIGN_OR_RETURN(std::shared_ptr<v1::RoundTask> msg, make(sec.index.at(site)));
+      ATTUNE_ASSIGN_OR_RETURN(std::shared_ptr<SecureTaskParts> msg, make(sec.index.at(site)));
       Task task;
       task.kind = kind;
       task.round = p->round;
@@ -231,20 +222,18 @@ StatusOr<RoundDriver::SecureSum> RoundDriver::RunSecureAggregation(
   std::vector<secagg::Advertisement> ads;
   if (s.ok()) Take(s, sec.server->Advertisements(), &ads);
   if (s.ok()) {
-    s = next_step(2, Task::Kind::kSecAggShare, [&](int) -> StatusOr<std::shared_ptr<v1::RoundTask>> {
-      auto msg = std::make_shared<v1::RoundTask>();
-      for (const auto& a : ads) {
-        *msg->add_advertisements() = secagg::ToProto(a, sec.certificates.at(a.site));
-      }
-      return msg;
-    });
+    // The same relay for every site: one copy, shared by their tasks.
+    auto relay = std::make_shared<SecureTaskParts>();
+    for (const auto& a : ads) relay->advertisements.emplace_back(a, sec.certificates.at(a.site));
+    s = next_step(2, Task::Kind::kSecAggShare,
+                  [&](int) -> StatusOr<std::shared_ptr<SecureTaskParts>> { return relay; });
   }
   if (s.ok()) {
-    s = next_step(3, Task::Kind::kSecAggMask, [&](int i) -> StatusOr<std::shared_ptr<v1::RoundTask>> {
+    s = next_step(3, Task::Kind::kSecAggMask, [&](int i) -> StatusOr<std::shared_ptr<SecureTaskParts>> {
       auto inbox = sec.server->SharesFor(i);
       if (!inbox.ok()) return Retryable(inbox.status());
-      auto msg = std::make_shared<v1::RoundTask>();
-      for (const auto& sh : *inbox) *msg->add_shares() = secagg::ToProto(sh);
+      auto msg = std::make_shared<SecureTaskParts>();
+      msg->shares = *std::move(inbox);
       return msg;
     });
   }
@@ -255,24 +244,18 @@ StatusOr<RoundDriver::SecureSum> RoundDriver::RunSecureAggregation(
     // reveals shares only with t of those signatures.
     sec.survivors = request.survivors;
     std::sort(sec.survivors.begin(), sec.survivors.end());
-    s = next_step(4, Task::Kind::kSecAggConfirm, [&](int) -> StatusOr<std::shared_ptr<v1::RoundTask>> {
-      auto msg = std::make_shared<v1::RoundTask>();
-      for (int v : sec.survivors) msg->add_survivors(v);
-      return msg;
-    });
+    auto survivors = std::make_shared<SecureTaskParts>();
+    survivors->survivors = sec.survivors;
+    s = next_step(4, Task::Kind::kSecAggConfirm,
+                  [&](int) -> StatusOr<std::shared_ptr<SecureTaskParts>> { return survivors; });
   }
   if (s.ok()) {
-    s = next_step(5, Task::Kind::kSecAggUnmask, [&](int) -> StatusOr<std::shared_ptr<v1::RoundTask>> {
-      auto msg = std::make_shared<v1::RoundTask>();
-      for (int v : request.survivors) msg->add_survivors(v);
-      for (int v : request.dropped) msg->add_dropped(v);
-      for (const auto& [site, sig] : sec.confirmations) {
-        v1::SecAggConfirmation* c = msg->add_confirmations();
-        c->set_site(site);
-        c->set_signature(sig);
-      }
-      return msg;
-    });
+    auto unmask = std::make_shared<SecureTaskParts>();
+    unmask->survivors = request.survivors;
+    unmask->dropped = request.dropped;
+    unmask->confirmations.assign(sec.confirmations.begin(), sec.confirmations.end());
+    s = next_step(5, Task::Kind::kSecAggUnmask,
+                  [&](int) -> StatusOr<std::shared_ptr<SecureTaskParts>> { return unmask; });
   }
   SecureSum sum;
   if (s.ok()) Take(s, sec.server->Finish(), &sum.words);
@@ -304,23 +287,15 @@ Status RoundDriver::RunSecureTrainPhase(std::unique_lock<std::mutex>& lock, Phas
   const int64_t params = static_cast<int64_t>(global_.values.size());
   // FedAvg weights from the examples each site declared when it joined (DP:
   // uniform, so that one site moves the sum by at most clip_norm).
-  std::vector<double> weight(n, 1.0);
-  if (!study_.privacy.enabled()) {
-    for (int i = 0; i < n; ++i) {
-      weight[i] = static_cast<double>(std::max<int64_t>(1, sites_.TrainSamples(selected[i])));
-    }
-  }
+  std::vector<double> weight(n);
+  for (int i = 0; i < n; ++i) weight[i] = privacy_.SecureWeight(sites_.TrainSamples(selected[i]));
   double total_weight = 0;
   for (double w : weight) total_weight += w;
   SecureSpec spec;
   spec.purpose = "update";
   spec.length = secagg::InputLength(params);
   for (double w : weight) spec.weight.push_back(w / total_weight);
-  spec.fill = [&](int threshold, v1::RoundTask* task) {
-    if (!study_.privacy.enabled()) return;
-    task->mutable_dp()->set_clip_norm(study_.privacy.clip_norm);
-    task->mutable_dp()->set_noise_stddev(DpNoiseStddev(threshold));
-  };
+  spec.fill = [&](int threshold, SecureTaskParts* task) { task->dp = privacy_.TermsFor(threshold); };
   ATTUNE_ASSIGN_OR_RETURN(SecureSum sum, RunSecureAggregation(lock, p, selected, spec));
 
   // The survivors' weighted sum, rescaled to their own weight: FedAvg over
@@ -328,10 +303,10 @@ Status RoundDriver::RunSecureTrainPhase(std::unique_lock<std::mutex>& lock, Phas
   double survivor_weight = 0;
   for (int v : sum.survivors) survivor_weight += weight[v];
   const int survivors = static_cast<int>(sum.survivors.size());
-  if (study_.privacy.enabled() && study_.privacy.mode == "central") {
+  if (privacy_.enabled() && privacy_.charged_at_unmask()) {
     // Charged when the sum is revealed, committed with the round.
     ATTUNE_RETURN_IF_ERROR(SpendLocked(absl::StrCat("round ", p->round, " update sum"),
-                                       study_.privacy.noise_multiplier));
+                                       privacy_.noise_multiplier()));
   }
   // Rebuild the quantiser the sites used and decode off the lock: O(model).
   ATTUNE_ASSIGN_OR_RETURN(secagg::Quantizer q, secagg::Quantizer::Make(study_.secagg.value_clip, n));
@@ -347,7 +322,7 @@ Status RoundDriver::RunSecureTrainPhase(std::unique_lock<std::mutex>& lock, Phas
   const double scale = total_weight / survivor_weight;
   for (float& v : mean) v = static_cast<float>(v * scale);
   // Under DP the sites leave the (un-noised) loss out: their word is 0.
-  *train_loss = study_.privacy.enabled() ? std::nan("") : mean.back() * secagg::kLossScale;
+  *train_loss = privacy_.reports_loss() ? mean.back() * secagg::kLossScale : std::nan("");
   mean.pop_back();
   Status written = [&]() -> Status {
     ATTUNE_ASSIGN_OR_RETURN(SpoolWriter w, SpoolWriter::Create(spool_path, mean.size()));
@@ -370,7 +345,6 @@ Status RoundDriver::RunSecureEvalPhase(std::unique_lock<std::mutex>& lock, Phase
   const EvalLayout layout = EvalLayout::Make(
       p->splits, study_.audit.histogram_bins, ModalityNames(), std::move(features),
       p->audit ? study_.audit.values : std::map<std::string, std::vector<std::string>>{});
-  const v1::EvalLayout wire = ToProto(layout);
   SecureSpec spec;
   // Each release has its own purpose: a site unmasks one purpose of a
   // round for one set of survivors only.
@@ -378,7 +352,7 @@ Status RoundDriver::RunSecureEvalPhase(std::unique_lock<std::mutex>& lock, Phase
                                                 p->audit_model)
                                  : "evaluation";
   spec.length = layout.Words();
-  spec.fill = [&](int, v1::RoundTask* task) { *task->mutable_eval_layout() = wire; };
+  spec.fill = [&](int, SecureTaskParts* task) { task->eval_layout = layout; };
   ATTUNE_ASSIGN_OR_RETURN(SecureSum sum, RunSecureAggregation(lock, p, selected, spec));
   // A noised sum carries the noise shares of its survivors: settled here.
   const int64_t noised = study_.audit.noised() ? static_cast<int64_t>(sum.survivors.size()) : 0;

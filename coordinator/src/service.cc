@@ -22,20 +22,6 @@
 namespace attune::coordinator {
 namespace {
 
-v1::RoundTask::Kind ToProtoKind(Task::Kind k) {
-  switch (k) {
-    case Task::Kind::kInit: return v1::RoundTask::INIT;
-    case Task::Kind::kTrain: return v1::RoundTask::TRAIN;
-    case Task::Kind::kEvaluate: return v1::RoundTask::EVALUATE;
-    case Task::Kind::kFinish: return v1::RoundTask::FINISH;
-    case Task::Kind::kSecAggShare: return v1::RoundTask::SECAGG_SHARE;
-    case Task::Kind::kSecAggMask: return v1::RoundTask::SECAGG_MASK;
-    case Task::Kind::kSecAggConfirm: return v1::RoundTask::SECAGG_CONFIRM;
-    case Task::Kind::kSecAggUnmask: return v1::RoundTask::SECAGG_UNMASK;
-  }
-  return v1::RoundTask::KIND_UNSPECIFIED;
-}
-
 std::string Progress(const v1::HeartbeatRequest& r) {
   if (r.stage() == "training" && r.epochs() > 0) {
     return absl::StrFormat("training round %d: epoch %d/%d, batch %d/%d", r.round(), r.epoch(),
@@ -405,7 +391,7 @@ grpc::Status FederationService::Subscribe(grpc::ServerContext* ctx, const v1::Si
   ATTUNE_AUTHORIZE_OR_REFUSE(site, "Subscribe", req->study_id());
   auto gen = driver_->Subscribe(*site);
   if (!gen.ok()) return Refuse(ctx, *site, "Subscribe", gen.status());
-  const SiteTraining train = driver_->TrainingFor(*site);
+  const TrainSettings train = driver_->TrainingFor(*site);
   grpc::Status result = grpc::Status::OK;
   while (!ctx->IsCancelled()) {
     auto next = driver_->NextTask(*site, *gen, std::chrono::milliseconds(500));
@@ -415,22 +401,7 @@ grpc::Status FederationService::Subscribe(grpc::ServerContext* ctx, const v1::Si
     }
     if (!next->has_value()) continue;
     const Task& t = **next;
-    v1::RoundTask msg;
-    msg.set_kind(ToProtoKind(t.kind));
-    msg.set_study_id(driver_->study().study_id);
-    msg.set_round(t.round);
-    msg.set_model_version(t.model_version);
-    msg.set_task_id(t.task_id);
-    for (const auto& split : t.splits) msg.add_splits(split);
-    msg.set_audit(t.audit);
-    v1::Hyper* h = msg.mutable_hyper();
-    h->set_local_epochs(train.local_epochs);
-    h->set_batch_size(train.batch_size);
-    h->set_learning_rate(static_cast<float>(train.learning_rate));
-    h->set_seed(train.seed);
-    h->set_proximal_mu(static_cast<float>(train.proximal_mu));
-    if (t.secure) msg.MergeFrom(*t.secure);
-    msg.set_terms(*driver_->SignedTerms());
+    const v1::RoundTask msg = ToProto(t, driver_->study().study_id, train, *driver_->SignedTerms());
     if (!write(msg)) break;
     if (t.kind == Task::Kind::kFinish) break;
   }
@@ -477,16 +448,7 @@ grpc::Status FederationService::SubmitUpdate(grpc::ServerContext* ctx, const Chu
   }
   const v1::UpdateMeta meta = chunk.meta();
   ATTUNE_AUTHORIZE_OR_REFUSE(site, "SubmitUpdate", meta.study_id());
-  UpdateHeader header;
-  header.task_id = meta.task_id();
-  header.round = meta.round();
-  header.num_examples = meta.num_examples();
-  header.full_weights = meta.full_weights();
-  header.masked = meta.masked();
-  header.metrics.insert(meta.metrics().begin(), meta.metrics().end());
-  header.total_bytes = meta.total_bytes();
-  header.total_sha256 = meta.total_sha256();
-  auto intake = driver_->BeginUpdate(*site, header);
+  auto intake = driver_->BeginUpdate(*site, HeaderFromProto(meta));
   if (!intake.ok()) return Refuse(ctx, *site, "SubmitUpdate", intake.status());
   receipt->set_site_id(*site);
   receipt->set_round(meta.round());

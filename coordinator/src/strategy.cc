@@ -106,8 +106,8 @@ class FedAvg final : public MeanStrategy {
   FedAvg(const char* name, double proximal_mu = 0)
       : MeanStrategy(name), proximal_mu_(proximal_mu) {}
 
-  SiteTraining TrainingFor(const TrainConfig& study, const std::string& site) const override {
-    SiteTraining t = Strategy::TrainingFor(study, site);
+  TrainSettings TrainingFor(const TrainConfig& study, const std::string& site) const override {
+    TrainSettings t = Strategy::TrainingFor(study, site);
     t.proximal_mu = proximal_mu_;
     return t;
   }
@@ -324,8 +324,8 @@ class Krum final : public StrategyBase {
 
 }  // namespace
 
-SiteTraining Strategy::TrainingFor(const TrainConfig& study, const std::string&) const {
-  SiteTraining t;
+TrainSettings Strategy::TrainingFor(const TrainConfig& study, const std::string&) const {
+  TrainSettings t;
   t.local_epochs = study.local_epochs;
   t.batch_size = study.batch_size;
   t.learning_rate = study.learning_rate;

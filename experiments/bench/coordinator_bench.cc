@@ -9,8 +9,11 @@
 //   - the time to move the same bytes (per site: the model down twice and an
 //     update up once) over raw TLS 1.3 with the same certificates, in the
 //     same run (OpenSSL sockets, one connection per site, no gRPC; the
-//     median of three transfers).
-// The ratio round / raw TLS is the engine's overhead over the transport.
+//     median of three transfers), and
+//   - the same with the SHA-256 digests the protocol asks for (each model
+//     a site receives, each update at both ends) hashed as the bytes move.
+// The ratio round / raw TLS is the engine's overhead over the transport;
+// round / (TLS + SHA) its overhead over what the protocol cannot skip.
 //
 // With --secure it runs every case twice in the same run, plain FedAvg and
 // secure aggregation (common/secagg.h), and reports both rounds' wall time,
@@ -47,6 +50,7 @@
 #include "absl/strings/str_cat.h"
 #include "attune/common/config.h"
 #include "attune/common/provision.h"
+#include "attune/common/tensor_codec.h"
 #include "attune/common/tls.h"
 #include "fedsim/fake_site.h"
 #include "nlohmann/json.hpp"
@@ -70,6 +74,7 @@ struct Result {
   double peak_rss_mib = 0;
   double round_s = 0;
   double tls_s = 0;
+  double tls_sha_s = 0;      // raw TLS with the protocol's digests
   double site_up_mib = 0;    // mean per site
   double site_update_s = 0;  // mean per site
 };
@@ -126,27 +131,35 @@ SslCtx MakeCtx(const attune::TlsBundle& b, bool server) {
   return ctx;
 }
 
-void Pump(SSL* ssl, uint64_t bytes, bool send) {
+// Moves `bytes`, hashing them with SHA-256 as they go when `hash`.
+void Pump(SSL* ssl, uint64_t bytes, bool send, bool hash) {
   std::vector<char> buf(1 << 20, 'x');
+  attune::Sha256Stream sha;
   while (bytes > 0) {
     const int n = static_cast<int>(std::min<uint64_t>(bytes, buf.size()));
     const int r = send ? SSL_write(ssl, buf.data(), n) : SSL_read(ssl, buf.data(), n);
     if (r <= 0) Die("raw TLS: transfer failed");
+    if (hash) sha.Update(std::string_view(buf.data(), static_cast<size_t>(r)));
     bytes -= static_cast<uint64_t>(r);
   }
+  if (hash) (void)sha.Final();
 }
 
 // One site's share of a round: the model down twice, an update up once.
-void Exchange(SSL* ssl, uint64_t model, bool server) {
-  Pump(ssl, 2 * model, /*send=*/server);
-  Pump(ssl, model, /*send=*/!server);
+// With `digests`, the hashing the protocol asks for besides TLS: a site
+// checks the digest of each model it receives; an update is hashed by the
+// site that sends it and by the coordinator that receives it. (The
+// coordinator hashes each model it serves once, not per site: left out.)
+void Exchange(SSL* ssl, uint64_t model, bool server, bool digests) {
+  for (int i = 0; i < 2; ++i) Pump(ssl, model, /*send=*/server, /*hash=*/digests && !server);
+  Pump(ssl, model, /*send=*/!server, /*hash=*/digests);
   SSL_shutdown(ssl);
   SSL_free(ssl);
 }
 
 // Each of `sites` clients downloads 2 x `model` bytes and uploads `model`
 // bytes over its own mutual-TLS connection, all at once. Returns seconds.
-double RawTlsSeconds(const fs::path& pki, int sites, uint64_t model) {
+double RawTlsSeconds(const fs::path& pki, int sites, uint64_t model, bool digests) {
   auto server_bundle = attune::LoadTlsBundle((pki / "coordinator").string());
   auto client_bundle = attune::LoadTlsBundle((pki / "sites/bench-1").string());
   if (!server_bundle.ok() || !client_bundle.ok()) Die("raw TLS: bundles");
@@ -168,7 +181,7 @@ double RawTlsSeconds(const fs::path& pki, int sites, uint64_t model) {
       SSL* ssl = SSL_new(sctx.get());
       SSL_set_fd(ssl, fd);
       if (SSL_accept(ssl) != 1) Die("raw TLS: accept");
-      Exchange(ssl, model, /*server=*/true);
+      Exchange(ssl, model, /*server=*/true, digests);
       close(fd);
     });
     threads.emplace_back([&] {  // a site
@@ -177,7 +190,7 @@ double RawTlsSeconds(const fs::path& pki, int sites, uint64_t model) {
       SSL* ssl = SSL_new(cctx.get());
       SSL_set_fd(ssl, fd);
       if (SSL_connect(ssl) != 1) Die("raw TLS: handshake");
-      Exchange(ssl, model, /*server=*/false);
+      Exchange(ssl, model, /*server=*/false, digests);
       close(fd);
     });
   }
@@ -334,10 +347,16 @@ Result RunCase(Launcher& launcher, const Case& c, const std::string& coordinator
   if (raw_tls) {
     // The median of three: one transfer of a few hundred MiB on a shared
     // 2-core machine varies by half from run to run.
-    std::vector<double> tls;
-    for (int i = 0; i < 3; ++i) tls.push_back(RawTlsSeconds(dir / "pki", c.sites, model_bytes));
-    std::sort(tls.begin(), tls.end());
-    r.tls_s = tls[1];
+    auto median_of_3 = [&](bool digests) {
+      std::vector<double> tls;
+      for (int i = 0; i < 3; ++i) {
+        tls.push_back(RawTlsSeconds(dir / "pki", c.sites, model_bytes, digests));
+      }
+      std::sort(tls.begin(), tls.end());
+      return tls[1];
+    };
+    r.tls_s = median_of_3(false);
+    r.tls_sha_s = median_of_3(true);
   }
   fs::remove_all(dir);
   return r;
@@ -409,18 +428,21 @@ int main(int argc, char** argv) {
     if (!json_out.empty()) std::ofstream(json_out) << all.dump(2) << "\n";
     return 0;
   }
-  std::printf("%6s %12s %10s %14s %10s %9s %10s %9s\n", "sites", "params", "model MiB",
-              "coord RSS MiB", "RSS/model", "round s", "raw TLS s", "round/TLS");
+  std::printf("%6s %12s %10s %14s %10s %9s %10s %9s %11s %9s\n", "sites", "params", "model MiB",
+              "coord RSS MiB", "RSS/model", "round s", "raw TLS s", "round/TLS", "TLS+SHA s",
+              "round/it");
   std::fflush(stdout);
   json all = json::array();
   for (const Case& c : cases) {
     Result r = RunCase(launcher, c, coordinator_bin, work, false, true);
-    std::printf("%6d %12lld %10.1f %14.1f %10.2f %9.2f %10.2f %9.2f\n", c.sites,
+    std::printf("%6d %12lld %10.1f %14.1f %10.2f %9.2f %10.2f %9.2f %11.2f %9.2f\n", c.sites,
                 static_cast<long long>(c.params), r.model_mib, r.peak_rss_mib,
-                r.peak_rss_mib / r.model_mib, r.round_s, r.tls_s, r.round_s / r.tls_s);
+                r.peak_rss_mib / r.model_mib, r.round_s, r.tls_s, r.round_s / r.tls_s,
+                r.tls_sha_s, r.round_s / r.tls_sha_s);
     std::fflush(stdout);
     all.push_back({{"sites", c.sites},        {"params", c.params},   {"model_mib", r.model_mib},
-                   {"peak_rss_mib", r.peak_rss_mib}, {"round_s", r.round_s}, {"raw_tls_s", r.tls_s}});
+                   {"peak_rss_mib", r.peak_rss_mib}, {"round_s", r.round_s}, {"raw_tls_s", r.tls_s},
+                   {"raw_tls_sha256_s", r.tls_sha_s}});
   }
   if (!json_out.empty()) std::ofstream(json_out) << all.dump(2) << "\n";
   return 0;

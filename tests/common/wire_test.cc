@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include "attune/common/secure_update.h"
 #include "attune/common/tensor_codec.h"
 
 namespace attune {
@@ -97,6 +98,91 @@ TEST(AuditReport, RoundTripsThroughProto) {
   // The same group twice is refused.
   *r.add_groups() = r.groups(0);
   EXPECT_EQ(FromProto(r).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// A task in domain terms reaches the wire field by field; the site's own
+// decoders (LayoutFromProto, secagg::FromProto) read back what was meant.
+TEST(TaskToProto, EveryFieldOfAPlainAndASecureTask) {
+  Task plain;
+  plain.kind = Task::Kind::kEvaluate;
+  plain.round = 3;
+  plain.model_version = 3;
+  plain.splits = {"val", "test"};
+  plain.audit = true;
+  plain.task_id = "n/r3/a2/evaluate/site-1";
+  TrainSettings train{2, 32, 0.05, 7, 0.01};
+  v1::RoundTask m = ToProto(plain, "study-x", train, "signed terms");
+  EXPECT_EQ(m.kind(), v1::RoundTask::EVALUATE);
+  EXPECT_EQ(m.study_id(), "study-x");
+  EXPECT_EQ(m.round(), 3);
+  EXPECT_EQ(m.model_version(), 3);
+  EXPECT_EQ(std::vector<std::string>(m.splits().begin(), m.splits().end()),
+            (std::vector<std::string>{"val", "test"}));
+  EXPECT_TRUE(m.audit());
+  EXPECT_EQ(m.task_id(), plain.task_id);
+  EXPECT_EQ(m.hyper().local_epochs(), 2);
+  EXPECT_EQ(m.hyper().batch_size(), 32);
+  EXPECT_FLOAT_EQ(m.hyper().learning_rate(), 0.05f);
+  EXPECT_EQ(m.hyper().seed(), 7u);
+  EXPECT_FLOAT_EQ(m.hyper().proximal_mu(), 0.01f);
+  EXPECT_EQ(m.terms(), "signed terms");
+  EXPECT_FALSE(m.has_secagg());
+  EXPECT_FALSE(m.has_dp());
+  EXPECT_FALSE(m.has_eval_layout());
+
+  auto parts = std::make_shared<SecureTaskParts>();
+  parts->setup = SecAggTerms{"ctx", 1, {"a", "b", "c"}, 2, 0, 11, 4.0, 0.25};
+  parts->dp = DpTerms{1.5, 0.75};
+  // The layout's splits travel as the task's own (the driver makes both
+  // from the phase's splits).
+  parts->eval_layout =
+      EvalLayout::Make(plain.splits, 4, {"ehr"}, {"f1"}, {{"sex", {"F", "M"}}});
+  secagg::Advertisement ad;
+  ad.site = 2;
+  ad.cipher_public_key = crypto::Bytes(32, 1);
+  ad.mask_public_key = crypto::Bytes(32, 2);
+  ad.seed_commitment = crypto::Bytes(32, 3);
+  ad.signature = crypto::Bytes(64, 4);
+  parts->advertisements.emplace_back(ad, "PEM");
+  parts->shares.push_back({0, 1, crypto::Bytes(5, 9)});
+  parts->survivors = {0, 2};
+  parts->dropped = {1};
+  parts->confirmations = {{0, "sig0"}, {2, "sig2"}};
+  Task secure = plain;
+  secure.kind = Task::Kind::kSecAggUnmask;
+  secure.secure = parts;
+  m = ToProto(secure, "study-x", train, "signed terms");
+  EXPECT_EQ(m.kind(), v1::RoundTask::SECAGG_UNMASK);
+  EXPECT_EQ(m.secagg().context(), "ctx");
+  EXPECT_EQ(m.secagg().index(), 1);
+  EXPECT_EQ(m.secagg().sites_size(), 3);
+  EXPECT_EQ(m.secagg().sites(2), "c");
+  EXPECT_EQ(m.secagg().threshold(), 2);
+  EXPECT_EQ(m.secagg().degree(), 0);
+  EXPECT_EQ(m.secagg().length(), 11);
+  EXPECT_DOUBLE_EQ(m.secagg().value_clip(), 4.0);
+  EXPECT_DOUBLE_EQ(m.secagg().weight(), 0.25);
+  EXPECT_DOUBLE_EQ(m.dp().clip_norm(), 1.5);
+  EXPECT_DOUBLE_EQ(m.dp().noise_stddev(), 0.75);
+  const EvalLayout back = LayoutFromProto(m);
+  EXPECT_EQ(back.splits, parts->eval_layout->splits);
+  EXPECT_EQ(back.bins, 4);
+  EXPECT_EQ(back.features, parts->eval_layout->features);
+  EXPECT_EQ(back.cells, parts->eval_layout->cells);
+  EXPECT_EQ(back.Words(), parts->eval_layout->Words());
+  ASSERT_EQ(m.advertisements_size(), 1);
+  EXPECT_EQ(m.advertisements(0).certificate_pem(), "PEM");
+  const secagg::Advertisement ad_back = secagg::FromProto(m.advertisements(0));
+  EXPECT_EQ(ad_back.site, 2);
+  EXPECT_EQ(ad_back.signature, ad.signature);
+  ASSERT_EQ(m.shares_size(), 1);
+  EXPECT_EQ(m.shares(0).to(), 1);
+  EXPECT_EQ(m.shares(0).sealed().size(), 5u);
+  EXPECT_EQ(std::vector<int>(m.survivors().begin(), m.survivors().end()), (std::vector<int>{0, 2}));
+  EXPECT_EQ(std::vector<int>(m.dropped().begin(), m.dropped().end()), (std::vector<int>{1}));
+  ASSERT_EQ(m.confirmations_size(), 2);
+  EXPECT_EQ(m.confirmations(1).site(), 2);
+  EXPECT_EQ(m.confirmations(1).signature(), "sig2");
 }
 
 }  // namespace

@@ -153,7 +153,7 @@ TEST(Strategy, TheStrategyDecidesEachSitesTraining) {
     c.proximal_mu = 0.25;  // set for all; only fedprox uses it
     auto s = MakeStrategy(c);
     ASSERT_TRUE(s.ok()) << name;
-    const SiteTraining t = (*s)->TrainingFor(train, "site-1");
+    const TrainSettings t = (*s)->TrainingFor(train, "site-1");
     EXPECT_EQ(t.local_epochs, 3) << name;
     EXPECT_EQ(t.batch_size, 16) << name;
     EXPECT_DOUBLE_EQ(t.learning_rate, 0.01) << name;

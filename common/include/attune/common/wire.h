@@ -9,6 +9,7 @@
 
 #include "attune/common/eval_stats.h"
 #include "attune/common/status.h"
+#include "attune/common/task.h"
 #include "attune/common/tensor_codec.h"
 #include "attune/v1/federation.pb.h"
 
@@ -22,6 +23,15 @@ StatusOr<EvalSums> FromProto(const v1::AuditReport& r);
 // as the task's own splits).
 v1::EvalLayout ToProto(const EvalLayout& l);
 EvalLayout LayoutFromProto(const v1::RoundTask& task);
+
+// A task as it goes on the task stream. `train` is the local training the
+// strategy asks of this site (every task carries it), `terms` the study's
+// signed terms, forwarded as its owner signed them.
+v1::RoundTask ToProto(const Task& task, std::string_view study_id, const TrainSettings& train,
+                      const std::string& terms);
+
+// The header of an update, as its first chunk's metadata says.
+UpdateHeader HeaderFromProto(const v1::UpdateMeta& meta);
 
 // Cuts `payload` into chunks of at most kMaxChunkBytes; the first carries
 // `meta` completed with the payload's size and SHA-256 (`payload_sha256`,

@@ -101,9 +101,9 @@
 #include "attune/coordinator/round_history.h"
 #include "attune/coordinator/site_registry.h"
 #include "attune/coordinator/strategy.h"
-#include "attune/coordinator/task.h"
+#include "attune/coordinator/update_privacy.h"
+#include "attune/common/task.h"
 #include "attune/coordinator/update_intake.h"
-#include "attune/v1/federation.pb.h"
 
 namespace attune::coordinator {
 
@@ -228,7 +228,7 @@ class RoundDriver {
   std::shared_ptr<const std::string> SignedTerms();
   // The local training the study's strategy asks of `site` (sent with
   // every task).
-  SiteTraining TrainingFor(const std::string& site) const;
+  TrainSettings TrainingFor(const std::string& site) const;
 
   // --- for the operator ---
   // An audit-only round over every live site: model `version` (a committed
@@ -338,12 +338,12 @@ class RoundDriver {
   Status RunPhase(std::unique_lock<std::mutex>& lock, Phase* phase,
                   const std::vector<std::string>& selected, int64_t model_version,
                   int quorum,
-                  const std::map<std::string, std::shared_ptr<const v1::RoundTask>>& secure = {});
+                  const std::map<std::string, std::shared_ptr<const SecureTaskParts>>& secure = {});
   // The parts of RunPhase: queue the tasks (with `secure` fields per site
   // when given) and open the phase; wait until each of `expected` is done
   // or gone (OK with at least `quorum` done); close it.
   void OpenPhase(Phase* p, const std::vector<std::string>& selected, int64_t model_version,
-                 const std::map<std::string, std::shared_ptr<const v1::RoundTask>>& secure = {});
+                 const std::map<std::string, std::shared_ptr<const SecureTaskParts>>& secure = {});
   Status AwaitReports(std::unique_lock<std::mutex>& lock, Phase* p,
                       const std::vector<std::string>& expected, int quorum,
                       std::chrono::steady_clock::time_point deadline);
@@ -356,7 +356,7 @@ class RoundDriver {
     int64_t length = 0;            // 32-bit words per site's input
     std::vector<double> weight;    // per selected site, sent in the setup (empty: 1)
     // Adds the kind's fields to each site's first task, given the threshold.
-    std::function<void(int threshold, v1::RoundTask*)> fill;
+    std::function<void(int threshold, SecureTaskParts*)> fill;
   };
   struct SecureSum {
     std::vector<uint32_t> words;       // the survivors' inputs summed mod 2^32
@@ -380,7 +380,6 @@ class RoundDriver {
   StatusOr<Phase*> SecureStepLocked(const std::string& site, const std::string& task_id,
                                     int64_t round, int step);
   // DP: the noise per site, and whether one more round fits the budget.
-  double DpNoiseStddev(int threshold) const;
   // Charges one release of the study's noise multiplier to the ledger and
   // writes the ledger to the audit log at once: a release is spent when it
   // reaches the coordinator, whether or not its round is ever committed,
@@ -416,6 +415,7 @@ class RoundDriver {
   const DriverOptions options_;
   const std::string run_nonce_;
   const std::unique_ptr<Strategy> strategy_;
+  const UpdatePrivacy privacy_;  // DP around the strategy: task terms, weights, charges
   SystemClock system_clock_;
   Clock* const clock_;
 

@@ -20,7 +20,7 @@
 #include "attune/common/config.h"
 #include "attune/common/status.h"
 #include "attune/coordinator/clock.h"
-#include "attune/coordinator/task.h"
+#include "attune/common/task.h"
 
 namespace attune::coordinator {
 

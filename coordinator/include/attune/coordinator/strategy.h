@@ -49,6 +49,7 @@
 
 #include "attune/common/config.h"
 #include "attune/common/status.h"
+#include "attune/common/task.h"
 
 namespace attune::coordinator {
 
@@ -59,15 +60,6 @@ struct SiteDelta {
   int64_t num_examples = 0;
 };
 
-// What a site is asked to train with: the task's hyper-parameters.
-struct SiteTraining {
-  int local_epochs = 0;
-  int batch_size = 0;
-  double learning_rate = 0;
-  uint64_t seed = 0;
-  double proximal_mu = 0;  // FedProx's proximal term; 0: none
-};
-
 class Strategy {
  public:
   virtual ~Strategy() = default;
@@ -76,7 +68,7 @@ class Strategy {
   // unless the strategy decides otherwise (fedprox adds its proximal term).
   // Privacy is a policy around this (the DP fields the driver adds to a
   // TRAIN task), not the strategy's.
-  virtual SiteTraining TrainingFor(const TrainConfig& study, const std::string& site) const;
+  virtual TrainSettings TrainingFor(const TrainConfig& study, const std::string& site) const;
   // Per-coordinate server state vectors carried from round to round
   // (fedavgm: 1 = momentum; fedadam/fedyogi/fedadagrad: 2 = m, v), with their
   // initial value (v starts at tau^2 as in Reddi et al.; m at 0).

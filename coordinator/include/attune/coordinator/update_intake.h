@@ -20,22 +20,12 @@
 #include <string_view>
 
 #include "attune/common/status.h"
+#include "attune/common/task.h"
 #include "attune/common/tensor_codec.h"
 #include "attune/coordinator/update_spool.h"
 
 namespace attune::coordinator {
 
-// What the first chunk says about the update (protocol UpdateMeta).
-struct UpdateHeader {
-  std::string task_id;
-  int64_t round = 0;
-  int64_t num_examples = 0;
-  bool full_weights = false;
-  bool masked = false;       // a secure aggregation's masked input
-  std::map<std::string, double> metrics;
-  uint64_t total_bytes = 0;
-  std::string total_sha256;  // 32 raw bytes
-};
 
 class UpdateIntake {
  public:
