@@ -4,6 +4,7 @@
 
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
 #include <google/protobuf/wire_format_lite.h>
 
 #include "absl/strings/str_cat.h"
@@ -203,21 +204,52 @@ UpdateHeader HeaderFromProto(const v1::UpdateMeta& meta) {
 namespace {
 
 using PieceFn = std::function<Status(std::string_view)>;
+// One chunk to write: `meta` on the first only.
+using ChunkFn = std::function<bool(uint64_t seq, const v1::UpdateMeta* meta,
+                                   std::string_view data, bool last)>;
 
 // Writes the pieces `for_each` yields as chunks; the first carries `meta`.
 bool WritePieces(uint64_t total, const std::function<Status(const PieceFn&)>& for_each,
-                 v1::UpdateMeta meta, const std::function<bool(const v1::Chunk&)>& write) {
+                 const v1::UpdateMeta& meta, const ChunkFn& write) {
   uint64_t seq = 0, sent = 0;
   const Status s = for_each([&](std::string_view piece) {
-    v1::Chunk c;
-    if (seq == 0) *c.mutable_meta() = meta;
-    c.set_seq(seq++);
-    c.set_data(std::string(piece));
     sent += piece.size();
-    c.set_last(sent == total);
-    return write(c) ? absl::OkStatus() : absl::CancelledError("the peer went away");
+    const bool ok = write(seq, seq == 0 ? &meta : nullptr, piece, sent == total);
+    ++seq;
+    return ok ? absl::OkStatus() : absl::CancelledError("the peer went away");
   });
   return s.ok();
+}
+
+// `meta` completed with the payload's size and digest.
+v1::UpdateMeta PayloadMeta(std::string_view payload, v1::UpdateMeta meta,
+                           std::string_view payload_sha256) {
+  meta.set_total_bytes(payload.size());
+  meta.set_total_sha256(payload_sha256.size() == 32 ? std::string(payload_sha256)
+                                                    : Sha256(payload));
+  return meta;
+}
+
+bool WritePayload(std::string_view payload, const v1::UpdateMeta& meta, const ChunkFn& write) {
+  return WritePieces(
+      payload.size(),
+      [&](const PieceFn& piece) {
+        for (std::string_view p : SplitChunks(payload)) ATTUNE_RETURN_IF_ERROR(piece(p));
+        return absl::OkStatus();
+      },
+      meta, write);
+}
+
+// The chunk as a message (its data copied in).
+ChunkFn AsMessages(const std::function<bool(const v1::Chunk&)>& write) {
+  return [&write](uint64_t seq, const v1::UpdateMeta* meta, std::string_view data, bool last) {
+    v1::Chunk c;
+    if (meta) *c.mutable_meta() = *meta;
+    c.set_seq(seq);
+    c.set_data(std::string(data));
+    c.set_last(last);
+    return write(c);
+  };
 }
 
 }  // namespace
@@ -225,19 +257,36 @@ bool WritePieces(uint64_t total, const std::function<Status(const PieceFn&)>& fo
 bool WriteChunks(std::string_view payload, v1::UpdateMeta meta,
                  const std::function<bool(const v1::Chunk&)>& write,
                  std::string_view payload_sha256) {
-  meta.set_total_bytes(payload.size());
-  if (payload_sha256.size() == 32) {
-    meta.set_total_sha256(std::string(payload_sha256));
-  } else {
-    meta.set_total_sha256(Sha256(payload));
-  }
-  return WritePieces(
-      payload.size(),
-      [&](const PieceFn& piece) {
-        for (std::string_view p : SplitChunks(payload)) ATTUNE_RETURN_IF_ERROR(piece(p));
-        return absl::OkStatus();
-      },
-      std::move(meta), write);
+  return WritePayload(payload, PayloadMeta(payload, std::move(meta), payload_sha256),
+                      AsMessages(write));
+}
+
+bool WriteChunkFrames(std::string_view payload, v1::UpdateMeta meta,
+                      std::string_view payload_sha256,
+                      const std::function<bool(const ChunkFrame&)>& write) {
+  return WritePayload(
+      payload, PayloadMeta(payload, std::move(meta), payload_sha256),
+      [&write](uint64_t seq, const v1::UpdateMeta* meta, std::string_view data, bool last) {
+        // Fields in number order, as SerializeToString writes them: meta (1),
+        // seq (2), data (3: its tag and length here, the bytes left where
+        // they lie), last (5); sha256 (4) is left out.
+        v1::Chunk c;
+        if (meta) *c.mutable_meta() = *meta;
+        c.set_seq(seq);
+        ChunkFrame frame;
+        frame.head = c.SerializeAsString();
+        if (!data.empty()) {
+          google::protobuf::io::StringOutputStream out(&frame.head);
+          google::protobuf::io::CodedOutputStream coded(&out);
+          coded.WriteTag(google::protobuf::internal::WireFormatLite::MakeTag(
+              v1::Chunk::kDataFieldNumber,
+              google::protobuf::internal::WireFormatLite::WIRETYPE_LENGTH_DELIMITED));
+          coded.WriteVarint64(data.size());
+        }
+        frame.data = data;
+        if (last) frame.tail = std::string_view("\x28\x01", 2);  // field 5, varint 1
+        return write(frame);
+      });
 }
 
 bool WriteModelChunks(const FlatModel& model, v1::UpdateMeta meta,
@@ -250,7 +299,7 @@ bool WriteModelChunks(const FlatModel& model, v1::UpdateMeta meta,
       [&](const PieceFn& piece) {
         return ForEachEncodedPiece(model, kMaxChunkBytes, piece);
       },
-      std::move(meta), write);
+      meta, AsMessages(write));
 }
 
 }  // namespace attune

@@ -53,6 +53,22 @@ grpc::ByteBuffer ToBytes(const google::protobuf::Message& m) {
   return out;
 }
 
+// A chunk's parts as one message: head and tail copied (a few bytes), the
+// data a slice of `owner`'s bytes that keeps them alive until gRPC lets go.
+grpc::ByteBuffer FrameBytes(const ChunkFrame& f, const std::shared_ptr<const std::string>& owner) {
+  grpc::Slice parts[3];
+  size_t n = 0;
+  parts[n++] = grpc::Slice(f.head);
+  if (!f.data.empty()) {
+    auto* keep = new std::shared_ptr<const std::string>(owner);
+    parts[n++] = grpc::Slice(
+        const_cast<char*>(f.data.data()), f.data.size(),
+        [](void* p) { delete static_cast<std::shared_ptr<const std::string>*>(p); }, keep);
+  }
+  if (!f.tail.empty()) parts[n++] = grpc::Slice(f.tail.data(), f.tail.size());
+  return grpc::ByteBuffer(parts, n);
+}
+
 constexpr size_t kKiB = 1024;
 
 }  // namespace
@@ -259,9 +275,14 @@ void FederationService::ServeStream(
       Req req;
       attune::Status got = ReadRequest(stream, watch, limits, &req);
       if (!got.ok()) return RefuseRead(ctx, admitted->caller, limits.rpc, got);
-      const Writer write = [&](const google::protobuf::Message& m) {
+      Writer write;
+      write.message = [&](const google::protobuf::Message& m) {
         auto op = watch.Begin();
         return stream->Write(ToBytes(m));
+      };
+      write.frame = [&](const ChunkFrame& f, const std::shared_ptr<const std::string>& owner) {
+        auto op = watch.Begin();
+        return stream->Write(FrameBytes(f, owner));
       };
       grpc::Status s = (this->*method)(ctx, req, write);
       if (attune::Status why = watch.expired(); !why.ok()) {
@@ -420,8 +441,10 @@ grpc::Status FederationService::FetchModel(grpc::ServerContext* ctx, const v1::M
   v1::UpdateMeta meta;
   meta.set_study_id(driver_->study().study_id);
   meta.set_round(req->version());
-  if (!WriteChunks(*model->bytes, meta, [&](const v1::Chunk& c) { return write(c); },
-                   model->sha256)) {
+  // Every site gets the same bytes: sent from the one copy held, not
+  // copied into a message per chunk.
+  if (!WriteChunkFrames(*model->bytes, meta, model->sha256,
+                        [&](const ChunkFrame& f) { return write.frame(f, model->bytes); })) {
     return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
   }
   return grpc::Status::OK;

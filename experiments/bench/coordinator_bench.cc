@@ -75,6 +75,8 @@ struct Result {
   double round_s = 0;
   double tls_s = 0;
   double tls_sha_s = 0;      // raw TLS with the protocol's digests
+  double coordinator_cpu_s = 0;  // the coordinator process, its whole run
+  double sites_cpu_s = 0;        // the fake sites (this process), their whole run
   double site_up_mib = 0;    // mean per site
   double site_update_s = 0;  // mean per site
 };
@@ -86,6 +88,12 @@ struct Result {
 
 void Check(const attune::Status& s, const char* what) {
   if (!s.ok()) Die(absl::StrCat(what, ": ", std::string(s.message())));
+}
+
+double ProcessCpuSeconds() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_utime.tv_sec + u.ru_stime.tv_sec + (u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
 }
 
 int FreePort() {
@@ -231,15 +239,20 @@ class Launcher {
     close(in_);
     waitpid(pid_, nullptr, 0);
   }
-  // Runs `args` (log file first) to completion: {exit status, peak RSS KiB}.
-  std::pair<int, long> Run(const std::vector<std::string>& args) {
+  struct Exit {
+    int status = -1;
+    long peak_rss_kib = 0;
+    double cpu_s = 0;  // user + system
+  };
+  // Runs `args` (log file first) to completion.
+  Exit Run(const std::vector<std::string>& args) {
     std::string msg;
     for (const auto& a : args) msg.append(a).push_back('\0');
     msg.push_back('\0');
     if (write(out_, msg.data(), msg.size()) != static_cast<ssize_t>(msg.size())) Die("launcher");
-    long reply[2];
+    long reply[3];
     if (read(in_, reply, sizeof(reply)) != sizeof(reply)) Die("launcher died");
-    return {static_cast<int>(reply[0]), reply[1]};
+    return {static_cast<int>(reply[0]), reply[1], reply[2] / 1e6};
   }
 
  private:
@@ -260,13 +273,15 @@ class Launcher {
       posix_spawn_file_actions_addopen(&fa, 1, args[0].c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
       posix_spawn_file_actions_adddup2(&fa, 1, 2);
       pid_t pid = 0;
-      long reply[2] = {-1, 0};
+      long reply[3] = {-1, 0, 0};  // status, ru_maxrss KiB, CPU microseconds
       if (posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), environ) == 0) {
         int status = 0;
         rusage usage{};
         wait4(pid, &status, 0, &usage);
         reply[0] = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
         reply[1] = usage.ru_maxrss;
+        reply[2] = (usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) * 1000000L +
+                   usage.ru_utime.tv_usec + usage.ru_stime.tv_usec;
       }
       posix_spawn_file_actions_destroy(&fa);
       if (write(out, reply, sizeof(reply)) != sizeof(reply)) return;
@@ -306,7 +321,7 @@ Result RunCase(Launcher& launcher, const Case& c, const std::string& coordinator
                                    "--tls-dir", (dir / "pki/coordinator").string(), "--out",
                                    (dir / "out").string(), "--log-level", "warn",
                                    "--port-file", (dir / "port").string()};
-  std::pair<int, long> exit{-1, 0};
+  Launcher::Exit exit;
   std::thread coordinator([&] { exit = launcher.Run(args); });
   // The sites start once it listens (it writes the port file then).
   const auto listening_by = std::chrono::steady_clock::now() + std::chrono::seconds(60);
@@ -327,16 +342,20 @@ Result RunCase(Launcher& launcher, const Case& c, const std::string& coordinator
     Check(site.status(), "site bundle");
     sites.push_back(*std::move(site));
   }
+  const double cpu_before = ProcessCpuSeconds();
   std::vector<std::thread> threads;
   for (int i = 0; i < c.sites; ++i) threads.emplace_back([&, i] { results[i] = sites[i]->Run(); });
   coordinator.join();
   for (auto& t : threads) t.join();
-  if (exit.first != 0) Die("coordinator failed; see " + log);
+  const double sites_cpu = ProcessCpuSeconds() - cpu_before;
+  if (exit.status != 0) Die("coordinator failed; see " + log);
   for (const auto& s : results) Check(s, "fake site");
 
   json summary = json::parse(std::ifstream(dir / "out/summary.json"));
   r.round_s = summary["history"][1]["seconds"].get<double>();
-  r.peak_rss_mib = exit.second / 1024.0;
+  r.peak_rss_mib = exit.peak_rss_kib / 1024.0;
+  r.coordinator_cpu_s = exit.cpu_s;
+  r.sites_cpu_s = sites_cpu;
   const uint64_t model_bytes = static_cast<uint64_t>(c.params) * sizeof(float);
   r.model_mib = model_bytes / 1048576.0;
   for (const auto& s : sites) {
@@ -369,7 +388,7 @@ int main(int argc, char** argv) {
   std::string coordinator_bin, json_out, work = (fs::temp_directory_path() / "attune-bench").string();
   std::vector<int> site_counts = {2, 4, 8, 16, 32};
   std::vector<int64_t> params = {1000000};
-  bool grid = false, secure = false;
+  bool grid = false, secure = false, no_baseline = false;
   CLI::App app{
       "attune-bench-coordinator: the coordinator's peak RSS and round overhead with training\n"
       "off, beside raw TLS moving the same bytes in the same run"};
@@ -381,6 +400,8 @@ int main(int argc, char** argv) {
   app.add_flag("--secure", secure,
                "run each case plain and with secure aggregation, and compare them; with "
                "--grid: 4..32 sites at 1M and 10M parameters, and 4 and 8 sites at 25M");
+  app.add_flag("--no-baseline", no_baseline,
+               "run the rounds only, without the raw TLS transfers (for profiling a round)");
   app.add_option("--json", json_out, "also write the results here");
   app.add_option("--work-dir", work, "scratch directory (needs ~4x the largest model on disk)")
       ->capture_default_str();
@@ -428,21 +449,24 @@ int main(int argc, char** argv) {
     if (!json_out.empty()) std::ofstream(json_out) << all.dump(2) << "\n";
     return 0;
   }
-  std::printf("%6s %12s %10s %14s %10s %9s %10s %9s %11s %9s\n", "sites", "params", "model MiB",
-              "coord RSS MiB", "RSS/model", "round s", "raw TLS s", "round/TLS", "TLS+SHA s",
-              "round/it");
+  std::printf("%6s %12s %10s %14s %10s %9s %10s %9s %11s %9s %8s %8s\n", "sites", "params",
+              "model MiB", "coord RSS MiB", "RSS/model", "round s", "raw TLS s", "round/TLS",
+              "TLS+SHA s", "round/it", "coord", "sites");
+  std::printf("%6s %12s %10s %14s %10s %9s %10s %9s %11s %9s %17s\n", "", "", "", "", "", "", "",
+              "", "", "", "CPU s (whole run)");
   std::fflush(stdout);
   json all = json::array();
   for (const Case& c : cases) {
-    Result r = RunCase(launcher, c, coordinator_bin, work, false, true);
-    std::printf("%6d %12lld %10.1f %14.1f %10.2f %9.2f %10.2f %9.2f %11.2f %9.2f\n", c.sites,
-                static_cast<long long>(c.params), r.model_mib, r.peak_rss_mib,
+    Result r = RunCase(launcher, c, coordinator_bin, work, false, !no_baseline);
+    std::printf("%6d %12lld %10.1f %14.1f %10.2f %9.2f %10.2f %9.2f %11.2f %9.2f %8.2f %8.2f\n",
+                c.sites, static_cast<long long>(c.params), r.model_mib, r.peak_rss_mib,
                 r.peak_rss_mib / r.model_mib, r.round_s, r.tls_s, r.round_s / r.tls_s,
-                r.tls_sha_s, r.round_s / r.tls_sha_s);
+                r.tls_sha_s, r.round_s / r.tls_sha_s, r.coordinator_cpu_s, r.sites_cpu_s);
     std::fflush(stdout);
     all.push_back({{"sites", c.sites},        {"params", c.params},   {"model_mib", r.model_mib},
                    {"peak_rss_mib", r.peak_rss_mib}, {"round_s", r.round_s}, {"raw_tls_s", r.tls_s},
-                   {"raw_tls_sha256_s", r.tls_sha_s}});
+                   {"raw_tls_sha256_s", r.tls_sha_s}, {"coordinator_cpu_s", r.coordinator_cpu_s},
+                   {"sites_cpu_s", r.sites_cpu_s}});
   }
   if (!json_out.empty()) std::ofstream(json_out) << all.dump(2) << "\n";
   return 0;

@@ -30,7 +30,13 @@ namespace attune::fedsim {
 
 // Value `index` of synthetic stream `seed`: an integer in [-1000, 1000]
 // divided by 1024.
-float SyntheticValue(uint64_t seed, uint64_t index);
+inline float SyntheticValue(uint64_t seed, uint64_t index) {
+  uint64_t z = seed * 0x9e3779b97f4a7c15ULL + index * 0xbf58476d1ce4e5b9ULL + 1;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  z ^= z >> 31;
+  return static_cast<float>(static_cast<int64_t>(z % 2001) - 1000) / 1024.0f;
+}
 
 using ValueFn = std::function<float(uint64_t index)>;
 
@@ -72,6 +78,8 @@ struct FakeSiteOptions {
 // The delta a fake site with `options` sends for training seed
 // `train_seed` (the study's train.seed plus the round).
 ValueFn DeltaValues(const FakeSiteOptions& options, uint64_t train_seed);
+// The synthetic stream those deltas are drawn from (times delta_scale).
+uint64_t DeltaSeed(const FakeSiteOptions& options, uint64_t train_seed);
 
 // A site that trains nothing. Run() joins, subscribes and handles tasks
 // until FINISH (OK), the coordinator stays away (Unavailable) or Stop().

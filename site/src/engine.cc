@@ -293,6 +293,7 @@ Status SiteEngine::HandleTask(const v1::RoundTask& task) {
       train_options.proximal_mu = task.hyper().proximal_mu();
       train_options.progress = [this](const TrainProgress& p) { OnTrainProgress(p); };
       ATTUNE_ASSIGN_OR_RETURN(TrainResult r, learner_->Train(global, hyper, train_options));
+      spare_values_ = std::move(global.values);
       spdlog::info("round {}: train loss {:.4f} in {:.1f} s", task.round(), r.train_loss,
                    std::chrono::duration<double>(Clock::now() - start).count());
       ATTUNE_RETURN_IF_ERROR(Privatize(task, digest, &r.delta));
@@ -367,6 +368,7 @@ Status SiteEngine::HandleTask(const v1::RoundTask& task) {
         HoldBackColumns(&sums, options_.policy.exclude_audit_columns, layout.cells);
         splits.push_back(std::move(sums));
       }
+      spare_values_ = std::move(model.values);
       if (secure_) {
         // The sums of every split as one input of words; only their sum
         // over the sites leaves, after the SECAGG steps.
@@ -636,6 +638,8 @@ StatusOr<FlatModel> SiteEngine::FetchModel(int64_t version, std::string* digest)
   std::optional<ChunkVerifier> verifier;
   ModelStreamParser parser;
   FlatModel model;
+  model.values = std::move(spare_values_);
+  model.values.clear();
   uint64_t announced = 0;
   std::string announced_sha256;  // verified by verifier->Finish()
   bool schema_checked = false;

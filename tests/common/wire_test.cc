@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include "absl/strings/str_cat.h"
 #include "attune/common/secure_update.h"
 #include "attune/common/tensor_codec.h"
 
@@ -98,6 +99,43 @@ TEST(AuditReport, RoundTripsThroughProto) {
   // The same group twice is refused.
   *r.add_groups() = r.groups(0);
   EXPECT_EQ(FromProto(r).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// The frames a server sends a payload in are, byte for byte, the chunks
+// WriteChunks makes: the first with the metadata, the last marked, any
+// size (empty, one byte, exactly a chunk, a chunk and a bit).
+TEST(WriteChunkFrames, AreTheChunksByteForByte) {
+  for (size_t size : {size_t{0}, size_t{1}, kMaxChunkBytes, kMaxChunkBytes * 2 + 7}) {
+    std::string payload(size, '\0');
+    for (size_t i = 0; i < size; ++i) payload[i] = static_cast<char>((i * 7) % 253);
+    v1::UpdateMeta meta;
+    meta.set_study_id("s");
+    meta.set_round(4);
+    const std::string digest = Sha256(payload);
+    std::vector<std::string> messages, frames;
+    ASSERT_TRUE(WriteChunks(payload, meta, [&](const v1::Chunk& c) {
+      messages.push_back(c.SerializeAsString());
+      return true;
+    }));
+    std::string data;
+    ASSERT_TRUE(WriteChunkFrames(payload, meta, digest, [&](const ChunkFrame& f) {
+      frames.push_back(f.head + std::string(f.data) + std::string(f.tail));
+      data.append(f.data);
+      return true;
+    }));
+    EXPECT_EQ(frames, messages) << size;
+    EXPECT_EQ(data, payload) << size;
+    v1::Chunk first;
+    ASSERT_FALSE(frames.empty());
+    ASSERT_TRUE(first.ParseFromString(frames[0]));
+    EXPECT_EQ(first.meta().total_sha256(), digest);
+    EXPECT_EQ(first.meta().total_bytes(), size);
+  }
+  // A writer that stops is not written to again.
+  int calls = 0;
+  EXPECT_FALSE(WriteChunkFrames(std::string(kMaxChunkBytes * 3, 'x'), {}, "",
+                                [&](const ChunkFrame&) { return ++calls < 2; }));
+  EXPECT_EQ(calls, 2);
 }
 
 // A task in domain terms reaches the wire field by field; the site's own

@@ -43,6 +43,18 @@ UpdateHeader HeaderFromProto(const v1::UpdateMeta& meta);
 bool WriteChunks(std::string_view payload, v1::UpdateMeta meta,
                  const std::function<bool(const v1::Chunk&)>& write,
                  std::string_view payload_sha256 = {});
+// One chunk's encoding in parts, its data left where it lies: head + data
+// + tail is byte for byte what Chunk::SerializeToString() gives for it.
+struct ChunkFrame {
+  std::string head;       // meta (first chunk), seq, and data's tag and length
+  std::string_view data;  // a slice of the payload
+  std::string_view tail;  // last = true, or nothing
+};
+// WriteChunks for a writer that sends the parts as they are: a server that
+// streams one payload to many peers copies it into no message.
+bool WriteChunkFrames(std::string_view payload, v1::UpdateMeta meta,
+                      std::string_view payload_sha256,
+                      const std::function<bool(const ChunkFrame&)>& write);
 // The same for EncodeModel(model), without building it (ForEachEncodedPiece).
 bool WriteModelChunks(const FlatModel& model, v1::UpdateMeta meta,
                       const std::function<bool(const v1::Chunk&)>& write);

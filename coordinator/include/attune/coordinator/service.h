@@ -61,7 +61,14 @@ class FederationService final : public v1::Federation::Service {
   };
 
  private:
-  using Writer = std::function<bool(const google::protobuf::Message&)>;
+  // A server stream's writer: messages, and chunks whose data lies in
+  // `owner`'s bytes, sent from there (referenced, not copied, until gRPC has
+  // written them out).
+  struct Writer {
+    std::function<bool(const google::protobuf::Message&)> message;
+    std::function<bool(const ChunkFrame&, const std::shared_ptr<const std::string>& owner)> frame;
+    bool operator()(const google::protobuf::Message& m) const { return message(m); }
+  };
   // The next chunk of an upload: false at the end of the stream.
   using ChunkReader = std::function<StatusOr<bool>(v1::Chunk*)>;
 

@@ -161,6 +161,9 @@ class SiteEngine {
   std::unique_ptr<Learner> learner_;
   std::string initial_digest_;  // of the model from the terms' seed, once known
   std::optional<TensorSchema> own_schema_;  // its schema: every model fetched must have it
+  // The storage of the last model fetched, once its task is done with it:
+  // the next fetch fills it again instead of faulting in fresh pages.
+  std::vector<float> spare_values_;
   EvalOptions eval_options_;
   std::string site_id_;
   // The open secure TRAIN or EVALUATE task and the release it will be once
