@@ -436,6 +436,20 @@ grpc::Status FederationService::FetchModel(grpc::ServerContext* ctx, const v1::M
   ATTUNE_AUTHORIZE_OR_REFUSE(site, "FetchModel", req->study_id());
   auto model = driver_->Model(req->version());
   if (!model.ok()) return Refuse(ctx, *site, "FetchModel", model.status());
+  if (!req->held_sha256().empty() && req->held_sha256() == model->sha256) {
+    // The site holds this very model (it evaluated it last round): its
+    // metadata only, no transfer.
+    v1::Chunk held;
+    v1::UpdateMeta* meta = held.mutable_meta();
+    meta->set_study_id(driver_->study().study_id);
+    meta->set_round(req->version());
+    meta->set_total_bytes(model->bytes->size());
+    meta->set_total_sha256(model->sha256);
+    meta->set_held(true);
+    held.set_last(true);
+    if (!write(held)) return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
+    return grpc::Status::OK;
+  }
   auto transfer = BeginTransfer(ctx, *site, /*wait_turn=*/false);
   if (!transfer.ok()) return Refuse(ctx, *site, "FetchModel", transfer.status());
   v1::UpdateMeta meta;
@@ -471,6 +485,11 @@ grpc::Status FederationService::SubmitUpdate(grpc::ServerContext* ctx, const Chu
   }
   const v1::UpdateMeta meta = chunk.meta();
   ATTUNE_AUTHORIZE_OR_REFUSE(site, "SubmitUpdate", meta.study_id());
+  if (meta.held()) {
+    return Refuse(ctx, *site, "SubmitUpdate",
+                  absl::InvalidArgumentError("an update marked held (FetchModel's mark) sends no "
+                                             "data: refused"));
+  }
   auto intake = driver_->BeginUpdate(*site, HeaderFromProto(meta));
   if (!intake.ok()) return Refuse(ctx, *site, "SubmitUpdate", intake.status());
   receipt->set_site_id(*site);

@@ -88,15 +88,13 @@ class MeanStrategy : public StrategyBase {
  protected:
   void Combine(std::span<const SiteDelta> range, std::span<const float> global,
                std::span<const std::span<float>> state, std::span<float> out) final {
-    ExampleWeightedMean(range, mean_);
-    Step(mean_, global, state, out);
+    thread_local std::vector<double> mean;  // scratch: ranges may be aggregated in parallel
+    ExampleWeightedMean(range, mean);
+    Step(mean, global, state, out);
   }
   // out = x + the server step taken on Δ̄ (`mean`), updating `state`.
   virtual void Step(std::span<const double> mean, std::span<const float> global,
                     std::span<const std::span<float>> state, std::span<float> out) = 0;
-
- private:
-  std::vector<double> mean_;  // scratch, reused across ranges
 };
 
 class FedAvg final : public MeanStrategy {
@@ -213,19 +211,19 @@ class TrimmedMean final : public StrategyBase {
   void Combine(std::span<const SiteDelta> range, std::span<const float> global,
                std::span<const std::span<float>>, std::span<float> out) override {
     const int n = num_sites(), kept = n - 2 * trim_;
-    column_.resize(n);
+    thread_local std::vector<float> column;  // scratch: ranges may be aggregated in parallel
+    column.resize(n);
     for (size_t c = 0; c < out.size(); ++c) {
-      for (int i = 0; i < n; ++i) column_[i] = range[i].delta[c];
-      std::sort(column_.begin(), column_.end());
+      for (int i = 0; i < n; ++i) column[i] = range[i].delta[c];
+      std::sort(column.begin(), column.end());
       double sum = 0;  // ascending order: deterministic whatever the site order
-      for (int i = trim_; i < n - trim_; ++i) sum += column_[i];
+      for (int i = trim_; i < n - trim_; ++i) sum += column[i];
       out[c] = static_cast<float>(global[c] + sum / kept);
     }
   }
 
   std::optional<double> trim_fraction_;
   int trim_ = 0;
-  std::vector<float> column_;  // scratch
 };
 
 class Krum final : public StrategyBase {

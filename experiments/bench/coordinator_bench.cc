@@ -6,12 +6,15 @@
 //   - the coordinator's peak RSS (getrusage of the child: ru_maxrss),
 //   - the round's wall time (TRAIN + aggregation + EVALUATE + commit, from
 //     the round record), beside
-//   - the time to move the same bytes (per site: the model down twice and an
-//     update up once) over raw TLS 1.3 with the same certificates, in the
-//     same run (OpenSSL sockets, one connection per site, no gRPC; the
-//     median of three transfers), and
+//   - the time to move the same bytes (per site: the models it fetched in
+//     the round -- one: its TRAIN model is the candidate it evaluated the
+//     round before, held -- and an update up) over raw TLS 1.3 with the
+//     same certificates, in the same run (OpenSSL sockets, one connection
+//     per site, no gRPC; the median of three transfers),
 //   - the same with the SHA-256 digests the protocol asks for (each model
-//     a site receives, each update at both ends) hashed as the bytes move.
+//     a site receives, each update at both ends) hashed as the bytes move,
+//   - and raw TLS moving the model down twice per site (the baseline of
+//     the README's earlier figures, when a site fetched its TRAIN model).
 // The ratio round / raw TLS is the engine's overhead over the transport;
 // round / (TLS + SHA) its overhead over what the protocol cannot skip.
 //
@@ -37,6 +40,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -75,6 +79,8 @@ struct Result {
   double round_s = 0;
   double tls_s = 0;
   double tls_sha_s = 0;      // raw TLS with the protocol's digests
+  double tls_twice_s = 0;    // raw TLS, the model down twice per site
+  double round_down_models = 0;  // models each site fetched in the round
   double coordinator_cpu_s = 0;  // the coordinator process, its whole run
   double sites_cpu_s = 0;        // the fake sites (this process), their whole run
   double site_up_mib = 0;    // mean per site
@@ -153,21 +159,22 @@ void Pump(SSL* ssl, uint64_t bytes, bool send, bool hash) {
   if (hash) (void)sha.Final();
 }
 
-// One site's share of a round: the model down twice, an update up once.
-// With `digests`, the hashing the protocol asks for besides TLS: a site
-// checks the digest of each model it receives; an update is hashed by the
-// site that sends it and by the coordinator that receives it. (The
-// coordinator hashes each model it serves once, not per site: left out.)
-void Exchange(SSL* ssl, uint64_t model, bool server, bool digests) {
-  for (int i = 0; i < 2; ++i) Pump(ssl, model, /*send=*/server, /*hash=*/digests && !server);
+// One site's share of a round: `down` models down, an update up. With
+// `digests`, the hashing the protocol asks for besides TLS: a site checks
+// the digest of each model it receives; an update is hashed by the site
+// that sends it and by the coordinator that receives it. (The coordinator
+// hashes each model it serves once, not per site: left out.)
+void Exchange(SSL* ssl, uint64_t model, int down, bool server, bool digests) {
+  for (int i = 0; i < down; ++i) Pump(ssl, model, /*send=*/server, /*hash=*/digests && !server);
   Pump(ssl, model, /*send=*/!server, /*hash=*/digests);
   SSL_shutdown(ssl);
   SSL_free(ssl);
 }
 
-// Each of `sites` clients downloads 2 x `model` bytes and uploads `model`
-// bytes over its own mutual-TLS connection, all at once. Returns seconds.
-double RawTlsSeconds(const fs::path& pki, int sites, uint64_t model, bool digests) {
+// Each of `sites` clients downloads `down` x `model` bytes and uploads
+// `model` bytes over its own mutual-TLS connection, all at once. Returns
+// seconds.
+double RawTlsSeconds(const fs::path& pki, int sites, uint64_t model, int down, bool digests) {
   auto server_bundle = attune::LoadTlsBundle((pki / "coordinator").string());
   auto client_bundle = attune::LoadTlsBundle((pki / "sites/bench-1").string());
   if (!server_bundle.ok() || !client_bundle.ok()) Die("raw TLS: bundles");
@@ -189,7 +196,7 @@ double RawTlsSeconds(const fs::path& pki, int sites, uint64_t model, bool digest
       SSL* ssl = SSL_new(sctx.get());
       SSL_set_fd(ssl, fd);
       if (SSL_accept(ssl) != 1) Die("raw TLS: accept");
-      Exchange(ssl, model, /*server=*/true, digests);
+      Exchange(ssl, model, down, /*server=*/true, digests);
       close(fd);
     });
     threads.emplace_back([&] {  // a site
@@ -198,7 +205,7 @@ double RawTlsSeconds(const fs::path& pki, int sites, uint64_t model, bool digest
       SSL* ssl = SSL_new(cctx.get());
       SSL_set_fd(ssl, fd);
       if (SSL_connect(ssl) != 1) Die("raw TLS: handshake");
-      Exchange(ssl, model, /*server=*/false, digests);
+      Exchange(ssl, model, down, /*server=*/false, digests);
       close(fd);
     });
   }
@@ -358,24 +365,35 @@ Result RunCase(Launcher& launcher, const Case& c, const std::string& coordinator
   r.sites_cpu_s = sites_cpu;
   const uint64_t model_bytes = static_cast<uint64_t>(c.params) * sizeof(float);
   r.model_mib = model_bytes / 1048576.0;
+  int64_t down = 0;
   for (const auto& s : sites) {
     const attune::site::EngineStats st = s->stats();
     r.site_up_mib += st.bytes_up / 1048576.0 / c.sites;
     r.site_update_s += st.update_seconds / c.sites;
+    down += st.bytes_down;
   }
+  // What round 1 fetched: every site fetches the initial model once to
+  // evaluate it in round 0; the rest is round 1's (its TRAIN model is that
+  // one, held, and its candidate).
+  r.round_down_models =
+      static_cast<double>(down) / c.sites / static_cast<double>(model_bytes) - 1.0;
   if (raw_tls) {
     // The median of three: one transfer of a few hundred MiB on a shared
     // 2-core machine varies by half from run to run.
-    auto median_of_3 = [&](bool digests) {
+    auto median_of_3 = [&](int down, bool digests) {
       std::vector<double> tls;
       for (int i = 0; i < 3; ++i) {
-        tls.push_back(RawTlsSeconds(dir / "pki", c.sites, model_bytes, digests));
+        tls.push_back(RawTlsSeconds(dir / "pki", c.sites, model_bytes, down, digests));
       }
       std::sort(tls.begin(), tls.end());
       return tls[1];
     };
-    r.tls_s = median_of_3(false);
-    r.tls_sha_s = median_of_3(true);
+    // The same bytes as the round moved (models down, rounded), then the
+    // bytes of a round that fetches the model twice (the earlier baseline).
+    const int round_down = static_cast<int>(std::lround(r.round_down_models));
+    r.tls_s = median_of_3(round_down, false);
+    r.tls_sha_s = median_of_3(round_down, true);
+    r.tls_twice_s = round_down == 2 ? r.tls_s : median_of_3(2, false);
   }
   fs::remove_all(dir);
   return r;
@@ -449,23 +467,33 @@ int main(int argc, char** argv) {
     if (!json_out.empty()) std::ofstream(json_out) << all.dump(2) << "\n";
     return 0;
   }
-  std::printf("%6s %12s %10s %14s %10s %9s %10s %9s %11s %9s %8s %8s\n", "sites", "params",
-              "model MiB", "coord RSS MiB", "RSS/model", "round s", "raw TLS s", "round/TLS",
-              "TLS+SHA s", "round/it", "coord", "sites");
-  std::printf("%6s %12s %10s %14s %10s %9s %10s %9s %11s %9s %17s\n", "", "", "", "", "", "", "",
-              "", "", "", "CPU s (whole run)");
+  std::printf("%6s %10s %7s %8s %6s | %7s %5s | %7s %6s | %7s %6s | %7s %6s | %6s %6s\n",
+              "sites", "params", "model", "RSS MiB", "/model", "round s", "down", "TLS s", "ratio",
+              "+SHA s", "ratio", "2 down", "ratio", "coord", "sites");
+  std::printf("%6s %10s %7s %8s %6s | %7s %5s | %14s | %14s | %14s | %13s\n", "", "", "MiB",
+              "coord", "", "", "/site", "raw TLS", "TLS + digests", "TLS, down 2x",
+              "CPU s (run)");
   std::fflush(stdout);
   json all = json::array();
   for (const Case& c : cases) {
     Result r = RunCase(launcher, c, coordinator_bin, work, false, !no_baseline);
-    std::printf("%6d %12lld %10.1f %14.1f %10.2f %9.2f %10.2f %9.2f %11.2f %9.2f %8.2f %8.2f\n",
+    std::printf("%6d %10lld %7.1f %8.1f %6.2f | %7.2f %5.2f | %7.2f %6.2f | %7.2f %6.2f | %7.2f "
+                "%6.2f | %6.2f %6.2f\n",
                 c.sites, static_cast<long long>(c.params), r.model_mib, r.peak_rss_mib,
-                r.peak_rss_mib / r.model_mib, r.round_s, r.tls_s, r.round_s / r.tls_s,
-                r.tls_sha_s, r.round_s / r.tls_sha_s, r.coordinator_cpu_s, r.sites_cpu_s);
+                r.peak_rss_mib / r.model_mib, r.round_s, r.round_down_models, r.tls_s,
+                r.round_s / r.tls_s, r.tls_sha_s, r.round_s / r.tls_sha_s, r.tls_twice_s,
+                r.round_s / r.tls_twice_s, r.coordinator_cpu_s, r.sites_cpu_s);
     std::fflush(stdout);
-    all.push_back({{"sites", c.sites},        {"params", c.params},   {"model_mib", r.model_mib},
-                   {"peak_rss_mib", r.peak_rss_mib}, {"round_s", r.round_s}, {"raw_tls_s", r.tls_s},
-                   {"raw_tls_sha256_s", r.tls_sha_s}, {"coordinator_cpu_s", r.coordinator_cpu_s},
+    all.push_back({{"sites", c.sites},
+                   {"params", c.params},
+                   {"model_mib", r.model_mib},
+                   {"peak_rss_mib", r.peak_rss_mib},
+                   {"round_s", r.round_s},
+                   {"models_down_per_site", r.round_down_models},
+                   {"raw_tls_s", r.tls_s},
+                   {"raw_tls_sha256_s", r.tls_sha_s},
+                   {"raw_tls_down_twice_s", r.tls_twice_s},
+                   {"coordinator_cpu_s", r.coordinator_cpu_s},
                    {"sites_cpu_s", r.sites_cpu_s}});
   }
   if (!json_out.empty()) std::ofstream(json_out) << all.dump(2) << "\n";

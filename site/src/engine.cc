@@ -269,7 +269,8 @@ Status SiteEngine::HandleTask(const v1::RoundTask& task) {
       ATTUNE_RETURN_IF_ERROR(StartSecure(task));
       SetStage("fetching", task.round());
       std::string digest;
-      ATTUNE_ASSIGN_OR_RETURN(FlatModel global, FetchModel(task.model_version(), &digest));
+      ATTUNE_ASSIGN_OR_RETURN(std::shared_ptr<const FlatModel> global,
+                              FetchModel(task.model_version(), &digest));
       ATTUNE_RETURN_IF_ERROR(CheckInitialModel(task.model_version(), digest));
       // Recorded (and charged) before it leaves: in the clear, checked
       // before training too; a secure one at SECAGG_UNMASK, when its
@@ -292,8 +293,7 @@ Status SiteEngine::HandleTask(const v1::RoundTask& task) {
       TrainOptions train_options;
       train_options.proximal_mu = task.hyper().proximal_mu();
       train_options.progress = [this](const TrainProgress& p) { OnTrainProgress(p); };
-      ATTUNE_ASSIGN_OR_RETURN(TrainResult r, learner_->Train(global, hyper, train_options));
-      spare_values_ = std::move(global.values);
+      ATTUNE_ASSIGN_OR_RETURN(TrainResult r, learner_->Train(*global, hyper, train_options));
       spdlog::info("round {}: train loss {:.4f} in {:.1f} s", task.round(), r.train_loss,
                    std::chrono::duration<double>(Clock::now() - start).count());
       ATTUNE_RETURN_IF_ERROR(Privatize(task, digest, &r.delta));
@@ -330,7 +330,8 @@ Status SiteEngine::HandleTask(const v1::RoundTask& task) {
       ATTUNE_RETURN_IF_ERROR(StartSecure(task));
       SetStage("evaluating", task.round());
       std::string digest;
-      ATTUNE_ASSIGN_OR_RETURN(FlatModel model, FetchModel(task.model_version(), &digest));
+      ATTUNE_ASSIGN_OR_RETURN(std::shared_ptr<const FlatModel> model,
+                              FetchModel(task.model_version(), &digest));
       ATTUNE_RETURN_IF_ERROR(CheckInitialModel(task.model_version(), digest));
       EvalOptions options = eval_options_;
       if (!task.audit()) options.audit_columns.clear();  // the whole split only
@@ -362,13 +363,12 @@ Status SiteEngine::HandleTask(const v1::RoundTask& task) {
       std::vector<EvalSums> splits;
       const EvalLayout layout = LayoutFromProto(task);
       for (const auto& split : task.splits()) {
-        ATTUNE_ASSIGN_OR_RETURN(EvalSums sums, learner_->Evaluate(model, split, options));
+        ATTUNE_ASSIGN_OR_RETURN(EvalSums sums, learner_->Evaluate(*model, split, options));
         // The columns this site's policy leaves out leave it held back (in a
         // secure layout, every cell of them).
         HoldBackColumns(&sums, options_.policy.exclude_audit_columns, layout.cells);
         splits.push_back(std::move(sums));
       }
-      spare_values_ = std::move(model.values);
       if (secure_) {
         // The sums of every split as one input of words; only their sum
         // over the sites leaves, after the SECAGG steps.
@@ -623,12 +623,14 @@ void SiteEngine::HeartbeatLoop(std::stop_token stop, std::chrono::milliseconds i
   }
 }
 
-StatusOr<FlatModel> SiteEngine::FetchModel(int64_t version, std::string* digest) {
+StatusOr<std::shared_ptr<const FlatModel>> SiteEngine::FetchModel(int64_t version,
+                                                                   std::string* digest) {
   grpc::ClientContext ctx;
   SetDeadline(&ctx, options_.rpc_timeout);
   v1::ModelRef ref;
   ref.set_study_id(options_.study_id);
   ref.set_version(version);
+  if (held_) ref.set_held_sha256(held_sha256_);
   auto reader = coordinator_->FetchModel(&ctx, ref);
   // The model must have the architecture the terms' model section gives
   // this site's learner: checked as soon as its header arrives, before
@@ -638,8 +640,6 @@ StatusOr<FlatModel> SiteEngine::FetchModel(int64_t version, std::string* digest)
   std::optional<ChunkVerifier> verifier;
   ModelStreamParser parser;
   FlatModel model;
-  model.values = std::move(spare_values_);
-  model.values.clear();
   uint64_t announced = 0;
   std::string announced_sha256;  // verified by verifier->Finish()
   bool schema_checked = false;
@@ -662,7 +662,17 @@ StatusOr<FlatModel> SiteEngine::FetchModel(int64_t version, std::string* digest)
       }
       announced = chunk.meta().total_bytes();
       announced_sha256 = chunk.meta().total_sha256();
+      if (chunk.meta().held()) {
+        s = HeldModelReply(chunk, version);
+        if (s.ok() && reader->Read(&chunk)) s = absl::DataLossError("chunks after a held model");
+        break;
+      }
       verifier.emplace(announced, announced_sha256, uint64_t{16} << 30);
+      // A new model: the held one is let go, its storage filled again.
+      if (held_ && held_.use_count() == 1) model.values = std::move(held_->values);
+      model.values.clear();
+      held_.reset();
+      held_sha256_.clear();
     }
     s = verifier->Add(chunk.seq(), chunk.data(), chunk.sha256());
     if (!s.ok()) break;
@@ -681,13 +691,40 @@ StatusOr<FlatModel> SiteEngine::FetchModel(int64_t version, std::string* digest)
     return s;
   }
   ATTUNE_RETURN_IF_ERROR(FromGrpcStatus(reader->Finish()));
+  if (!verifier && held_ && announced_sha256 == held_sha256_) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++stats_.models_held;
+    }
+    *digest = ToHex(held_sha256_);
+    return std::shared_ptr<const FlatModel>(held_);
+  }
   if (!verifier) return absl::DataLossError("empty model stream");
   ATTUNE_RETURN_IF_ERROR(verifier->Finish());
   ATTUNE_RETURN_IF_ERROR(parser.Finish());
   ATTUNE_RETURN_IF_ERROR(check_schema());
   model.schema = *parser.schema();
   *digest = ToHex(announced_sha256);
-  return model;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stats_.bytes_down += static_cast<int64_t>(announced);
+  }
+  held_ = std::make_shared<FlatModel>(std::move(model));
+  held_sha256_ = std::move(announced_sha256);
+  return std::shared_ptr<const FlatModel>(held_);
+}
+
+Status SiteEngine::HeldModelReply(const v1::Chunk& chunk, int64_t version) const {
+  // Only what this site said it holds, and nothing but the metadata.
+  if (!held_ || chunk.meta().total_sha256() != held_sha256_) {
+    return absl::DataLossError(absl::StrCat(
+        "the coordinator says this site holds model version ", version,
+        " already, but the model it holds has another digest"));
+  }
+  if (!chunk.data().empty() || !chunk.last() || chunk.seq() != 0) {
+    return absl::DataLossError("a held model's reply with data or more chunks");
+  }
+  return absl::OkStatus();
 }
 
 Status SiteEngine::SubmitUpdate(const v1::RoundTask& task, const FlatModel& model,

@@ -396,6 +396,8 @@ TEST_F(EngineTest, EveryBadUpdateIsRefusedLoggedAndTheRoundGoesOn) {
           {"wrong round", grpc::StatusCode::FAILED_PRECONDITION, "round 1 is open"});
   refused(upload(schema, d1, with([](auto& m) { m.set_task_id("forged"); })),
           {"wrong task", grpc::StatusCode::FAILED_PRECONDITION, "task 'forged' is not open"});
+  refused(upload(schema, d1, with([](auto& m) { m.set_held(true); })),
+          {"held mark", grpc::StatusCode::INVALID_ARGUMENT, "an update marked held"});
   refused(upload(schema, d1, with([](auto& m) { m.set_num_examples(0); })),
           {"no examples", grpc::StatusCode::INVALID_ARGUMENT, "num_examples must be >= 1"});
   refused(upload(schema, d1,
@@ -605,6 +607,40 @@ TEST_F(EngineTest, AOneGigabyteModelMakesAFullRoundTrip) {
     wrong += view->values[i] != fedsim::SyntheticValue(kSeed, i) + delta(i);
   }
   EXPECT_EQ(wrong, 0);
+}
+
+// A round's candidate, once evaluated, is the next round's global model: a
+// site that evaluated it trains on the copy it holds, and the coordinator
+// sends only the metadata. Each site fetches one model per round (its
+// evaluation), not two, and the study's result is what it was.
+TEST_F(EngineTest, AModelTheSiteEvaluatedIsNotFetchedAgainToTrainOn) {
+  constexpr int kRounds = 3;
+  Start({{"rounds", kRounds}, {"min_sites", 2}, {"round_deadline_s", 120}}, "site-1,site-2");
+  fedsim::FakeSiteOptions opts;
+  opts.study_id = kStudy;
+  opts.init_schema = TensorSchema{{{"w", {5000}, "f32"}}};
+  FakeSites sites;
+  RunFakeSites(&sites, {"site-1", "site-2"}, opts);
+  auto code = coordinator_->Wait(seconds(120));
+  if (!code.has_value()) {
+    for (auto& s : sites.sites) s->Stop();
+  }
+  sites.Join();
+  ASSERT_EQ(code, 0) << coordinator_->Log();
+  const int64_t model_bytes = static_cast<int64_t>(EncodedModelSize(
+      FlatModel{opts.init_schema, std::vector<float>(5000)}));
+  for (size_t i = 0; i < sites.sites.size(); ++i) {
+    ASSERT_TRUE(sites.results[i].ok()) << sites.results[i];
+    const site::EngineStats st = sites.sites[i]->stats();
+    // TRAIN of rounds 1..3 on the model evaluated the round before; the
+    // evaluations of rounds 0..3 fetched (round 0's by the site that did
+    // not make the initial model, and by the one that did: it holds no
+    // fetched copy of it).
+    EXPECT_EQ(st.models_held, kRounds) << i;
+    EXPECT_EQ(st.bytes_down, (kRounds + 1) * model_bytes) << i;
+  }
+  const std::string summary = ReadText(dir_ / "out/summary.json");
+  EXPECT_EQ(json::parse(summary)["history"].size(), static_cast<size_t>(kRounds + 1)) << summary;
 }
 
 TEST_F(EngineTest, ASiteThatStopsHeartbeatingIsNotWaitedFor) {

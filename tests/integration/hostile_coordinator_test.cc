@@ -139,9 +139,23 @@ class HostileCoordinator final : public v1::Federation::Service {
       std::lock_guard<std::mutex> lock(mu_);
       blob = model_;
     }
+    if (!held_reply_.empty()) {  // "you hold it already", whatever the site holds
+      v1::Chunk c;
+      c.mutable_meta()->set_total_bytes(blob.size());
+      c.mutable_meta()->set_total_sha256(held_reply_);
+      c.mutable_meta()->set_held(true);
+      c.set_last(true);
+      writer->Write(c);
+      return grpc::Status::OK;
+    }
     if (blob.empty()) return grpc::Status(grpc::StatusCode::NOT_FOUND, "no model here");
     WriteChunks(blob, v1::UpdateMeta(), [&](const v1::Chunk& c) { return writer->Write(c); });
     return grpc::Status::OK;
+  }
+  // FetchModel answers "held" with this digest from now on.
+  void SetHeldReply(std::string sha256) {
+    std::lock_guard<std::mutex> lock(mu_);
+    held_reply_ = std::move(sha256);
   }
   // The encoded model FetchModel serves ("": none).
   void SetModel(std::string blob) {
@@ -159,7 +173,7 @@ class HostileCoordinator final : public v1::Federation::Service {
   std::condition_variable cv_;
   std::deque<v1::RoundTask> tasks_;
   bool finish_ = false;
-  std::string model_;
+  std::string model_, held_reply_;
   std::vector<std::string> features_, payloads_;
   int subscribed_ = 0, uploads_ = 0, audits_ = 0;
   std::vector<v1::SecAggMessage> secagg_;
@@ -538,6 +552,27 @@ TEST_F(HostileCoordinatorTest, AModelOfAnotherArchitectureIsRefused) {
       << worker_->Log();
   EXPECT_NE(TaskLines("other-architecture").back().find(
                 "(model): the coordinator's model version 2 has 1 tensors of 1048576 values"),
+            std::string::npos)
+      << worker_->Log();
+  std::lock_guard<std::mutex> lock(hostile_.mu());
+  EXPECT_EQ(hostile_.uploads(), 0);
+}
+
+// A coordinator that says the site holds the model already (FetchModel's
+// `held`) with a digest the site holds no model of: nothing is trained on
+// and nothing sent; the site's own copy is the only one it would use.
+TEST_F(HostileCoordinatorTest, AHeldMarkForAModelTheSiteDoesNotHoldIsRefused) {
+  StartWorker();
+  hostile_.SetHeldReply(Sha256("a model this site never fetched"));
+  v1::RoundTask t = HonestTrain("held-mark");
+  t.set_round(3);
+  t.set_model_version(2);
+  hostile_.Push(t);
+  EXPECT_TRUE(WaitUntil(dir_.path(), [&] { return !TaskLines("held-mark").empty(); }, seconds(60)))
+      << worker_->Log();
+  EXPECT_NE(TaskLines("held-mark").back().find(
+                "the coordinator says this site holds model version 2 already, but the model it "
+                "holds has another digest"),
             std::string::npos)
       << worker_->Log();
   std::lock_guard<std::mutex> lock(hostile_.mu());

@@ -33,6 +33,10 @@ struct AggregateResult {
 // The bytes of range buffers, shared by all sites (ranges shrink as the
 // number of sites grows).
 inline constexpr size_t kAggregateBudgetBytes = size_t{16} << 20;
+// Models of at least this many values are aggregated on up to
+// kAggregateWorkers threads (never more than the machine's cores).
+inline constexpr uint64_t kParallelAggregateValues = uint64_t{1} << 20;
+inline constexpr size_t kAggregateWorkers = 4;
 
 // `global` is the current model (schema + values); `server_state` the
 // encoded state committed with it, or empty to start from the strategy's

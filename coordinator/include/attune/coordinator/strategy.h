@@ -91,7 +91,9 @@ class Strategy {
   virtual Status EndObserve() { return absl::OkStatus(); }
   // Writes the new global model for one coordinate range: out = f(global, deltas, state).
   // state[k] is this range of state vector k, updated in place. Result must not
-  // depend on how the coordinates are split into ranges.
+  // depend on how the coordinates are split into ranges. Called from several
+  // threads at once on disjoint ranges (after Begin and any Observe pass):
+  // it may read what Begin and EndObserve set, and must keep no other state.
   virtual void Aggregate(std::span<const SiteDelta> range, std::span<const float> global,
                          std::span<const std::span<float>> state, std::span<float> out) = 0;
   // A JSON object describing the round's choice, e.g. krum's selected sites

@@ -87,6 +87,8 @@ struct EngineStats {
   int64_t updates_late = 0;  // refused as late: the round went on without this site
   int64_t bytes_up = 0;      // update payloads and secure aggregation messages
                              // (not the initial model)
+  int64_t bytes_down = 0;    // model payloads fetched
+  int64_t models_held = 0;   // fetches answered "held": the site had the model already
   // Seconds spent on the updates themselves: encoding, digests and sending
   // for a plain one; key agreement, sharing, quantising, masking and
   // unmasking for a secure one (training and the initial model not counted).
@@ -111,7 +113,10 @@ class SiteEngine {
   // Verifies the chunks and parses the values as they arrive (the payload
   // is never held whole); `digest` is then ModelDigest of the bytes
   // received (their verified SHA-256, in hex: hashed once, as they came).
-  StatusOr<FlatModel> FetchModel(int64_t version, std::string* digest);
+  // The model held already when the coordinator says it is the one.
+  StatusOr<std::shared_ptr<const FlatModel>> FetchModel(int64_t version, std::string* digest);
+  // Checks a reply marked `held` against what this site holds.
+  Status HeldModelReply(const v1::Chunk& chunk, int64_t version) const;
   // `train_loss`: none for the initial model, and in a DP release.
   Status SubmitUpdate(const v1::RoundTask& task, const FlatModel& payload, int64_t num_examples,
                       std::optional<double> train_loss, bool full_weights);
@@ -161,9 +166,13 @@ class SiteEngine {
   std::unique_ptr<Learner> learner_;
   std::string initial_digest_;  // of the model from the terms' seed, once known
   std::optional<TensorSchema> own_schema_;  // its schema: every model fetched must have it
-  // The storage of the last model fetched, once its task is done with it:
-  // the next fetch fills it again instead of faulting in fresh pages.
-  std::vector<float> spare_values_;
+  // The last model fetched and the SHA-256 it was verified against. The
+  // coordinator is told of it (ModelRef.held_sha256) and sends only its
+  // metadata when it is still the model asked for (a round's candidate,
+  // evaluated, is the next round's global model); otherwise its storage is
+  // filled with the new one instead of faulting in fresh pages.
+  std::shared_ptr<FlatModel> held_;
+  std::string held_sha256_;
   EvalOptions eval_options_;
   std::string site_id_;
   // The open secure TRAIN or EVALUATE task and the release it will be once
