@@ -643,6 +643,7 @@ StatusOr<std::shared_ptr<const FlatModel>> SiteEngine::FetchModel(int64_t versio
   uint64_t announced = 0;
   std::string announced_sha256;  // verified by verifier->Finish()
   bool schema_checked = false;
+  bool held = false;  // the coordinator said this site holds it (checked)
   auto check_schema = [&]() -> Status {
     if (schema_checked || parser.schema() == nullptr) return absl::OkStatus();
     schema_checked = true;
@@ -665,6 +666,7 @@ StatusOr<std::shared_ptr<const FlatModel>> SiteEngine::FetchModel(int64_t versio
       if (chunk.meta().held()) {
         s = HeldModelReply(chunk, version);
         if (s.ok() && reader->Read(&chunk)) s = absl::DataLossError("chunks after a held model");
+        held = s.ok();
         break;
       }
       verifier.emplace(announced, announced_sha256, uint64_t{16} << 30);
@@ -691,7 +693,7 @@ StatusOr<std::shared_ptr<const FlatModel>> SiteEngine::FetchModel(int64_t versio
     return s;
   }
   ATTUNE_RETURN_IF_ERROR(FromGrpcStatus(reader->Finish()));
-  if (!verifier && held_ && announced_sha256 == held_sha256_) {
+  if (held) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       ++stats_.models_held;
