@@ -97,6 +97,18 @@ int main(int argc, char** argv) {
   chunk.set_sha256(Sha256("abc"));
   chunk.set_last(true);
   Write("wire_messages", "chunk", With(2, chunk.SerializeAsString()));
+  // chunk_pieces: that chunk in pieces of 7 bytes, and one of data only
+  // written twice (the last one is the chunk's), in pieces of 1.
+  Write("chunk_pieces", "chunk-7", With(6, With(0, With(1, chunk.SerializeAsString()))));
+  v1::Chunk twice;
+  twice.set_seq(3);
+  twice.set_data("first");
+  std::string twice_bytes = twice.SerializeAsString();
+  twice.set_data("second, the one kept");
+  twice.clear_seq();
+  twice.set_last(true);
+  twice_bytes += twice.SerializeAsString();
+  Write("chunk_pieces", "data-twice-1", With(0, With(0, With(0, twice_bytes))));
   v1::HeartbeatRequest beat;
   beat.set_study_id("s");
   beat.set_stage("training");

@@ -389,19 +389,26 @@ ChunkVerifier::ChunkVerifier(uint64_t total_bytes, std::string total_sha256,
 }
 
 Status ChunkVerifier::Add(uint64_t seq, std::string_view data, std::string_view sha256) {
+  return Add(seq, std::span<const std::string_view>(&data, 1), sha256);
+}
+
+Status ChunkVerifier::Add(uint64_t seq, std::span<const std::string_view> data,
+                          std::string_view sha256) {
   ATTUNE_RETURN_IF_ERROR(init_);
+  uint64_t size = 0;
+  for (std::string_view piece : data) size += piece.size();
   if (seq != next_seq_) {
     return absl::InvalidArgumentError(
         absl::StrCat("chunk out of order: got ", seq, ", expected ", next_seq_));
   }
-  if (data.size() > kMaxChunkBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("chunk of ", data.size(),
+  if (size > kMaxChunkBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("chunk of ", size,
                                                    " bytes exceeds ", kMaxChunkBytes));
   }
-  if (received_ + data.size() > total_bytes_) {
+  if (received_ + size > total_bytes_) {
     return absl::InvalidArgumentError("more bytes than the payload announced");
   }
-  if (data.empty() && !(total_bytes_ == 0 && seq == 0)) {
+  if (size == 0 && !(total_bytes_ == 0 && seq == 0)) {
     return absl::InvalidArgumentError(absl::StrCat("chunk ", seq, " is empty"));
   }
   if (seq >= MaxChunks(total_bytes_)) {
@@ -410,11 +417,15 @@ Status ChunkVerifier::Add(uint64_t seq, std::string_view data, std::string_view 
                      MaxChunks(total_bytes_), " chunks (one per ", kMinChunkBytes,
                      " bytes, plus ", kChunkSlack, ")"));
   }
-  if (!sha256.empty() && Sha256(data) != sha256) {
-    return absl::DataLossError(absl::StrCat("chunk ", seq, " checksum mismatch"));
+  if (!sha256.empty()) {
+    Sha256Stream chunk;
+    for (std::string_view piece : data) chunk.Update(piece);
+    if (chunk.Final() != sha256) {
+      return absl::DataLossError(absl::StrCat("chunk ", seq, " checksum mismatch"));
+    }
   }
-  whole_.Update(data);
-  received_ += data.size();
+  for (std::string_view piece : data) whole_.Update(piece);
+  received_ += size;
   ++next_seq_;
   return absl::OkStatus();
 }

@@ -1,6 +1,8 @@
 #include "attune/common/wire.h"
 
+#include <algorithm>
 #include <limits>
+#include <span>
 
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/io/coded_stream.h>
@@ -460,6 +462,127 @@ Status CheckWireBounds(std::string_view bytes, const google::protobuf::Descripto
                             static_cast<int>(bytes.size()));
   in.PushLimit(static_cast<int>(bytes.size()));
   return Walk(&in, type, bounds, 0);
+}
+
+}  // namespace attune
+
+// ---- ReadChunkPieces ---------------------------------------------------------
+
+namespace attune {
+namespace {
+
+// The pieces of one message as one protobuf input stream.
+class PiecesInputStream : public pbio::ZeroCopyInputStream {
+ public:
+  explicit PiecesInputStream(std::span<const std::string_view> pieces) : pieces_(pieces) {}
+  bool Next(const void** data, int* size) override {
+    while (index_ < pieces_.size() && offset_ == pieces_[index_].size()) {
+      ++index_;
+      offset_ = 0;
+    }
+    if (index_ == pieces_.size()) return false;
+    const std::string_view p = pieces_[index_];
+    const size_t n = std::min<size_t>(p.size() - offset_, std::numeric_limits<int>::max());
+    *data = p.data() + offset_;
+    *size = static_cast<int>(n);
+    offset_ += n;
+    count_ += static_cast<int64_t>(n);
+    return true;
+  }
+  void BackUp(int count) override {  // within the piece Next gave last
+    offset_ -= static_cast<size_t>(count);
+    count_ -= count;
+  }
+  bool Skip(int count) override {
+    const void* data;
+    int size;
+    while (count > 0) {
+      if (!Next(&data, &size)) return false;
+      if (size > count) {
+        BackUp(size - count);
+        return true;
+      }
+      count -= size;
+    }
+    return true;
+  }
+  int64_t ByteCount() const override { return count_; }
+
+ private:
+  std::span<const std::string_view> pieces_;
+  size_t index_ = 0, offset_ = 0;
+  int64_t count_ = 0;
+};
+
+// [offset, offset + len) of the joined pieces, as views (`views`) or bytes (`bytes`).
+void TakeRange(std::span<const std::string_view> pieces, uint64_t offset, uint64_t len,
+               std::vector<std::string_view>* views, std::string* bytes) {
+  for (std::string_view p : pieces) {
+    if (len == 0) return;
+    if (offset >= p.size()) {
+      offset -= p.size();
+      continue;
+    }
+    const std::string_view part = p.substr(offset, std::min<uint64_t>(len, p.size() - offset));
+    if (views != nullptr) views->push_back(part);
+    if (bytes != nullptr) bytes->append(part);
+    len -= part.size();
+    offset = 0;
+  }
+}
+
+}  // namespace
+
+uint64_t ChunkPieces::data_size() const {
+  uint64_t n = 0;
+  for (std::string_view p : data) n += p.size();
+  return n;
+}
+
+Status ReadChunkPieces(std::span<const std::string_view> message, const WireBounds& bounds,
+                       ChunkPieces* out) {
+  const Descriptor& type = *v1::Chunk::descriptor();
+  uint64_t total = 0;
+  for (std::string_view p : message) total += p.size();
+  if (total > static_cast<uint64_t>(std::numeric_limits<int>::max())) {
+    return absl::InvalidArgumentError("message too large");
+  }
+  const int size = static_cast<int>(total);
+  {  // the bounds, over the whole message (data is skipped, not read)
+    PiecesInputStream stream(message);
+    pbio::CodedInputStream in(&stream);
+    in.PushLimit(size);
+    ATTUNE_RETURN_IF_ERROR(Walk(&in, type, bounds, 0));
+  }
+  // Then each top-level field: data is noted where it lies, the others are
+  // kept as they were written, for protobuf to parse.
+  PiecesInputStream stream(message);
+  pbio::CodedInputStream in(&stream);
+  in.PushLimit(size);
+  std::string rest;
+  uint64_t data_at = 0, data_len = 0;
+  while (in.BytesUntilLimit() > 0) {
+    const int start = in.CurrentPosition();
+    uint32_t tag = 0;
+    if (!ReadTag(&in, &tag)) return Malformed(type);
+    if (tag == WireFormatLite::MakeTag(v1::Chunk::kDataFieldNumber,
+                                       WireFormatLite::WIRETYPE_LENGTH_DELIMITED)) {
+      uint32_t len = 0;
+      if (!ReadLength(&in, &len)) return Malformed(type);
+      data_at = static_cast<uint64_t>(in.CurrentPosition());
+      data_len = len;
+      if (!in.Skip(static_cast<int>(len))) return Malformed(type);
+      continue;
+    }
+    if (!WireFormatLite::SkipField(&in, tag)) return Malformed(type);
+    TakeRange(message, static_cast<uint64_t>(start),
+              static_cast<uint64_t>(in.CurrentPosition() - start), nullptr, &rest);
+  }
+  out->rest.Clear();
+  out->data.clear();
+  if (!out->rest.ParseFromString(rest)) return Malformed(type);
+  TakeRange(message, data_at, data_len, &out->data, nullptr);
+  return absl::OkStatus();
 }
 
 }  // namespace attune

@@ -210,6 +210,24 @@ attune::Status FederationService::ReadMessage(const grpc::ByteBuffer& in, const 
   return absl::OkStatus();
 }
 
+attune::Status FederationService::ReadChunk(const grpc::ByteBuffer& in, const Limits& limits,
+                                            std::vector<grpc::Slice>* slices,
+                                            ChunkPieces* out) {
+  if (in.Length() > limits.max_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat("a ", limits.rpc, " message of ",
+                                                     in.Length(), " bytes; at most ",
+                                                     limits.max_bytes, " are accepted"));
+  }
+  slices->clear();
+  if (!in.Dump(slices).ok()) return absl::InvalidArgumentError("unreadable message");
+  std::vector<std::string_view> pieces;
+  pieces.reserve(slices->size());
+  for (const auto& slice : *slices) {
+    pieces.emplace_back(reinterpret_cast<const char*>(slice.begin()), slice.size());
+  }
+  return ReadChunkPieces(pieces, limits.wire, out);
+}
+
 // The one request of a unary or server-streaming call, read under the
 // watch and checked (ReadMessage). Cancelled when the caller went away.
 template <typename Stream>
@@ -303,7 +321,10 @@ void FederationService::ServeUpload(int index, Limits limits) {
       auto admitted = self->Admit(ctx, limits);
       if (!admitted.ok()) return self->Refuse(ctx, "", limits.rpc, admitted.status());
       StreamWatch::Call& watch = *admitted->watch;
-      const ChunkReader read = [&](v1::Chunk* chunk) -> StatusOr<bool> {
+      // The chunk read last lies in `slices` (its data is not copied out
+      // of gRPC's buffers): valid until the next read.
+      std::vector<grpc::Slice> slices;
+      const ChunkReader read = [&](ChunkPieces* chunk) -> StatusOr<bool> {
         grpc::ByteBuffer in;
         bool more;
         {
@@ -312,7 +333,7 @@ void FederationService::ServeUpload(int index, Limits limits) {
         }
         ATTUNE_RETURN_IF_ERROR(watch.expired());
         if (!more) return false;
-        ATTUNE_RETURN_IF_ERROR(self->ReadMessage(in, limits, chunk));
+        ATTUNE_RETURN_IF_ERROR(self->ReadChunk(in, limits, &slices, chunk));
         return true;
       };
       v1::Receipt receipt;
@@ -473,17 +494,17 @@ grpc::Status FederationService::SubmitUpdate(grpc::ServerContext* ctx, const Chu
   ATTUNE_AUTHORIZE_OR_REFUSE(caller, "SubmitUpdate", driver_->study().study_id);
   auto transfer = BeginTransfer(ctx, *caller, /*wait_turn=*/false);
   if (!transfer.ok()) return Refuse(ctx, *caller, "SubmitUpdate", transfer.status());
-  v1::Chunk chunk;
+  ChunkPieces chunk;
   StatusOr<bool> more = read(&chunk);
   if (!more.ok()) return Refuse(ctx, *caller, "SubmitUpdate", more.status());
   if (!*more) {
     return Refuse(ctx, *caller, "SubmitUpdate", absl::InvalidArgumentError("empty update stream"));
   }
-  if (!chunk.has_meta()) {
+  if (!chunk.rest.has_meta()) {
     return Refuse(ctx, *caller, "SubmitUpdate",
                   absl::InvalidArgumentError("the first chunk must carry the update's metadata"));
   }
-  const v1::UpdateMeta meta = chunk.meta();
+  const v1::UpdateMeta meta = chunk.rest.meta();
   ATTUNE_AUTHORIZE_OR_REFUSE(site, "SubmitUpdate", meta.study_id());
   if (meta.held()) {
     return Refuse(ctx, *site, "SubmitUpdate",
@@ -505,9 +526,9 @@ grpc::Status FederationService::SubmitUpdate(grpc::ServerContext* ctx, const Chu
       return Refuse(ctx, *site, "SubmitUpdate",
                     absl::InvalidArgumentError("chunk after the one marked last"));
     }
-    attune::Status s = (*intake)->AddChunk(chunk.seq(), chunk.data(), chunk.sha256());
+    attune::Status s = (*intake)->AddChunk(chunk.rest.seq(), chunk.data, chunk.rest.sha256());
     if (!s.ok()) return Refuse(ctx, *site, "SubmitUpdate", s);
-    last = chunk.last();
+    last = chunk.rest.last();
     more = read(&chunk);
     if (!more.ok()) return Refuse(ctx, *site, "SubmitUpdate", more.status());
     if (!*more) break;

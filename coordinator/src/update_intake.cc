@@ -110,21 +110,14 @@ Status UpdateIntake::OnValues(uint64_t first, std::span<const float> values) {
 }
 
 Status UpdateIntake::AddChunk(uint64_t seq, std::string_view data, std::string_view sha256) {
+  return AddChunk(seq, std::span<const std::string_view>(&data, 1), sha256);
+}
+
+Status UpdateIntake::AddChunk(uint64_t seq, std::span<const std::string_view> data,
+                              std::string_view sha256) {
   ATTUNE_RETURN_IF_ERROR(dead_);
   Status s = [&]() -> Status {
     ATTUNE_RETURN_IF_ERROR(verifier_.Add(seq, data, sha256));
-    if (masked_) {
-      // Little-endian words straight into place: no second copy of the input.
-      static_assert(std::endian::native == std::endian::little);
-      if (masked_bytes_ + data.size() > words_.size() * 4) {
-        return absl::InvalidArgumentError("a masked input longer than announced");
-      }
-      std::memcpy(reinterpret_cast<char*>(words_.data()) + masked_bytes_, data.data(),
-                  data.size());
-      masked_bytes_ += data.size();
-      return absl::OkStatus();
-    }
-    if (init_) payload_.append(data);
     // The schema is checked once, as soon as the header is parsed and
     // before any value is kept.
     auto check_schema = [&]() -> Status {
@@ -136,11 +129,25 @@ Status UpdateIntake::AddChunk(uint64_t seq, std::string_view data, std::string_v
       return absl::InvalidArgumentError(absl::StrCat(
           "wrong shape or dtype: ", SchemaMismatch(*parser_.schema(), *expected_)));
     };
-    ATTUNE_RETURN_IF_ERROR(parser_.Feed(data, [&](uint64_t first, std::span<const float> v) {
+    for (std::string_view piece : data) {
+      if (masked_) {
+        // Little-endian words straight into place: no second copy of the input.
+        static_assert(std::endian::native == std::endian::little);
+        if (masked_bytes_ + piece.size() > words_.size() * 4) {
+          return absl::InvalidArgumentError("a masked input longer than announced");
+        }
+        std::memcpy(reinterpret_cast<char*>(words_.data()) + masked_bytes_, piece.data(),
+                    piece.size());
+        masked_bytes_ += piece.size();
+        continue;
+      }
+      if (init_) payload_.append(piece);
+      ATTUNE_RETURN_IF_ERROR(parser_.Feed(piece, [&](uint64_t first, std::span<const float> v) {
+        ATTUNE_RETURN_IF_ERROR(check_schema());
+        return OnValues(first, v);
+      }));
       ATTUNE_RETURN_IF_ERROR(check_schema());
-      return OnValues(first, v);
-    }));
-    ATTUNE_RETURN_IF_ERROR(check_schema());
+    }
     return absl::OkStatus();
   }();
   if (!s.ok()) dead_ = s;

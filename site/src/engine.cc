@@ -21,6 +21,8 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+constexpr char kFetchModelMethod[] = "/attune.v1.Federation/FetchModel";
+
 void SetDeadline(grpc::ClientContext* ctx, std::chrono::milliseconds timeout) {
   ctx->set_deadline(std::chrono::system_clock::now() + timeout);
 }
@@ -631,12 +633,33 @@ StatusOr<std::shared_ptr<const FlatModel>> SiteEngine::FetchModel(int64_t versio
   ref.set_study_id(options_.study_id);
   ref.set_version(version);
   if (held_) ref.set_held_sha256(held_sha256_);
-  auto reader = coordinator_->FetchModel(&ctx, ref);
+  // Read as raw messages: each chunk's data is verified and parsed where
+  // it lies in gRPC's buffers (ReadChunkPieces), not copied into a message.
+  const grpc::internal::RpcMethod method(kFetchModelMethod,
+                                         grpc::internal::RpcMethod::SERVER_STREAMING, channel_);
+  std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> reader(
+      grpc::internal::ClientReaderFactory<grpc::ByteBuffer>::Create(channel_.get(), method, &ctx,
+                                                                    ref));
   // The model must have the architecture the terms' model section gives
   // this site's learner: checked as soon as its header arrives, before
   // anything is kept of it.
   ATTUNE_RETURN_IF_ERROR(KnowOwnModel());
-  v1::Chunk chunk;
+  grpc::ByteBuffer message;
+  std::vector<grpc::Slice> slices;  // the chunk read last lies in these
+  std::vector<std::string_view> pieces;
+  ChunkPieces chunk;
+  auto read = [&]() -> StatusOr<bool> {
+    if (!reader->Read(&message)) return false;
+    slices.clear();
+    if (!message.Dump(&slices).ok()) return absl::DataLossError("an unreadable model chunk");
+    pieces.clear();
+    for (const auto& slice : slices) {
+      pieces.emplace_back(reinterpret_cast<const char*>(slice.begin()), slice.size());
+    }
+    Status r = ReadChunkPieces(pieces, WireBounds{}, &chunk);
+    if (!r.ok()) return absl::DataLossError(absl::StrCat("a model chunk: ", r.message()));
+    return true;
+  };
   std::optional<ChunkVerifier> verifier;
   ModelStreamParser parser;
   FlatModel model;
@@ -655,17 +678,22 @@ StatusOr<std::shared_ptr<const FlatModel>> SiteEngine::FetchModel(int64_t versio
         own_schema_->tensors.size(), " tensors of ", own_schema_->numel(), " values)"));
   };
   Status s;
-  while (s.ok() && reader->Read(&chunk)) {
+  while (s.ok()) {
+    StatusOr<bool> more = read();
+    if (!more.ok() || !*more) {
+      s = more.status();
+      break;
+    }
     if (!verifier) {
-      if (!chunk.has_meta()) {
+      if (!chunk.rest.has_meta()) {
         s = absl::DataLossError("model stream without metadata");
         break;
       }
-      announced = chunk.meta().total_bytes();
-      announced_sha256 = chunk.meta().total_sha256();
-      if (chunk.meta().held()) {
+      announced = chunk.rest.meta().total_bytes();
+      announced_sha256 = chunk.rest.meta().total_sha256();
+      if (chunk.rest.meta().held()) {
         s = HeldModelReply(chunk, version);
-        if (s.ok() && reader->Read(&chunk)) s = absl::DataLossError("chunks after a held model");
+        if (s.ok() && reader->Read(&message)) s = absl::DataLossError("chunks after a held model");
         held = s.ok();
         break;
       }
@@ -676,16 +704,18 @@ StatusOr<std::shared_ptr<const FlatModel>> SiteEngine::FetchModel(int64_t versio
       held_.reset();
       held_sha256_.clear();
     }
-    s = verifier->Add(chunk.seq(), chunk.data(), chunk.sha256());
-    if (!s.ok()) break;
-    s = parser.Feed(chunk.data(), [&](uint64_t, std::span<const float> v) {
-      ATTUNE_RETURN_IF_ERROR(check_schema());
-      // The values of a model of this site's shape: reserved once.
-      if (model.values.empty()) model.values.reserve(static_cast<size_t>(own_schema_->numel()));
-      model.values.insert(model.values.end(), v.begin(), v.end());
-      return absl::OkStatus();
-    });
-    if (s.ok()) s = check_schema();
+    s = verifier->Add(chunk.rest.seq(), chunk.data, chunk.rest.sha256());
+    for (std::string_view piece : chunk.data) {
+      if (!s.ok()) break;
+      s = parser.Feed(piece, [&](uint64_t, std::span<const float> v) {
+        ATTUNE_RETURN_IF_ERROR(check_schema());
+        // The values of a model of this site's shape: reserved once.
+        if (model.values.empty()) model.values.reserve(static_cast<size_t>(own_schema_->numel()));
+        model.values.insert(model.values.end(), v.begin(), v.end());
+        return absl::OkStatus();
+      });
+      if (s.ok()) s = check_schema();
+    }
   }
   if (!s.ok()) {
     ctx.TryCancel();
@@ -716,14 +746,14 @@ StatusOr<std::shared_ptr<const FlatModel>> SiteEngine::FetchModel(int64_t versio
   return std::shared_ptr<const FlatModel>(held_);
 }
 
-Status SiteEngine::HeldModelReply(const v1::Chunk& chunk, int64_t version) const {
+Status SiteEngine::HeldModelReply(const ChunkPieces& chunk, int64_t version) const {
   // Only what this site said it holds, and nothing but the metadata.
-  if (!held_ || chunk.meta().total_sha256() != held_sha256_) {
+  if (!held_ || chunk.rest.meta().total_sha256() != held_sha256_) {
     return absl::DataLossError(absl::StrCat(
         "the coordinator says this site holds model version ", version,
         " already, but the model it holds has another digest"));
   }
-  if (!chunk.data().empty() || !chunk.last() || chunk.seq() != 0) {
+  if (chunk.data_size() != 0 || !chunk.rest.last() || chunk.rest.seq() != 0) {
     return absl::DataLossError("a held model's reply with data or more chunks");
   }
   return absl::OkStatus();

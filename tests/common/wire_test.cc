@@ -223,5 +223,57 @@ TEST(TaskToProto, EveryFieldOfAPlainAndASecureTask) {
   EXPECT_EQ(m.confirmations(1).signature(), "sig2");
 }
 
+// A chunk read where it lies: the data as views into the message's pieces
+// (no copy), everything else as protobuf parses it; refused where protobuf
+// or the bounds refuse the joined bytes.
+TEST(ReadChunkPieces, GivesTheDataInPlaceAndTheRestAsProtobufWould) {
+  v1::Chunk chunk;
+  chunk.mutable_meta()->set_task_id("r1/a1/train/site-a");
+  chunk.mutable_meta()->set_total_bytes(5000);
+  chunk.set_seq(0);
+  chunk.set_data(std::string(5000, 'v'));
+  chunk.set_last(true);
+  const std::string bytes = chunk.SerializeAsString();
+  for (size_t cut : {size_t{1}, size_t{7}, size_t{1000}, bytes.size()}) {
+    std::vector<std::string_view> pieces;
+    for (size_t at = 0; at < bytes.size(); at += cut) {
+      pieces.push_back(std::string_view(bytes).substr(at, cut));
+    }
+    ChunkPieces got;
+    ASSERT_TRUE(ReadChunkPieces(pieces, WireBounds{}, &got).ok()) << cut;
+    std::string data;
+    for (std::string_view p : got.data) {
+      // Each view lies inside the message: nothing was copied.
+      EXPECT_GE(p.data(), bytes.data());
+      EXPECT_LE(p.data() + p.size(), bytes.data() + bytes.size());
+      data.append(p);
+    }
+    EXPECT_EQ(data, chunk.data());
+    EXPECT_EQ(got.data_size(), 5000u);
+    EXPECT_TRUE(got.rest.data().empty());
+    EXPECT_EQ(got.rest.meta().task_id(), "r1/a1/train/site-a");
+    EXPECT_TRUE(got.rest.last());
+  }
+  // Data written twice: the last is the chunk's (protobuf's rule).
+  v1::Chunk again;
+  again.set_data("second");
+  const std::string twice = bytes + again.SerializeAsString();
+  const std::string_view one[] = {twice};
+  ChunkPieces got;
+  ASSERT_TRUE(ReadChunkPieces(one, WireBounds{}, &got).ok());
+  ASSERT_EQ(got.data.size(), 1u);
+  EXPECT_EQ(got.data[0], "second");
+  EXPECT_EQ(got.rest.meta().total_bytes(), 5000u);
+  // Cut short, an unknown field, a length past the end: refused.
+  const std::string_view shortened[] = {std::string_view(bytes).substr(0, bytes.size() - 3)};
+  EXPECT_FALSE(ReadChunkPieces(shortened, WireBounds{}, &got).ok());
+  const std::string unknown = bytes + std::string("\x38\x01", 2);  // field 7
+  const std::string_view with_unknown[] = {unknown};
+  EXPECT_FALSE(ReadChunkPieces(with_unknown, WireBounds{}, &got).ok());
+  const std::string past = std::string("\x1a\x10", 2) + "abc";
+  const std::string_view past_end[] = {past};
+  EXPECT_FALSE(ReadChunkPieces(past_end, WireBounds{}, &got).ok());
+}
+
 }  // namespace
 }  // namespace attune

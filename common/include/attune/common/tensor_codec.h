@@ -163,6 +163,8 @@ class ChunkVerifier {
   // chunk, or more bytes than announced. DataLoss: the chunk's digest (when
   // given; empty: not checked), or one that is not 32 bytes.
   Status Add(uint64_t seq, std::string_view data, std::string_view sha256);
+  // The same for a chunk whose data lies in pieces (ReadChunkPieces).
+  Status Add(uint64_t seq, std::span<const std::string_view> data, std::string_view sha256);
   // DataLoss: short, or the whole payload's digest does not match.
   Status Finish();
   uint64_t received() const { return received_; }

@@ -4,8 +4,10 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "attune/common/eval_stats.h"
 #include "attune/common/status.h"
@@ -76,5 +78,22 @@ struct WireBounds {
 };
 Status CheckWireBounds(std::string_view bytes, const google::protobuf::Descriptor& type,
                        const WireBounds& bounds);
+
+// ---- A chunk read where its bytes lie ----------------------------------
+//
+// A Chunk as it arrived: a gRPC message is a list of slices, and joining
+// them and parsing would copy a megabyte of data twice. `rest` is the
+// message without its data field, parsed by protobuf (meta, seq, sha256,
+// last); `data` that field's bytes (its last occurrence, as protobuf reads
+// it), as views into `message`'s pieces. The same bounds and refusals as
+// CheckWireBounds, then Chunk::ParseFromString, on the joined bytes
+// (differential fuzz target: fuzz/targets/chunk_pieces.cc).
+struct ChunkPieces {
+  v1::Chunk rest;
+  std::vector<std::string_view> data;
+  uint64_t data_size() const;
+};
+Status ReadChunkPieces(std::span<const std::string_view> message, const WireBounds& bounds,
+                       ChunkPieces* out);
 
 }  // namespace attune

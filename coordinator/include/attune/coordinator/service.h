@@ -70,7 +70,7 @@ class FederationService final : public v1::Federation::Service {
     bool operator()(const google::protobuf::Message& m) const { return message(m); }
   };
   // The next chunk of an upload: false at the end of the stream.
-  using ChunkReader = std::function<StatusOr<bool>(v1::Chunk*)>;
+  using ChunkReader = std::function<StatusOr<bool>(ChunkPieces*)>;
 
   // The methods, called by the raw handlers with parsed requests.
   grpc::Status Join(grpc::ServerContext* ctx, const v1::JoinRequest& req, v1::JoinReply* reply);
@@ -118,6 +118,10 @@ class FederationService final : public v1::Federation::Service {
   // One message's bytes, checked against `limits` and parsed into `out`.
   attune::Status ReadMessage(const grpc::ByteBuffer& in, const Limits& limits,
                              google::protobuf::Message* out);
+  // An update chunk, read where it lies in `in` (its slices, kept in
+  // `slices` for as long as `out` is used), with ReadMessage's checks.
+  attune::Status ReadChunk(const grpc::ByteBuffer& in, const Limits& limits,
+                           std::vector<grpc::Slice>* slices, ChunkPieces* out);
   // Runs `call`, turning an allocation failure into RESOURCE_EXHAUSTED.
   grpc::Status Guarded(grpc::ServerContext* ctx, const char* rpc,
                        const std::function<grpc::Status()>& call);

@@ -16,6 +16,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -48,6 +49,8 @@ class UpdateIntake {
   // InvalidArgument (order, size, shape/dtype, NaN/Inf, norm) or DataLoss
   // (digest); the intake is dead after an error.
   Status AddChunk(uint64_t seq, std::string_view data, std::string_view sha256);
+  // The same for a chunk whose data lies in pieces (ReadChunkPieces).
+  Status AddChunk(uint64_t seq, std::span<const std::string_view> data, std::string_view sha256);
   // Whole-payload digest and size; commits the spool file.
   Status Finish();
 

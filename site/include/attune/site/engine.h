@@ -44,6 +44,7 @@
 #include "attune/common/site_releases.h"
 #include "attune/common/status.h"
 #include "attune/common/tls.h"
+#include "attune/common/wire.h"
 #include "attune/v1/federation.grpc.pb.h"
 #include "attune/site/learner.h"
 
@@ -116,7 +117,7 @@ class SiteEngine {
   // The model held already when the coordinator says it is the one.
   StatusOr<std::shared_ptr<const FlatModel>> FetchModel(int64_t version, std::string* digest);
   // Checks a reply marked `held` against what this site holds.
-  Status HeldModelReply(const v1::Chunk& chunk, int64_t version) const;
+  Status HeldModelReply(const ChunkPieces& chunk, int64_t version) const;
   // `train_loss`: none for the initial model, and in a DP release.
   Status SubmitUpdate(const v1::RoundTask& task, const FlatModel& payload, int64_t num_examples,
                       std::optional<double> train_loss, bool full_weights);
