@@ -69,6 +69,18 @@ grpc::Status ToGrpcStatus(const Status& s) {
   return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
 }
 
+Status ReadChunkBuffer(const grpc::ByteBuffer& in, const WireBounds& bounds,
+                       std::vector<grpc::Slice>* slices, ChunkPieces* out) {
+  slices->clear();
+  if (!in.Dump(slices).ok()) return absl::InvalidArgumentError("unreadable message");
+  std::vector<std::string_view> pieces;
+  pieces.reserve(slices->size());
+  for (const auto& slice : *slices) {
+    pieces.emplace_back(reinterpret_cast<const char*>(slice.begin()), slice.size());
+  }
+  return ReadChunkPieces(pieces, bounds, out);
+}
+
 Status FromGrpcStatus(const grpc::Status& s) {
   if (s.ok()) return absl::OkStatus();
   return Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());

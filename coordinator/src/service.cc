@@ -218,14 +218,7 @@ attune::Status FederationService::ReadChunk(const grpc::ByteBuffer& in, const Li
                                                      in.Length(), " bytes; at most ",
                                                      limits.max_bytes, " are accepted"));
   }
-  slices->clear();
-  if (!in.Dump(slices).ok()) return absl::InvalidArgumentError("unreadable message");
-  std::vector<std::string_view> pieces;
-  pieces.reserve(slices->size());
-  for (const auto& slice : *slices) {
-    pieces.emplace_back(reinterpret_cast<const char*>(slice.begin()), slice.size());
-  }
-  return ReadChunkPieces(pieces, limits.wire, out);
+  return ReadChunkBuffer(in, limits.wire, slices, out);
 }
 
 // The one request of a unary or server-streaming call, read under the

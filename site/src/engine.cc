@@ -646,17 +646,10 @@ StatusOr<std::shared_ptr<const FlatModel>> SiteEngine::FetchModel(int64_t versio
   ATTUNE_RETURN_IF_ERROR(KnowOwnModel());
   grpc::ByteBuffer message;
   std::vector<grpc::Slice> slices;  // the chunk read last lies in these
-  std::vector<std::string_view> pieces;
   ChunkPieces chunk;
   auto read = [&]() -> StatusOr<bool> {
     if (!reader->Read(&message)) return false;
-    slices.clear();
-    if (!message.Dump(&slices).ok()) return absl::DataLossError("an unreadable model chunk");
-    pieces.clear();
-    for (const auto& slice : slices) {
-      pieces.emplace_back(reinterpret_cast<const char*>(slice.begin()), slice.size());
-    }
-    Status r = ReadChunkPieces(pieces, WireBounds{}, &chunk);
+    Status r = ReadChunkBuffer(message, WireBounds{}, &slices, &chunk);
     if (!r.ok()) return absl::DataLossError(absl::StrCat("a model chunk: ", r.message()));
     return true;
   };

@@ -5,14 +5,17 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <grpcpp/channel.h>
 #include <grpcpp/security/credentials.h>
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/server_context.h>
+#include <grpcpp/support/byte_buffer.h>
 #include <grpcpp/support/status.h>
 
 #include "attune/common/status.h"
+#include "attune/common/wire.h"
 
 namespace attune {
 
@@ -49,5 +52,10 @@ StatusOr<std::string> PeerCertificatePem(const grpc::ServerContextBase& ctx);
 
 grpc::Status ToGrpcStatus(const Status& s);
 Status FromGrpcStatus(const grpc::Status& s);
+
+// A chunk read where it lies in a raw gRPC message (ReadChunkPieces over
+// its slices, kept in `slices` for as long as `out` is used).
+Status ReadChunkBuffer(const grpc::ByteBuffer& in, const WireBounds& bounds,
+                       std::vector<grpc::Slice>* slices, ChunkPieces* out);
 
 }  // namespace attune
