@@ -81,6 +81,22 @@ Status ReadChunkBuffer(const grpc::ByteBuffer& in, const WireBounds& bounds,
   return ReadChunkPieces(pieces, bounds, out);
 }
 
+grpc::ByteBuffer ChunkFrameBuffer(const ChunkFrame& f, const std::shared_ptr<const void>& owner) {
+  grpc::Slice parts[3];
+  size_t n = 0;
+  parts[n++] = grpc::Slice(f.head);
+  if (!f.data.empty() && (f.transient || !owner)) {
+    parts[n++] = grpc::Slice(f.data.data(), f.data.size());
+  } else if (!f.data.empty()) {
+    auto* keep = new std::shared_ptr<const void>(owner);
+    parts[n++] = grpc::Slice(
+        const_cast<char*>(f.data.data()), f.data.size(),
+        [](void* p) { delete static_cast<std::shared_ptr<const void>*>(p); }, keep);
+  }
+  if (!f.tail.empty()) parts[n++] = grpc::Slice(f.tail.data(), f.tail.size());
+  return grpc::ByteBuffer(parts, n);
+}
+
 Status FromGrpcStatus(const grpc::Status& s) {
   if (s.ok()) return absl::OkStatus();
   return Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());

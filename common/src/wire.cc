@@ -254,6 +254,33 @@ ChunkFn AsMessages(const std::function<bool(const v1::Chunk&)>& write) {
   };
 }
 
+// The chunk as frames (its data left where it lies; the first's marked
+// transient when `first_transient`). Fields in number order, as
+// SerializeToString writes them: meta (1), seq (2), data (3: its tag and
+// length here), last (5); sha256 (4) is left out.
+ChunkFn AsFrames(const std::function<bool(const ChunkFrame&)>& write, bool first_transient) {
+  return [&write, first_transient](uint64_t seq, const v1::UpdateMeta* meta,
+                                   std::string_view data, bool last) {
+    v1::Chunk c;
+    if (meta) *c.mutable_meta() = *meta;
+    c.set_seq(seq);
+    ChunkFrame frame;
+    frame.head = c.SerializeAsString();
+    if (!data.empty()) {
+      google::protobuf::io::StringOutputStream out(&frame.head);
+      google::protobuf::io::CodedOutputStream coded(&out);
+      coded.WriteTag(google::protobuf::internal::WireFormatLite::MakeTag(
+          v1::Chunk::kDataFieldNumber,
+          google::protobuf::internal::WireFormatLite::WIRETYPE_LENGTH_DELIMITED));
+      coded.WriteVarint64(data.size());
+    }
+    frame.data = data;
+    frame.transient = first_transient && seq == 0;
+    if (last) frame.tail = std::string_view("\x28\x01", 2);  // field 5, varint 1
+    return write(frame);
+  };
+}
+
 }  // namespace
 
 bool WriteChunks(std::string_view payload, v1::UpdateMeta meta,
@@ -266,33 +293,15 @@ bool WriteChunks(std::string_view payload, v1::UpdateMeta meta,
 bool WriteChunkFrames(std::string_view payload, v1::UpdateMeta meta,
                       std::string_view payload_sha256,
                       const std::function<bool(const ChunkFrame&)>& write) {
-  return WritePayload(
-      payload, PayloadMeta(payload, std::move(meta), payload_sha256),
-      [&write](uint64_t seq, const v1::UpdateMeta* meta, std::string_view data, bool last) {
-        // Fields in number order, as SerializeToString writes them: meta (1),
-        // seq (2), data (3: its tag and length here, the bytes left where
-        // they lie), last (5); sha256 (4) is left out.
-        v1::Chunk c;
-        if (meta) *c.mutable_meta() = *meta;
-        c.set_seq(seq);
-        ChunkFrame frame;
-        frame.head = c.SerializeAsString();
-        if (!data.empty()) {
-          google::protobuf::io::StringOutputStream out(&frame.head);
-          google::protobuf::io::CodedOutputStream coded(&out);
-          coded.WriteTag(google::protobuf::internal::WireFormatLite::MakeTag(
-              v1::Chunk::kDataFieldNumber,
-              google::protobuf::internal::WireFormatLite::WIRETYPE_LENGTH_DELIMITED));
-          coded.WriteVarint64(data.size());
-        }
-        frame.data = data;
-        if (last) frame.tail = std::string_view("\x28\x01", 2);  // field 5, varint 1
-        return write(frame);
-      });
+  return WritePayload(payload, PayloadMeta(payload, std::move(meta), payload_sha256),
+                      AsFrames(write, /*first_transient=*/false));
 }
 
-bool WriteModelChunks(const FlatModel& model, v1::UpdateMeta meta,
-                      const std::function<bool(const v1::Chunk&)>& write) {
+namespace {
+
+// EncodeModel(model)'s pieces written as chunks by `write`, the first with
+// `meta` completed.
+bool WriteModel(const FlatModel& model, v1::UpdateMeta meta, const ChunkFn& write) {
   const uint64_t total = EncodedModelSize(model);
   meta.set_total_bytes(total);
   meta.set_total_sha256(EncodedModelSha256(model));
@@ -301,7 +310,21 @@ bool WriteModelChunks(const FlatModel& model, v1::UpdateMeta meta,
       [&](const PieceFn& piece) {
         return ForEachEncodedPiece(model, kMaxChunkBytes, piece);
       },
-      meta, AsMessages(write));
+      meta, write);
+}
+
+}  // namespace
+
+bool WriteModelFrames(const FlatModel& model, v1::UpdateMeta meta,
+                      const std::function<bool(const ChunkFrame&)>& write) {
+  // ForEachEncodedPiece: every piece but the first is a view into the
+  // model's values.
+  return WriteModel(model, std::move(meta), AsFrames(write, /*first_transient=*/true));
+}
+
+bool WriteModelChunks(const FlatModel& model, v1::UpdateMeta meta,
+                      const std::function<bool(const v1::Chunk&)>& write) {
+  return WriteModel(model, std::move(meta), AsMessages(write));
 }
 
 }  // namespace attune

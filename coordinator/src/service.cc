@@ -53,22 +53,6 @@ grpc::ByteBuffer ToBytes(const google::protobuf::Message& m) {
   return out;
 }
 
-// A chunk's parts as one message: head and tail copied (a few bytes), the
-// data a slice of `owner`'s bytes that keeps them alive until gRPC lets go.
-grpc::ByteBuffer FrameBytes(const ChunkFrame& f, const std::shared_ptr<const std::string>& owner) {
-  grpc::Slice parts[3];
-  size_t n = 0;
-  parts[n++] = grpc::Slice(f.head);
-  if (!f.data.empty()) {
-    auto* keep = new std::shared_ptr<const std::string>(owner);
-    parts[n++] = grpc::Slice(
-        const_cast<char*>(f.data.data()), f.data.size(),
-        [](void* p) { delete static_cast<std::shared_ptr<const std::string>*>(p); }, keep);
-  }
-  if (!f.tail.empty()) parts[n++] = grpc::Slice(f.tail.data(), f.tail.size());
-  return grpc::ByteBuffer(parts, n);
-}
-
 constexpr size_t kKiB = 1024;
 
 }  // namespace
@@ -293,7 +277,7 @@ void FederationService::ServeStream(
       };
       write.frame = [&](const ChunkFrame& f, const std::shared_ptr<const std::string>& owner) {
         auto op = watch.Begin();
-        return stream->Write(FrameBytes(f, owner));
+        return stream->Write(ChunkFrameBuffer(f, owner));
       };
       grpc::Status s = (this->*method)(ctx, req, write);
       if (attune::Status why = watch.expired(); !why.ok()) {

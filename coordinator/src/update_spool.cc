@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <array>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -17,6 +18,31 @@ Status Errno(const std::string& what, const std::string& path) {
   return absl::InternalError(absl::StrCat(path, ": ", what, ": ", std::strerror(errno)));
 }
 
+// Adds the square of value i to lane (start + i) % kLanes: each lane sums
+// its values in index order whatever pieces they came in, so the norm is the
+// same for the same update however the network cut it, and the lanes are
+// independent sums (no branch, no chain of dependent additions).
+void AddSquares(uint64_t start, std::span<const float> v,
+                std::array<double, SpoolWriter::kLanes>& lanes) {
+  constexpr size_t L = SpoolWriter::kLanes;
+  size_t i = 0;
+  for (; i < v.size() && (start + i) % L != 0; ++i) {
+    lanes[(start + i) % L] += static_cast<double>(v[i]) * v[i];
+  }
+  std::array<double, L> acc = lanes;
+  for (; i + L <= v.size(); i += L) {
+    for (size_t k = 0; k < L; ++k) acc[k] += static_cast<double>(v[i + k]) * v[i + k];
+  }
+  for (size_t k = 0; i + k < v.size(); ++k) acc[k] += static_cast<double>(v[i + k]) * v[i + k];
+  lanes = acc;
+}
+
+double Total(const std::array<double, SpoolWriter::kLanes>& lanes) {
+  double t = 0;
+  for (double l : lanes) t += l;
+  return t;
+}
+
 }  // namespace
 
 SpoolWriter::SpoolWriter(std::string path, uint64_t numel, int fd)
@@ -24,7 +50,7 @@ SpoolWriter::SpoolWriter(std::string path, uint64_t numel, int fd)
 
 SpoolWriter::SpoolWriter(SpoolWriter&& o) noexcept
     : path_(std::move(o.path_)), numel_(o.numel_), fd_(o.fd_), written_(o.written_),
-      sum_sq_(o.sum_sq_), committed_(o.committed_) {
+      lanes_(o.lanes_), committed_(o.committed_) {
   o.fd_ = -1;
   o.committed_ = true;  // the moved-from writer owns no file
 }
@@ -49,14 +75,18 @@ Status SpoolWriter::Append(uint64_t first, std::span<const float> values) {
     return absl::InvalidArgumentError(
         absl::StrCat("update has more than the model's ", numel_, " values"));
   }
-  double sq = 0;
-  for (size_t i = 0; i < values.size(); ++i) {
-    const float v = values[i];
-    if (!std::isfinite(v)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("update value ", written_ + i, " is ", std::isnan(v) ? "NaN" : "Inf"));
+  // Checked before anything is written: a NaN or Inf makes its lane's sum
+  // non-finite (finite values cannot: every lane stays far below the
+  // largest double), and only then is the piece searched for the culprit.
+  std::array<double, kLanes> lanes = lanes_;
+  AddSquares(written_, values, lanes);
+  if (!std::isfinite(Total(lanes))) {
+    for (size_t i = 0; i < values.size(); ++i) {
+      if (!std::isfinite(values[i])) {
+        return absl::InvalidArgumentError(absl::StrCat("update value ", written_ + i, " is ",
+                                                       std::isnan(values[i]) ? "NaN" : "Inf"));
+      }
     }
-    sq += static_cast<double>(v) * v;
   }
   const char* p = reinterpret_cast<const char*>(values.data());
   size_t left = values.size_bytes();
@@ -69,12 +99,12 @@ Status SpoolWriter::Append(uint64_t first, std::span<const float> values) {
     p += n;
     left -= static_cast<size_t>(n);
   }
-  sum_sq_ += sq;
+  lanes_ = lanes;
   written_ += values.size();
   return absl::OkStatus();
 }
 
-double SpoolWriter::norm() const { return std::sqrt(sum_sq_); }
+double SpoolWriter::norm() const { return std::sqrt(Total(lanes_)); }
 
 Status SpoolWriter::Commit() {
   if (written_ != numel_) {

@@ -13,10 +13,15 @@
 //     per site, no gRPC; the median of three transfers),
 //   - the same with the SHA-256 digests the protocol asks for (each model
 //     a site receives, each update at both ends) hashed as the bytes move,
+//   - the same bytes and digests over gRPC and nothing else (the gRPC
+//     floor: the coordinator's server settings, the sites' channel, the
+//     round's 1 MiB messages sent without copies and hashed where they
+//     lie; no protocol, checks, spool, aggregation or evaluation),
 //   - and raw TLS moving the model down twice per site (the baseline of
 //     the README's earlier figures, when a site fetched its TRAIN model).
 // The ratio round / raw TLS is the engine's overhead over the transport;
-// round / (TLS + SHA) its overhead over what the protocol cannot skip.
+// round / (TLS + SHA) its overhead over what the protocol cannot skip;
+// round / gRPC floor the engine's own, over what gRPC itself costs.
 //
 // With --secure it runs every case twice in the same run, plain FedAvg and
 // secure aggregation (common/secagg.h), and reports both rounds' wall time,
@@ -49,6 +54,9 @@
 #include <vector>
 
 #include <CLI/CLI.hpp>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/impl/service_type.h>
+#include <grpcpp/support/method_handler.h>
 #include <spdlog/spdlog.h>
 
 #include "absl/strings/str_cat.h"
@@ -56,6 +64,7 @@
 #include "attune/common/provision.h"
 #include "attune/common/tensor_codec.h"
 #include "attune/common/tls.h"
+#include "attune/v1/federation.grpc.pb.h"
 #include "fedsim/fake_site.h"
 #include "nlohmann/json.hpp"
 
@@ -80,6 +89,7 @@ struct Result {
   double tls_s = 0;
   double tls_sha_s = 0;      // raw TLS with the protocol's digests
   double tls_twice_s = 0;    // raw TLS, the model down twice per site
+  double grpc_floor_s = 0;   // gRPC with digests, nothing else (GrpcFloorSeconds)
   double round_down_models = 0;  // models each site fetched in the round
   double coordinator_cpu_s = 0;  // the coordinator process, its whole run
   double sites_cpu_s = 0;        // the fake sites (this process), their whole run
@@ -212,6 +222,135 @@ double RawTlsSeconds(const fs::path& pki, int sites, uint64_t model, int down, b
   for (auto& t : threads) t.join();
   close(lfd);
   return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// ---------------------------------------------------------- gRPC floor
+//
+// The least any engine on gRPC does with the round's bytes: the
+// coordinator's TLS credentials and server settings, the sites' channel
+// (MakeChannel), the same 1 MiB messages on the same two methods, each
+// sent from one copy (the messages are slices of a payload, as the
+// coordinator serves its model) and hashed where it lies on receipt, with
+// the digests of the TLS + SHA baseline -- and nothing else: no protocol
+// fields, no parsing, no checks, no spool, no aggregation, no evaluation.
+// What a round costs beyond this is the engine's own.
+
+constexpr char kFetchMethod[] = "/attune.v1.Federation/FetchModel";
+constexpr char kSubmitMethod[] = "/attune.v1.Federation/SubmitUpdate";
+constexpr size_t kFloorChunk = size_t{1} << 20;
+
+void HashSlices(const grpc::ByteBuffer& in, attune::Sha256Stream* sha) {
+  std::vector<grpc::Slice> slices;
+  if (!in.Dump(&slices).ok()) Die("gRPC floor: a message");
+  for (const grpc::Slice& s : slices) {
+    sha->Update(std::string_view(reinterpret_cast<const char*>(s.begin()), s.size()));
+  }
+}
+
+// Messages of `payload`, kFloorChunk bytes each, as slices that do not copy
+// it (it outlives every call).
+grpc::ByteBuffer FloorMessage(const std::string& payload, size_t off) {
+  grpc::Slice s(const_cast<char*>(payload.data()) + off,
+                std::min(kFloorChunk, payload.size() - off), grpc::Slice::STATIC_SLICE);
+  return grpc::ByteBuffer(&s, 1);
+}
+
+class FloorService final : public attune::v1::Federation::Service {
+ public:
+  explicit FloorService(const std::string* model) {
+    using Split = grpc::ServerSplitStreamer<grpc::ByteBuffer, grpc::ByteBuffer>;
+    MarkMethodStreamed(2, new grpc::internal::SplitServerStreamingHandler<grpc::ByteBuffer,
+                                                                          grpc::ByteBuffer>(
+                              [model](grpc::ServerContext*, Split* stream) {
+                                grpc::ByteBuffer ref;
+                                stream->Read(&ref);
+                                for (size_t off = 0; off < model->size(); off += kFloorChunk) {
+                                  if (!stream->Write(FloorMessage(*model, off))) break;
+                                }
+                                return grpc::Status::OK;
+                              }));
+    using Bidi = grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>;
+    MarkMethodStreamed(
+        3, new grpc::internal::BidiStreamingHandler<FloorService, grpc::ByteBuffer,
+                                                    grpc::ByteBuffer>(
+               [](FloorService*, grpc::ServerContext*, Bidi* stream) {
+                 attune::Sha256Stream sha;  // the coordinator checks each update's digest
+                 grpc::ByteBuffer in;
+                 while (stream->Read(&in)) HashSlices(in, &sha);
+                 (void)sha.Final();
+                 grpc::Slice none("");
+                 stream->Write(grpc::ByteBuffer(&none, 1));
+                 return grpc::Status::OK;
+               },
+               this));
+  }
+};
+
+// Like RawTlsSeconds, over gRPC: each site fetches `down` models (hashing
+// them) and uploads one (hashed as it is sent), all at once.
+double GrpcFloorSeconds(const fs::path& pki, int sites, uint64_t model_bytes, int down) {
+  auto server_bundle = attune::LoadTlsBundle((pki / "coordinator").string());
+  auto client_bundle = attune::LoadTlsBundle((pki / "sites/bench-1").string());
+  if (!server_bundle.ok() || !client_bundle.ok()) Die("gRPC floor: bundles");
+  const std::string model(model_bytes, 'x');
+  FloorService service(&model);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", attune::MakeServerCredentials(*server_bundle), &port);
+  builder.RegisterService(&service);
+  // As the coordinator's (coordinator/src/service.cc, StartServer).
+  builder.SetMaxReceiveMessageSize(attune::kMaxMessageBytes);
+  builder.SetMaxSendMessageSize(attune::kMaxMessageBytes);
+  builder.AddChannelArgument(GRPC_ARG_TCP_MAX_READ_CHUNK_SIZE, 256 << 10);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || port == 0) Die("gRPC floor: cannot listen");
+  const std::string addr = absl::StrCat("127.0.0.1:", port);
+  const std::string update(model_bytes, 'u');
+  const auto start = Clock::now();
+  std::vector<std::thread> threads;
+  for (int i = 0; i < sites; ++i) {
+    threads.emplace_back([&] {
+      std::shared_ptr<grpc::Channel> channel = attune::MakeChannel(addr, *client_bundle);
+      for (int d = 0; d < down; ++d) {
+        grpc::ClientContext ctx;
+        const grpc::internal::RpcMethod method(kFetchMethod,
+                                               grpc::internal::RpcMethod::SERVER_STREAMING, channel);
+        grpc::Slice empty("");
+        std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> reader(
+            grpc::internal::ClientReaderFactory<grpc::ByteBuffer>::Create(
+                channel.get(), method, &ctx, grpc::ByteBuffer(&empty, 1)));
+        attune::Sha256Stream sha;  // a site checks each model's digest
+        grpc::ByteBuffer in;
+        uint64_t got = 0;
+        while (reader->Read(&in)) {
+          got += in.Length();
+          HashSlices(in, &sha);
+        }
+        (void)sha.Final();
+        if (!reader->Finish().ok() || got != model_bytes) Die("gRPC floor: download");
+      }
+      grpc::ClientContext ctx;
+      const grpc::internal::RpcMethod method(kSubmitMethod,
+                                             grpc::internal::RpcMethod::CLIENT_STREAMING, channel);
+      grpc::ByteBuffer reply;
+      std::unique_ptr<grpc::ClientWriter<grpc::ByteBuffer>> writer(
+          grpc::internal::ClientWriterFactory<grpc::ByteBuffer>::Create(channel.get(), method,
+                                                                        &ctx, &reply));
+      attune::Sha256Stream sha;  // a site announces its update's digest
+      for (size_t off = 0; off < update.size(); off += kFloorChunk) {
+        sha.Update(std::string_view(update).substr(off, kFloorChunk));
+        if (!writer->Write(FloorMessage(update, off))) break;
+      }
+      (void)sha.Final();
+      writer->WritesDone();
+      if (!writer->Finish().ok()) Die("gRPC floor: upload");
+    });
+  }
+  for (auto& t : threads) t.join();
+  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  server->Shutdown();
+  return seconds;
 }
 
 // --------------------------------------------------------------- the engine
@@ -394,6 +533,12 @@ Result RunCase(Launcher& launcher, const Case& c, const std::string& coordinator
     r.tls_s = median_of_3(round_down, false);
     r.tls_sha_s = median_of_3(round_down, true);
     r.tls_twice_s = round_down == 2 ? r.tls_s : median_of_3(2, false);
+    std::vector<double> floor;
+    for (int i = 0; i < 3; ++i) {
+      floor.push_back(GrpcFloorSeconds(dir / "pki", c.sites, model_bytes, round_down));
+    }
+    std::sort(floor.begin(), floor.end());
+    r.grpc_floor_s = floor[1];
   }
   fs::remove_all(dir);
   return r;
@@ -467,21 +612,23 @@ int main(int argc, char** argv) {
     if (!json_out.empty()) std::ofstream(json_out) << all.dump(2) << "\n";
     return 0;
   }
-  std::printf("%6s %10s %7s %8s %6s | %7s %5s | %7s %6s | %7s %6s | %7s %6s | %6s %6s\n",
+  std::printf("%6s %10s %7s %8s %6s | %7s %5s | %7s %6s | %7s %6s | %7s %6s %6s | %7s %6s | "
+              "%6s %6s\n",
               "sites", "params", "model", "RSS MiB", "/model", "round s", "down", "TLS s", "ratio",
-              "+SHA s", "ratio", "2 down", "ratio", "coord", "sites");
-  std::printf("%6s %10s %7s %8s %6s | %7s %5s | %14s | %14s | %14s | %13s\n", "", "", "MiB",
-              "coord", "", "", "/site", "raw TLS", "TLS + digests", "TLS, down 2x",
-              "CPU s (run)");
+              "+SHA s", "ratio", "gRPC s", "ratio", "/TLS", "2 down", "ratio", "coord", "sites");
+  std::printf("%6s %10s %7s %8s %6s | %7s %5s | %14s | %14s | %21s | %14s | %13s\n", "", "",
+              "MiB", "coord", "", "", "/site", "raw TLS", "TLS + digests",
+              "gRPC + digests (floor)", "TLS, down 2x", "CPU s (run)");
   std::fflush(stdout);
   json all = json::array();
   for (const Case& c : cases) {
     Result r = RunCase(launcher, c, coordinator_bin, work, false, !no_baseline);
     std::printf("%6d %10lld %7.1f %8.1f %6.2f | %7.2f %5.2f | %7.2f %6.2f | %7.2f %6.2f | %7.2f "
-                "%6.2f | %6.2f %6.2f\n",
+                "%6.2f %6.2f | %7.2f %6.2f | %6.2f %6.2f\n",
                 c.sites, static_cast<long long>(c.params), r.model_mib, r.peak_rss_mib,
                 r.peak_rss_mib / r.model_mib, r.round_s, r.round_down_models, r.tls_s,
-                r.round_s / r.tls_s, r.tls_sha_s, r.round_s / r.tls_sha_s, r.tls_twice_s,
+                r.round_s / r.tls_s, r.tls_sha_s, r.round_s / r.tls_sha_s, r.grpc_floor_s,
+                r.round_s / r.grpc_floor_s, r.grpc_floor_s / r.tls_s, r.tls_twice_s,
                 r.round_s / r.tls_twice_s, r.coordinator_cpu_s, r.sites_cpu_s);
     std::fflush(stdout);
     all.push_back({{"sites", c.sites},
@@ -493,6 +640,7 @@ int main(int argc, char** argv) {
                    {"raw_tls_s", r.tls_s},
                    {"raw_tls_sha256_s", r.tls_sha_s},
                    {"raw_tls_down_twice_s", r.tls_twice_s},
+                   {"grpc_sha256_floor_s", r.grpc_floor_s},
                    {"coordinator_cpu_s", r.coordinator_cpu_s},
                    {"sites_cpu_s", r.sites_cpu_s}});
   }

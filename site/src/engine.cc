@@ -22,6 +22,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 constexpr char kFetchModelMethod[] = "/attune.v1.Federation/FetchModel";
+constexpr char kSubmitUpdateMethod[] = "/attune.v1.Federation/SubmitUpdate";
 
 void SetDeadline(grpc::ClientContext* ctx, std::chrono::milliseconds timeout) {
   ctx->set_deadline(std::chrono::system_clock::now() + timeout);
@@ -264,8 +265,8 @@ Status SiteEngine::HandleTask(const v1::RoundTask& task) {
       initial_digest_ = ModelDigest(init);
       own_schema_ = init.schema;
       spdlog::info("round 0: uploading the initial model ({} parameters)", init.values.size());
-      return SubmitUpdate(task, init, learner_->NumExamples("train"), std::nullopt,
-                          /*full_weights=*/true);
+      return SubmitUpdate(task, std::make_shared<const FlatModel>(std::move(init)),
+                          learner_->NumExamples("train"), std::nullopt, /*full_weights=*/true);
     }
     case v1::RoundTask::TRAIN: {
       ATTUNE_RETURN_IF_ERROR(StartSecure(task));
@@ -319,7 +320,8 @@ Status SiteEngine::HandleTask(const v1::RoundTask& task) {
         LogPrivacySpent(task.round());
       }
       SetStage("uploading", task.round());
-      Status s = SubmitUpdate(task, r.delta, r.num_examples, loss, /*full_weights=*/false);
+      Status s = SubmitUpdate(task, std::make_shared<const FlatModel>(std::move(r.delta)),
+                              r.num_examples, loss, /*full_weights=*/false);
       SetStage("idle", task.round());
       return s;
     }
@@ -535,7 +537,8 @@ Status SiteEngine::HandleSecureStep(const v1::RoundTask& task) {
       v1::UpdateMeta meta;
       meta.set_masked(true);
       meta.set_num_examples(learner_->NumExamples("train"));
-      Status s = SubmitPayload(task, payload, std::move(meta));
+      Status s = SubmitPayload(task, std::make_shared<const std::string>(std::move(payload)),
+                               std::move(meta));
       SetStage("idle", task.round());
       return s;
     }
@@ -752,29 +755,32 @@ Status SiteEngine::HeldModelReply(const ChunkPieces& chunk, int64_t version) con
   return absl::OkStatus();
 }
 
-Status SiteEngine::SubmitUpdate(const v1::RoundTask& task, const FlatModel& model,
+Status SiteEngine::SubmitUpdate(const v1::RoundTask& task, std::shared_ptr<const FlatModel> model,
                                 int64_t num_examples, std::optional<double> train_loss,
                                 bool full_weights) {
   v1::UpdateMeta meta;
   meta.set_num_examples(num_examples);
   meta.set_full_weights(full_weights);
   if (train_loss) (*meta.mutable_metrics())["train_loss"] = *train_loss;
-  return SubmitChunks(task, std::move(meta), EncodedModelSize(model),
-                      [&](v1::UpdateMeta m, const ChunkWriter& write) {
-                        return WriteModelChunks(model, std::move(m), write);
+  const FlatModel& m = *model;
+  return SubmitChunks(task, std::move(meta), EncodedModelSize(m), std::move(model),
+                      [&](v1::UpdateMeta um, const FrameWriter& write) {
+                        return WriteModelFrames(m, std::move(um), write);
                       });
 }
 
-Status SiteEngine::SubmitPayload(const v1::RoundTask& task, const std::string& payload,
-                                 v1::UpdateMeta meta) {
-  return SubmitChunks(task, std::move(meta), payload.size(),
-                      [&](v1::UpdateMeta m, const ChunkWriter& write) {
-                        return WriteChunks(payload, std::move(m), write);
+Status SiteEngine::SubmitPayload(const v1::RoundTask& task,
+                                 std::shared_ptr<const std::string> payload, v1::UpdateMeta meta) {
+  const std::string& p = *payload;
+  return SubmitChunks(task, std::move(meta), p.size(), std::move(payload),
+                      [&](v1::UpdateMeta um, const FrameWriter& write) {
+                        return WriteChunkFrames(p, std::move(um), {}, write);
                       });
 }
 
 Status SiteEngine::SubmitChunks(const v1::RoundTask& task, v1::UpdateMeta meta, uint64_t bytes,
-                                const std::function<bool(v1::UpdateMeta, const ChunkWriter&)>& chunks) {
+                                std::shared_ptr<const void> owner,
+                                const std::function<bool(v1::UpdateMeta, const FrameWriter&)>& chunks) {
   // A plain update is encoded and digested as it is sent: its whole upload
   // counts as time spent on it; a masked one was made beforehand. The
   // initial model is no update: counted as sent only.
@@ -782,13 +788,21 @@ Status SiteEngine::SubmitChunks(const v1::RoundTask& task, v1::UpdateMeta meta, 
   const auto start = Clock::now();
   grpc::ClientContext ctx;
   SetDeadline(&ctx, options_.rpc_timeout);
-  v1::Receipt receipt;
-  auto writer = coordinator_->SubmitUpdate(&ctx, &receipt);
+  // Written as raw messages: each chunk's data goes to gRPC as a slice of
+  // the payload (ChunkFrameBuffer), not copied into a message and then
+  // serialised.
+  const grpc::internal::RpcMethod method(kSubmitUpdateMethod,
+                                         grpc::internal::RpcMethod::CLIENT_STREAMING, channel_);
+  grpc::ByteBuffer receipt;
+  std::unique_ptr<grpc::ClientWriter<grpc::ByteBuffer>> writer(
+      grpc::internal::ClientWriterFactory<grpc::ByteBuffer>::Create(channel_.get(), method, &ctx,
+                                                                    &receipt));
   meta.set_study_id(options_.study_id);
   meta.set_round(task.round());
   meta.set_task_id(task.task_id());
   // A false return means the server ended the call: Finish() says why.
-  chunks(std::move(meta), [&](const v1::Chunk& c) { return writer->Write(c); });
+  chunks(std::move(meta),
+         [&](const ChunkFrame& f) { return writer->Write(ChunkFrameBuffer(f, owner)); });
   writer->WritesDone();
   const Status s = FromGrpcStatus(writer->Finish());
   // Late (FAILED_PRECONDITION): a straggler; the round went on without us.

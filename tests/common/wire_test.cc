@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "attune/common/secure_update.h"
 #include "attune/common/tensor_codec.h"
+#include "attune/common/tls.h"
 
 namespace attune {
 namespace {
@@ -70,6 +71,53 @@ TEST(WriteChunks, AModelStreamsAsItsEncodingWould) {
   }
   int calls = 0;
   EXPECT_FALSE(WriteModelChunks(m, meta, [&](const v1::Chunk&) { return ++calls < 2; }));
+  EXPECT_EQ(calls, 2);
+}
+
+// A model's frames (what a site uploads) are its chunks byte for byte; all
+// but the first's data lie in the model's values (the first, header and
+// first values together, is transient), and as a gRPC message a frame
+// holds its owner until the message is gone.
+TEST(WriteModelFrames, AreTheModelsChunksWithTheDataInPlace) {
+  auto m = std::make_shared<FlatModel>();
+  const size_t n = kMaxChunkBytes / 2 + 3;  // two chunks and a bit
+  m->schema = TensorSchema{{{"w", {static_cast<int64_t>(n)}, "f32"}}};
+  for (size_t i = 0; i < n; ++i) m->values.push_back(static_cast<float>(i % 977) - 3.5f);
+  v1::UpdateMeta meta;
+  meta.set_task_id("t");
+  std::vector<std::string> chunks, frames;
+  ASSERT_TRUE(WriteModelChunks(*m, meta, [&](const v1::Chunk& c) {
+    chunks.push_back(c.SerializeAsString());
+    return true;
+  }));
+  const char* values = reinterpret_cast<const char*>(m->values.data());
+  const char* values_end = values + m->values.size() * sizeof(float);
+  std::vector<bool> transient;
+  std::vector<std::string> buffered;
+  const std::shared_ptr<const void> owner = m;
+  ASSERT_TRUE(WriteModelFrames(*m, meta, [&](const ChunkFrame& f) {
+    frames.push_back(f.head + std::string(f.data) + std::string(f.tail));
+    transient.push_back(f.transient);
+    if (!f.transient) {
+      EXPECT_GE(f.data.data(), values);
+      EXPECT_LE(f.data.data() + f.data.size(), values_end);
+    }
+    grpc::ByteBuffer b = ChunkFrameBuffer(f, owner);
+    if (!f.transient) EXPECT_GT(owner.use_count(), 2);  // the message holds the model
+    std::vector<grpc::Slice> slices;
+    EXPECT_TRUE(b.Dump(&slices).ok());
+    std::string bytes;
+    for (const auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+    buffered.push_back(bytes);
+    return true;
+  }));
+  EXPECT_EQ(owner.use_count(), 2);  // `m` and `owner`: every message let go
+  ASSERT_EQ(chunks.size(), 3u);
+  EXPECT_EQ(frames, chunks);
+  EXPECT_EQ(buffered, chunks);
+  EXPECT_EQ(transient, (std::vector<bool>{true, false, false}));
+  int calls = 0;
+  EXPECT_FALSE(WriteModelFrames(*m, meta, [&](const ChunkFrame&) { return ++calls < 2; }));
   EXPECT_EQ(calls, 2);
 }
 

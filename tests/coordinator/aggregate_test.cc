@@ -6,7 +6,12 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
+#include <limits>
+#include <span>
+
+#include "absl/strings/str_cat.h"
 
 #include "attune/coordinator/update_spool.h"
 #include "support/temp_dir.h"
@@ -86,6 +91,58 @@ TEST(AggregateRound, ManyThreadsGiveTheOneRangeResultBitForBit) {
       }
     }
     EXPECT_EQ(got->describe_json, (*one)->Describe());
+  }
+}
+
+// An update's norm is the same bit for bit however its values were cut
+// into pieces (the network decides), and equal to the sum of squares
+// computed independently in long double; a NaN or Inf is refused naming its
+// index, whichever piece it is in, and nothing after it is written.
+TEST(SpoolWriter, TheNormDoesNotDependOnThePiecesAndBadValuesAreNamed) {
+  testing::TempDir dir;
+  const uint64_t numel = 10007;
+  std::vector<float> v(numel);
+  long double oracle = 0;
+  for (uint64_t i = 0; i < numel; ++i) {
+    v[i] = Value(3, i) * (i % 97 == 0 ? 1e6f : 1.0f);
+    oracle += static_cast<long double>(v[i]) * v[i];
+  }
+  std::vector<double> norms;
+  for (size_t piece : {size_t{1}, size_t{3}, size_t{8}, size_t{13}, size_t{4096}, size_t{numel}}) {
+    auto w = SpoolWriter::Create(dir.path() + "/n" + std::to_string(piece), numel);
+    ASSERT_TRUE(w.ok()) << w.status();
+    for (uint64_t at = 0; at < numel; at += piece) {
+      const size_t len = std::min<uint64_t>(piece, numel - at);
+      ASSERT_TRUE(w->Append(at, std::span<const float>(v).subspan(at, len)).ok());
+    }
+    norms.push_back(w->norm());
+    ASSERT_TRUE(w->Commit().ok());
+  }
+  for (double n : norms) EXPECT_EQ(n, norms[0]);  // bit for bit
+  EXPECT_NEAR(norms[0], std::sqrt(static_cast<double>(oracle)), 1e-12 * norms[0]);
+
+  for (uint64_t bad : {uint64_t{0}, uint64_t{7}, uint64_t{4100}, numel - 1}) {
+    for (float value : {std::numeric_limits<float>::quiet_NaN(),
+                        std::numeric_limits<float>::infinity(),
+                        -std::numeric_limits<float>::infinity()}) {
+      std::vector<float> u = v;
+      u[bad] = value;
+      const std::string path = dir.path() + "/bad";
+      auto w = SpoolWriter::Create(path, numel);
+      ASSERT_TRUE(w.ok()) << w.status();
+      Status s;
+      uint64_t at = 0;
+      for (; at < numel && s.ok(); at += 1000) {
+        s = w->Append(at, std::span<const float>(u).subspan(at, std::min<uint64_t>(1000, numel - at)));
+      }
+      ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << bad;
+      EXPECT_NE(s.message().find(absl::StrCat("update value ", bad, " is ",
+                                              std::isnan(value) ? "NaN" : "Inf")),
+                std::string_view::npos)
+          << s;
+      EXPECT_EQ(at, (bad / 1000 + 1) * 1000) << "stopped at the piece with the bad value";
+      EXPECT_FALSE(w->Commit().ok());  // the values after it never arrived
+    }
   }
 }
 

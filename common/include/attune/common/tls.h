@@ -53,6 +53,12 @@ StatusOr<std::string> PeerCertificatePem(const grpc::ServerContextBase& ctx);
 grpc::Status ToGrpcStatus(const Status& s);
 Status FromGrpcStatus(const grpc::Status& s);
 
+// A chunk's frame (WriteChunkFrames) as one gRPC message: head and tail
+// copied (a few bytes), the data a slice that keeps `owner` alive until
+// gRPC lets go of it -- or copied, when the frame is transient or there is
+// no owner.
+grpc::ByteBuffer ChunkFrameBuffer(const ChunkFrame& f, const std::shared_ptr<const void>& owner);
+
 // A chunk read where it lies in a raw gRPC message (ReadChunkPieces over
 // its slices, kept in `slices` for as long as `out` is used).
 Status ReadChunkBuffer(const grpc::ByteBuffer& in, const WireBounds& bounds,

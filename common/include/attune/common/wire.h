@@ -51,11 +51,17 @@ struct ChunkFrame {
   std::string head;       // meta (first chunk), seq, and data's tag and length
   std::string_view data;  // a slice of the payload
   std::string_view tail;  // last = true, or nothing
+  bool transient = false;  // `data` lives only during the call to write: copy it
 };
 // WriteChunks for a writer that sends the parts as they are: a server that
 // streams one payload to many peers copies it into no message.
 bool WriteChunkFrames(std::string_view payload, v1::UpdateMeta meta,
                       std::string_view payload_sha256,
+                      const std::function<bool(const ChunkFrame&)>& write);
+// WriteChunkFrames for EncodeModel(model), without building it: each
+// frame's data is a view into model.values but the first's (transient: the
+// header and the first values, ForEachEncodedPiece).
+bool WriteModelFrames(const FlatModel& model, v1::UpdateMeta meta,
                       const std::function<bool(const ChunkFrame&)>& write);
 // The same for EncodeModel(model), without building it (ForEachEncodedPiece).
 bool WriteModelChunks(const FlatModel& model, v1::UpdateMeta meta,

@@ -10,6 +10,8 @@
 // Thread-compatible: one writer per incoming update.
 #pragma once
 
+#include <array>
+#include <cstddef>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -20,6 +22,8 @@ namespace attune::coordinator {
 
 class SpoolWriter {
  public:
+  // The squares are summed in this many lanes, value i in lane i % kLanes.
+  static constexpr size_t kLanes = 8;
   // Creates `path`.tmp for an update of `numel` values.
   static StatusOr<SpoolWriter> Create(std::string path, uint64_t numel);
   SpoolWriter(SpoolWriter&&) noexcept;
@@ -41,7 +45,7 @@ class SpoolWriter {
   uint64_t numel_;
   int fd_;
   uint64_t written_ = 0;
-  double sum_sq_ = 0;
+  std::array<double, kLanes> lanes_{};
   bool committed_ = false;
 };
 

@@ -118,16 +118,21 @@ class SiteEngine {
   StatusOr<std::shared_ptr<const FlatModel>> FetchModel(int64_t version, std::string* digest);
   // Checks a reply marked `held` against what this site holds.
   Status HeldModelReply(const ChunkPieces& chunk, int64_t version) const;
-  // `train_loss`: none for the initial model, and in a DP release.
-  Status SubmitUpdate(const v1::RoundTask& task, const FlatModel& payload, int64_t num_examples,
-                      std::optional<double> train_loss, bool full_weights);
+  // `train_loss`: none for the initial model, and in a DP release. The
+  // chunks are sent from `model`'s values where they lie: gRPC holds it
+  // until it has sent them.
+  Status SubmitUpdate(const v1::RoundTask& task, std::shared_ptr<const FlatModel> model,
+                      int64_t num_examples, std::optional<double> train_loss, bool full_weights);
   // Streams `payload` in chunks with `meta` (task fields filled in here).
-  Status SubmitPayload(const v1::RoundTask& task, const std::string& payload, v1::UpdateMeta meta);
-  // One SubmitUpdate of `bytes` whose chunks `chunks` writes (WriteChunks or
-  // WriteModelChunks); counted in stats_.
-  using ChunkWriter = std::function<bool(const v1::Chunk&)>;
+  Status SubmitPayload(const v1::RoundTask& task, std::shared_ptr<const std::string> payload,
+                       v1::UpdateMeta meta);
+  // One SubmitUpdate of `bytes` whose chunks `chunks` writes as frames
+  // (WriteChunkFrames or WriteModelFrames) of data that `owner` keeps
+  // alive; counted in stats_.
+  using FrameWriter = std::function<bool(const ChunkFrame&)>;
   Status SubmitChunks(const v1::RoundTask& task, v1::UpdateMeta meta, uint64_t bytes,
-                      const std::function<bool(v1::UpdateMeta, const ChunkWriter&)>& chunks);
+                      std::shared_ptr<const void> owner,
+                      const std::function<bool(v1::UpdateMeta, const FrameWriter&)>& chunks);
   Status SendSecAgg(const v1::RoundTask& task, v1::SecAggMessage msg);
   // A TRAIN or EVALUATE task with a SecAggSetup: starts this site's part
   // and advertises its keys (otherwise: nothing).
