@@ -1,21 +1,30 @@
 // The round driver in one process, on a FakeClock: no gRPC, no processes,
 // no waiting for real deadlines. Each site is a thread calling the driver
 // as the service would (Join, Subscribe, NextTask, BeginUpdate/FinishUpdate,
-// SubmitEval); the test moves time on, with heartbeats from the sites that
-// are alive, and checks the round records in a real StateStore.
+// SubmitEval, and in a secure study the SecAgg steps, through the sites'
+// real SecureSite with certificates from attune provision); the test moves
+// time on, with heartbeats from the sites that are alive, and checks the
+// round records in a real StateStore.
 #include "attune/coordinator/round_driver.h"
 
 #include <gtest/gtest.h>
 
 #include <atomic>
 #include <condition_variable>
+#include <fstream>
 #include <functional>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "attune/common/provision.h"
+#include "attune/common/secure_update.h"
 #include "attune/common/tensor_codec.h"
+#include "attune/common/tls.h"
+#include "attune/common/wire.h"
 #include "fedsim/fake_site.h"
 #include "nlohmann/json.hpp"
 #include "support/temp_dir.h"
@@ -42,9 +51,11 @@ StatusOr<StudyConfig> Study(int rounds, int min_sites) {
 // What the sites saw, for the test to wait on (real time, bounded).
 class Log {
  public:
+  // A task as "<task id> <kind>": the steps of a secure aggregation share
+  // their TRAIN or EVALUATE task's id.
   void Add(const std::string& site, const Task& t) {
     std::lock_guard<std::mutex> lock(mu_);
-    tasks_[site].push_back(t.task_id);
+    tasks_[site].push_back(absl::StrCat(t.task_id, " ", KindName(t.kind)));
     cv_.notify_all();
   }
   // Waits up to 30 s (real) until `ready` holds over the log.
@@ -63,14 +74,34 @@ class Log {
   std::map<std::string, std::vector<std::string>> tasks_;
 };
 
+using TaskLog = std::map<std::string, std::vector<std::string>>;
+
+// A condition on the log: `site` was sent a task whose "<id> <kind>"
+// contains every one of `parts`.
+std::function<bool(const TaskLog&)> Sent(std::string site, std::vector<std::string> parts) {
+  return [site = std::move(site), parts = std::move(parts)](const TaskLog& log) {
+    auto it = log.find(site);
+    if (it == log.end()) return false;
+    for (const auto& id : it->second) {
+      bool all = true;
+      for (const auto& p : parts) all = all && absl::StrContains(id, p);
+      if (all) return true;
+    }
+    return false;
+  };
+}
+
 // How a site answers a task: false to leave it unanswered (a straggler).
 using Policy = std::function<bool(const Task&)>;
 bool Always(const Task&) { return true; }
 
 class Site {
  public:
-  Site(RoundDriver* driver, Log* log, std::string name, Policy policy)
-      : driver_(driver), log_(log), name_(std::move(name)), policy_(std::move(policy)) {}
+  // `tls`: the site's bundle, for a secure aggregation's keys and signatures.
+  Site(RoundDriver* driver, Log* log, std::string name, Policy policy,
+       std::optional<TlsBundle> tls = std::nullopt)
+      : driver_(driver), log_(log), name_(std::move(name)), policy_(std::move(policy)),
+        tls_(std::move(tls)) {}
   ~Site() { Stop(); }
 
   // Joins and subscribes (again: a restarted worker, whose old stream the
@@ -116,37 +147,107 @@ class Site {
     }
   }
 
+  // What the service and the site engine would do, without either: the
+  // secure steps through secure_update.h's SecureSite, on the tasks as the
+  // wire carries them (ToProto).
   void Answer(const Task& task) {
+    const bool secure = task.secure && task.secure->setup;
+    auto sums = [&](const std::string& split) {
+      return fedsim::SyntheticEvalSums(split, driver_->study().audit.histogram_bins, 50);
+    };
     switch (task.kind) {
       case Task::Kind::kInit:
-        Upload(task, fedsim::SyntheticModel(kSchema, [](uint64_t i) { return 0.5f * i; }), true);
+        Upload(task,
+               EncodeModel(fedsim::SyntheticModel(kSchema, [](uint64_t i) { return 0.5f * i; })),
+               /*full_weights=*/true);
         break;
-      case Task::Kind::kTrain:
-        Upload(task, fedsim::SyntheticModel(kSchema, [this](uint64_t i) {
-                 return 0.01f * static_cast<float>(i) + (name_ == "a" ? 0.1f : 0.0f);
-               }),
-               false);
-        break;
-      case Task::Kind::kEvaluate:
-        for (const std::string& split : task.splits) {
-          Status s = driver_->SubmitEval(
-              name_, task.task_id, task.round,
-              fedsim::SyntheticEvalSums(split, driver_->study().audit.histogram_bins, 50));
-          EXPECT_TRUE(s.ok()) << name_ << ": " << s;
+      case Task::Kind::kTrain: {
+        const FlatModel delta = fedsim::SyntheticModel(kSchema, [this](uint64_t i) {
+          return 0.01f * static_cast<float>(i) + (name_ == "a" ? 0.1f : 0.0f);
+        });
+        if (!secure) {
+          Upload(task, EncodeModel(delta), false);
+          break;
         }
+        if (!StartSecure(task)) break;
+        auto clipped = secure_->SetInput(delta.values, 0.5);
+        EXPECT_TRUE(clipped.ok() && *clipped == 0) << name_ << ": " << clipped.status();
         break;
+      }
+      case Task::Kind::kEvaluate: {
+        if (!secure) {
+          for (const std::string& split : task.splits) {
+            Status s = driver_->SubmitEval(name_, task.task_id, task.round, sums(split));
+            EXPECT_TRUE(s.ok()) << name_ << ": " << s;
+          }
+          break;
+        }
+        if (!StartSecure(task)) break;
+        std::vector<EvalSums> splits;
+        for (const std::string& split : task.splits) splits.push_back(sums(split));
+        auto words = EncodeEvalWords(splits, LayoutFromProto(Wire(task)),
+                                     static_cast<int>(task.secure->setup->sites.size()));
+        ASSERT_TRUE(words.ok()) << name_ << ": " << words.status();
+        ASSERT_TRUE(secure_->SetWords(*std::move(words)).ok());
+        break;
+      }
+      case Task::Kind::kSecAggShare: {
+        auto shares = secure_->ShareKeys(Wire(task));
+        ASSERT_TRUE(shares.ok()) << name_ << ": " << shares.status();
+        std::vector<secagg::SealedShares> sealed;
+        for (const auto& p : shares->shares()) sealed.push_back(secagg::FromProto(p));
+        Expect(driver_->SecAggShares(name_, task.task_id, task.round, sealed));
+        break;
+      }
+      case Task::Kind::kSecAggMask: {
+        auto payload = secure_->MaskedPayload(Wire(task));
+        ASSERT_TRUE(payload.ok()) << name_ << ": " << payload.status();
+        Upload(task, *payload, false, /*masked=*/true);
+        break;
+      }
+      case Task::Kind::kSecAggConfirm: {
+        auto confirm = secure_->Confirm(Wire(task));
+        ASSERT_TRUE(confirm.ok()) << name_ << ": " << confirm.status();
+        Expect(driver_->SecAggConfirm(name_, task.task_id, task.round, confirm->signature()));
+        break;
+      }
+      case Task::Kind::kSecAggUnmask: {
+        auto unmask = secure_->Unmask(Wire(task));
+        ASSERT_TRUE(unmask.ok()) << name_ << ": " << unmask.status();
+        Expect(driver_->SecAggUnmask(name_, task.task_id, task.round,
+                                     secagg::FromProto(-1, *unmask)));
+        break;
+      }
       default:
         break;
     }
   }
 
-  void Upload(const Task& task, const FlatModel& model, bool full_weights) {
-    const std::string blob = EncodeModel(model);
+  v1::RoundTask Wire(const Task& task) const {
+    return ToProto(task, driver_->study().study_id, TrainSettings{}, "");
+  }
+  void Expect(const Status& s) { EXPECT_TRUE(s.ok()) << name_ << ": " << s; }
+
+  // This site's part of the task's aggregation, its keys advertised.
+  bool StartSecure(const Task& task) {
+    EXPECT_TRUE(tls_.has_value()) << name_ << ": a secure task for a site without keys";
+    if (!tls_) return false;
+    auto started = secagg::SecureSite::Start(Wire(task), tls_->key_pem, tls_->ca_pem);
+    EXPECT_TRUE(started.ok()) << name_ << ": " << started.status();
+    if (!started.ok()) return false;
+    secure_ = *std::move(started);
+    Expect(driver_->SecAggAdvertise(name_, task.task_id, task.round,
+                                    secagg::FromProto(secure_->Advertisement()), tls_->cert_pem));
+    return true;
+  }
+
+  void Upload(const Task& task, const std::string& blob, bool full_weights, bool masked = false) {
     UpdateHeader h;
     h.task_id = task.task_id;
     h.round = task.round;
     h.num_examples = 100;
     h.full_weights = full_weights;
+    h.masked = masked;
     h.total_bytes = blob.size();
     h.total_sha256 = Sha256(blob);
     auto intake = driver_->BeginUpdate(name_, h);
@@ -165,13 +266,14 @@ class Site {
   std::atomic<bool> stop_{false};
   std::atomic<bool> finished_{false};
   std::thread thread_;
+  const std::optional<TlsBundle> tls_;
+  std::unique_ptr<secagg::SecureSite> secure_;  // the open aggregation (Serve's thread only)
 };
 
 class FakeClockStudy : public ::testing::Test {
  protected:
-  void Open(int rounds, int min_sites) {
-    auto study = Study(rounds, min_sites);
-    ASSERT_TRUE(study.ok()) << study.status();
+  // A driver of `study` on the fake clock, over a real StateStore.
+  void Drive(const StudyConfig& study) {
     auto store = StateStore::Open(dir_.path() + "/state", "fake-clock");
     ASSERT_TRUE(store.ok()) << store.status();
     store_ = *std::move(store);
@@ -179,11 +281,42 @@ class FakeClockStudy : public ::testing::Test {
     o.out_dir = dir_.path() + "/out";
     o.spool_dir = dir_.path() + "/spool";
     o.clock = &clock_;
-    auto driver = RoundDriver::Create(*study, store_.get(), o);
+    auto driver = RoundDriver::Create(study, store_.get(), o);
     ASSERT_TRUE(driver.ok()) << driver.status();
     driver_ = *std::move(driver);
+  }
+  void Open(int rounds, int min_sites) {
+    auto study = Study(rounds, min_sites);
+    ASSERT_TRUE(study.ok()) << study.status();
+    ASSERT_NO_FATAL_FAILURE(Drive(*study));
     for (const char* name : {"a", "b", "c"}) {
       sites_[name] = std::make_unique<Site>(driver_.get(), &log_, name, Always);
+    }
+  }
+  // A secure study of four sites with real certificates (attune
+  // provision's PKI): each site signs and seals with its own key.
+  void OpenSecure(int rounds, int min_sites) {
+    const std::string base = dir_.path() + "/base.json";
+    std::ofstream(base) << json{{"rounds", rounds},
+                                {"min_sites", min_sites},
+                                {"secure_aggregation", true},
+                                {"join_timeout_s", 60},
+                                {"round_deadline_s", 600},
+                                {"heartbeat_timeout_s", 30},
+                                {"audit", {{"columns", json::array()}}}}
+                               .dump();
+    InitOptions init;
+    init.out_dir = dir_.path() + "/pki";
+    init.study_id = "fake-clock";
+    init.sites = {"a", "b", "c", "d"};
+    init.base_study_path = base;
+    auto pki = InitStudy(init);
+    ASSERT_TRUE(pki.ok()) << pki.status();
+    ASSERT_NO_FATAL_FAILURE(Drive(pki->study));
+    for (const std::string& name : init.sites) {
+      auto tls = LoadTlsBundle(init.out_dir + "/sites/" + name);
+      ASSERT_TRUE(tls.ok()) << tls.status();
+      sites_[name] = std::make_unique<Site>(driver_.get(), &log_, name, Always, *std::move(tls));
     }
   }
   void Run() {
@@ -243,29 +376,16 @@ TEST_F(FakeClockStudy, AStragglerIsDroppedAtItsHeartbeatTimeoutAndTheRoundGoesOn
   sites_["c"]->set_policy([](const Task& t) { return t.kind != Task::Kind::kTrain; });
   for (auto& [name, site] : sites_) site->Start();
   Run();
-  auto trained = [](const std::string& site) {
-    return [site](const auto& log) {
-      auto it = log.find(site);
-      if (it == log.end()) return false;
-      for (const auto& id : it->second) {
-        if (absl::StrContains(id, "/r1/") && absl::StrContains(id, "/train/")) return true;
-      }
-      return false;
-    };
-  };
-  for (const char* s : {"a", "b", "c"}) ASSERT_TRUE(log_.WaitFor(trained(s))) << s;
+  for (const char* s : {"a", "b", "c"}) {
+    ASSERT_TRUE(log_.WaitFor(Sent(s, {"/r1/", "/train/"}))) << s;
+  }
   // a and b have answered (their updates are in before the tasks returned
   // to their threads' loops); without time moving, the phase stays open.
   EXPECT_EQ(store_->LastCommittedRound(), 0);
   // 35 s of silence from c: past heartbeat_timeout_s = 30 s, far short of
   // the round's 600 s deadline.
   Pass(35s, {"a", "b"});
-  ASSERT_TRUE(log_.WaitFor([](const auto& log) {
-    for (const auto& id : log.at("a")) {
-      if (absl::StrContains(id, "/r1/") && absl::StrContains(id, "/evaluate/")) return true;
-    }
-    return false;
-  }));
+  ASSERT_TRUE(log_.WaitFor(Sent("a", {"/r1/", "/evaluate/"})));
   ASSERT_TRUE(Finish().ok()) << result_;
   const json r1 = Record(1);
   EXPECT_EQ(r1["sites_reported"], 2);
@@ -285,23 +405,13 @@ TEST_F(FakeClockStudy, ARoundThatMissesItsQuorumCompletesOnItsNextAttempt) {
   });
   for (auto& [name, site] : sites_) site->Start();
   Run();
-  auto has = [](const std::string& site, const std::string& what) {
-    return [site, what](const auto& log) {
-      auto it = log.find(site);
-      if (it == log.end()) return false;
-      for (const auto& id : it->second) {
-        if (absl::StrContains(id, what)) return true;
-      }
-      return false;
-    };
-  };
-  for (const char* s : {"a", "b", "c"}) ASSERT_TRUE(log_.WaitFor(has(s, "/r1/a1/train/"))) << s;
+  for (const char* s : {"a", "b", "c"}) ASSERT_TRUE(log_.WaitFor(Sent(s, {"/r1/a1/train/"}))) << s;
   // c restarts: it subscribes again, so the first attempt cannot reach its
   // quorum of 3 and fails; the second has task ids of its own, which a and
   // b answer again (the same updates would have been refused as already
   // accepted, were the ids the same) and c now answers too.
   sites_["c"]->Start();
-  for (const char* s : {"a", "b", "c"}) ASSERT_TRUE(log_.WaitFor(has(s, "/r1/a2/train/"))) << s;
+  for (const char* s : {"a", "b", "c"}) ASSERT_TRUE(log_.WaitFor(Sent(s, {"/r1/a2/train/"}))) << s;
   ASSERT_TRUE(Finish().ok()) << result_;
   const json r1 = Record(1);
   EXPECT_EQ(r1["sites_reported"], 3);
@@ -324,6 +434,49 @@ TEST_F(FakeClockStudy, TooFewSitesAtTheJoinDeadlineEndTheStudyInFakeTime) {
   const Status s = Finish();
   EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
   EXPECT_NE(s.message().find("only 1 of the roster's 3 sites"), std::string::npos) << s;
+}
+
+// A secure round in fake time: d advertises its keys in round 1 and then
+// falls silent. The share step waits for it until its heartbeat timeout
+// (30 s of fake time, far short of the 600 s deadline), then masks,
+// confirms and unmasks with the three others, whose sum (divided by their
+// weight) is the update; the secure evaluation runs without d too.
+TEST_F(FakeClockStudy, ASecureRoundGoesOnWithoutASiteThatDropsAfterAdvertising) {
+  OpenSecure(/*rounds=*/1, /*min_sites=*/3);
+  sites_["d"]->set_policy(
+      [](const Task& t) { return !(t.round == 1 && t.kind == Task::Kind::kSecAggShare); });
+  for (auto& [name, site] : sites_) site->Start();
+  Run();
+  auto saw = [&](const std::string& site, const std::string& kind) {
+    return Sent(site, {"/r1/", kind})(TaskLog{{site, log_.Of(site)}});
+  };
+  for (const char* s : {"a", "b", "c", "d"}) {
+    ASSERT_TRUE(log_.WaitFor(Sent(s, {"/r1/", " secagg-share"}))) << s;
+  }
+  // Without time moving, the share step waits for d.
+  EXPECT_EQ(store_->LastCommittedRound(), 0);
+  EXPECT_FALSE(saw("a", " secagg-mask"));
+  Pass(35s, {"a", "b", "c"});
+  ASSERT_TRUE(Finish().ok()) << result_;
+  const json r1 = Record(1);
+  EXPECT_EQ(r1["sites"], json({"a", "b", "c"}));
+  EXPECT_EQ(r1["secure_aggregation"]["selected"], 4);
+  EXPECT_EQ(r1["secure_aggregation"]["survivors"], 3);
+  EXPECT_EQ(r1["secure_aggregation"]["evaluation"]["survivors"], 3);
+  EXPECT_GE(r1["seconds"].get<double>(), 30.0);
+  EXPECT_LT(r1["seconds"].get<double>(), 600.0);
+  for (const char* s : {"a", "b", "c"}) EXPECT_TRUE(saw(s, " secagg-unmask")) << s;
+  EXPECT_FALSE(saw("d", " secagg-mask"));
+  // The model: round 0's (0.5 i) plus the mean of a's, b's and c's deltas
+  // (0.01 i, and 0.1 more for a), up to the fixed-point encoding's step.
+  auto blob = store_->LoadModel(1);
+  ASSERT_TRUE(blob.ok()) << blob.status();
+  auto model = DecodeModel(*blob);
+  ASSERT_TRUE(model.ok()) << model.status();
+  ASSERT_EQ(model->values.size(), 8u);
+  for (size_t i = 0; i < 8; ++i) {
+    EXPECT_NEAR(model->values[i], 0.5 * i + 0.01 * i + 0.1 / 3, 1e-6) << i;
+  }
 }
 
 }  // namespace
