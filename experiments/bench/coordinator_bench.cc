@@ -4,8 +4,8 @@
 // the site engine, every safety check included, with a synthetic learner)
 // for one training round, and reports
 //   - the coordinator's peak RSS (getrusage of the child: ru_maxrss),
-//   - the round's wall time (TRAIN + aggregation + EVALUATE + commit, from
-//     the round record), beside
+//   - the round's wall time (TRAIN + aggregation + EVALUATE, from the round
+//     record, whose seconds are taken as the commit begins), beside
 //   - the time to move the same bytes (per site: the models it fetched in
 //     the round -- one: its TRAIN model is the candidate it evaluated the
 //     round before, held -- and an update up) over raw TLS 1.3 with the
@@ -45,11 +45,14 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -257,7 +260,8 @@ grpc::ByteBuffer FloorMessage(const std::string& payload, size_t off) {
 
 class FloorService final : public attune::v1::Federation::Service {
  public:
-  explicit FloorService(const std::string* model) {
+  // `uploaded` is called as each upload ends.
+  FloorService(const std::string* model, std::function<void()> uploaded) {
     using Split = grpc::ServerSplitStreamer<grpc::ByteBuffer, grpc::ByteBuffer>;
     MarkMethodStreamed(2, new grpc::internal::SplitServerStreamingHandler<grpc::ByteBuffer,
                                                                           grpc::ByteBuffer>(
@@ -273,30 +277,39 @@ class FloorService final : public attune::v1::Federation::Service {
     MarkMethodStreamed(
         3, new grpc::internal::BidiStreamingHandler<FloorService, grpc::ByteBuffer,
                                                     grpc::ByteBuffer>(
-               [](FloorService*, grpc::ServerContext*, Bidi* stream) {
+               [uploaded](FloorService*, grpc::ServerContext*, Bidi* stream) {
                  attune::Sha256Stream sha;  // the coordinator checks each update's digest
                  grpc::ByteBuffer in;
                  while (stream->Read(&in)) HashSlices(in, &sha);
                  (void)sha.Final();
                  grpc::Slice none("");
                  stream->Write(grpc::ByteBuffer(&none, 1));
+                 uploaded();
                  return grpc::Status::OK;
                },
                this));
   }
 };
 
-// Like RawTlsSeconds, over gRPC: each site fetches `down` models (hashing
-// them) and uploads one (hashed as it is sent), all at once.
-double GrpcFloorSeconds(const fs::path& pki, int sites, uint64_t model_bytes, int down) {
-  auto server_bundle = attune::LoadTlsBundle((pki / "coordinator").string());
-  auto client_bundle = attune::LoadTlsBundle((pki / "sites/bench-1").string());
-  if (!server_bundle.ok() || !client_bundle.ok()) Die("gRPC floor: bundles");
+// The floor's server, in a process of its own as the coordinator is (the
+// bench run as `attune-bench-coordinator --floor-server PKI BYTES SITES
+// PORT_FILE`, through the Launcher): serves a model of BYTES, writes its
+// port to PORT_FILE once it listens, and exits once SITES uploads are in.
+int ServeFloor(const fs::path& pki, uint64_t model_bytes, int sites, const fs::path& port_file) {
+  auto bundle = attune::LoadTlsBundle((pki / "coordinator").string());
+  if (!bundle.ok()) Die("gRPC floor: the coordinator's bundle");
   const std::string model(model_bytes, 'x');
-  FloorService service(&model);
+  std::mutex mu;
+  std::condition_variable cv;
+  int uploads = 0;
+  FloorService service(&model, [&] {
+    std::lock_guard<std::mutex> lock(mu);
+    ++uploads;
+    cv.notify_all();
+  });
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort("127.0.0.1:0", attune::MakeServerCredentials(*server_bundle), &port);
+  builder.AddListeningPort("127.0.0.1:0", attune::MakeServerCredentials(*bundle), &port);
   builder.RegisterService(&service);
   // As the coordinator's (coordinator/src/service.cc, StartServer).
   builder.SetMaxReceiveMessageSize(attune::kMaxMessageBytes);
@@ -305,52 +318,31 @@ double GrpcFloorSeconds(const fs::path& pki, int sites, uint64_t model_bytes, in
   builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || port == 0) Die("gRPC floor: cannot listen");
-  const std::string addr = absl::StrCat("127.0.0.1:", port);
-  const std::string update(model_bytes, 'u');
-  const auto start = Clock::now();
-  std::vector<std::thread> threads;
-  for (int i = 0; i < sites; ++i) {
-    threads.emplace_back([&] {
-      std::shared_ptr<grpc::Channel> channel = attune::MakeChannel(addr, *client_bundle);
-      for (int d = 0; d < down; ++d) {
-        grpc::ClientContext ctx;
-        const grpc::internal::RpcMethod method(kFetchMethod,
-                                               grpc::internal::RpcMethod::SERVER_STREAMING, channel);
-        grpc::Slice empty("");
-        std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> reader(
-            grpc::internal::ClientReaderFactory<grpc::ByteBuffer>::Create(
-                channel.get(), method, &ctx, grpc::ByteBuffer(&empty, 1)));
-        attune::Sha256Stream sha;  // a site checks each model's digest
-        grpc::ByteBuffer in;
-        uint64_t got = 0;
-        while (reader->Read(&in)) {
-          got += in.Length();
-          HashSlices(in, &sha);
-        }
-        (void)sha.Final();
-        if (!reader->Finish().ok() || got != model_bytes) Die("gRPC floor: download");
-      }
-      grpc::ClientContext ctx;
-      const grpc::internal::RpcMethod method(kSubmitMethod,
-                                             grpc::internal::RpcMethod::CLIENT_STREAMING, channel);
-      grpc::ByteBuffer reply;
-      std::unique_ptr<grpc::ClientWriter<grpc::ByteBuffer>> writer(
-          grpc::internal::ClientWriterFactory<grpc::ByteBuffer>::Create(channel.get(), method,
-                                                                        &ctx, &reply));
-      attune::Sha256Stream sha;  // a site announces its update's digest
-      for (size_t off = 0; off < update.size(); off += kFloorChunk) {
-        sha.Update(std::string_view(update).substr(off, kFloorChunk));
-        if (!writer->Write(FloorMessage(update, off))) break;
-      }
-      (void)sha.Final();
-      writer->WritesDone();
-      if (!writer->Finish().ok()) Die("gRPC floor: upload");
-    });
+  {
+    const fs::path tmp = port_file.string() + ".tmp";
+    std::ofstream(tmp) << port;
+    fs::rename(tmp, port_file);
   }
-  for (auto& t : threads) t.join();
-  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    if (!cv.wait_for(lock, std::chrono::minutes(30), [&] { return uploads >= sites; })) {
+      Die("gRPC floor: the uploads did not all arrive");
+    }
+  }
   server->Shutdown();
-  return seconds;
+  return 0;
+}
+
+// Waits (bounded) for a server's port file; the port.
+int AwaitPort(const fs::path& port_file, const std::string& what) {
+  const auto by = Clock::now() + std::chrono::seconds(60);
+  while (!fs::exists(port_file) || fs::file_size(port_file) == 0) {
+    if (Clock::now() > by) Die(what + " did not start");
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  int port = 0;
+  std::ifstream(port_file) >> port;
+  return port;
 }
 
 // --------------------------------------------------------------- the engine
@@ -438,6 +430,72 @@ class Launcher {
   int out_ = -1, in_ = -1;
 };
 
+// Like RawTlsSeconds, over gRPC, with the server in a process of its own
+// (ServeFloor): each site fetches `down` models (hashing them) and uploads
+// one (hashed as it is sent), all at once; timed from when the server
+// listens to the last upload's end.
+double GrpcFloorSeconds(Launcher& launcher, const fs::path& dir, int sites, uint64_t model_bytes,
+                        int down) {
+  auto client_bundle = attune::LoadTlsBundle((dir / "pki/sites/bench-1").string());
+  if (!client_bundle.ok()) Die("gRPC floor: the site's bundle");
+  const fs::path port_file = dir / "floor-port";
+  fs::remove(port_file);
+  const std::string self = fs::read_symlink("/proc/self/exe").string();
+  Launcher::Exit exit;
+  std::thread server([&] {
+    exit = launcher.Run({(dir / "floor.log").string(), self, "--floor-server",
+                         (dir / "pki").string(), absl::StrCat(model_bytes), absl::StrCat(sites),
+                         port_file.string()});
+  });
+  const std::string addr = absl::StrCat("127.0.0.1:", AwaitPort(port_file, "the gRPC floor server"));
+  const std::string update(model_bytes, 'u');
+  const auto start = Clock::now();
+  std::vector<std::thread> threads;
+  for (int i = 0; i < sites; ++i) {
+    threads.emplace_back([&] {
+      std::shared_ptr<grpc::Channel> channel = attune::MakeChannel(addr, *client_bundle);
+      for (int d = 0; d < down; ++d) {
+        grpc::ClientContext ctx;
+        const grpc::internal::RpcMethod method(kFetchMethod,
+                                               grpc::internal::RpcMethod::SERVER_STREAMING, channel);
+        grpc::Slice empty("");
+        std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> reader(
+            grpc::internal::ClientReaderFactory<grpc::ByteBuffer>::Create(
+                channel.get(), method, &ctx, grpc::ByteBuffer(&empty, 1)));
+        attune::Sha256Stream sha;  // a site checks each model's digest
+        grpc::ByteBuffer in;
+        uint64_t got = 0;
+        while (reader->Read(&in)) {
+          got += in.Length();
+          HashSlices(in, &sha);
+        }
+        (void)sha.Final();
+        if (!reader->Finish().ok() || got != model_bytes) Die("gRPC floor: download");
+      }
+      grpc::ClientContext ctx;
+      const grpc::internal::RpcMethod method(kSubmitMethod,
+                                             grpc::internal::RpcMethod::CLIENT_STREAMING, channel);
+      grpc::ByteBuffer reply;
+      std::unique_ptr<grpc::ClientWriter<grpc::ByteBuffer>> writer(
+          grpc::internal::ClientWriterFactory<grpc::ByteBuffer>::Create(channel.get(), method,
+                                                                        &ctx, &reply));
+      attune::Sha256Stream sha;  // a site announces its update's digest
+      for (size_t off = 0; off < update.size(); off += kFloorChunk) {
+        sha.Update(std::string_view(update).substr(off, kFloorChunk));
+        if (!writer->Write(FloorMessage(update, off))) break;
+      }
+      (void)sha.Final();
+      writer->WritesDone();
+      if (!writer->Finish().ok()) Die("gRPC floor: upload");
+    });
+  }
+  for (auto& t : threads) t.join();
+  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  server.join();
+  if (exit.status != 0) Die("the gRPC floor server failed; see " + (dir / "floor.log").string());
+  return seconds;
+}
+
 Result RunCase(Launcher& launcher, const Case& c, const std::string& coordinator_bin,
                const fs::path& work, bool secure, bool raw_tls) {
   Result r;
@@ -470,11 +528,7 @@ Result RunCase(Launcher& launcher, const Case& c, const std::string& coordinator
   Launcher::Exit exit;
   std::thread coordinator([&] { exit = launcher.Run(args); });
   // The sites start once it listens (it writes the port file then).
-  const auto listening_by = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (!fs::exists(dir / "port") || fs::file_size(dir / "port") == 0) {
-    if (std::chrono::steady_clock::now() > listening_by) Die("the coordinator did not start; see " + log);
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  AwaitPort(dir / "port", "the coordinator (see " + log + ")");
 
   attune::fedsim::FakeSiteOptions opts;
   opts.study_id = "bench";
@@ -535,7 +589,7 @@ Result RunCase(Launcher& launcher, const Case& c, const std::string& coordinator
     r.tls_twice_s = round_down == 2 ? r.tls_s : median_of_3(2, false);
     std::vector<double> floor;
     for (int i = 0; i < 3; ++i) {
-      floor.push_back(GrpcFloorSeconds(dir / "pki", c.sites, model_bytes, round_down));
+      floor.push_back(GrpcFloorSeconds(launcher, dir, c.sites, model_bytes, round_down));
     }
     std::sort(floor.begin(), floor.end());
     r.grpc_floor_s = floor[1];
@@ -547,6 +601,9 @@ Result RunCase(Launcher& launcher, const Case& c, const std::string& coordinator
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc == 6 && std::string(argv[1]) == "--floor-server") {  // GrpcFloorSeconds' server
+    return ServeFloor(argv[2], std::stoull(argv[3]), std::stoi(argv[4]), argv[5]);
+  }
   spdlog::set_level(spdlog::level::warn);  // the fake sites' engines: their warnings only
   std::string coordinator_bin, json_out, work = (fs::temp_directory_path() / "attune-bench").string();
   std::vector<int> site_counts = {2, 4, 8, 16, 32};
