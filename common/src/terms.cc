@@ -15,8 +15,13 @@ using Json = nlohmann::ordered_json;
 using nlohmann::json;
 
 crypto::Bytes SignedMessage(const std::string& terms_text) {
-  crypto::Bytes m(kTermsContext, kTermsContext + sizeof(kTermsContext) - 1);
-  m.insert(m.end(), terms_text.begin(), terms_text.end());
+  // Sized once and filled: growing it by insert() after an exact-size
+  // construction makes GCC 12 warn (-Wstringop-overread) about a copy it
+  // cannot prove is in bounds.
+  const size_t context = sizeof(kTermsContext) - 1;
+  crypto::Bytes m(context + terms_text.size());
+  std::copy(terms_text.begin(), terms_text.end(),
+            std::copy(kTermsContext, kTermsContext + context, m.begin()));
   return m;
 }
 
