@@ -611,7 +611,8 @@ int main(int argc, char** argv) {
   bool grid = false, secure = false, no_baseline = false;
   CLI::App app{
       "attune-bench-coordinator: the coordinator's peak RSS and round overhead with training\n"
-      "off, beside raw TLS moving the same bytes in the same run"};
+      "off, beside raw TLS and a bare gRPC server (the gRPC floor) moving the same bytes in\n"
+      "the same run"};
   app.add_option("--coordinator-bin", coordinator_bin, "the attune-coordinator binary")->required();
   app.add_option("--sites", site_counts, "site counts")->delimiter(',')->capture_default_str();
   app.add_option("--params", params, "model sizes (float32 parameters)")->delimiter(',');
@@ -621,7 +622,7 @@ int main(int argc, char** argv) {
                "run each case plain and with secure aggregation, and compare them; with "
                "--grid: 4..32 sites at 1M and 10M parameters, and 4 and 8 sites at 25M");
   app.add_flag("--no-baseline", no_baseline,
-               "run the rounds only, without the raw TLS transfers (for profiling a round)");
+               "run the rounds only, without the TLS and gRPC baselines (for profiling a round)");
   app.add_option("--json", json_out, "also write the results here");
   app.add_option("--work-dir", work, "scratch directory (needs ~4x the largest model on disk)")
       ->capture_default_str();
