@@ -102,6 +102,13 @@ Status FromGrpcStatus(const grpc::Status& s) {
   return Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
 }
 
+void ApplyServerTransportLimits(grpc::ServerBuilder* builder) {
+  builder->SetMaxReceiveMessageSize(kMaxMessageBytes);
+  builder->SetMaxSendMessageSize(kMaxMessageBytes);
+  builder->AddChannelArgument(GRPC_ARG_TCP_MAX_READ_CHUNK_SIZE, 256 << 10);
+  builder->AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+}
+
 std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target, const TlsBundle& tls) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(kMaxMessageBytes);

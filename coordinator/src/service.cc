@@ -656,16 +656,11 @@ StatusOr<RunningServer> StartServer(RoundDriver* driver, const std::string& list
   grpc::ServerBuilder builder;
   builder.AddListeningPort(listen, MakeServerCredentials(tls), &rs.port);
   builder.RegisterService(rs.service.get());
-  // kMaxMessageBytes (an update chunk or a split's evaluation sums); anything
-  // larger is refused by gRPC itself.
-  builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
-  builder.SetMaxSendMessageSize(kMaxMessageBytes);
-  // Per-connection read buffers grow up to 4 MiB by default; with one
-  // connection per site that would make memory grow with the number of sites.
-  builder.AddChannelArgument(GRPC_ARG_TCP_MAX_READ_CHUNK_SIZE, 256 << 10);
-  // Likewise flow-control windows: BDP probing would let every waiting
-  // upload park megabytes in the coordinator's transport buffers.
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  // kMaxMessageBytes (an update chunk or a split's evaluation sums); read
+  // buffers (4 MiB by default) and flow-control windows (BDP probing would
+  // let every waiting upload park megabytes) kept from growing with the
+  // number of sites.
+  ApplyServerTransportLimits(&builder);
   rs.server = builder.BuildAndStart();
   if (!rs.server || rs.port == 0) {
     return absl::UnavailableError(absl::StrCat(

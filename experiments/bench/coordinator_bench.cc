@@ -311,11 +311,7 @@ int ServeFloor(const fs::path& pki, uint64_t model_bytes, int sites, const fs::p
   int port = 0;
   builder.AddListeningPort("127.0.0.1:0", attune::MakeServerCredentials(*bundle), &port);
   builder.RegisterService(&service);
-  // As the coordinator's (coordinator/src/service.cc, StartServer).
-  builder.SetMaxReceiveMessageSize(attune::kMaxMessageBytes);
-  builder.SetMaxSendMessageSize(attune::kMaxMessageBytes);
-  builder.AddChannelArgument(GRPC_ARG_TCP_MAX_READ_CHUNK_SIZE, 256 << 10);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  attune::ApplyServerTransportLimits(&builder);  // as the coordinator's
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || port == 0) Die("gRPC floor: cannot listen");
   {

@@ -10,6 +10,7 @@
 #include <grpcpp/channel.h>
 #include <grpcpp/security/credentials.h>
 #include <grpcpp/security/server_credentials.h>
+#include <grpcpp/server_builder.h>
 #include <grpcpp/server_context.h>
 #include <grpcpp/support/byte_buffer.h>
 #include <grpcpp/support/status.h>
@@ -40,6 +41,13 @@ std::shared_ptr<grpc::ChannelCredentials> MakeChannelCredentials(const TlsBundle
 // per audit cell: about 1.4 MB for the MIMIC-IV study's 1026 features and
 // 41 cells.
 inline constexpr int kMaxMessageBytes = 32 << 20;
+
+// A coordinator's transport settings on `builder`: kMaxMessageBytes both
+// ways (anything larger is refused by gRPC itself), read buffers of at most
+// 256 KiB per connection and BDP probing off, so that neither grows with
+// the number of connected sites (an upload waiting for its transfer slot
+// parks no more than gRPC's fixed 64 KiB window).
+void ApplyServerTransportLimits(grpc::ServerBuilder* builder);
 
 // A channel to a coordinator over mutual TLS, with Attune's message limit
 // and quick reconnection backoff.
